@@ -1,0 +1,360 @@
+/*
+ * admin.c - the admin listener: health, readiness, stats, config, metrics,
+ * and breaker control. A separate socket from traffic; one request per
+ * connection (Connection: close), small heads only.
+ *
+ * An admin connection: READ (head) -> WRITE (answer queued) -> closed.
+ */
+#include "admin.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "breaker.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "otlp.h"
+#include "server.h"
+#include "util.h"
+#include "worker.h"
+
+#define ADMIN_MAX_HEAD 8192
+#define ADMIN_MAX_CONNECTIONS 64
+#define ADMIN_TIMEOUT_S 10
+
+enum admin_state { ADMIN_READ, ADMIN_WRITE };
+
+struct admin_conn {
+    struct server *srv;
+    struct bufferevent *bev;
+    enum admin_state state;
+    TAILQ_ENTRY(admin_conn) link;
+};
+TAILQ_HEAD(admin_list, admin_conn);
+
+static struct admin_list conns = TAILQ_HEAD_INITIALIZER(conns);
+static size_t nconns;
+
+static void
+admin_free(struct admin_conn *a)
+{
+    TAILQ_REMOVE(&conns, a, link);
+    nconns--;
+    bufferevent_free(a->bev);
+    free(a);
+}
+
+void
+admin_close_all(struct server *srv)
+{
+    (void)srv;
+    while (!TAILQ_EMPTY(&conns)) {
+        admin_free(TAILQ_FIRST(&conns));
+    }
+}
+
+static void
+reply(struct admin_conn *a, int status, const char *ctype, const char *body, size_t len)
+{
+    struct evbuffer *out = bufferevent_get_output(a->bev);
+
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                        status, http_reason(status), ctype, len);
+    evbuffer_add(out, body, len);
+    a->state = ADMIN_WRITE;
+    bufferevent_disable(a->bev, EV_READ);
+}
+
+static void
+reply_json(struct admin_conn *a, int status, struct buf *b)
+{
+    reply(a, status, "application/json", b->data ? b->data : "", b->len);
+}
+
+static void
+reply_error(struct admin_conn *a, int status, const char *message)
+{
+    struct buf b;
+
+    buf_init(&b);
+    buf_puts(&b, "{\"error\":{\"message\":");
+    buf_json_string(&b, message, strlen(message));
+    buf_printf(&b, ",\"type\":\"admin_error\",\"param\":null,\"code\":%d}}", status);
+    reply_json(a, status, &b);
+    buf_free(&b);
+}
+
+static void
+json_time(struct buf *b, struct server *srv, uint64_t mono_ms)
+{
+    char iso[40];
+
+    if (mono_ms == 0) {
+        buf_puts(b, "null");
+        return;
+    }
+    /* Breakers keep monotonic times; show them as wall-clock UTC. */
+    util_iso8601(util_wall_ms() - (int64_t)(util_mono_ms() - mono_ms), iso, sizeof(iso));
+    (void)srv;
+    buf_printf(b, "\"%s\"", iso);
+}
+
+static void
+breaker_json(struct buf *b, struct server *srv, const char *name, const struct breaker_stats *st)
+{
+    buf_puts(b, "{\"service_name\":");
+    buf_json_string(b, name, strlen(name));
+    buf_printf(b,
+               ",\"state\":\"%s\",\"total_calls\":%" PRIu64 ",\"successful_calls\":%" PRIu64
+               ",\"failed_calls\":%" PRIu64 ",\"rejected_calls\":%" PRIu64
+               ",\"consecutive_failures\":%u,\"consecutive_successes\":%u,"
+               "\"success_rate\":%.4f,\"forced_open\":%s,\"last_failure_time\":",
+               breaker_state_name(st->state), st->total_calls, st->successful_calls,
+               st->failed_calls, st->rejected_calls, st->consecutive_failures,
+               st->consecutive_successes, st->success_rate, st->forced_open ? "true" : "false");
+    json_time(b, srv, st->last_failure_ms);
+    buf_puts(b, ",\"last_state_change\":");
+    json_time(b, srv, st->last_state_change_ms);
+    buf_putc(b, '}');
+}
+
+static void
+stats(struct admin_conn *a)
+{
+    struct server *srv = a->srv;
+    struct buf b;
+    struct breaker_stats st;
+
+    buf_init(&b);
+    buf_printf(&b,
+               "{\"version\":\"%s\",\"uptime_seconds\":%.3f,\"ready\":%s,\"draining\":%s,"
+               "\"connections\":%zu,\"requests_in_flight\":%zu,\"requests_total\":%" PRIu64
+               ",\"fallback_total\":%" PRIu64 ",\"fallback_queue_depth\":%zu,"
+               "\"config_reloads\":{\"success\":%" PRIu64 ",\"failure\":%" PRIu64 "},"
+               "\"retry_budget_available\":%" PRIu64 ",\"upstreams\":[",
+               PACKAGE_VERSION, (double)(util_mono_ms() - srv->started_mono_ms) / 1000.0,
+               srv->ready ? "true" : "false", srv->draining ? "true" : "false", srv->nclients,
+               srv->in_flight, srv->requests_total, srv->fallback_total,
+               srv->workers ? worker_pool_depth(srv->workers) : 0, srv->reloads_ok,
+               srv->reloads_failed, retry_budget_available(&srv->budget, util_mono_ms()));
+    for (size_t i = 0; i < srv->ups->n; i++) {
+        struct upstream *up = srv->ups->ups[i];
+        if (i > 0) {
+            buf_putc(&b, ',');
+        }
+        buf_puts(&b, "{\"name\":");
+        buf_json_string(&b, up->name, strlen(up->name));
+        buf_puts(&b, ",\"url\":");
+        buf_json_string(&b, up->cfg->url.text, strlen(up->cfg->url.text));
+        buf_printf(&b,
+                   ",\"priority\":%" PRId64 ",\"weight\":%" PRId64 ",\"requests\":%" PRIu64
+                   ",\"successes\":%" PRIu64 ",\"failures\":%" PRIu64
+                   ",\"client_errors\":%" PRIu64 ",\"pool\":{\"idle\":%zu,\"active\":%zu,"
+                   "\"connecting\":%zu,\"waiting\":%zu,\"max\":%" PRId64 "}}",
+                   up->cfg->priority, up->cfg->weight, up->stats.requests, up->stats.successes,
+                   up->stats.failures, up->stats.client_errors, up->nidle, up->nbusy,
+                   up->nconnecting, up->nwaiters, up->cfg->max_connections);
+    }
+    buf_puts(&b, "],\"breakers\":[");
+    for (size_t i = 0; i < srv->ups->n; i++) {
+        struct upstream *up = srv->ups->ups[i];
+        if (i > 0) {
+            buf_putc(&b, ',');
+        }
+        breaker_get_stats(&up->breaker, &st);
+        breaker_json(&b, srv, up->name, &st);
+    }
+    if (srv->otlp != NULL) {
+        otlp_breaker_stats(srv->otlp, &st);
+        if (srv->ups->n > 0) {
+            buf_putc(&b, ',');
+        }
+        breaker_json(&b, srv, "otlp-exporter", &st);
+    }
+    buf_puts(&b, "]}");
+    reply_json(a, 200, &b);
+    buf_free(&b);
+}
+
+static void
+control(struct admin_conn *a, const char *path, size_t len)
+{
+    struct server *srv = a->srv;
+    const char *rest = path + strlen("/upstreams/");
+    const char *slash = memchr(rest, '/', len - strlen("/upstreams/"));
+    char name[128], action[16];
+    struct upstream *up;
+    struct buf b;
+    struct breaker_stats st;
+    uint64_t now = util_mono_ms();
+
+    if (slash == NULL || (size_t)(slash - rest) >= sizeof(name) ||
+        (size_t)(path + len - slash - 1) >= sizeof(action)) {
+        reply_error(a, 404, "expected /upstreams/NAME/open, /close or /reset");
+        return;
+    }
+    memcpy(name, rest, (size_t)(slash - rest));
+    name[slash - rest] = '\0';
+    memcpy(action, slash + 1, (size_t)(path + len - slash - 1));
+    action[path + len - slash - 1] = '\0';
+    up = upstream_find(srv->ups, name);
+    if (up == NULL) {
+        reply_error(a, 404, "no such upstream");
+        return;
+    }
+    if (strcmp(action, "open") == 0) {
+        breaker_force_open(&up->breaker, now);
+    } else if (strcmp(action, "close") == 0) {
+        breaker_force_close(&up->breaker, now);
+    } else if (strcmp(action, "reset") == 0) {
+        breaker_reset(&up->breaker, now);
+    } else {
+        reply_error(a, 404, "unknown action: use open, close or reset");
+        return;
+    }
+    log_warn("admin: upstream %s: breaker %s by admin request", up->name, action);
+    buf_init(&b);
+    breaker_get_stats(&up->breaker, &st);
+    breaker_json(&b, srv, up->name, &st);
+    reply_json(a, 200, &b);
+    buf_free(&b);
+}
+
+static bool
+path_is(const struct http_request_head *hd, const char *p)
+{
+    return hd->path_len == strlen(p) && memcmp(hd->path, p, hd->path_len) == 0;
+}
+
+static void
+route(struct admin_conn *a, const struct http_request_head *hd)
+{
+    struct server *srv = a->srv;
+    bool get = hd->method == HTTP_GET || hd->method == HTTP_HEAD;
+    struct buf b;
+
+    if (hd->path_len > 11 && memcmp(hd->path, "/upstreams/", 11) == 0) {
+        char path[256];
+        if (hd->method != HTTP_POST) {
+            reply_error(a, 405, "use POST");
+            return;
+        }
+        if (hd->path_len >= sizeof(path)) {
+            reply_error(a, 404, "no such upstream");
+            return;
+        }
+        memcpy(path, hd->path, hd->path_len);
+        path[hd->path_len] = '\0';
+        control(a, path, hd->path_len);
+        return;
+    }
+    if (!path_is(hd, "/healthz") && !path_is(hd, "/readyz") && !path_is(hd, "/stats") &&
+        !path_is(hd, "/config") && !path_is(hd, "/metrics")) {
+        reply_error(a, 404, "not found: try /healthz /readyz /stats /config /metrics");
+        return;
+    }
+    if (!get) {
+        reply_error(a, 405, "use GET");
+        return;
+    }
+    if (path_is(hd, "/healthz")) {
+        reply(a, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    } else if (path_is(hd, "/readyz")) {
+        if (srv->ready && !srv->draining) {
+            reply(a, 200, "application/json", "{\"status\":\"ready\"}", 18);
+        } else {
+            reply(a, 503, "application/json",
+                  srv->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"starting\"}",
+                  srv->draining ? 21 : 21);
+        }
+    } else if (path_is(hd, "/stats")) {
+        stats(a);
+    } else if (path_is(hd, "/config")) {
+        buf_init(&b);
+        config_dump_json(srv->cfg, &b);
+        reply_json(a, 200, &b);
+        buf_free(&b);
+    } else {
+        buf_init(&b);
+        metrics_render(&b);
+        reply(a, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "", b.len);
+        buf_free(&b);
+    }
+}
+
+static void
+admin_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct admin_conn *a = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    struct http_request_head hd;
+    const char *cause = "malformed request";
+    unsigned char *p;
+    int rc;
+
+    if (a->state != ADMIN_READ) {
+        return;
+    }
+    p = evbuffer_pullup(in, (ssize_t)MIN(len, (size_t)ADMIN_MAX_HEAD));
+    rc = http_parse_request_head((const char *)p, MIN(len, (size_t)ADMIN_MAX_HEAD), &hd, &cause);
+    if (rc == 0 && len < ADMIN_MAX_HEAD) {
+        return;
+    }
+    if (rc <= 0) {
+        reply_error(a, rc == 0 ? 431 : -rc, rc == 0 ? "request head too large" : cause);
+        return;
+    }
+    route(a, &hd);
+}
+
+static void
+admin_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct admin_conn *a = arg;
+
+    if (a->state == ADMIN_WRITE && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        admin_free(a);
+    }
+}
+
+static void
+admin_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    admin_free(arg);
+}
+
+void
+admin_accept(struct server *srv, evutil_socket_t fd)
+{
+    struct admin_conn *a;
+    struct timeval tv = {ADMIN_TIMEOUT_S, 0};
+
+    if (nconns >= ADMIN_MAX_CONNECTIONS) {
+        evutil_closesocket(fd);
+        return;
+    }
+    a = xcalloc(1, sizeof(*a));
+    a->srv = srv;
+    a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (a->bev == NULL) {
+        evutil_closesocket(fd);
+        free(a);
+        return;
+    }
+    evutil_make_socket_nonblocking(fd);
+    TAILQ_INSERT_TAIL(&conns, a, link);
+    nconns++;
+    bufferevent_setcb(a->bev, admin_read_cb, admin_write_cb, admin_event_cb, a);
+    bufferevent_set_timeouts(a->bev, &tv, &tv);
+    bufferevent_enable(a->bev, EV_READ | EV_WRITE);
+}

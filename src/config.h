@@ -1,0 +1,195 @@
+/*
+ * config.h - the configuration file: one table of keys drives parsing,
+ * defaults, --check-config, the admin /config dump, the sample file and the
+ * man page (see config_table in config.c).
+ *
+ * The parser is pure: it reads a file given to it and the environment, never
+ * a socket or the clock, so it links alone into unit tests.
+ */
+#ifndef AKOSHA_CONFIG_H
+#define AKOSHA_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "util.h"
+
+enum config_type {
+    CT_STRING,
+    CT_INT,
+    CT_DOUBLE,
+    CT_BOOL,
+    CT_DURATION, /* stored as uint64_t milliseconds */
+    CT_SIZE,     /* stored as uint64_t bytes */
+    CT_PERCENT,  /* "20%" stored as double 0.20 */
+    CT_LISTEN,   /* stored as struct listen_addr */
+    CT_URL,      /* stored as struct upstream_url */
+    CT_HEADER,   /* repeatable "Name: value", stored as struct header_list */
+    CT_ENUM,     /* stored as int, index into enum_values */
+};
+
+enum config_section_kind {
+    SEC_PROXY,
+    SEC_ADMIN,
+    SEC_FALLBACK,
+    SEC_TELEMETRY,
+    SEC_UPSTREAM, /* repeatable, named */
+    SEC_MODEL,    /* repeatable, named */
+    SEC_COUNT
+};
+
+struct config_key {
+    enum config_section_kind section;
+    const char *name;
+    enum config_type type;
+    const char *def;         /* default as written in the file; NULL: unset */
+    double min, max;         /* bounds in the stored unit (ms, bytes, ...); min > max: none */
+    bool reloadable;         /* false: a change needs a restart */
+    bool required;
+    bool secret;             /* value never shown in /config or logs */
+    const char *enum_values; /* "auto|always|off" for CT_ENUM */
+    size_t offset;           /* into struct config, upstream_config or model_config */
+    const char *help;        /* one line */
+};
+
+extern const struct config_key config_table[];
+extern const size_t config_table_len;
+const char *config_section_name(enum config_section_kind s);
+
+struct listen_addr {
+    char *text; /* as written: "127.0.0.1:8080", "[::1]:80", "unix:/run/a.sock" */
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    bool is_unix;
+};
+
+struct upstream_url {
+    char *text;      /* as written */
+    bool tls;        /* https */
+    char *host;      /* without brackets */
+    uint16_t port;
+    char *authority; /* Host header value: "host", "host:port", "[v6]:port" */
+    char *prefix;    /* path prefix without trailing slash, "" when none */
+};
+
+struct header_list {
+    char **lines; /* "Name: value" with ${VAR} expanded; secret */
+    size_t n;
+};
+
+enum fallback_mode { FALLBACK_AUTO, FALLBACK_ALWAYS, FALLBACK_OFF };
+
+struct upstream_config {
+    char *name;
+    int line;
+    struct upstream_url url;
+    int64_t priority;
+    int64_t weight;
+    uint64_t connect_timeout_ms;
+    uint64_t call_timeout_ms;
+    int64_t max_connections;
+    struct header_list headers;
+    bool tls_verify;
+    char *tls_ca_file;
+    char *tls_server_name;
+    /* breaker */
+    int64_t failure_threshold;
+    uint64_t open_timeout_ms;
+    int64_t half_open_max_calls;
+    int64_t success_threshold;
+    /* retries */
+    int64_t retries;
+    uint64_t backoff_base_ms;
+    double backoff_multiplier;
+    uint64_t backoff_max_ms;
+    uint64_t max_retry_after_ms;
+    char **raw; /* raw text per key index as written, NULL when defaulted */
+};
+
+struct model_config {
+    char *name;
+    int line;
+    int64_t dimensions;
+    char **raw;
+};
+
+struct config {
+    int refs; /* config_ref/config_unref; loop thread only */
+    char *path;
+    struct {
+        struct listen_addr listen;
+        uint64_t max_body_size;
+        uint64_t max_header_size;
+        uint64_t request_timeout_ms;
+        uint64_t client_timeout_ms;
+        int64_t max_connections;
+        uint64_t drain_timeout_ms;
+        double retry_budget;
+        double retry_budget_min;
+        int log_level;
+    } proxy;
+    struct {
+        struct listen_addr listen;
+    } admin;
+    struct {
+        int mode; /* enum fallback_mode */
+        int64_t workers;
+        int64_t queue_size;
+        int64_t dimensions;
+    } fallback;
+    struct {
+        char *service_name;
+        char *environment;
+        char *otlp_endpoint;
+        char *otlp_headers;
+        double sample_rate; /* < 0: unset */
+        bool console_export;
+    } telemetry;
+    struct upstream_config *upstreams;
+    size_t nupstreams;
+    struct model_config *models;
+    size_t nmodels;
+    char **raw; /* raw text per key index for the global sections */
+};
+
+/* Every error, "file:line: [section] key: message", in order. */
+struct config_errors {
+    char **msgs;
+    size_t n;
+};
+
+/*
+ * Parse the file at path. Returns a config the caller owns (config_free), or
+ * NULL with every error appended to errs. getenv_fn resolves ${VAR}; NULL
+ * means getenv(3). ${file:NAME} reads $CREDENTIALS_DIRECTORY/NAME.
+ */
+struct config *config_load(const char *path, struct config_errors *errs,
+                           const char *(*getenv_fn)(const char *));
+/* Same, from text in memory; name is used in messages. */
+struct config *config_parse(const char *name, const char *text, size_t len,
+                            struct config_errors *errs, const char *(*getenv_fn)(const char *));
+void config_free(struct config *cfg);
+/* Configs outlive a reload while upstreams or requests still use them. */
+void config_ref(struct config *cfg);
+void config_unref(struct config *cfg); /* frees at zero */
+void config_errors_free(struct config_errors *errs);
+
+/* Value parsers, exposed for tests and other modules. 0 on success, -1 with *cause (static). */
+int config_parse_duration(const char *s, uint64_t *ms, const char **cause);
+int config_parse_size(const char *s, uint64_t *bytes, const char **cause);
+int config_parse_bool(const char *s, bool *out, const char **cause);
+int config_parse_listen(const char *s, struct listen_addr *out, const char **cause);
+int config_parse_url(const char *s, struct upstream_url *out, const char **cause);
+
+/* Index of the key in config_table, or -1. */
+int config_key_index(enum config_section_kind sec, const char *name);
+
+/* The effective config as JSON, secrets redacted. Appends to out. */
+void config_dump_json(const struct config *cfg, struct buf *out);
+
+/* Names of non-reloadable keys whose value differs; appended to out as "a, b". */
+void config_restart_needed(const struct config *old, const struct config *cur, struct buf *out);
+
+#endif

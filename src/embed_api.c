@@ -1,0 +1,1113 @@
+/*
+ * embed_api.c - parse and render the four embedding APIs (see embed_api.h).
+ *
+ * Requests are parsed with jansson, then every text and token id is copied
+ * into one allocation so the request owns its memory and the JSON tree dies
+ * here. Responses are written straight into a struct buf with our own float
+ * formatter: fallback answers can carry 2048 x 4096 floats, and a printf per
+ * float would cost more than computing the embeddings.
+ */
+#include "embed_api.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "embedder_hash.h"
+#include "util.h"
+
+typedef unsigned __int128 u128;
+
+#define U128(hi, lo) (((u128)(hi) << 64) | (u128)(lo))
+
+/* ---------------------------------------------------------------- routing */
+
+struct route {
+    const char *path;
+    enum embed_api api;
+};
+
+static const struct route routes[] = {
+    {"/v1/embeddings", EMBED_API_OPENAI},
+    {"/embeddings", EMBED_API_OPENAI},
+    {"/embed", EMBED_API_TEI},
+    {"/api/embed", EMBED_API_OLLAMA},
+    {"/api/embeddings", EMBED_API_OLLAMA_LEGACY},
+};
+
+enum embed_api
+embed_api_route(const char *path, size_t path_len)
+{
+    if (path == NULL) {
+        return EMBED_API_NONE;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
+        if (strlen(routes[i].path) == path_len && memcmp(routes[i].path, path, path_len) == 0) {
+            return routes[i].api;
+        }
+    }
+    return EMBED_API_NONE;
+}
+
+const char *
+embed_api_route_label(enum embed_api api, const char *path, size_t len)
+{
+    if (api == EMBED_API_NONE) {
+        api = embed_api_route(path, len);
+    }
+    switch (api) {
+    case EMBED_API_OPENAI:
+        return "embeddings";
+    case EMBED_API_TEI:
+        return "embed";
+    case EMBED_API_OLLAMA:
+        return "api_embed";
+    case EMBED_API_OLLAMA_LEGACY:
+        return "api_embeddings";
+    case EMBED_API_NONE:
+        break;
+    }
+    return "other";
+}
+
+/* ---------------------------------------------------------- float output */
+
+static const u128 pow5[] = {
+    U128(0x0000000000000000ULL, 0x0000000000000001ULL), /* 5^0 */
+    U128(0x0000000000000000ULL, 0x0000000000000005ULL), /* 5^1 */
+    U128(0x0000000000000000ULL, 0x0000000000000019ULL), /* 5^2 */
+    U128(0x0000000000000000ULL, 0x000000000000007dULL), /* 5^3 */
+    U128(0x0000000000000000ULL, 0x0000000000000271ULL), /* 5^4 */
+    U128(0x0000000000000000ULL, 0x0000000000000c35ULL), /* 5^5 */
+    U128(0x0000000000000000ULL, 0x0000000000003d09ULL), /* 5^6 */
+    U128(0x0000000000000000ULL, 0x000000000001312dULL), /* 5^7 */
+    U128(0x0000000000000000ULL, 0x000000000005f5e1ULL), /* 5^8 */
+    U128(0x0000000000000000ULL, 0x00000000001dcd65ULL), /* 5^9 */
+    U128(0x0000000000000000ULL, 0x00000000009502f9ULL), /* 5^10 */
+    U128(0x0000000000000000ULL, 0x0000000002e90eddULL), /* 5^11 */
+    U128(0x0000000000000000ULL, 0x000000000e8d4a51ULL), /* 5^12 */
+    U128(0x0000000000000000ULL, 0x0000000048c27395ULL), /* 5^13 */
+    U128(0x0000000000000000ULL, 0x000000016bcc41e9ULL), /* 5^14 */
+    U128(0x0000000000000000ULL, 0x000000071afd498dULL), /* 5^15 */
+    U128(0x0000000000000000ULL, 0x0000002386f26fc1ULL), /* 5^16 */
+    U128(0x0000000000000000ULL, 0x000000b1a2bc2ec5ULL), /* 5^17 */
+    U128(0x0000000000000000ULL, 0x000003782dace9d9ULL), /* 5^18 */
+    U128(0x0000000000000000ULL, 0x00001158e460913dULL), /* 5^19 */
+    U128(0x0000000000000000ULL, 0x000056bc75e2d631ULL), /* 5^20 */
+    U128(0x0000000000000000ULL, 0x0001b1ae4d6e2ef5ULL), /* 5^21 */
+    U128(0x0000000000000000ULL, 0x000878678326eac9ULL), /* 5^22 */
+    U128(0x0000000000000000ULL, 0x002a5a058fc295edULL), /* 5^23 */
+    U128(0x0000000000000000ULL, 0x00d3c21bcecceda1ULL), /* 5^24 */
+    U128(0x0000000000000000ULL, 0x0422ca8b0a00a425ULL), /* 5^25 */
+    U128(0x0000000000000000ULL, 0x14adf4b7320334b9ULL), /* 5^26 */
+    U128(0x0000000000000000ULL, 0x6765c793fa10079dULL), /* 5^27 */
+    U128(0x0000000000000002ULL, 0x04fce5e3e2502611ULL), /* 5^28 */
+    U128(0x000000000000000aULL, 0x18f07d736b90be55ULL), /* 5^29 */
+    U128(0x0000000000000032ULL, 0x7cb2734119d3b7a9ULL), /* 5^30 */
+    U128(0x00000000000000fcULL, 0x6f7c40458122964dULL), /* 5^31 */
+    U128(0x00000000000004eeULL, 0x2d6d415b85acef81ULL), /* 5^32 */
+    U128(0x00000000000018a6ULL, 0xe32246c99c60ad85ULL), /* 5^33 */
+    U128(0x0000000000007b42ULL, 0x6fab61f00de36399ULL), /* 5^34 */
+    U128(0x000000000002684cULL, 0x2e58e9b04570f1fdULL), /* 5^35 */
+    U128(0x00000000000c097cULL, 0xe7bc90715b34b9f1ULL), /* 5^36 */
+    U128(0x00000000003c2f70ULL, 0x86aed236c807a1b5ULL), /* 5^37 */
+    U128(0x00000000012ced32ULL, 0xa16a1b11e8262889ULL), /* 5^38 */
+    U128(0x0000000005e0a1fdULL, 0x2712875988becaadULL), /* 5^39 */
+    U128(0x000000001d6329f1ULL, 0xc35ca4bfabb9f561ULL), /* 5^40 */
+    U128(0x0000000092efd1b8ULL, 0xd0cf37be5aa1cae5ULL), /* 5^41 */
+    U128(0x00000002deaf189cULL, 0x140c16b7c528f679ULL), /* 5^42 */
+    U128(0x0000000e596b7b0cULL, 0x643c7196d9ccd05dULL), /* 5^43 */
+};
+
+static const u128 pow10[] = {
+    U128(0x0000000000000000ULL, 0x0000000000000001ULL),
+    U128(0x0000000000000000ULL, 0x000000000000000aULL),
+    U128(0x0000000000000000ULL, 0x0000000000000064ULL),
+    U128(0x0000000000000000ULL, 0x00000000000003e8ULL),
+    U128(0x0000000000000000ULL, 0x0000000000002710ULL),
+    U128(0x0000000000000000ULL, 0x00000000000186a0ULL),
+    U128(0x0000000000000000ULL, 0x00000000000f4240ULL),
+    U128(0x0000000000000000ULL, 0x0000000000989680ULL),
+    U128(0x0000000000000000ULL, 0x0000000005f5e100ULL),
+    U128(0x0000000000000000ULL, 0x000000003b9aca00ULL),
+    U128(0x0000000000000000ULL, 0x00000002540be400ULL),
+    U128(0x0000000000000000ULL, 0x000000174876e800ULL),
+    U128(0x0000000000000000ULL, 0x000000e8d4a51000ULL),
+    U128(0x0000000000000000ULL, 0x000009184e72a000ULL),
+    U128(0x0000000000000000ULL, 0x00005af3107a4000ULL),
+    U128(0x0000000000000000ULL, 0x00038d7ea4c68000ULL),
+    U128(0x0000000000000000ULL, 0x002386f26fc10000ULL),
+    U128(0x0000000000000000ULL, 0x016345785d8a0000ULL),
+    U128(0x0000000000000000ULL, 0x0de0b6b3a7640000ULL),
+    U128(0x0000000000000000ULL, 0x8ac7230489e80000ULL),
+    U128(0x0000000000000005ULL, 0x6bc75e2d63100000ULL),
+    U128(0x0000000000000036ULL, 0x35c9adc5dea00000ULL),
+    U128(0x000000000000021eULL, 0x19e0c9bab2400000ULL),
+    U128(0x000000000000152dULL, 0x02c7e14af6800000ULL),
+    U128(0x000000000000d3c2ULL, 0x1bcecceda1000000ULL),
+    U128(0x0000000000084595ULL, 0x161401484a000000ULL),
+    U128(0x000000000052b7d2ULL, 0xdcc80cd2e4000000ULL),
+    U128(0x00000000033b2e3cULL, 0x9fd0803ce8000000ULL),
+    U128(0x00000000204fce5eULL, 0x3e25026110000000ULL),
+    U128(0x00000001431e0faeULL, 0x6d7217caa0000000ULL),
+    U128(0x0000000c9f2c9cd0ULL, 0x4674edea40000000ULL),
+    U128(0x0000007e37be2022ULL, 0xc0914b2680000000ULL),
+    U128(0x000004ee2d6d415bULL, 0x85acef8100000000ULL),
+    U128(0x0000314dc6448d93ULL, 0x38c15b0a00000000ULL),
+    U128(0x0001ed09bead87c0ULL, 0x378d8e6400000000ULL),
+    U128(0x0013426172c74d82ULL, 0x2b878fe800000000ULL),
+    U128(0x00c097ce7bc90715ULL, 0xb34b9f1000000000ULL),
+    U128(0x0785ee10d5da46d9ULL, 0x00f436a000000000ULL),
+    U128(0x4b3b4ca85a86c47aULL, 0x098a224000000000ULL),
+};
+
+static int
+bit_length(u128 v)
+{
+    uint64_t hi = (uint64_t)(v >> 64), lo = (uint64_t)v;
+
+    if (hi != 0) {
+        return 128 - __builtin_clzll(hi);
+    }
+    return lo != 0 ? 64 - __builtin_clzll(lo) : 0;
+}
+
+/* Number of decimal digits of v > 0. */
+static int
+decimal_digits(u128 v)
+{
+    int nd = (bit_length(v) * 1233) >> 12; /* about bits * log10(2) */
+
+    if (nd < 1) {
+        nd = 1;
+    }
+    while (nd < (int)ARRAY_SIZE(pow10) && v >= pow10[nd]) {
+        nd++;
+    }
+    while (nd > 1 && v < pow10[nd - 1]) {
+        nd--;
+    }
+    return nd;
+}
+
+/*
+ * Lays out value = digits * 10^exp10 (digits has no trailing zero) the way
+ * JSON readers and humans expect: plain decimals for moderate magnitudes,
+ * exponent notation otherwise.
+ */
+static size_t
+layout_decimal(uint64_t digits, int exp10, char *out)
+{
+    char tmp[24];
+    int ndig = 0, point;
+    char *p = out;
+
+    do {
+        tmp[ndig++] = (char)('0' + digits % 10);
+        digits /= 10;
+    } while (digits != 0);
+    /* tmp holds the digits reversed */
+    point = ndig + exp10; /* value = 0.DIGITS x 10^point */
+    if (point > 0 && point <= 9) {
+        for (int i = 0; i < point; i++) {
+            *p++ = i < ndig ? tmp[ndig - 1 - i] : '0';
+        }
+        *p++ = '.';
+        if (point >= ndig) {
+            *p++ = '0';
+        }
+        for (int i = point; i < ndig; i++) {
+            *p++ = tmp[ndig - 1 - i];
+        }
+    } else if (point <= 0 && point > -5) {
+        *p++ = '0';
+        *p++ = '.';
+        for (int i = point; i < 0; i++) {
+            *p++ = '0';
+        }
+        for (int i = 0; i < ndig; i++) {
+            *p++ = tmp[ndig - 1 - i];
+        }
+    } else {
+        int e = point - 1;
+        *p++ = tmp[ndig - 1];
+        if (ndig > 1) {
+            *p++ = '.';
+            for (int i = 1; i < ndig; i++) {
+                *p++ = tmp[ndig - 1 - i];
+            }
+        }
+        *p++ = 'e';
+        if (e < 0) {
+            *p++ = '-';
+            e = -e;
+        }
+        if (e >= 10) {
+            *p++ = (char)('0' + e / 10);
+        }
+        *p++ = (char)('0' + e % 10);
+    }
+    return (size_t)(p - out);
+}
+
+/*
+ * Rare magnitudes (below 2^-18 or at least 2^126) where the exact integer
+ * method would overflow 128 bits: try 1..9 significant digits through the C
+ * library until one reads back exactly. Assumes the "C" numeric locale.
+ */
+static size_t
+format_slow(float f, char *out)
+{
+    char tmp[48];
+    uint64_t digits = 0;
+    int ndig = 0, exp10;
+    char *e;
+
+    for (int precision = 1; precision <= 9; precision++) {
+        snprintf(tmp, sizeof(tmp), "%.*e", precision - 1, (double)f);
+        if (strtof(tmp, NULL) == f) {
+            break;
+        }
+    }
+    for (const char *s = tmp; *s != 'e'; s++) {
+        if (*s >= '0' && *s <= '9') {
+            digits = digits * 10 + (uint64_t)(*s - '0');
+            ndig++;
+        }
+    }
+    e = strchr(tmp, 'e');
+    exp10 = (int)strtol(e + 1, NULL, 10) - (ndig - 1);
+    while (digits % 10 == 0 && digits != 0) {
+        digits /= 10;
+        exp10++;
+    }
+    return layout_decimal(digits, exp10, out);
+}
+
+/*
+ * Shortest round-trip digits, computed exactly: the float and the midpoints
+ * to its neighbours become integers (scaled by 2^q, and for q < 0 by 5^-q so
+ * the scale is a power of ten), then we look for the coarsest power of ten
+ * with a multiple strictly inside the rounding interval (inclusive when the
+ * mantissa is even, as round-half-even reads it back), and take the multiple
+ * closest to the float.
+ */
+size_t
+embed_format_float(float f, char *out)
+{
+    uint32_t bits, frac, biased;
+    uint64_t m, x, x_lo, x_hi;
+    int e, q, scale, t, nd;
+    bool inclusive;
+    u128 X, LO, HI, P;
+    uint64_t fl_x, fl_lo, fl_hi;
+    bool rem_lo, rem_hi, sticky;
+    unsigned dropped;
+    int64_t n_lo, n_hi, n;
+    char *p = out;
+
+    memcpy(&bits, &f, sizeof(bits));
+    if (bits >> 31) {
+        *p++ = '-';
+        f = -f;
+    }
+    biased = (bits >> 23) & 0xff;
+    frac = bits & 0x7fffff;
+    if (biased == 0 && frac == 0) {
+        memcpy(p, "0.0", 3);
+        return (size_t)(p + 3 - out);
+    }
+    e = (int)biased - 150;
+    if (biased == 0 || e < -41 || e > 103) {
+        return (size_t)(p - out) + format_slow(f, p);
+    }
+    m = frac | (1u << 23);
+    q = e - 2;
+    x = 4 * m;
+    /* at a power of two the neighbour below is half as far away */
+    x_lo = x - ((frac == 0 && biased > 1) ? 1 : 2);
+    x_hi = x + 2;
+    inclusive = (m & 1) == 0;
+    if (q >= 0) {
+        X = (u128)x << q;
+        LO = (u128)x_lo << q;
+        HI = (u128)x_hi << q;
+        scale = 0;
+    } else {
+        X = (u128)x * pow5[-q];
+        LO = (u128)x_lo * pow5[-q];
+        HI = (u128)x_hi * pow5[-q];
+        scale = q;
+    }
+    /* start at 9 significant digits, which always fit inside the interval for float32 */
+    nd = decimal_digits(X);
+    t = nd > 9 ? nd - 9 : 0;
+    P = pow10[t];
+    fl_x = (uint64_t)(X / P);
+    fl_lo = (uint64_t)(LO / P);
+    fl_hi = (uint64_t)(HI / P);
+    rem_lo = LO % P != 0;
+    rem_hi = HI % P != 0;
+    if (t > 0) {
+        u128 r = X % P;
+        dropped = (unsigned)(r / pow10[t - 1]);
+        sticky = r % pow10[t - 1] != 0;
+    } else {
+        dropped = 0;
+        sticky = false;
+    }
+    n_lo = (int64_t)fl_lo + ((inclusive && !rem_lo) ? 0 : 1);
+    n_hi = (int64_t)fl_hi - ((!inclusive && !rem_hi) ? 1 : 0);
+    for (;;) {
+        uint64_t nfl_lo = fl_lo / 10, nfl_hi = fl_hi / 10;
+        bool nrem_lo = rem_lo || fl_lo % 10 != 0;
+        bool nrem_hi = rem_hi || fl_hi % 10 != 0;
+        int64_t nn_lo = (int64_t)nfl_lo + ((inclusive && !nrem_lo) ? 0 : 1);
+        int64_t nn_hi = (int64_t)nfl_hi - ((!inclusive && !nrem_hi) ? 1 : 0);
+
+        if (nn_lo > nn_hi) {
+            break;
+        }
+        fl_lo = nfl_lo;
+        fl_hi = nfl_hi;
+        rem_lo = nrem_lo;
+        rem_hi = nrem_hi;
+        n_lo = nn_lo;
+        n_hi = nn_hi;
+        sticky = sticky || dropped != 0;
+        dropped = (unsigned)(fl_x % 10);
+        fl_x /= 10;
+        t++;
+    }
+    n = (int64_t)fl_x;
+    if (dropped > 5 || (dropped == 5 && (sticky || (n & 1)))) {
+        n++;
+    }
+    if (n < n_lo) {
+        n = n_lo;
+    } else if (n > n_hi) {
+        n = n_hi;
+    }
+    t += scale;
+    while (n % 10 == 0) {
+        n /= 10;
+        t++;
+    }
+    return (size_t)(p - out) + layout_decimal((uint64_t)n, t, p);
+}
+
+static void
+put_float_array(struct buf *b, const float *v, size_t dim)
+{
+    char *p;
+
+    buf_reserve(b, dim * (EMBED_FLOAT_MAX_CHARS + 1) + 2);
+    p = b->data + b->len;
+    *p++ = '[';
+    for (size_t i = 0; i < dim; i++) {
+        if (i > 0) {
+            *p++ = ',';
+        }
+        p += embed_format_float(v[i], p);
+    }
+    *p++ = ']';
+    b->len = (size_t)(p - b->data);
+    b->data[b->len] = '\0';
+}
+
+/* Base64 of the floats as little-endian float32, whatever the host byte order. */
+static void
+put_base64_floats(struct buf *b, const float *v, size_t dim)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t nbytes = dim * 4, i;
+    unsigned char chunk[3];
+    size_t have = 0;
+    char *p;
+
+    buf_reserve(b, (nbytes + 2) / 3 * 4 + 2);
+    p = b->data + b->len;
+    *p++ = '"';
+    for (i = 0; i < nbytes; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v[i / 4], sizeof(bits));
+        chunk[have++] = (unsigned char)(bits >> (8 * (i % 4)));
+        if (have == 3) {
+            *p++ = alphabet[chunk[0] >> 2];
+            *p++ = alphabet[((chunk[0] & 3) << 4) | (chunk[1] >> 4)];
+            *p++ = alphabet[((chunk[1] & 15) << 2) | (chunk[2] >> 6)];
+            *p++ = alphabet[chunk[2] & 63];
+            have = 0;
+        }
+    }
+    if (have == 1) {
+        *p++ = alphabet[chunk[0] >> 2];
+        *p++ = alphabet[(chunk[0] & 3) << 4];
+        *p++ = '=';
+        *p++ = '=';
+    } else if (have == 2) {
+        *p++ = alphabet[chunk[0] >> 2];
+        *p++ = alphabet[((chunk[0] & 3) << 4) | (chunk[1] >> 4)];
+        *p++ = alphabet[(chunk[1] & 15) << 2];
+        *p++ = '=';
+    }
+    *p++ = '"';
+    b->len = (size_t)(p - b->data);
+    b->data[b->len] = '\0';
+}
+
+/* ---------------------------------------------------------------- parsing */
+
+static const char *
+input_field(enum embed_api api)
+{
+    switch (api) {
+    case EMBED_API_TEI:
+        return "inputs";
+    case EMBED_API_OLLAMA_LEGACY:
+        return "prompt";
+    default:
+        return "input";
+    }
+}
+
+/* Token ids are vocabulary indices: non-negative and within a C int. */
+static bool
+valid_token(json_t *v)
+{
+    json_int_t id;
+
+    if (!json_is_integer(v)) {
+        return false;
+    }
+    id = json_integer_value(v);
+    return id >= 0 && id <= INT32_MAX;
+}
+
+struct parse_ctx {
+    char *err;
+    size_t errlen;
+    const char **param;
+    const char *field;
+};
+
+static int __attribute__((format(printf, 3, 4)))
+fail(struct parse_ctx *ctx, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (ctx->errlen > 0) {
+        vsnprintf(ctx->err, ctx->errlen, fmt, ap);
+    }
+    va_end(ap);
+    *ctx->param = param;
+    return -1;
+}
+
+static int
+check_text(struct parse_ctx *ctx, json_t *v, size_t index, bool in_array)
+{
+    if (!embedder_hash_is_blank(json_string_value(v), json_string_length(v))) {
+        return 0;
+    }
+    if (in_array) {
+        return fail(ctx, ctx->field, "'%s[%zu]' is empty or whitespace-only", ctx->field, index);
+    }
+    return fail(ctx, ctx->field, "'%s' is empty or whitespace-only", ctx->field);
+}
+
+static int
+check_token_list(struct parse_ctx *ctx, json_t *list, bool nested, size_t outer)
+{
+    size_t i;
+    json_t *v;
+
+    if (json_array_size(list) == 0) {
+        return fail(ctx, ctx->field, "'%s[%zu]' is an empty token list", ctx->field, outer);
+    }
+    json_array_foreach(list, i, v)
+    {
+        if (valid_token(v)) {
+            continue;
+        }
+        if (nested) {
+            return fail(ctx, ctx->field,
+                        "'%s[%zu][%zu]' is not a token id: token ids are integers between 0 "
+                        "and 2147483647",
+                        ctx->field, outer, i);
+        }
+        if (json_is_integer(v)) {
+            return fail(ctx, ctx->field,
+                        "'%s[%zu]' is not a token id: token ids are integers between 0 and "
+                        "2147483647",
+                        ctx->field, i);
+        }
+        return fail(ctx, ctx->field, "'%s' mixes token ids with other values (at index %zu)",
+                    ctx->field, i);
+    }
+    return 0;
+}
+
+enum input_shape { SHAPE_STRING, SHAPE_STRINGS, SHAPE_TOKENS, SHAPE_TOKEN_LISTS };
+
+/* Validates the input field and returns its shape through *shape. */
+static int
+check_input(struct parse_ctx *ctx, enum embed_api api, json_t *in, enum input_shape *shape)
+{
+    const char *f = ctx->field;
+    bool tokens_ok = api == EMBED_API_OPENAI;
+    const char *expect = tokens_ok ? "a string, an array of strings, an array of token ids or an "
+                                     "array of arrays of token ids"
+                         : api == EMBED_API_OLLAMA_LEGACY ? "a string"
+                                                          : "a string or an array of strings";
+    size_t i, n;
+    json_t *v, *first;
+
+    if (in == NULL || json_is_null(in)) {
+        return fail(ctx, f, "'%s' is required", f);
+    }
+    if (json_is_string(in)) {
+        *shape = SHAPE_STRING;
+        return check_text(ctx, in, 0, false);
+    }
+    if (!json_is_array(in) || api == EMBED_API_OLLAMA_LEGACY) {
+        return fail(ctx, f, "'%s' must be %s", f, expect);
+    }
+    n = json_array_size(in);
+    if (n == 0) {
+        return fail(ctx, f, "'%s' must not be an empty array", f);
+    }
+    first = json_array_get(in, 0);
+    if (json_is_string(first)) {
+        if (n > EMBED_MAX_INPUTS) {
+            return fail(ctx, f, "'%s' has %zu items; at most %d are allowed", f, n,
+                        EMBED_MAX_INPUTS);
+        }
+        json_array_foreach(in, i, v)
+        {
+            if (!json_is_string(v)) {
+                return fail(ctx, f, "'%s' mixes strings with other values (at index %zu)", f, i);
+            }
+            if (check_text(ctx, v, i, true) != 0) {
+                return -1;
+            }
+        }
+        *shape = SHAPE_STRINGS;
+        return 0;
+    }
+    if (tokens_ok && json_is_integer(first)) {
+        *shape = SHAPE_TOKENS;
+        return check_token_list(ctx, in, false, 0);
+    }
+    if (tokens_ok && json_is_array(first)) {
+        if (n > EMBED_MAX_INPUTS) {
+            return fail(ctx, f, "'%s' has %zu items; at most %d are allowed", f, n,
+                        EMBED_MAX_INPUTS);
+        }
+        json_array_foreach(in, i, v)
+        {
+            if (!json_is_array(v)) {
+                return fail(ctx, f, "'%s' mixes token lists with other values (at index %zu)", f,
+                            i);
+            }
+            if (check_token_list(ctx, v, true, i) != 0) {
+                return -1;
+            }
+        }
+        *shape = SHAPE_TOKEN_LISTS;
+        return 0;
+    }
+    return fail(ctx, f, "'%s' must be %s", f, expect);
+}
+
+static int
+get_bool(struct parse_ctx *ctx, json_t *root, const char *key, bool *out)
+{
+    json_t *v = json_object_get(root, key);
+
+    if (v == NULL || json_is_null(v)) {
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        return fail(ctx, key, "'%s' must be true or false", key);
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int
+parse_options(struct parse_ctx *ctx, enum embed_api api, json_t *root, struct embed_request *out)
+{
+    json_t *v;
+
+    if (api != EMBED_API_TEI) {
+        v = json_object_get(root, "model");
+        if (v != NULL && !json_is_null(v) && !json_is_string(v)) {
+            return fail(ctx, "model", "'model' must be a string");
+        }
+        out->model = xstrdup(json_is_string(v) ? json_string_value(v) : "");
+    } else {
+        out->model = xstrdup("");
+    }
+    if (api == EMBED_API_OPENAI) {
+        v = json_object_get(root, "encoding_format");
+        if (v != NULL && !json_is_null(v)) {
+            const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+            if (s != NULL && strcmp(s, "base64") == 0) {
+                out->base64 = true;
+            } else if (s == NULL || strcmp(s, "float") != 0) {
+                return fail(ctx, "encoding_format",
+                            "'encoding_format' must be \"float\" or \"base64\"");
+            }
+        }
+    }
+    if (api == EMBED_API_OPENAI || api == EMBED_API_OLLAMA) {
+        v = json_object_get(root, "dimensions");
+        if (v != NULL && !json_is_null(v)) {
+            if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+                json_integer_value(v) > EMBED_MAX_DIMENSIONS) {
+                return fail(ctx, "dimensions", "'dimensions' must be an integer between 1 and %d",
+                            EMBED_MAX_DIMENSIONS);
+            }
+            out->dimensions = (unsigned)json_integer_value(v);
+        }
+    }
+    if (api == EMBED_API_TEI && get_bool(ctx, root, "normalize", &out->normalize) != 0) {
+        return -1;
+    }
+    if ((api == EMBED_API_TEI || api == EMBED_API_OLLAMA) &&
+        get_bool(ctx, root, "truncate", &out->truncate) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static void
+copy_text(char **cursor, json_t *v, struct embed_input *in)
+{
+    size_t len = json_string_length(v);
+
+    memcpy(*cursor, json_string_value(v), len);
+    (*cursor)[len] = '\0';
+    in->text = *cursor;
+    in->len = len;
+    *cursor += len + 1;
+}
+
+static void
+copy_tokens(int64_t **cursor, json_t *list, struct embed_input *in)
+{
+    size_t i;
+    json_t *v;
+
+    in->tokens = *cursor;
+    in->ntokens = json_array_size(list);
+    json_array_foreach(list, i, v)
+    {
+        (*cursor)[i] = (int64_t)json_integer_value(v);
+    }
+    *cursor += in->ntokens;
+}
+
+/* Copies the validated input into one allocation: token ids first (aligned), then texts. */
+static void
+copy_inputs(struct embed_request *out, json_t *in, enum input_shape shape)
+{
+    size_t ntokens = 0, text_bytes = 0, i;
+    json_t *v;
+    int64_t *tok;
+    char *text;
+
+    switch (shape) {
+    case SHAPE_STRING:
+        out->ninputs = 1;
+        text_bytes = json_string_length(in) + 1;
+        break;
+    case SHAPE_STRINGS:
+        out->ninputs = json_array_size(in);
+        json_array_foreach(in, i, v)
+        {
+            text_bytes += json_string_length(v) + 1;
+        }
+        break;
+    case SHAPE_TOKENS:
+        out->ninputs = 1;
+        ntokens = json_array_size(in);
+        break;
+    case SHAPE_TOKEN_LISTS:
+        out->ninputs = json_array_size(in);
+        json_array_foreach(in, i, v)
+        {
+            ntokens += json_array_size(v);
+        }
+        break;
+    }
+    out->single = shape == SHAPE_STRING || shape == SHAPE_TOKENS;
+    out->inputs = xcalloc(out->ninputs, sizeof(*out->inputs));
+    out->storage = xmalloc(ntokens * sizeof(int64_t) + text_bytes);
+    tok = (int64_t *)(void *)out->storage;
+    text = out->storage + ntokens * sizeof(int64_t);
+    switch (shape) {
+    case SHAPE_STRING:
+        copy_text(&text, in, &out->inputs[0]);
+        break;
+    case SHAPE_STRINGS:
+        json_array_foreach(in, i, v)
+        {
+            copy_text(&text, v, &out->inputs[i]);
+        }
+        break;
+    case SHAPE_TOKENS:
+        copy_tokens(&tok, in, &out->inputs[0]);
+        break;
+    case SHAPE_TOKEN_LISTS:
+        json_array_foreach(in, i, v)
+        {
+            copy_tokens(&tok, v, &out->inputs[i]);
+        }
+        break;
+    }
+}
+
+int
+embed_request_parse(enum embed_api api, const char *body, size_t len, struct embed_request *out,
+                    char *err, size_t errlen, const char **param)
+{
+    struct parse_ctx ctx = {err, errlen, param, input_field(api)};
+    enum input_shape shape = SHAPE_STRING;
+    json_error_t jerr;
+    json_t *root, *in;
+
+    memset(out, 0, sizeof(*out));
+    out->api = api;
+    out->normalize = true;
+    *param = NULL;
+    if (api == EMBED_API_NONE) {
+        return fail(&ctx, NULL, "not an embedding route");
+    }
+    if (len == 0) {
+        return fail(&ctx, NULL, "request body is empty; expected a JSON object");
+    }
+    root = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
+    if (root == NULL) {
+        if (json_error_code(&jerr) == json_error_numeric_overflow) {
+            return fail(&ctx, NULL, "request body has a number out of range (line %d, column %d)",
+                        jerr.line, jerr.column);
+        }
+        return fail(&ctx, NULL, "request body is not valid JSON: %s (line %d, column %d)",
+                    jerr.text, jerr.line, jerr.column);
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return fail(&ctx, NULL, "request body must be a JSON object");
+    }
+    in = json_object_get(root, ctx.field);
+    if (check_input(&ctx, api, in, &shape) != 0 || parse_options(&ctx, api, root, out) != 0) {
+        json_decref(root);
+        embed_request_free(out);
+        return -1;
+    }
+    copy_inputs(out, in, shape);
+    json_decref(root);
+    return 0;
+}
+
+void
+embed_request_free(struct embed_request *r)
+{
+    free(r->model);
+    free(r->inputs);
+    free(r->storage);
+    r->model = NULL;
+    r->inputs = NULL;
+    r->storage = NULL;
+    r->ninputs = 0;
+}
+
+/* -------------------------------------------------------------- rendering */
+
+static void
+put_json_string_or_null(struct buf *b, const char *s)
+{
+    if (s == NULL) {
+        buf_puts(b, "null");
+    } else {
+        buf_json_string(b, s, strlen(s));
+    }
+}
+
+static char *
+finish(struct buf *b, size_t *len_out)
+{
+    if (b->data == NULL) {
+        buf_reserve(b, 0);
+        b->data[0] = '\0';
+    }
+    if (len_out != NULL) {
+        *len_out = b->len;
+    }
+    return b->data;
+}
+
+char *
+embed_render_error(enum embed_api api, const char *message, const char *type, const char *param,
+                   const char *code, size_t *len_out)
+{
+    struct buf b;
+
+    buf_init(&b);
+    if (message == NULL) {
+        message = "";
+    }
+    switch (api) {
+    case EMBED_API_TEI:
+        buf_puts(&b, "{\"error\":");
+        buf_json_string(&b, message, strlen(message));
+        buf_puts(&b, ",\"error_type\":");
+        put_json_string_or_null(&b, type);
+        buf_putc(&b, '}');
+        break;
+    case EMBED_API_OLLAMA:
+    case EMBED_API_OLLAMA_LEGACY:
+        buf_puts(&b, "{\"error\":");
+        buf_json_string(&b, message, strlen(message));
+        buf_putc(&b, '}');
+        break;
+    case EMBED_API_OPENAI:
+    case EMBED_API_NONE:
+        buf_puts(&b, "{\"error\":{\"message\":");
+        buf_json_string(&b, message, strlen(message));
+        buf_puts(&b, ",\"type\":");
+        put_json_string_or_null(&b, type);
+        buf_puts(&b, ",\"param\":");
+        put_json_string_or_null(&b, param);
+        buf_puts(&b, ",\"code\":");
+        put_json_string_or_null(&b, code);
+        buf_puts(&b, "}}");
+        break;
+    }
+    return finish(&b, len_out);
+}
+
+/* Usage as whitespace-separated words (the embedder's own notion of blank), or token ids. */
+static size_t
+count_usage(const struct embed_request *r)
+{
+    size_t total = 0;
+
+    for (size_t i = 0; i < r->ninputs; i++) {
+        const struct embed_input *in = &r->inputs[i];
+        bool in_word = false;
+
+        if (in->tokens != NULL) {
+            total += in->ntokens;
+            continue;
+        }
+        for (size_t k = 0; k < in->len; k++) {
+            unsigned char c = (unsigned char)in->text[k];
+            bool blank = c <= 0x20 || c == 0x7f;
+            if (!blank && !in_word) {
+                total++;
+            }
+            in_word = !blank;
+        }
+    }
+    return total;
+}
+
+char *
+embed_render_response(const struct embed_request *r, const float *vectors, size_t dim,
+                      const char *model_name, size_t *len_out)
+{
+    const char *model = model_name != NULL ? model_name : (r->model != NULL ? r->model : "");
+    size_t usage = count_usage(r);
+    struct buf b;
+
+    buf_init(&b);
+    switch (r->api) {
+    case EMBED_API_TEI:
+        buf_putc(&b, '[');
+        for (size_t i = 0; i < r->ninputs; i++) {
+            if (i > 0) {
+                buf_putc(&b, ',');
+            }
+            put_float_array(&b, vectors + i * dim, dim);
+        }
+        buf_putc(&b, ']');
+        break;
+    case EMBED_API_OLLAMA:
+        buf_puts(&b, "{\"model\":");
+        buf_json_string(&b, model, strlen(model));
+        buf_puts(&b, ",\"embeddings\":[");
+        for (size_t i = 0; i < r->ninputs; i++) {
+            if (i > 0) {
+                buf_putc(&b, ',');
+            }
+            put_float_array(&b, vectors + i * dim, dim);
+        }
+        buf_printf(&b, "],\"prompt_eval_count\":%zu}", usage);
+        break;
+    case EMBED_API_OLLAMA_LEGACY:
+        buf_puts(&b, "{\"embedding\":");
+        put_float_array(&b, vectors, r->ninputs > 0 ? dim : 0);
+        buf_putc(&b, '}');
+        break;
+    case EMBED_API_OPENAI:
+    case EMBED_API_NONE:
+        buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+        for (size_t i = 0; i < r->ninputs; i++) {
+            buf_printf(&b,
+                       "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":", i > 0 ? "," : "",
+                       i);
+            if (r->base64) {
+                put_base64_floats(&b, vectors + i * dim, dim);
+            } else {
+                put_float_array(&b, vectors + i * dim, dim);
+            }
+            buf_putc(&b, '}');
+        }
+        buf_puts(&b, "],\"model\":");
+        buf_json_string(&b, model, strlen(model));
+        buf_printf(&b, ",\"usage\":{\"prompt_tokens\":%zu,\"total_tokens\":%zu}}", usage, usage);
+        break;
+    }
+    return finish(&b, len_out);
+}
+
+/* --------------------------------------------------------------- sniffing */
+
+static const char *
+skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) {
+        p++;
+    }
+    return p;
+}
+
+/*
+ * Finds the first object key equal to key and returns the position after its
+ * ':' (NULL when not in these bytes). Walks every string properly, escapes
+ * included, so a value like "model":"embedding" never matches.
+ */
+static const char *
+find_key(const char *p, const char *end, const char *key)
+{
+    size_t keylen = strlen(key);
+
+    while (p < end) {
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        const char *start;
+
+        if (q == NULL) {
+            return NULL;
+        }
+        start = ++q;
+        while (q < end && *q != '"') {
+            q += (*q == '\\') ? 2 : 1;
+        }
+        if (q >= end) {
+            return NULL;
+        }
+        p = q + 1;
+        if ((size_t)(q - start) == keylen && memcmp(start, key, keylen) == 0) {
+            const char *c = skip_ws(p, end);
+            if (c < end && *c == ':') {
+                return c + 1;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Counts the numbers of the flat array starting at p ('[' after optional blanks). */
+static unsigned
+count_array(const char *p, const char *end)
+{
+    const char *close;
+    unsigned count = 1;
+
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[') {
+        return 0;
+    }
+    p++;
+    close = memchr(p, ']', (size_t)(end - p));
+    if (close == NULL) {
+        return 0;
+    }
+    p = skip_ws(p, close);
+    if (p == close) {
+        return 0;
+    }
+    for (; p < close; p++) {
+        count += *p == ',';
+    }
+    return count;
+}
+
+/* Decoded float32 count of the base64 string starting at p (the opening quote). */
+static unsigned
+count_base64(const char *p, const char *end)
+{
+    const char *close = memchr(p + 1, '"', (size_t)(end - p - 1));
+    size_t chars, pad = 0;
+
+    if (close == NULL) {
+        return 0;
+    }
+    chars = (size_t)(close - p - 1);
+    while (pad < 2 && chars > pad && close[-1 - (ptrdiff_t)pad] == '=') {
+        pad++;
+    }
+    return (unsigned)((chars / 4 * 3 - pad) / 4);
+}
+
+unsigned
+embed_sniff_dimension(enum embed_api api, const char *body, size_t len)
+{
+    const char *end = body + len;
+    const char *p;
+
+    if (body == NULL) {
+        return 0;
+    }
+    switch (api) {
+    case EMBED_API_TEI:
+        p = skip_ws(body, end);
+        if (p >= end || *p != '[') {
+            return 0;
+        }
+        return count_array(p + 1, end);
+    case EMBED_API_OLLAMA:
+        p = find_key(body, end, "embeddings");
+        if (p == NULL) {
+            return 0;
+        }
+        p = skip_ws(p, end);
+        if (p >= end || *p != '[') {
+            return 0;
+        }
+        return count_array(p + 1, end);
+    case EMBED_API_OLLAMA_LEGACY:
+        p = find_key(body, end, "embedding");
+        return p != NULL ? count_array(p, end) : 0;
+    case EMBED_API_OPENAI:
+        p = find_key(body, end, "embedding");
+        if (p == NULL) {
+            return 0;
+        }
+        p = skip_ws(p, end);
+        if (p < end && *p == '"') {
+            return count_base64(p, end);
+        }
+        return count_array(p, end);
+    case EMBED_API_NONE:
+        break;
+    }
+    return 0;
+}

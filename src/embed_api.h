@@ -1,0 +1,110 @@
+/*
+ * embed_api.h - the four embedding APIs Akosha speaks: route a path, parse a
+ * request body, render an answer or an error in the caller's own format, and
+ * sniff an upstream answer's dimension. Pure: no sockets, no clock, no libevent.
+ *
+ *   OpenAI         POST /v1/embeddings, /embeddings
+ *   TEI            POST /embed
+ *   Ollama         POST /api/embed
+ *   Ollama legacy  POST /api/embeddings
+ */
+#ifndef AKOSHA_EMBED_API_H
+#define AKOSHA_EMBED_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum embed_api {
+    EMBED_API_NONE,
+    EMBED_API_OPENAI,
+    EMBED_API_TEI,
+    EMBED_API_OLLAMA,
+    EMBED_API_OLLAMA_LEGACY,
+};
+
+#define EMBED_MAX_INPUTS 2048
+#define EMBED_MAX_DIMENSIONS 4096
+
+/* Which API a path (without query string) belongs to; EMBED_API_NONE for any other path. */
+enum embed_api embed_api_route(const char *path, size_t path_len);
+
+/*
+ * Bounded metrics label for a route: "embeddings", "embed", "api_embed",
+ * "api_embeddings", or "other" (never the raw path). Static string.
+ */
+const char *embed_api_route_label(enum embed_api api, const char *path, size_t len);
+
+/* One input: exactly one of text (len bytes, NUL-terminated) or tokens (ntokens ids) is set. */
+struct embed_input {
+    const char *text;
+    size_t len;
+    const int64_t *tokens;
+    size_t ntokens;
+};
+
+/* A parsed request. Owns model, inputs and everything they point to. */
+struct embed_request {
+    enum embed_api api;
+    char *model;                /* "" when not given */
+    struct embed_input *inputs; /* ninputs >= 1 after a successful parse */
+    size_t ninputs;
+    bool base64;         /* OpenAI encoding_format "base64" */
+    unsigned dimensions; /* OpenAI/Ollama "dimensions"; 0 = not given */
+    bool normalize;      /* TEI "normalize"; true unless the caller said false */
+    bool truncate;       /* TEI/Ollama "truncate" */
+    bool single;         /* input was a scalar (a string or one flat token list), not a list */
+    char *storage;       /* texts and token ids, one allocation */
+};
+
+/*
+ * Parses body for api (not EMBED_API_NONE). Returns 0 and fills out, which the
+ * caller releases with embed_request_free. Returns -1 with a message in err and
+ * *param naming the offending field (static string, or NULL for the body as a
+ * whole) when the request is invalid: the caller answers 400. out needs no
+ * freeing after -1.
+ */
+int embed_request_parse(enum embed_api api, const char *body, size_t len, struct embed_request *out,
+                        char *err, size_t errlen, const char **param)
+    __attribute__((warn_unused_result));
+
+/* Releases what r owns; r itself belongs to the caller. Safe on a zeroed request. */
+void embed_request_free(struct embed_request *r);
+
+/*
+ * Error body in the API's own shape. OpenAI (and EMBED_API_NONE):
+ * {"error":{"message","type","param","code"}} with NULL param/code as null;
+ * TEI: {"error","error_type"} with error_type = type; Ollama (both routes):
+ * {"error"}. Returns a malloc'd NUL-terminated string the caller frees;
+ * *len_out (if not NULL) gets its length.
+ */
+char *embed_render_error(enum embed_api api, const char *message, const char *type,
+                         const char *param, const char *code, size_t *len_out);
+
+/*
+ * Success body in r->api's shape for r->ninputs vectors of dim floats
+ * (row-major). model_name is reported where the API has a model field (NULL:
+ * r->model). OpenAI honours r->base64 (little-endian float32). Usage counts
+ * whitespace-separated words, or token ids. Returns a malloc'd NUL-terminated
+ * string the caller frees; *len_out (if not NULL) gets its length.
+ */
+char *embed_render_response(const struct embed_request *r, const float *vectors, size_t dim,
+                            const char *model_name, size_t *len_out);
+
+/*
+ * Dimension of the first embedding in a successful upstream response body (or
+ * a prefix of it) for api, or 0 when these bytes do not hold a whole first
+ * vector. Scans without building a JSON tree.
+ */
+unsigned embed_sniff_dimension(enum embed_api api, const char *body, size_t len);
+
+/*
+ * Writes the shortest decimal that strtof() reads back as exactly f into out
+ * (at least EMBED_FLOAT_MAX_CHARS bytes, not NUL-terminated) and returns its
+ * length. Always contains '.' or 'e' so JSON readers see a float. f must be
+ * finite. Exposed for tests and benchmarks.
+ */
+#define EMBED_FLOAT_MAX_CHARS 24
+size_t embed_format_float(float f, char *out);
+
+#endif

@@ -1,0 +1,525 @@
+/*
+ * observe.c - metrics and spans for the request path.
+ *
+ * Series handles are looked up once and cached (per route and status code,
+ * per upstream and outcome), so the request path only does atomic adds and
+ * never takes the registry's lock. Spans are created only for sampled
+ * requests and handed to the exporter thread without waiting.
+ */
+#include "observe.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "breaker.h"
+#include "fallback.h"
+#include "log.h"
+#include "metrics.h"
+#include "otlp.h"
+#include "proxy.h"
+#include "trace.h"
+#include "util.h"
+#include "worker.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "0.0.0"
+#endif
+
+static const char *routes[] = {"embeddings", "embed", "api_embed", "api_embeddings", "other"};
+#define NROUTES 5
+static const char *outcomes[] = {"success", "client_error", "failure",
+                                 "timeout", "connect_error", "rejected"};
+#define NOUTCOMES 6
+enum { OUT_SUCCESS, OUT_CLIENT_ERROR, OUT_FAILURE, OUT_TIMEOUT, OUT_CONNECT, OUT_REJECTED };
+
+/* Cached handles; created on first use on the loop thread. */
+static struct metric_series *m_requests[NROUTES][600];
+static struct metric_series *m_duration[NROUTES];
+static struct metric_series *m_generated[2], *m_batch[2], *m_textlen[2], *m_batchsize[2];
+
+struct upstream_series {
+    char name[64];
+    struct metric_series *outcome[NOUTCOMES];
+    struct metric_series *duration;
+    struct metric_series *retries[3];
+};
+#define MAX_UPSTREAM_SERIES 256
+static struct upstream_series up_series[MAX_UPSTREAM_SERIES];
+static size_t n_up_series;
+
+static struct trace_sampler sampler;
+static bool tracing;
+static struct telemetry_settings tele;
+
+static int
+route_index(const char *route)
+{
+    for (int i = 0; i < NROUTES; i++) {
+        if (strcmp(routes[i], route) == 0) {
+            return i;
+        }
+    }
+    return NROUTES - 1;
+}
+
+static struct upstream_series *
+series_for(const char *name)
+{
+    for (size_t i = 0; i < n_up_series; i++) {
+        if (strcmp(up_series[i].name, name) == 0) {
+            return &up_series[i];
+        }
+    }
+    if (n_up_series == MAX_UPSTREAM_SERIES) {
+        return NULL; /* bounded: past this many names, upstream series are not kept */
+    }
+    struct upstream_series *s = &up_series[n_up_series++];
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    for (int i = 0; i < NOUTCOMES; i++) {
+        const char *lv[] = {s->name, outcomes[i]};
+        s->outcome[i] = metrics_series(METRIC_UPSTREAM_REQUESTS, lv);
+    }
+    {
+        const char *lv[] = {s->name};
+        s->duration = metrics_series(METRIC_UPSTREAM_REQUEST_DURATION, lv);
+    }
+    static const char *reasons[] = {"failure", "timeout", "connect_error"};
+    for (int i = 0; i < 3; i++) {
+        const char *lv[] = {s->name, reasons[i]};
+        s->retries[i] = metrics_series(METRIC_RETRIES, lv);
+    }
+    return s;
+}
+
+static int
+reason_class(const char *reason)
+{
+    if (strcmp(reason, "timeout") == 0 || strcmp(reason, "connect_timeout") == 0) {
+        return OUT_TIMEOUT;
+    }
+    if (strcmp(reason, "connect_error") == 0 || strcmp(reason, "tls_error") == 0 ||
+        strcmp(reason, "reset") == 0) {
+        return OUT_CONNECT;
+    }
+    return OUT_FAILURE;
+}
+
+/* ---- collectors: values read at scrape time ---------------------------- */
+
+static void
+collect_breakers(struct metrics_writer *w, void *arg)
+{
+    struct server *srv = arg;
+    struct breaker_stats st;
+
+    for (size_t i = 0; i < srv->ups->n; i++) {
+        struct upstream *up = srv->ups->ups[i];
+        const char *lv[] = {up->name};
+        const char *idle[] = {up->name, "idle"}, *active[] = {up->name, "active"};
+        breaker_get_stats(&up->breaker, &st);
+        metrics_writer_sample(w, METRIC_CIRCUIT_STATE, lv, breaker_state_metric(st.state));
+        metrics_writer_sample(w, METRIC_CIRCUIT_TOTAL_CALLS, lv, (double)st.total_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESSFUL_CALLS, lv,
+                              (double)st.successful_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_FAILED_CALLS, lv, (double)st.failed_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_REJECTED_CALLS, lv, (double)st.rejected_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_FAILURES, lv,
+                              st.consecutive_failures);
+        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv,
+                              st.consecutive_successes);
+        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st.success_rate);
+        metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, idle, (double)up->nidle);
+        metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, active,
+                              (double)(up->nbusy + up->nconnecting));
+    }
+    if (srv->otlp != NULL) {
+        const char *lv[] = {"otlp-exporter"};
+        uint64_t exported, dropped, failures;
+        otlp_breaker_stats(srv->otlp, &st);
+        metrics_writer_sample(w, METRIC_CIRCUIT_STATE, lv, breaker_state_metric(st.state));
+        metrics_writer_sample(w, METRIC_CIRCUIT_TOTAL_CALLS, lv, (double)st.total_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESSFUL_CALLS, lv,
+                              (double)st.successful_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_FAILED_CALLS, lv, (double)st.failed_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_REJECTED_CALLS, lv, (double)st.rejected_calls);
+        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_FAILURES, lv,
+                              st.consecutive_failures);
+        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv,
+                              st.consecutive_successes);
+        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st.success_rate);
+        otlp_counters(srv->otlp, &exported, &dropped, &failures);
+        metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, (double)exported);
+        metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, (double)dropped);
+        metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, (double)failures);
+    } else {
+        metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, 0);
+        metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, 0);
+        metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, 0);
+    }
+    metrics_writer_sample(w, METRIC_REQUESTS_IN_FLIGHT, NULL, (double)srv->in_flight);
+    metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
+                          srv->workers ? (double)worker_pool_depth(srv->workers) : 0);
+}
+
+int
+observe_init(struct server *srv, const char **cause)
+{
+    const struct config *cfg = srv->cfg;
+
+    metrics_set_build_info(PACKAGE_VERSION);
+    metrics_add_collector(collect_breakers, srv);
+    for (int i = 0; i < 2; i++) {
+        const char *lv[] = {i == 0 ? "real" : "fallback"};
+        m_generated[i] = metrics_series(METRIC_EMBEDDING_GENERATED, lv);
+        m_batch[i] = metrics_series(METRIC_EMBEDDING_BATCH_GENERATED, lv);
+        m_textlen[i] = metrics_series(METRIC_EMBEDDING_TEXT_LENGTH, lv);
+        m_batchsize[i] = metrics_series(METRIC_EMBEDDING_BATCH_SIZE, lv);
+    }
+    for (int i = 0; i < NROUTES; i++) {
+        const char *lv[] = {routes[i]};
+        m_duration[i] = metrics_series(METRIC_REQUEST_DURATION, lv);
+    }
+    {
+        const char *lv[] = {"success"}, *lv2[] = {"failure"};
+        metrics_series(METRIC_CONFIG_RELOADS, lv);
+        metrics_series(METRIC_CONFIG_RELOADS, lv2);
+    }
+    metrics_series(METRIC_RETRY_BUDGET_EXHAUSTED, NULL);
+
+    telemetry_settings_init(&tele);
+    telemetry_settings_set(&tele.service_name, cfg->telemetry.service_name);
+    telemetry_settings_set(&tele.environment, cfg->telemetry.environment);
+    telemetry_settings_set(&tele.otlp_endpoint, cfg->telemetry.otlp_endpoint);
+    telemetry_settings_set(&tele.otlp_headers, cfg->telemetry.otlp_headers);
+    tele.sample_rate = cfg->telemetry.sample_rate;
+    tele.console_export = cfg->telemetry.console_export;
+    telemetry_apply_env(&tele, NULL);
+    telemetry_sampler(&tele, &sampler);
+    *cause = NULL;
+    srv->otlp = otlp_start(&tele, PACKAGE_VERSION, cause);
+    if (srv->otlp == NULL && *cause != NULL) {
+        telemetry_settings_free(&tele);
+        return -1;
+    }
+    tracing = srv->otlp != NULL;
+    if (tracing) {
+        char *url = telemetry_traces_url(&tele);
+        log_info("tracing: sampler %s ratio %.3f, export to %s%s",
+                 trace_sampler_kind_name(sampler.kind), sampler.ratio, url ? url : "(none)",
+                 tele.console_export ? " and stderr" : "");
+        free(url);
+    }
+    return 0;
+}
+
+void
+observe_shutdown(struct server *srv, unsigned long timeout_ms)
+{
+    if (srv->otlp != NULL) {
+        otlp_shutdown(srv->otlp, timeout_ms);
+        srv->otlp = NULL;
+    }
+    tracing = false;
+    telemetry_settings_free(&tele);
+}
+
+void
+observe_reload(struct server *srv, bool ok)
+{
+    const char *lv[] = {ok ? "success" : "failure"};
+
+    (void)srv;
+    metrics_inc(metrics_series(METRIC_CONFIG_RELOADS, lv));
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static void
+span_name(struct request *r, char *out, size_t len)
+{
+    snprintf(out, len, "%.*s %.*s", (int)r->hd.method_len, r->hd.method_str, (int)r->hd.path_len,
+             r->hd.path);
+}
+
+void
+observe_request_start(struct server *srv, struct request *r)
+{
+    const struct http_header *h;
+    char name[TRACE_NAME_MAX];
+
+    (void)srv;
+    if (!tracing) {
+        return;
+    }
+    h = http_find_header(r->hd.headers, r->hd.nheaders, "traceparent");
+    if (h != NULL && trace_parse_traceparent(h->value, h->value_len, &r->trace_parent)) {
+        const struct http_header *ts =
+            http_find_header(r->hd.headers, r->hd.nheaders, "tracestate");
+        r->has_parent = true;
+        if (ts != NULL) {
+            trace_set_tracestate(&r->trace_parent, ts->value, ts->value_len);
+        }
+    }
+    trace_start(&sampler, r->has_parent ? &r->trace_parent : NULL, &r->ctx);
+    if (!trace_context_sampled(&r->ctx)) {
+        return;
+    }
+    span_name(r, name, sizeof(name));
+    r->span = trace_span_new(&r->ctx, r->has_parent ? r->trace_parent.span_id : NULL,
+                             TRACE_KIND_SERVER, name, otlp_now_unix_ns());
+    trace_span_attr_strn(r->span, "http.request.method", r->hd.method_str, r->hd.method_len);
+    trace_span_attr_strn(r->span, "url.path", r->hd.path, r->hd.path_len);
+    trace_span_attr_str(r->span, "http.request.id", r->id);
+}
+
+void
+observe_request_dispatch(struct server *srv, struct request *r)
+{
+    (void)srv;
+    (void)r;
+}
+
+void
+observe_server_span_end(struct server *srv, struct request *r)
+{
+    struct trace_span *s = r->span;
+
+    r->span = NULL;
+    if (s == NULL) {
+        return;
+    }
+    if (r->status > 0) {
+        trace_span_attr_int(s, "http.response.status_code", r->status);
+        trace_span_set_http_status(s, r->status);
+        if (r->status >= 500) {
+            char t[16];
+            snprintf(t, sizeof(t), "%d", r->status);
+            trace_span_attr_str(s, "error.type", t);
+        }
+    } else {
+        trace_span_attr_str(s, "error.type", "client_disconnected");
+        trace_span_set_status(s, TRACE_STATUS_ERROR, "client went away");
+    }
+    if (r->mode != NULL) {
+        trace_span_attr_str(s, "embedding.mode", r->mode);
+    }
+    trace_span_end(s, otlp_now_unix_ns());
+    if (srv->otlp != NULL) {
+        otlp_submit(srv->otlp, s);
+    } else {
+        trace_span_free(s);
+    }
+}
+
+void
+observe_request_done(struct server *srv, struct request *r)
+{
+    int ri = route_index(r->route);
+    int code = r->status >= 100 && r->status < 600 ? r->status : 0;
+    double secs = (double)(util_mono_us() - r->start_us) / 1e6;
+
+    srv->requests_total++;
+    if (code != 0) {
+        if (m_requests[ri][code] == NULL) {
+            char cs[8];
+            snprintf(cs, sizeof(cs), "%d", code);
+            const char *lv[] = {routes[ri], cs};
+            m_requests[ri][code] = metrics_series(METRIC_REQUESTS, lv);
+        }
+        metrics_inc(m_requests[ri][code]);
+    }
+    metrics_observe(m_duration[ri], secs);
+    /* Real embeddings are counted from the request once the upstream said 2xx. */
+    if (r->mode != NULL && strcmp(r->mode, "real") == 0 && r->api != EMBED_API_NONE &&
+        r->status >= 200 && r->status < 300 && r->body != NULL) {
+        struct embed_request er;
+        char err[160];
+        const char *param = NULL;
+        size_t n = evbuffer_get_length(r->body);
+        const char *body = (const char *)evbuffer_pullup(r->body, -1);
+        if (embed_request_parse(r->api, body ? body : "", n, &er, err, sizeof(err), &param) ==
+            0) {
+            observe_embeddings(srv, "real", &er);
+            if (r->sniffed_dim > 0) {
+                server_learn_dim(srv, er.model, r->sniffed_dim);
+            }
+            embed_request_free(&er);
+        }
+    }
+}
+
+void
+observe_connection_refused(struct server *srv)
+{
+    (void)srv;
+    log_warn("max_connections reached: refused a connection");
+}
+
+/* ---- attempts ---------------------------------------------------------- */
+
+void
+observe_attempt_start(struct server *srv, struct request *r)
+{
+    struct attempt *a = &r->att;
+
+    (void)srv;
+    a->span = NULL;
+    if (r->span == NULL) {
+        return;
+    }
+    struct trace_context child;
+    trace_child_context(&r->ctx, &child);
+    {
+        char name[TRACE_NAME_MAX];
+        snprintf(name, sizeof(name), "%.*s", (int)r->hd.method_len, r->hd.method_str);
+        a->span = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_CLIENT, name,
+                                 otlp_now_unix_ns());
+    }
+    trace_span_attr_strn(a->span, "http.request.method", r->hd.method_str, r->hd.method_len);
+    trace_span_attr_str(a->span, "server.address", a->up->cfg->url.host);
+    trace_span_attr_int(a->span, "server.port", a->up->cfg->url.port);
+    trace_span_attr_strn(a->span, "url.path", r->hd.path, r->hd.path_len);
+    trace_span_attr_str(a->span, "akosha.upstream", a->up->name);
+    trace_span_attr_str(a->span, "akosha.circuit_state", breaker_state_name(a->up->breaker.state));
+    if (r->attempts > 1) {
+        trace_span_attr_int(a->span, "http.request.resend_count", r->attempts - 1);
+    }
+}
+
+bool
+observe_attempt_traceparent(struct server *srv, struct request *r, char *out, size_t len)
+{
+    struct trace_context ctx;
+
+    (void)srv;
+    if (!tracing || len < 56) {
+        return false;
+    }
+    if (r->att.span != NULL) {
+        memcpy(ctx.trace_id, r->att.span->trace_id, TRACE_ID_SIZE);
+        memcpy(ctx.span_id, r->att.span->span_id, TRACE_SPAN_ID_SIZE);
+        ctx.flags = r->att.span->flags;
+    } else {
+        trace_child_context(&r->ctx, &ctx); /* unsampled: propagate the decision */
+    }
+    trace_format_traceparent(&ctx, out);
+    return true;
+}
+
+void
+observe_attempt_status(struct server *srv, struct request *r, int status)
+{
+    (void)srv;
+    if (r->att.span != NULL) {
+        trace_span_attr_int(r->att.span, "http.response.status_code", status);
+        trace_span_set_http_status(r->att.span, status);
+    }
+}
+
+void
+observe_attempt_failed(struct server *srv, struct request *r, const char *reason, int status)
+{
+    struct upstream_series *s = series_for(r->att.up->name);
+
+    (void)srv;
+    (void)status;
+    if (s != NULL) {
+        metrics_inc(s->outcome[reason_class(reason)]);
+        metrics_observe(s->duration, (double)(util_mono_us() - r->att.start_us) / 1e6);
+    }
+    if (r->att.span != NULL) {
+        trace_span_attr_str(r->att.span, "error.type", reason);
+        trace_span_set_status(r->att.span, TRACE_STATUS_ERROR, reason);
+    }
+}
+
+void
+observe_attempt_success(struct server *srv, struct request *r)
+{
+    struct upstream_series *s = series_for(r->att.up->name);
+
+    (void)srv;
+    if (s != NULL) {
+        bool client_error = r->att.status >= 400;
+        metrics_inc(s->outcome[client_error ? OUT_CLIENT_ERROR : OUT_SUCCESS]);
+        metrics_observe(s->duration, (double)(util_mono_us() - r->att.start_us) / 1e6);
+    }
+    r->att.up->stats.requests++;
+}
+
+void
+observe_attempt_end(struct server *srv, struct request *r)
+{
+    struct trace_span *s = r->att.span;
+
+    r->att.span = NULL;
+    if (s == NULL) {
+        return;
+    }
+    trace_span_end(s, otlp_now_unix_ns());
+    if (srv->otlp != NULL) {
+        otlp_submit(srv->otlp, s);
+    } else {
+        trace_span_free(s);
+    }
+}
+
+void
+observe_all_open(struct server *srv, struct request *r)
+{
+    (void)r;
+    for (size_t i = 0; i < srv->ups->n; i++) {
+        struct upstream_series *s = series_for(srv->ups->ups[i]->name);
+        if (s != NULL) {
+            metrics_inc(s->outcome[OUT_REJECTED]);
+        }
+    }
+}
+
+void
+observe_retry(struct server *srv, struct request *r, const char *reason)
+{
+    struct upstream_series *s = series_for(r->att.up->name);
+    int cls = reason_class(reason);
+
+    (void)srv;
+    if (s != NULL) {
+        metrics_inc(s->retries[cls == OUT_TIMEOUT ? 1 : cls == OUT_CONNECT ? 2 : 0]);
+    }
+}
+
+void
+observe_budget_exhausted(struct server *srv)
+{
+    (void)srv;
+    metrics_inc(metrics_series(METRIC_RETRY_BUDGET_EXHAUSTED, NULL));
+}
+
+void
+observe_fallback(struct server *srv, const char *reason)
+{
+    const char *lv[] = {reason};
+
+    srv->fallback_total++;
+    metrics_inc(metrics_series(METRIC_FALLBACK, lv));
+}
+
+void
+observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er)
+{
+    int m = strcmp(mode, "real") == 0 ? 0 : 1;
+
+    (void)srv;
+    metrics_add(m_generated[m], er->ninputs);
+    if (er->ninputs > 1) {
+        metrics_inc(m_batch[m]);
+    }
+    metrics_observe(m_batchsize[m], (double)er->ninputs);
+    for (size_t i = 0; i < er->ninputs; i++) {
+        const struct embed_input *in = &er->inputs[i];
+        metrics_observe(m_textlen[m], (double)(in->text ? in->len : in->ntokens));
+    }
+}

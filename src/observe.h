@@ -1,0 +1,47 @@
+/*
+ * observe.h - where the request path reports to metrics and tracing.
+ *
+ * proxy.c and fallback.c call these at fixed points of a request's life;
+ * this file turns them into Prometheus series (metrics.c) and spans
+ * (trace.c, exported by otlp.c). Every call is cheap: cached series
+ * handles and atomics, and a span handed off without waiting.
+ */
+#ifndef AKOSHA_OBSERVE_H
+#define AKOSHA_OBSERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "embed_api.h"
+
+struct server;
+struct request;
+
+/* Start-up and reload: tracing settings from cfg plus the environment. */
+int observe_init(struct server *srv, const char **cause);
+void observe_shutdown(struct server *srv, unsigned long timeout_ms);
+void observe_reload(struct server *srv, bool ok);
+
+void observe_request_start(struct server *srv, struct request *r);
+void observe_request_dispatch(struct server *srv, struct request *r);
+void observe_request_done(struct server *srv, struct request *r);
+void observe_server_span_end(struct server *srv, struct request *r);
+void observe_connection_refused(struct server *srv);
+
+void observe_attempt_start(struct server *srv, struct request *r);
+/* Writes the traceparent for the current attempt; false when not tracing. */
+bool observe_attempt_traceparent(struct server *srv, struct request *r, char *out, size_t len);
+void observe_attempt_status(struct server *srv, struct request *r, int status);
+void observe_attempt_failed(struct server *srv, struct request *r, const char *reason,
+                            int status);
+void observe_attempt_success(struct server *srv, struct request *r);
+void observe_attempt_end(struct server *srv, struct request *r);
+void observe_all_open(struct server *srv, struct request *r);
+void observe_retry(struct server *srv, struct request *r, const char *reason);
+void observe_budget_exhausted(struct server *srv);
+
+void observe_fallback(struct server *srv, const char *reason);
+/* Embeddings produced: mode "real" or "fallback". */
+void observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er);
+
+#endif

@@ -1,0 +1,774 @@
+/*
+ * otlp.c - batch span processor and OTLP/HTTP JSON exporter thread.
+ *
+ * Threads: any thread calls otlp_submit; one exporter thread owns the curl
+ * handle, the PRNG and the export loop. The queue lock is held only to move
+ * span pointers, never across encoding or network I/O. The breaker has its
+ * own lock because /stats reads it from the event loop thread.
+ */
+#include "otlp.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "log.h"
+#include "retry.h"
+#include "util.h"
+
+#define OTLP_BACKOFF_MULTIPLIER 2.0
+/* Collectors answer with a short status body; more is not worth keeping. */
+#define OTLP_RETRY_AFTER_MAX 64
+
+struct otlp_exporter {
+    /* Set by otlp_start, read-only afterwards. */
+    char *url; /* NULL: console export only */
+    struct curl_slist *headers;
+    bool console;
+    bool gzip;
+    char *resource_json;
+    char *scope_version;
+    size_t max_queue;
+    size_t max_batch;
+    uint64_t schedule_delay_ms;
+    uint64_t export_timeout_ms;
+    uint64_t request_timeout_ms;
+    uint64_t retry_base_ms;
+    uint64_t retry_max_ms;
+
+    /* Queue: a ring of span pointers, guarded by lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* exporter thread waits here */
+    pthread_cond_t done; /* otlp_flush callers wait here */
+    struct trace_span **ring;
+    size_t head;
+    size_t count;
+    bool stopping;
+    uint64_t stop_deadline_ms;
+    uint64_t flush_requested;
+    uint64_t flush_done;
+    bool all_exported; /* cleared when a span is lost during the shutdown drain */
+
+    /* Read by the curl progress callback without the lock. */
+    atomic_uint_fast64_t abort_at_ms; /* UINT64_MAX until shutdown sets a deadline */
+
+    pthread_mutex_t breaker_lock;
+    struct breaker breaker;
+
+    atomic_uint_fast64_t exported;
+    atomic_uint_fast64_t dropped;
+    atomic_uint_fast64_t failures;
+
+    /* Exporter thread only. */
+    pthread_t thread;
+    CURL *curl;
+    uint64_t rng;
+    bool last_export_failed;
+    char retry_after[OTLP_RETRY_AFTER_MAX];
+    size_t retry_after_len;
+    char curl_error[CURL_ERROR_SIZE];
+};
+
+uint64_t
+otlp_now_unix_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+deadline_timespec(uint64_t deadline_ms, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(deadline_ms / 1000);
+    ts->tv_nsec = (long)(deadline_ms % 1000) * 1000000L;
+}
+
+/* Wait on cond until deadline_ms (monotonic); the condvars use CLOCK_MONOTONIC. */
+static void
+cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *lock, uint64_t deadline_ms)
+{
+    struct timespec ts;
+
+    deadline_timespec(deadline_ms, &ts);
+    pthread_cond_timedwait(cond, lock, &ts);
+}
+
+static void
+cond_init_monotonic(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+/* ---- headers ---- */
+
+static bool
+is_token_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+struct header_build {
+    struct curl_slist *list;
+};
+
+static void
+add_header(void *arg, const char *key, const char *value)
+{
+    struct header_build *hb = arg;
+    char *line;
+
+    for (const char *p = key; *p != '\0'; p++) {
+        if (!is_token_char((unsigned char)*p)) {
+            log_warn("otlp: header name \"%s\" is not an HTTP token, skipped", key);
+            return;
+        }
+    }
+    for (const char *p = value; *p != '\0'; p++) {
+        if (*p == '\r' || *p == '\n') {
+            /* The value is a secret: name only the header. */
+            log_warn("otlp: header \"%s\" has a line break in its value, skipped", key);
+            return;
+        }
+    }
+    line = xasprintf("%s: %s", key, value);
+    hb->list = curl_slist_append(hb->list, line);
+    free(line);
+    if (hb->list == NULL) {
+        fatal("otlp: out of memory building headers");
+    }
+}
+
+static struct curl_slist *
+build_headers(const struct telemetry_settings *t, const char *service_version)
+{
+    struct header_build hb = {NULL};
+    const char *cause;
+    char *ua = xasprintf("User-Agent: akosha/%s", service_version);
+
+    add_header(&hb, "Content-Type", "application/json");
+    if (t->gzip) {
+        add_header(&hb, "Content-Encoding", "gzip");
+    }
+    /* No "Expect: 100-continue" round trip before large bodies. */
+    hb.list = curl_slist_append(hb.list, "Expect:");
+    hb.list = curl_slist_append(hb.list, ua);
+    free(ua);
+    if (t->otlp_headers != NULL && t->otlp_headers[0] != '\0') {
+        if (trace_kv_list_parse(t->otlp_headers, add_header, &hb, &cause) < 0) {
+            log_warn("otlp: otlp_headers: %s; no custom headers sent", cause);
+        }
+    }
+    return hb.list;
+}
+
+/* ---- one HTTP attempt ---- */
+
+static size_t
+discard_body(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    (void)ptr;
+    (void)arg;
+    return size * nmemb;
+}
+
+static size_t
+on_header(char *line, size_t size, size_t nmemb, void *arg)
+{
+    struct otlp_exporter *e = arg;
+    size_t len = size * nmemb;
+    static const char name[] = "retry-after:";
+
+    if (len > sizeof(name) - 1 && strncasecmp(line, name, sizeof(name) - 1) == 0) {
+        const char *v = line + sizeof(name) - 1;
+        size_t vlen = len - (sizeof(name) - 1);
+        while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n')) {
+            vlen--;
+        }
+        if (vlen < sizeof(e->retry_after)) {
+            memcpy(e->retry_after, v, vlen);
+            e->retry_after_len = vlen;
+        }
+    }
+    return len;
+}
+
+/* Lets otlp_shutdown cut a slow request short at its deadline. */
+static int
+on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    struct otlp_exporter *e = arg;
+
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    return util_mono_ms() >= atomic_load(&e->abort_at_ms) ? 1 : 0;
+}
+
+static bool
+transport_retryable(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/*
+ * POST body once. Returns the HTTP status, or 0 for a transport failure with
+ * *retryable telling whether it is worth another attempt.
+ */
+static long
+post_once(struct otlp_exporter *e, const struct buf *body, uint64_t timeout_ms, bool *retryable)
+{
+    CURLcode rc;
+    long status = 0;
+
+    e->retry_after_len = 0;
+    e->curl_error[0] = '\0';
+    curl_easy_setopt(e->curl, CURLOPT_POSTFIELDS, body->data);
+    curl_easy_setopt(e->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
+    curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, (long)MAX(timeout_ms, 1));
+    curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)MAX(timeout_ms, 1));
+    rc = curl_easy_perform(e->curl);
+    if (rc != CURLE_OK) {
+        *retryable = transport_retryable(rc);
+        log_debug("otlp: export attempt failed: %s",
+                  e->curl_error[0] ? e->curl_error : curl_easy_strerror(rc));
+        return 0;
+    }
+    curl_easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &status);
+    *retryable = status == 429 || status == 502 || status == 503 || status == 504;
+    return status;
+}
+
+static CURL *
+curl_handle_new(struct otlp_exporter *e)
+{
+    CURL *c = curl_easy_init();
+
+    if (c == NULL) {
+        return NULL;
+    }
+    curl_easy_setopt(c, CURLOPT_URL, e->url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, e->headers);
+    /* Signals would hit other threads; timeouts must not use SIGALRM. */
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_body);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, e);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, e);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, e->curl_error);
+    return c;
+}
+
+/* ---- gzip ---- */
+
+static bool
+gzip_body(const struct buf *in, struct buf *out)
+{
+    z_stream zs;
+    uLong bound;
+    int rc;
+
+    memset(&zs, 0, sizeof(zs));
+    /* 15 + 16: a gzip wrapper rather than raw zlib, as Content-Encoding: gzip means. */
+    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+        Z_OK) {
+        return false;
+    }
+    bound = deflateBound(&zs, (uLong)in->len) + 32;
+    buf_reserve(out, bound);
+    zs.next_in = (Bytef *)in->data;
+    zs.avail_in = (uInt)in->len;
+    zs.next_out = (Bytef *)out->data;
+    zs.avail_out = (uInt)bound;
+    rc = deflate(&zs, Z_FINISH);
+    out->len = zs.total_out;
+    deflateEnd(&zs);
+    return rc == Z_STREAM_END;
+}
+
+/* ---- export ---- */
+
+static void
+console_print(struct trace_span *const *spans, size_t n)
+{
+    struct buf line;
+
+    buf_init(&line);
+    for (size_t i = 0; i < n; i++) {
+        line.len = 0;
+        trace_span_json(&line, spans[i]);
+        buf_putc(&line, '\n');
+        /* One write per line keeps lines whole next to log output. */
+        if (write(STDERR_FILENO, line.data, line.len) < 0) {
+            break;
+        }
+    }
+    buf_free(&line);
+}
+
+static void
+export_failed(struct otlp_exporter *e, size_t n, const char *why, long status)
+{
+    atomic_fetch_add(&e->failures, 1);
+    if (!e->last_export_failed) {
+        if (status > 0) {
+            log_warn("otlp: export of %zu spans failed: HTTP %ld%s", n, status, why);
+        } else {
+            log_warn("otlp: export of %zu spans failed: %s", n, why);
+        }
+    } else {
+        log_debug("otlp: export of %zu spans failed again", n);
+    }
+    e->last_export_failed = true;
+}
+
+/* Retry delay: the collector's Retry-After when it gave one, else backoff. */
+static uint64_t
+retry_delay_ms(struct otlp_exporter *e, unsigned attempt)
+{
+    uint64_t delay;
+
+    if (e->retry_after_len > 0 &&
+        retry_after_parse(e->retry_after, e->retry_after_len, (int64_t)time(NULL), &delay) == 0) {
+        return delay;
+    }
+    return retry_backoff_ms(e->retry_base_ms, OTLP_BACKOFF_MULTIPLIER, e->retry_max_ms, attempt,
+                            retry_rand(&e->rng));
+}
+
+/* Sleep until deadline_ms unless shutdown cuts it short; false when cut short. */
+static bool
+backoff_sleep(struct otlp_exporter *e, uint64_t until_ms)
+{
+    bool cut = false;
+
+    pthread_mutex_lock(&e->lock);
+    while (util_mono_ms() < until_ms) {
+        if (e->stopping && util_mono_ms() >= e->stop_deadline_ms) {
+            cut = true;
+            break;
+        }
+        cond_wait_until(&e->wake, &e->lock,
+                        e->stopping ? MIN(until_ms, e->stop_deadline_ms) : until_ms);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return !cut;
+}
+
+/* Export one batch; the caller frees the spans. Returns true when accepted. */
+static bool
+export_batch(struct otlp_exporter *e, struct trace_span *const *spans, size_t n,
+             uint64_t deadline_ms)
+{
+    struct buf json, gz;
+    const struct buf *body;
+    bool ok = false;
+    unsigned attempt = 0;
+
+    if (e->console) {
+        console_print(spans, n);
+    }
+    if (e->url == NULL) {
+        return true;
+    }
+    buf_init(&json);
+    buf_init(&gz);
+    trace_encode_otlp_json(&json, e->resource_json, e->scope_version, spans, n);
+    body = &json;
+    if (e->gzip) {
+        if (gzip_body(&json, &gz)) {
+            body = &gz;
+        } else {
+            export_failed(e, n, "gzip compression failed", 0);
+            goto out;
+        }
+    }
+    for (;;) {
+        struct breaker_ticket ticket;
+        uint64_t now = util_mono_ms(), delay;
+        bool retryable = false, admitted;
+        long status;
+        enum breaker_outcome outcome;
+
+        if (now >= deadline_ms) {
+            export_failed(e, n, "export timeout reached", 0);
+            break;
+        }
+        pthread_mutex_lock(&e->breaker_lock);
+        admitted = breaker_allow(&e->breaker, now, &ticket);
+        pthread_mutex_unlock(&e->breaker_lock);
+        if (!admitted) {
+            export_failed(e, n, "circuit breaker otlp-exporter is open", 0);
+            break;
+        }
+        status = post_once(e, body, MIN(e->request_timeout_ms, deadline_ms - now), &retryable);
+        if (status >= 200 && status < 300) {
+            outcome = BREAKER_SUCCESS;
+        } else if (status == 0 || status >= 500 || status == 429) {
+            outcome = BREAKER_FAILURE;
+        } else {
+            /* The collector is up and refused this payload: not its health. */
+            outcome = BREAKER_NEUTRAL;
+        }
+        now = util_mono_ms();
+        pthread_mutex_lock(&e->breaker_lock);
+        breaker_record(&e->breaker, &ticket, outcome, now);
+        pthread_mutex_unlock(&e->breaker_lock);
+
+        if (outcome == BREAKER_SUCCESS) {
+            atomic_fetch_add(&e->exported, n);
+            if (e->last_export_failed) {
+                log_info("otlp: export recovered");
+            }
+            e->last_export_failed = false;
+            ok = true;
+            break;
+        }
+        if (!retryable) {
+            export_failed(e, n, status == 0 ? " (transport error, not retried)" : "", status);
+            break;
+        }
+        delay = retry_delay_ms(e, attempt++);
+        if (delay >= deadline_ms - now) {
+            export_failed(e, n,
+                          status == 0 ? "collector unreachable until the export timeout"
+                                      : " (retries ran out of export timeout)",
+                          status);
+            break;
+        }
+        if (!backoff_sleep(e, now + delay)) {
+            export_failed(e, n, "shutdown deadline reached", 0);
+            break;
+        }
+    }
+out:
+    buf_free(&json);
+    buf_free(&gz);
+    return ok;
+}
+
+/* Move up to max spans from the ring into out. Call with the lock held. */
+static size_t
+take_batch(struct otlp_exporter *e, struct trace_span **out, size_t max)
+{
+    size_t n = MIN(e->count, max);
+
+    for (size_t i = 0; i < n; i++) {
+        out[i] = e->ring[e->head];
+        e->ring[e->head] = NULL;
+        e->head = (e->head + 1) % e->max_queue;
+    }
+    e->count -= n;
+    return n;
+}
+
+/* Export a batch with the lock released; returns with it held again. */
+static bool
+export_unlocked(struct otlp_exporter *e, struct trace_span **batch, size_t n, uint64_t deadline_ms)
+{
+    bool ok;
+
+    pthread_mutex_unlock(&e->lock);
+    ok = export_batch(e, batch, n, deadline_ms);
+    for (size_t i = 0; i < n; i++) {
+        trace_span_free(batch[i]);
+    }
+    pthread_mutex_lock(&e->lock);
+    return ok;
+}
+
+static void *
+exporter_main(void *arg)
+{
+    struct otlp_exporter *e = arg;
+    struct trace_span **batch = xcalloc(e->max_batch, sizeof(*batch));
+    uint64_t next_ms = util_mono_ms() + e->schedule_delay_ms;
+
+    pthread_mutex_lock(&e->lock);
+    for (;;) {
+        uint64_t target;
+        bool flushing, timer_fired;
+        size_t owed;
+
+        while (!e->stopping && e->count < e->max_batch && e->flush_requested == e->flush_done &&
+               util_mono_ms() < next_ms) {
+            cond_wait_until(&e->wake, &e->lock, next_ms);
+        }
+        if (e->stopping) {
+            break;
+        }
+        flushing = e->flush_requested != e->flush_done;
+        target = e->flush_requested;
+        timer_fired = util_mono_ms() >= next_ms;
+        /*
+         * Full batches always go; the timer sends one partial batch; a flush
+         * owes what was queued when it was asked (not what keeps arriving,
+         * or a busy proxy would never see its flush end).
+         */
+        owed = flushing ? e->count : 0;
+        while (!e->stopping && (owed > 0 || timer_fired || e->count >= e->max_batch)) {
+            size_t n = take_batch(e, batch, e->max_batch);
+            if (n == 0) {
+                break;
+            }
+            owed = owed > n ? owed - n : 0;
+            timer_fired = false;
+            export_unlocked(e, batch, n, util_mono_ms() + e->export_timeout_ms);
+        }
+        if (flushing) {
+            e->flush_done = target;
+            pthread_cond_broadcast(&e->done);
+        }
+        next_ms = util_mono_ms() + e->schedule_delay_ms;
+    }
+
+    /* Shutdown: drain within the deadline, then give up on the rest. */
+    while (e->count > 0 && util_mono_ms() < e->stop_deadline_ms) {
+        size_t n = take_batch(e, batch, e->max_batch);
+        uint64_t deadline = MIN(util_mono_ms() + e->export_timeout_ms, e->stop_deadline_ms);
+        if (!export_unlocked(e, batch, n, deadline)) {
+            e->all_exported = false;
+        }
+    }
+    if (e->count > 0) {
+        size_t lost = e->count;
+        log_warn("otlp: shutdown deadline reached, %zu spans not exported", lost);
+        while (e->count > 0) {
+            size_t n = take_batch(e, batch, e->max_batch);
+            for (size_t i = 0; i < n; i++) {
+                trace_span_free(batch[i]);
+            }
+        }
+        atomic_fetch_add(&e->dropped, lost);
+        e->all_exported = false;
+    }
+    e->flush_done = e->flush_requested;
+    pthread_cond_broadcast(&e->done);
+    pthread_mutex_unlock(&e->lock);
+    free(batch);
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static void
+exporter_free(struct otlp_exporter *e)
+{
+    if (e->curl != NULL) {
+        curl_easy_cleanup(e->curl);
+    }
+    curl_slist_free_all(e->headers);
+    pthread_mutex_destroy(&e->lock);
+    pthread_mutex_destroy(&e->breaker_lock);
+    pthread_cond_destroy(&e->wake);
+    pthread_cond_destroy(&e->done);
+    free(e->ring);
+    free(e->url);
+    free(e->resource_json);
+    free(e->scope_version);
+    free(e);
+    curl_global_cleanup();
+}
+
+struct otlp_exporter *
+otlp_start(const struct telemetry_settings *t, const char *service_version, const char **cause)
+{
+    struct otlp_exporter *e;
+    struct breaker_config bcfg;
+    struct buf res;
+    char host[256];
+    int rc;
+
+    *cause = NULL;
+    if (t->disabled) {
+        return NULL;
+    }
+    e = xcalloc(1, sizeof(*e));
+    e->url = telemetry_traces_url(t);
+    e->console = t->console_export;
+    if (e->url == NULL && !e->console) {
+        free(e);
+        return NULL;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+        free(e->url);
+        free(e);
+        *cause = "curl_global_init failed";
+        return NULL;
+    }
+    e->gzip = t->gzip;
+    e->scope_version = xstrdup(service_version);
+    e->max_queue = (size_t)MAX(t->max_queue_size, 1);
+    e->max_batch = (size_t)MIN(MAX(t->max_export_batch, 1), e->max_queue);
+    e->schedule_delay_ms = MAX(t->schedule_delay_ms, 1);
+    e->export_timeout_ms = MAX(t->export_timeout_ms, 1);
+    e->request_timeout_ms = MAX(t->request_timeout_ms, 1);
+    e->retry_base_ms = t->retry_base_ms;
+    e->retry_max_ms = t->retry_max_ms;
+    e->ring = xcalloc(e->max_queue, sizeof(*e->ring));
+    e->all_exported = true;
+    atomic_init(&e->abort_at_ms, UINT64_MAX);
+    atomic_init(&e->exported, 0);
+    atomic_init(&e->dropped, 0);
+    atomic_init(&e->failures, 0);
+    e->rng = (uint64_t)getpid() ^ util_mono_us() ^ (uint64_t)(uintptr_t)e;
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_mutex_init(&e->breaker_lock, NULL);
+    cond_init_monotonic(&e->wake);
+    cond_init_monotonic(&e->done);
+
+    breaker_config_default(&bcfg);
+    bcfg.open_timeout_ms = 30000;
+    breaker_init(&e->breaker, "otlp-exporter", &bcfg);
+
+    if (gethostname(host, sizeof(host)) != 0) {
+        host[0] = '\0';
+    }
+    host[sizeof(host) - 1] = '\0';
+    buf_init(&res);
+    trace_resource_json(&res, t, service_version, host, (int64_t)getpid());
+    e->resource_json = res.data;
+
+    if (e->url != NULL) {
+        e->headers = build_headers(t, service_version);
+        e->curl = curl_handle_new(e);
+        if (e->curl == NULL) {
+            *cause = "curl_easy_init failed";
+            exporter_free(e);
+            return NULL;
+        }
+    }
+    rc = pthread_create(&e->thread, NULL, exporter_main, e);
+    if (rc != 0) {
+        *cause = "cannot start the exporter thread";
+        exporter_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void
+otlp_submit(struct otlp_exporter *e, struct trace_span *span)
+{
+    bool queued = false;
+
+    if (e == NULL) {
+        trace_span_free(span);
+        return;
+    }
+    pthread_mutex_lock(&e->lock);
+    if (!e->stopping && e->count < e->max_queue) {
+        e->ring[(e->head + e->count) % e->max_queue] = span;
+        e->count++;
+        queued = true;
+        /* Wake the exporter once per full batch; it rechecks the count before sleeping. */
+        if (e->count == e->max_batch) {
+            pthread_cond_signal(&e->wake);
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    if (!queued) {
+        atomic_fetch_add(&e->dropped, 1);
+        trace_span_free(span);
+    }
+}
+
+bool
+otlp_flush(struct otlp_exporter *e, uint64_t timeout_ms)
+{
+    uint64_t deadline = util_mono_ms() + timeout_ms, target;
+    bool done;
+
+    if (e == NULL) {
+        return true;
+    }
+    pthread_mutex_lock(&e->lock);
+    target = ++e->flush_requested;
+    pthread_cond_signal(&e->wake);
+    while (e->flush_done < target && util_mono_ms() < deadline) {
+        cond_wait_until(&e->done, &e->lock, deadline);
+    }
+    done = e->flush_done >= target;
+    pthread_mutex_unlock(&e->lock);
+    return done;
+}
+
+bool
+otlp_shutdown(struct otlp_exporter *e, uint64_t timeout_ms)
+{
+    bool all;
+
+    if (e == NULL) {
+        return true;
+    }
+    pthread_mutex_lock(&e->lock);
+    e->stopping = true;
+    e->stop_deadline_ms = util_mono_ms() + timeout_ms;
+    atomic_store(&e->abort_at_ms, e->stop_deadline_ms);
+    pthread_cond_broadcast(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+    pthread_join(e->thread, NULL);
+    all = e->all_exported;
+    exporter_free(e);
+    return all;
+}
+
+void
+otlp_counters(struct otlp_exporter *e, uint64_t *exported, uint64_t *dropped, uint64_t *failures)
+{
+    if (exported != NULL) {
+        *exported = e ? atomic_load(&e->exported) : 0;
+    }
+    if (dropped != NULL) {
+        *dropped = e ? atomic_load(&e->dropped) : 0;
+    }
+    if (failures != NULL) {
+        *failures = e ? atomic_load(&e->failures) : 0;
+    }
+}
+
+void
+otlp_breaker_stats(struct otlp_exporter *e, struct breaker_stats *out)
+{
+    if (e == NULL) {
+        memset(out, 0, sizeof(*out));
+        out->state = BREAKER_CLOSED;
+        out->success_rate = 1.0;
+        return;
+    }
+    pthread_mutex_lock(&e->breaker_lock);
+    breaker_get_stats(&e->breaker, out);
+    pthread_mutex_unlock(&e->breaker_lock);
+}

@@ -1,0 +1,1377 @@
+/*
+ * proxy.c - client connections, requests and upstream attempts.
+ *
+ * A client connection:
+ *
+ *   READ_HEAD --head--> READ_BODY --body--> DISPATCH --head from upstream--> STREAM
+ *       ^                                      |  \--own answer (error, fallback)--> WRITE
+ *       |                                      |                                       |
+ *       +------------- keep-alive <------------+--------- flushed <--------------------+
+ *   any state --error or no keep-alive--> CLOSING --flushed--> freed
+ *
+ * An attempt (inside DISPATCH):
+ *
+ *   WAIT_SLOT --> CONNECT --> HEAD --> BODY --> done (connection pooled)
+ *        \___________\__________\______\--failure--> BACKOFF --> next attempt
+ *
+ * client_set_state() and attempt_set_state() are the only places a state
+ * changes; client_drive() is the one function that moves a connection on.
+ * Transport (bufferevents, TLS) lives in upstream.c; framing in http.c.
+ */
+#include "proxy.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "fallback.h"
+#include "log.h"
+#include "observe.h"
+#include "retry.h"
+#include "util.h"
+
+#define STREAM_HIGH_WATER (256 * 1024) /* pause the upstream above this much unsent */
+#define SNIFF_MAX (64 * 1024)          /* body prefix kept to learn dimensions */
+
+static const char *client_state_names[] = {"read_head", "read_body", "dispatch",
+                                           "stream",    "write",     "closing"};
+static const char *attempt_state_names[] = {"idle", "wait_slot", "connect",
+                                            "head", "body",      "backoff"};
+
+static void client_drive(struct client *c);
+static void client_free(struct client *c);
+static void dispatch(struct client *c);
+static void attempt_start(struct client *c);
+static void attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_after,
+                           bool have_after, const char *reason);
+static void attempt_abort(struct client *c);
+static void upconn_event(struct upconn *conn, enum upconn_event ev, void *arg);
+static void request_done(struct client *c);
+static void on_response_body(struct client *c, bool eof);
+
+static void
+client_set_state(struct client *c, enum client_state st)
+{
+    if (c->state != st) {
+        log_debug("client %s: %s -> %s", c->addr, client_state_names[c->state],
+                  client_state_names[st]);
+    }
+    c->state = st;
+}
+
+static void
+attempt_set_state(struct client *c, enum attempt_state st)
+{
+    struct attempt *a = &c->req->att;
+
+    if (a->state != st) {
+        log_debug("request %s: attempt %s -> %s", c->req->id, attempt_state_names[a->state],
+                  attempt_state_names[st]);
+    }
+    a->state = st;
+}
+
+static void
+timer_arm(struct event *ev, uint64_t ms)
+{
+    struct timeval tv;
+
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    evtimer_add(ev, &tv);
+}
+
+static const struct config *
+cfg_of(struct client *c)
+{
+    return c->srv->cfg;
+}
+
+/* ---- answers the proxy writes itself ---------------------------------- */
+
+static void
+write_head(struct client *c, int status, const char *content_type, size_t len,
+           const char *extra_headers, bool close)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct request *r = c->req;
+
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "X-Request-Id: %s\r\n%s%s\r\n",
+                        status, http_reason(status), content_type, len, r ? r->id : "-",
+                        extra_headers ? extra_headers : "", close ? "Connection: close\r\n" : "");
+}
+
+void
+proxy_respond(struct client *c, int status, const char *content_type, const char *body,
+              size_t len, const char *extra_headers)
+{
+    struct request *r = c->req;
+    bool close = r == NULL || !r->keep_alive || c->srv->draining;
+
+    if (r != NULL) {
+        r->status = status;
+        if (r->keep_alive && close) {
+            r->keep_alive = false;
+        }
+    }
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    write_head(c, status, content_type, (r != NULL && r->is_head) ? 0 : len, extra_headers,
+               close);
+    if (r == NULL || !r->is_head) {
+        evbuffer_add(bufferevent_get_output(c->bev), body, len);
+    }
+    client_set_state(c, close ? CLIENT_CLOSING : CLIENT_WRITE);
+    {
+        struct timeval tv;
+        uint64_t ms = cfg_of(c)->proxy.client_timeout_ms;
+        tv.tv_sec = (time_t)(ms / 1000);
+        tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+        bufferevent_set_timeouts(c->bev, NULL, &tv);
+    }
+    bufferevent_enable(c->bev, EV_WRITE);
+}
+
+void
+proxy_respond_error(struct client *c, int status, const char *type, const char *message,
+                    const char *extra_headers)
+{
+    enum embed_api api = c->req ? c->req->api : EMBED_API_NONE;
+    size_t len;
+    char *body = embed_render_error(api, message, type, NULL, NULL, &len);
+
+    proxy_respond(c, status, "application/json", body, len, extra_headers);
+    free(body);
+}
+
+/* An error before a request exists (bad head): answer and close. */
+static void
+respond_early_error(struct client *c, int status, const char *message)
+{
+    const char *type = status == 413   ? "request_too_large"
+                       : status == 431 ? "request_header_fields_too_large"
+                       : status == 405 ? "method_not_allowed"
+                       : status == 408 ? "request_timeout"
+                                       : "invalid_request_error";
+    if (c->req != NULL) {
+        c->req->keep_alive = false;
+    }
+    log_info("client %s: %d %s", c->addr, status, message);
+    proxy_respond_error(c, status, type, message, NULL);
+    client_set_state(c, CLIENT_CLOSING);
+}
+
+/* ---- request lifecycle ------------------------------------------------- */
+
+static void
+gen_request_id(struct server *srv, char *out)
+{
+    uint64_t a = retry_rand(&srv->rng), b = retry_rand(&srv->rng);
+    snprintf(out, 33, "%016" PRIx64 "%016" PRIx64, a, b);
+}
+
+static bool
+valid_request_id(const char *v, size_t len)
+{
+    if (len == 0 || len > 64) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!isalnum((unsigned char)v[i]) && strchr("-_.:", v[i]) == NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void
+request_free(struct client *c)
+{
+    struct request *r = c->req;
+
+    if (r == NULL) {
+        return;
+    }
+    attempt_abort(c);
+    if (r->att.timer != NULL) {
+        event_free(r->att.timer);
+    }
+    if (r->job != NULL) {
+        fallback_detach(r->job);
+        r->job = NULL;
+    }
+    if (r->span != NULL) {
+        observe_server_span_end(c->srv, r);
+    }
+    if (r->body != NULL) {
+        evbuffer_free(r->body);
+    }
+    free(r->att.sniff);
+    free(r->head);
+    free(r);
+    c->req = NULL;
+    c->srv->in_flight--;
+}
+
+/* The answer is fully handed to the socket: account, then next request or close. */
+static void
+request_done(struct client *c)
+{
+    struct request *r = c->req;
+    bool keep = r->keep_alive && !c->srv->draining && c->state != CLIENT_CLOSING;
+
+    observe_request_done(c->srv, r);
+    log_debug("request %s: %.*s %.*s -> %d (%s) in %" PRIu64 "us", r->id, (int)r->hd.method_len,
+              r->hd.method_str, (int)r->hd.target_len, r->hd.target, r->status,
+              r->mode ? r->mode : "proxy", util_mono_us() - r->start_us);
+    request_free(c);
+    c->served++;
+    if (!keep) {
+        client_set_state(c, CLIENT_CLOSING);
+        client_drive(c);
+        return;
+    }
+    client_set_state(c, CLIENT_READ_HEAD);
+    c->head_scan = 0;
+    c->head_started = false;
+    evtimer_del(c->timer);
+    timer_arm(c->timer, cfg_of(c)->proxy.client_timeout_ms);
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+    client_drive(c);
+}
+
+/* ---- reading the request ---------------------------------------------- */
+
+/* Find the end of the head; 1 found (*head_len), 0 need more, <0 error status. */
+static int
+find_head(struct client *c, size_t *head_len, const char **cause)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    size_t max = cfg_of(c)->proxy.max_header_size;
+    size_t scan = len < max ? len : max;
+    unsigned char *p;
+    size_t start = c->head_scan > 3 ? c->head_scan - 3 : 0;
+
+    if (len == 0) {
+        return 0;
+    }
+    p = evbuffer_pullup(in, (ssize_t)scan);
+    for (size_t i = start; i < scan; i++) {
+        if (p[i] == '\n') {
+            if (i == 0 || p[i - 1] != '\r') {
+                *cause = "bare LF in request head";
+                return -400;
+            }
+            if (i >= 3 && p[i - 2] == '\n' && p[i - 3] == '\r') {
+                *head_len = i + 1;
+                return 1;
+            }
+        } else if (i > 0 && p[i - 1] == '\r') {
+            *cause = "bare CR in request head";
+            return -400;
+        } else if (p[i] == '\0') {
+            *cause = "NUL in request head";
+            return -400;
+        }
+    }
+    c->head_scan = scan;
+    if (len >= max) {
+        *cause = "request head larger than max_header_size";
+        return -431;
+    }
+    return 0;
+}
+
+static bool
+header_token_has(const struct http_header *h, const char *token)
+{
+    size_t tl = strlen(token);
+    const char *v = h->value, *end = h->value + h->value_len;
+
+    while (v < end) {
+        const char *comma = memchr(v, ',', (size_t)(end - v));
+        const char *e = comma ? comma : end;
+        while (v < e && (*v == ' ' || *v == '\t')) {
+            v++;
+        }
+        const char *te = e;
+        while (te > v && (te[-1] == ' ' || te[-1] == '\t')) {
+            te--;
+        }
+        if ((size_t)(te - v) == tl && strncasecmp(v, token, tl) == 0) {
+            return true;
+        }
+        v = comma ? comma + 1 : end;
+    }
+    return false;
+}
+
+static void
+start_request(struct client *c, size_t head_len)
+{
+    struct server *srv = c->srv;
+    const struct config *cfg = srv->cfg;
+    struct request *r = xcalloc(1, sizeof(*r));
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    const struct http_header *h;
+    const char *cause = "malformed request";
+    int rc;
+
+    c->req = r;
+    srv->in_flight++;
+    r->start_us = util_mono_us();
+    r->head = xmalloc(head_len + 1);
+    evbuffer_remove(in, r->head, head_len);
+    r->head[head_len] = '\0';
+    r->route = "other";
+    r->api = EMBED_API_NONE;
+    r->fail_status = 502;
+    gen_request_id(srv, r->id);
+
+    rc = http_parse_request_head(r->head, head_len, &r->hd, &cause);
+    if (rc <= 0) {
+        int status = rc == 0 ? 400 : -rc;
+        respond_early_error(c, status, cause);
+        return;
+    }
+    r->keep_alive = r->hd.keep_alive;
+    r->is_head = r->hd.method == HTTP_HEAD;
+    h = http_find_header(r->hd.headers, r->hd.nheaders, "X-Request-Id");
+    if (h != NULL && valid_request_id(h->value, h->value_len)) {
+        memcpy(r->id, h->value, h->value_len);
+        r->id[h->value_len] = '\0';
+    }
+    h = http_find_header(r->hd.headers, r->hd.nheaders, "X-Akosha-Fallback");
+    if (h != NULL && h->value_len == 4 && strncasecmp(h->value, "deny", 4) == 0) {
+        r->deny_fallback = true;
+    }
+    if (r->hd.method == HTTP_POST) {
+        r->api = embed_api_route(r->hd.path, r->hd.path_len);
+    }
+    r->route = embed_api_route_label(r->api, r->hd.path, r->hd.path_len);
+    observe_request_start(srv, r);
+
+    if (r->hd.content_length > 0 && (uint64_t)r->hd.content_length > cfg->proxy.max_body_size) {
+        respond_early_error(c, 413, "request body larger than max_body_size");
+        return;
+    }
+    r->body = evbuffer_new();
+    if (r->hd.chunked) {
+        http_chunked_init(&r->chunk);
+    }
+    if (r->hd.expect_continue && r->hd.version_minor == 1 &&
+        (r->hd.chunked || r->hd.content_length > 0)) {
+        h = http_find_header(r->hd.headers, r->hd.nheaders, "Expect");
+        if (h != NULL && !header_token_has(h, "100-continue")) {
+            respond_early_error(c, 417, "unsupported Expect");
+            return;
+        }
+        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    /* The whole request, body included, must finish by request_timeout. */
+    r->deadline_ms = util_mono_ms() + cfg->proxy.request_timeout_ms;
+    evtimer_del(c->timer);
+    timer_arm(c->timer, cfg->proxy.request_timeout_ms);
+    {
+        struct timeval tv;
+        tv.tv_sec = (time_t)(cfg->proxy.client_timeout_ms / 1000);
+        tv.tv_usec = (suseconds_t)(cfg->proxy.client_timeout_ms % 1000) * 1000;
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+    }
+    client_set_state(c, CLIENT_READ_BODY);
+}
+
+/* Move body bytes from the socket into the request; 1 complete, 0 more, -1 answered. */
+static int
+read_body(struct client *c)
+{
+    struct request *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    uint64_t max = cfg_of(c)->proxy.max_body_size;
+
+    if (!r->hd.chunked) {
+        size_t want = r->hd.content_length > 0 ? (size_t)r->hd.content_length : 0;
+        size_t have = evbuffer_get_length(r->body);
+        if (have < want) {
+            evbuffer_remove_buffer(in, r->body, want - have);
+        }
+        return evbuffer_get_length(r->body) == want ? 1 : 0;
+    }
+    while (evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        size_t consumed = 0, payload = 0;
+        int rc;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) {
+            break;
+        }
+        rc = http_chunked_step(&r->chunk, v.iov_base, v.iov_len, &consumed, &payload);
+        if (rc < 0) {
+            respond_early_error(c, 400, "invalid chunked request body");
+            return -1;
+        }
+        if (payload > 0) {
+            if (evbuffer_get_length(r->body) + payload > max) {
+                respond_early_error(c, 413, "request body larger than max_body_size");
+                return -1;
+            }
+            evbuffer_remove_buffer(in, r->body, payload);
+        } else {
+            evbuffer_drain(in, consumed);
+        }
+        if (rc == 1) {
+            return 1;
+        }
+        if (consumed == 0) {
+            break;
+        }
+    }
+    return 0;
+}
+
+/* ---- the connection machine ------------------------------------------- */
+
+static void
+client_drive(struct client *c)
+{
+    for (;;) {
+        switch (c->state) {
+        case CLIENT_READ_HEAD: {
+            size_t head_len = 0;
+            const char *cause = NULL;
+            int rc;
+            if (c->srv->draining && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+                client_set_state(c, CLIENT_CLOSING);
+                continue;
+            }
+            rc = find_head(c, &head_len, &cause);
+            if (rc == 0) {
+                if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+                    c->head_started = true;
+                }
+                return;
+            }
+            if (rc < 0) {
+                respond_early_error(c, -rc, cause);
+                continue;
+            }
+            start_request(c, head_len);
+            continue;
+        }
+        case CLIENT_READ_BODY: {
+            int rc = read_body(c);
+            if (rc == 0) {
+                return;
+            }
+            if (rc < 0) {
+                continue;
+            }
+            /* Pipelined bytes wait in the input until this request is answered. */
+            bufferevent_set_timeouts(c->bev, NULL, NULL);
+            client_set_state(c, CLIENT_DISPATCH);
+            dispatch(c);
+            return;
+        }
+        case CLIENT_DISPATCH:
+        case CLIENT_STREAM:
+            return;
+        case CLIENT_WRITE:
+            if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+                return;
+            }
+            request_done(c);
+            return;
+        case CLIENT_CLOSING:
+            if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+                bufferevent_disable(c->bev, EV_READ);
+                return;
+            }
+            client_free(c);
+            return;
+        }
+    }
+}
+
+static void
+client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+
+    (void)bev;
+    client_drive(c);
+}
+
+static void
+client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+
+    (void)bev;
+    if (c->state == CLIENT_STREAM && c->req != NULL && c->req->att.conn != NULL) {
+        upconn_pause_read(c->req->att.conn, false);
+        return;
+    }
+    client_drive(c);
+}
+
+static void
+client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct client *c = arg;
+
+    (void)bev;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->state == CLIENT_READ_BODY) {
+        respond_early_error(c, 408, "request body not received within client_timeout");
+        client_drive(c);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        if (c->req != NULL) {
+            log_info("request %s: client %s went away in state %s", c->req->id, c->addr,
+                     client_state_names[c->state]);
+        }
+        client_free(c);
+    }
+}
+
+static void
+client_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+
+    (void)fd;
+    (void)what;
+    switch (c->state) {
+    case CLIENT_READ_HEAD:
+        if (c->head_started) {
+            respond_early_error(c, 408, "request head not received within client_timeout");
+            client_drive(c);
+        } else {
+            client_free(c); /* idle keep-alive: close quietly */
+        }
+        return;
+    case CLIENT_READ_BODY:
+    case CLIENT_DISPATCH:
+        log_warn("request %s: request_timeout reached in %s", c->req->id,
+                 client_state_names[c->state]);
+        attempt_abort(c);
+        if (c->req->job != NULL) {
+            fallback_detach(c->req->job);
+            c->req->job = NULL;
+        }
+        c->req->keep_alive = c->state == CLIENT_DISPATCH && c->req->keep_alive;
+        proxy_respond_error(c, 504, "timeout", "request_timeout reached", NULL);
+        client_drive(c);
+        return;
+    case CLIENT_STREAM:
+        /* The status line is out; the only honest signal left is a cut. */
+        log_warn("request %s: request_timeout reached while streaming; closing", c->req->id);
+        client_free(c);
+        return;
+    case CLIENT_WRITE:
+    case CLIENT_CLOSING:
+        client_free(c);
+        return;
+    }
+}
+
+static void
+client_free(struct client *c)
+{
+    struct server *srv = c->srv;
+
+    request_free(c);
+    if (c->timer != NULL) {
+        event_free(c->timer);
+    }
+    bufferevent_free(c->bev);
+    TAILQ_REMOVE(&srv->clients, c, link);
+    srv->nclients--;
+    free(c);
+    server_client_gone(srv);
+}
+
+static void
+format_peer(struct sockaddr *sa, char *out, size_t len)
+{
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)len);
+    } else if (sa->sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)len);
+    } else {
+        snprintf(out, len, "unix");
+    }
+}
+
+void
+proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int salen)
+{
+    struct client *c;
+
+    (void)salen;
+    if ((int64_t)srv->nclients >= srv->cfg->proxy.max_connections || srv->draining) {
+        /* Over the limit: a short answer and close, never an unbounded queue. */
+        static const char busy[] =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Content-Length: 112\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+            "{\"error\":{\"message\":\"too many connections\",\"type\":\"overloaded\","
+            "\"param\":null,\"code\":\"max_connections\"}}   ";
+        ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+        evutil_closesocket(fd);
+        observe_connection_refused(srv);
+        return;
+    }
+    c = xcalloc(1, sizeof(*c));
+    c->srv = srv;
+    format_peer(sa, c->addr, sizeof(c->addr));
+    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    evutil_make_socket_nonblocking(fd);
+    if (sa->sa_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    c->timer = evtimer_new(srv->base, client_timer_cb, c);
+    TAILQ_INSERT_TAIL(&srv->clients, c, link);
+    srv->nclients++;
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    /* Bound what a client can queue ahead of us (pipelining). */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, srv->cfg->proxy.max_header_size + 65536);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    client_set_state(c, CLIENT_READ_HEAD);
+    timer_arm(c->timer, srv->cfg->proxy.client_timeout_ms);
+}
+
+void
+proxy_close_idle(struct server *srv)
+{
+    struct client *c, *next;
+
+    for (c = TAILQ_FIRST(&srv->clients); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->state == CLIENT_READ_HEAD && !c->head_started &&
+            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+            client_free(c);
+        }
+    }
+}
+
+void
+proxy_close_all(struct server *srv)
+{
+    while (!TAILQ_EMPTY(&srv->clients)) {
+        client_free(TAILQ_FIRST(&srv->clients));
+    }
+}
+
+/* ---- dispatch: upstream, fallback or an error -------------------------- */
+
+static bool
+fallback_applies(struct client *c)
+{
+    struct request *r = c->req;
+
+    return r->api != EMBED_API_NONE && !r->deny_fallback &&
+           cfg_of(c)->fallback.mode != FALLBACK_OFF;
+}
+
+static void
+answer_unavailable(struct client *c, const char *why)
+{
+    struct server *srv = c->srv;
+    uint64_t now = util_mono_ms();
+    uint64_t next = upstream_next_trial_ms(srv->ups, now);
+    char extra[64] = "";
+
+    if (next != UINT64_MAX) {
+        uint64_t secs = next > now ? (next - now + 999) / 1000 : 1;
+        snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", secs ? secs : 1);
+    }
+    proxy_respond_error(c, 503, "service_unavailable", why, extra);
+    client_drive(c);
+}
+
+/* No upstream will answer: the fallback worker if it applies, else an error. */
+static void
+give_up(struct client *c, const char *fallback_reason, int status, const char *message)
+{
+    struct request *r = c->req;
+
+    if (fallback_applies(c)) {
+        fallback_start(c, fallback_reason);
+        return;
+    }
+    if (r->api != EMBED_API_NONE && r->deny_fallback && status == 503) {
+        message = "no upstream available and fallback denied by X-Akosha-Fallback";
+    }
+    if (status == 503) {
+        answer_unavailable(c, message);
+        return;
+    }
+    proxy_respond_error(c, status, status == 504 ? "timeout" : "upstream_error", message, NULL);
+    client_drive(c);
+}
+
+static void
+dispatch(struct client *c)
+{
+    struct server *srv = c->srv;
+    struct request *r = c->req;
+
+    observe_request_dispatch(srv, r);
+    if (srv->ups->n == 0 || cfg_of(c)->fallback.mode == FALLBACK_ALWAYS) {
+        if (r->api != EMBED_API_NONE && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
+            if (r->deny_fallback) {
+                answer_unavailable(c, "fallback denied by X-Akosha-Fallback and no upstream is "
+                                      "used");
+                return;
+            }
+            fallback_start(c, srv->ups->n == 0 ? "no_upstreams" : "mode_always");
+            return;
+        }
+        answer_unavailable(c, "no upstream configured for this path");
+        return;
+    }
+    retry_budget_note_request(&srv->budget, util_mono_ms());
+    attempt_start(c);
+}
+
+/* ---- attempts ----------------------------------------------------------- */
+
+static void
+append_upstream_head(struct client *c, struct evbuffer *out)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    const struct upstream_config *uc = a->up->cfg;
+    const struct http_header *xff = NULL;
+    size_t body_len = evbuffer_get_length(r->body);
+    char tp[64];
+
+    evbuffer_add_printf(out, "%.*s %s%.*s HTTP/1.1\r\nHost: %s\r\n", (int)r->hd.method_len,
+                        r->hd.method_str, uc->url.prefix, (int)r->hd.target_len, r->hd.target,
+                        uc->url.authority);
+    for (int i = 0; i < r->hd.nheaders; i++) {
+        const struct http_header *h = &r->hd.headers[i];
+        bool replaced = false;
+        if (http_is_hop_by_hop(h, r->hd.headers, r->hd.nheaders) || http_header_is(h, "Host") ||
+            http_header_is(h, "Content-Length") || http_header_is(h, "Expect") ||
+            http_header_is(h, "X-Forwarded-Proto") || http_header_is(h, "X-Request-Id") ||
+            http_header_is(h, "X-Akosha-Fallback") || http_header_is(h, "traceparent") ||
+            http_header_is(h, "tracestate")) {
+            continue;
+        }
+        if (http_header_is(h, "X-Forwarded-For")) {
+            xff = h;
+            continue;
+        }
+        /* A configured header replaces the caller's of the same name (e.g. a real key). */
+        for (size_t j = 0; j < uc->headers.n; j++) {
+            const char *line = uc->headers.lines[j];
+            const char *colon = strchr(line, ':');
+            if ((size_t)(colon - line) == h->name_len &&
+                strncasecmp(line, h->name, h->name_len) == 0) {
+                replaced = true;
+                break;
+            }
+        }
+        if (replaced) {
+            continue;
+        }
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    for (size_t j = 0; j < uc->headers.n; j++) {
+        const char *line = uc->headers.lines[j];
+        const char *colon = strchr(line, ':');
+        const char *v = colon + 1;
+        while (*v == ' ' || *v == '\t') {
+            v++;
+        }
+        evbuffer_add(out, line, (size_t)(colon - line));
+        evbuffer_add_printf(out, ": %s\r\n", v);
+    }
+    if (xff != NULL) {
+        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value_len, xff->value,
+                            c->addr);
+    } else {
+        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->addr);
+    }
+    evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", r->id);
+    if (observe_attempt_traceparent(c->srv, r, tp, sizeof(tp))) {
+        evbuffer_add_printf(out, "traceparent: %s\r\n", tp);
+        if (r->ctx.tracestate[0] != '\0') {
+            evbuffer_add_printf(out, "tracestate: %s\r\n", r->ctx.tracestate);
+        }
+    }
+    if (body_len > 0 || r->hd.content_length >= 0 || r->hd.chunked) {
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", body_len);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void
+send_request(struct client *c)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    struct evbuffer *out = upconn_output(a->conn);
+    size_t n = evbuffer_get_length(r->body);
+
+    append_upstream_head(c, out);
+    if (n > 0) {
+        /* The body stays in the request: a retry replays the same bytes. */
+        evbuffer_add(out, evbuffer_pullup(r->body, -1), n);
+    }
+    attempt_set_state(c, ATTEMPT_HEAD);
+    upconn_pause_read(a->conn, false);
+}
+
+static void
+attempt_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+    struct attempt *a = &c->req->att;
+
+    (void)fd;
+    (void)what;
+    if (a->state == ATTEMPT_BACKOFF) {
+        attempt_set_state(c, ATTEMPT_IDLE);
+        attempt_start(c);
+        return;
+    }
+    if (a->state == ATTEMPT_BODY) {
+        /* Response under way: too late to retry; cut the connection. */
+        log_warn("request %s: upstream %s: call_timeout while relaying the body", c->req->id,
+                 a->up->name);
+        breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
+        a->ticket_open = false;
+        client_free(c);
+        return;
+    }
+    attempt_failed(c, 504, "upstream call_timeout reached", 0, false, "timeout");
+}
+
+/* Tear down the current attempt's connection and references; no outcome recorded here. */
+static void
+attempt_release(struct client *c, bool reusable)
+{
+    struct attempt *a = &c->req->att;
+
+    if (a->timer != NULL) {
+        evtimer_del(a->timer);
+    }
+    if (a->state == ATTEMPT_WAIT_SLOT) {
+        upstream_cancel_wait(a->up, &a->waiter);
+    }
+    if (a->conn != NULL) {
+        upstream_release(a->conn, reusable);
+        a->conn = NULL;
+    }
+    if (a->up != NULL) {
+        observe_attempt_end(c->srv, c->req);
+        upstream_unref(a->up);
+        a->up = NULL;
+    }
+    attempt_set_state(c, ATTEMPT_IDLE);
+}
+
+/* Client left or deadline passed: drop the attempt, freeing any half-open slot. */
+static void
+attempt_abort(struct client *c)
+{
+    struct attempt *a;
+
+    if (c->req == NULL) {
+        return;
+    }
+    a = &c->req->att;
+    if (a->up != NULL && a->ticket_open) {
+        breaker_record(&a->up->breaker, &a->ticket, BREAKER_ABANDONED, util_mono_ms());
+        a->ticket_open = false;
+    }
+    if (a->state == ATTEMPT_BACKOFF && a->timer != NULL) {
+        evtimer_del(a->timer);
+    }
+    attempt_release(c, false);
+}
+
+static void
+attempt_start(struct client *c)
+{
+    struct server *srv = c->srv;
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    uint64_t now = util_mono_ms();
+    struct upstream *up;
+    const char *cause = NULL;
+    int rc;
+
+    up = upstream_pick(srv->ups, r->tried, r->ntried, now);
+    if (up == NULL || !breaker_allow(&up->breaker, now, &a->ticket)) {
+        if (r->attempts == 0) {
+            observe_all_open(srv, r);
+            give_up(c, "all_open", 503, "every upstream's circuit breaker is open");
+        } else {
+            give_up(c, "attempts_exhausted", r->fail_status, r->fail_cause);
+        }
+        return;
+    }
+    a->ticket_open = true;
+    if (r->attempts == 0) {
+        r->max_attempts = 1 + (unsigned)up->cfg->retries;
+    }
+    r->attempts++;
+    if (r->ntried < ARRAY_SIZE(r->tried)) {
+        r->tried[r->ntried++] = up;
+    }
+    upstream_ref(up);
+    a->up = up;
+    a->conn = NULL;
+    a->status = 0;
+    a->bytes_in = 0;
+    a->keep_alive = false;
+    a->start_us = util_mono_us();
+    a->sniff_len = 0;
+    if (a->timer == NULL) {
+        a->timer = evtimer_new(srv->base, attempt_timer_cb, c);
+    }
+    timer_arm(a->timer, up->cfg->call_timeout_ms);
+    observe_attempt_start(srv, r);
+    a->waiter.slot = &a->conn;
+    attempt_set_state(c, ATTEMPT_CONNECT);
+    rc = upstream_acquire(up, &a->waiter, upconn_event, c, &a->conn, &cause);
+    if (rc < 0) {
+        attempt_failed(c, 502, cause, 0, false, "connect_error");
+        return;
+    }
+    if (rc == 1) {
+        send_request(c);
+        return;
+    }
+    if (a->conn == NULL) {
+        attempt_set_state(c, ATTEMPT_WAIT_SLOT);
+    }
+}
+
+/*
+ * The attempt failed (transport, timeout, or a failure status whose body is
+ * not relayed). Count it against the breaker, then retry, fall back or answer.
+ */
+static void
+attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_after,
+               bool have_after, const char *reason)
+{
+    struct server *srv = c->srv;
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    uint64_t now = util_mono_ms();
+    const struct upstream_config *uc = a->up->cfg;
+    uint64_t delay;
+    unsigned retry_no = r->attempts - 1;
+
+    log_info("request %s: upstream %s attempt %u failed: %s", r->id, a->up->name, r->attempts,
+             cause);
+    if (a->ticket_open) {
+        breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, now);
+        a->ticket_open = false;
+    }
+    a->up->stats.failures++;
+    observe_attempt_failed(srv, r, reason, status);
+    r->fail_status = status;
+    snprintf(r->fail_cause, sizeof(r->fail_cause), "upstream %s: %s", a->up->name, cause);
+
+    if (have_after) {
+        delay = MIN(retry_after, uc->max_retry_after_ms);
+    } else {
+        delay = retry_backoff_ms(uc->backoff_base_ms, uc->backoff_multiplier, uc->backoff_max_ms,
+                                 retry_no, retry_rand(&srv->rng));
+    }
+    {
+        const char *why_not = NULL;
+        if (r->attempts >= r->max_attempts) {
+            why_not = "attempts used up";
+        } else if (now + delay >= r->deadline_ms) {
+            why_not = "the retry delay would pass request_timeout";
+        } else if (!retry_budget_try_spend(&srv->budget, now)) {
+            why_not = "retry budget exhausted";
+            log_warn("request %s: retry budget exhausted; not retrying", r->id);
+            observe_budget_exhausted(srv);
+        } else {
+            observe_retry(srv, r, reason);
+        }
+        attempt_release(c, false);
+        if (why_not != NULL) {
+            log_debug("request %s: no retry: %s", r->id, why_not);
+            give_up(c, "attempts_exhausted", status, r->fail_cause);
+            return;
+        }
+    }
+    attempt_set_state(c, ATTEMPT_BACKOFF);
+    timer_arm(a->timer, delay);
+}
+
+/* Would a retry happen after a failure status at this point? */
+static bool
+retry_possible(struct client *c, uint64_t delay)
+{
+    struct request *r = c->req;
+    uint64_t now = util_mono_ms();
+
+    return r->attempts < r->max_attempts && now + delay < r->deadline_ms &&
+           retry_budget_available(&c->srv->budget, now) > 0;
+}
+
+static bool
+is_failure_status(int status)
+{
+    return status == 500 || status == 502 || status == 503 || status == 504 || status == 429;
+}
+
+/* Relay the upstream's status line and headers to the client. */
+static void
+relay_head(struct client *c, const struct http_response_head *rh)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    bool close = !r->keep_alive || c->srv->draining;
+
+    if (a->body_kind == HTTP_BODY_UNTIL_CLOSE) {
+        close = true; /* no framing to give the client but the close */
+    }
+    if (a->body_kind == HTTP_BODY_CHUNKED && r->hd.version_minor == 0) {
+        close = true; /* HTTP/1.0 clients get the payload, ended by close */
+    }
+    r->keep_alive = !close;
+    evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", rh->status, (int)rh->reason_len,
+                        rh->reason);
+    for (int i = 0; i < rh->nheaders; i++) {
+        const struct http_header *h = &rh->headers[i];
+        if (http_is_hop_by_hop(h, rh->headers, rh->nheaders) ||
+            http_header_is(h, "X-Request-Id") || http_header_is(h, "X-Akosha-Upstream") ||
+            http_header_is(h, "X-Akosha-Mode")) {
+            continue;
+        }
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (a->body_kind == HTTP_BODY_CHUNKED && r->hd.version_minor == 1) {
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    evbuffer_add_printf(out, "X-Akosha-Upstream: %s\r\nX-Akosha-Mode: real\r\nX-Request-Id: %s\r\n",
+                        a->up->name, r->id);
+    if (close) {
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    }
+    evbuffer_add(out, "\r\n", 2);
+    r->status = rh->status;
+    r->mode = "real";
+}
+
+/* The upstream's answer is complete: pool the connection and finish. */
+static void
+attempt_complete(struct client *c)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    uint64_t now = util_mono_ms();
+
+    if (a->ticket_open) {
+        enum breaker_outcome o = a->status >= 400 ? BREAKER_NEUTRAL : BREAKER_SUCCESS;
+        breaker_record(&a->up->breaker, &a->ticket, o, now);
+        a->ticket_open = false;
+    }
+    if (a->status < 400) {
+        a->up->stats.successes++;
+    } else {
+        a->up->stats.client_errors++;
+    }
+    if (a->sniff != NULL && a->sniff_len > 0 && a->status >= 200 && a->status < 300) {
+        r->sniffed_dim = embed_sniff_dimension(r->api, a->sniff, a->sniff_len);
+    }
+    observe_attempt_success(c->srv, r);
+    attempt_release(c, a->keep_alive && a->body_kind != HTTP_BODY_UNTIL_CLOSE);
+    evtimer_del(c->timer);
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    client_set_state(c, r->keep_alive ? CLIENT_WRITE : CLIENT_CLOSING);
+    client_drive(c);
+}
+
+static void
+keep_sniff(struct attempt *a, const char *data, size_t len)
+{
+    size_t room = SNIFF_MAX - a->sniff_len;
+
+    if (a->sniff == NULL || room == 0) {
+        return;
+    }
+    len = MIN(len, room);
+    memcpy(a->sniff + a->sniff_len, data, len);
+    a->sniff_len += len;
+}
+
+/* Move response body bytes to the client: 1 body complete, 0 more to come, -1 bad framing. */
+static int
+relay_body(struct client *c, bool eof)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    struct evbuffer *in = upconn_input(a->conn);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    switch (a->body_kind) {
+    case HTTP_BODY_NONE:
+        return 1;
+    case HTTP_BODY_LENGTH: {
+        size_t n = MIN(evbuffer_get_length(in), a->remaining);
+        if (a->sniff != NULL && n > 0 && a->sniff_len < SNIFF_MAX) {
+            struct evbuffer_iovec v[4];
+            int nv = evbuffer_peek(in, (ssize_t)n, NULL, v, 4);
+            for (int i = 0; i < nv && i < 4; i++) {
+                keep_sniff(a, v[i].iov_base, MIN(v[i].iov_len, n));
+            }
+        }
+        evbuffer_remove_buffer(in, out, n);
+        a->remaining -= n;
+        return a->remaining == 0;
+    }
+    case HTTP_BODY_UNTIL_CLOSE:
+        evbuffer_add_buffer(out, in);
+        return eof ? 1 : 0;
+    case HTTP_BODY_CHUNKED:
+        while (evbuffer_get_length(in) > 0) {
+            struct evbuffer_iovec v;
+            size_t consumed = 0, payload = 0;
+            int rc;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) {
+                break;
+            }
+            rc = http_chunked_step(&a->chunk, v.iov_base, v.iov_len, &consumed, &payload);
+            if (rc < 0) {
+                return -1;
+            }
+            if (payload > 0) {
+                keep_sniff(a, v.iov_base, payload);
+            }
+            if (r->hd.version_minor == 1 || payload > 0) {
+                evbuffer_remove_buffer(in, out, consumed);
+            } else {
+                evbuffer_drain(in, consumed);
+            }
+            if (rc == 1) {
+                return 1;
+            }
+            if (consumed == 0) {
+                break;
+            }
+        }
+        return 0;
+    }
+    return 0;
+}
+
+static void
+on_response_head(struct client *c)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    struct evbuffer *in = upconn_input(a->conn);
+    struct http_response_head rh;
+    const char *cause = "malformed response";
+    size_t len = evbuffer_get_length(in);
+    unsigned char *p;
+    int rc;
+
+    for (;;) {
+        len = evbuffer_get_length(in);
+        p = evbuffer_pullup(in, (ssize_t)MIN(len, (size_t)65536));
+        rc = http_parse_response_head((const char *)p, MIN(len, (size_t)65536), &rh, &cause);
+        if (rc == 0) {
+            if (len >= 65536) {
+                attempt_failed(c, 502, "upstream response head too large", 0, false,
+                               "malformed");
+            }
+            return;
+        }
+        if (rc < 0) {
+            attempt_failed(c, 502, cause, 0, false, "malformed");
+            return;
+        }
+        if (rh.status >= 100 && rh.status < 200) {
+            if (rh.status == 101) {
+                attempt_failed(c, 502, "unexpected protocol switch", 0, false, "malformed");
+                return;
+            }
+            evbuffer_drain(in, (size_t)rc); /* interim answer: wait for the final one */
+            continue;
+        }
+        break;
+    }
+    a->status = rh.status;
+    a->keep_alive = rh.keep_alive;
+    a->body_kind = http_response_body_kind(&rh, r->is_head);
+    a->remaining = rh.content_length > 0 ? (uint64_t)rh.content_length : 0;
+    http_chunked_init(&a->chunk);
+    observe_attempt_status(c->srv, r, rh.status);
+
+    if (is_failure_status(rh.status)) {
+        const struct http_header *ra = NULL;
+        uint64_t after = 0;
+        bool have_after = false;
+        if (rh.status == 429 || rh.status == 503) {
+            ra = http_find_header(rh.headers, rh.nheaders, "Retry-After");
+        }
+        if (ra != NULL &&
+            retry_after_parse(ra->value, ra->value_len, util_wall_ms() / 1000, &after) == 0) {
+            have_after = true;
+        }
+        {
+            uint64_t delay = have_after ? MIN(after, a->up->cfg->max_retry_after_ms) : 0;
+            if (retry_possible(c, delay) || fallback_applies(c)) {
+                char cause_buf[64];
+                snprintf(cause_buf, sizeof(cause_buf), "HTTP %d", rh.status);
+                attempt_failed(c, 502, cause_buf, after, have_after,
+                               rh.status == 429 ? "429" : "5xx");
+                return;
+            }
+        }
+        /* Final attempt and no fallback: relay the upstream's own answer, counted as failed. */
+        breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
+        a->ticket_open = false;
+        a->up->stats.failures++;
+        observe_attempt_failed(c->srv, r, rh.status == 429 ? "429" : "5xx", rh.status);
+    }
+    if (r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300 && a->sniff == NULL) {
+        a->sniff = xmalloc(SNIFF_MAX);
+    }
+    relay_head(c, &rh);
+    evbuffer_drain(in, (size_t)rc);
+    attempt_set_state(c, ATTEMPT_BODY);
+    client_set_state(c, CLIENT_STREAM);
+    on_response_body(c, false);
+}
+
+static void
+on_response_body(struct client *c, bool eof)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    int rc = relay_body(c, eof);
+
+    if (rc == 1) {
+        attempt_complete(c);
+        return;
+    }
+    if (eof || rc < 0) {
+        log_warn("request %s: upstream %s: %s", r->id, a->up->name,
+                 rc < 0 ? "bad chunked framing in response body"
+                        : "closed before the body was complete");
+        if (a->ticket_open) {
+            breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
+            a->ticket_open = false;
+        }
+        a->up->stats.failures++;
+        observe_attempt_failed(c->srv, r, "reset", a->status);
+        r->keep_alive = false;
+        attempt_release(c, false);
+        client_set_state(c, CLIENT_CLOSING);
+        client_drive(c);
+        return;
+    }
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > STREAM_HIGH_WATER) {
+        upconn_pause_read(a->conn, true); /* resumed by client_write_cb */
+    }
+}
+
+static void
+upconn_event(struct upconn *conn, enum upconn_event ev, void *arg)
+{
+    struct client *c = arg;
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+
+    if (conn == NULL) {
+        /* A queued attempt whose connect could not even start. */
+        attempt_failed(c, 502, "cannot connect", 0, false, "connect_error");
+        return;
+    }
+    switch (ev) {
+    case UPCONN_READY:
+        a->conn = conn;
+        send_request(c);
+        return;
+    case UPCONN_DRAINED:
+        return;
+    case UPCONN_READ:
+        a->bytes_in = 1;
+        if (a->state == ATTEMPT_HEAD) {
+            on_response_head(c);
+        } else if (a->state == ATTEMPT_BODY) {
+            on_response_body(c, false);
+        }
+        return;
+    case UPCONN_EOF:
+        if (a->state == ATTEMPT_BODY) {
+            on_response_body(c, true);
+            return;
+        }
+        if (a->state == ATTEMPT_HEAD && a->bytes_in == 0 && conn->reused && a->ticket_open) {
+            /* A pooled connection the server had already closed: not the server's fault. */
+            log_debug("request %s: stale pooled connection to %s; reconnecting", r->id,
+                      a->up->name);
+            upstream_release(a->conn, false);
+            a->conn = NULL;
+            {
+                const char *cause = NULL;
+                int rc = upstream_acquire(a->up, &a->waiter, upconn_event, c, &a->conn, &cause);
+                if (rc < 0) {
+                    attempt_failed(c, 502, cause, 0, false, "connect_error");
+                } else if (rc == 1) {
+                    send_request(c);
+                } else if (a->conn == NULL) {
+                    attempt_set_state(c, ATTEMPT_WAIT_SLOT);
+                } else {
+                    attempt_set_state(c, ATTEMPT_CONNECT);
+                }
+            }
+            return;
+        }
+        attempt_failed(c, 502, "connection closed before a complete response", 0, false,
+                       "reset");
+        return;
+    case UPCONN_ERROR:
+        if (a->state == ATTEMPT_BODY) {
+            on_response_body(c, true);
+            return;
+        }
+        attempt_failed(c, 502, conn->error[0] ? conn->error : "connection error", 0, false,
+                       conn->tls_failed           ? "tls_error"
+                       : a->state == ATTEMPT_CONNECT ? "connect_error"
+                                                     : "reset");
+        return;
+    case UPCONN_TIMEOUT:
+        attempt_failed(c, 504, "connect_timeout reached", 0, false, "connect_timeout");
+        return;
+    }
+}

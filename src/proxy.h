@@ -1,0 +1,125 @@
+/*
+ * proxy.h - the traffic side: a client connection, the request it carries,
+ * and each attempt of that request at an upstream. Both the connection and
+ * the attempt are explicit state machines (see proxy.c for the diagrams).
+ */
+#ifndef AKOSHA_PROXY_H
+#define AKOSHA_PROXY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "breaker.h"
+#include "embed_api.h"
+#include "http.h"
+#include "server.h"
+#include "trace.h"
+#include "upstream.h"
+
+enum client_state {
+    CLIENT_READ_HEAD, /* waiting for a request head (also idle keep-alive) */
+    CLIENT_READ_BODY, /* buffering the request body */
+    CLIENT_DISPATCH,  /* attempts, backoff or fallback under way */
+    CLIENT_STREAM,    /* relaying an upstream response body */
+    CLIENT_WRITE,     /* a complete response is queued; waiting for it to flush */
+    CLIENT_CLOSING,   /* flush, then close */
+};
+
+enum attempt_state {
+    ATTEMPT_IDLE,      /* no attempt */
+    ATTEMPT_WAIT_SLOT, /* queued for a connection slot of the upstream */
+    ATTEMPT_CONNECT,   /* TCP/TLS connect under way */
+    ATTEMPT_HEAD,      /* request written (or being written), reading the response head */
+    ATTEMPT_BODY,      /* relaying the response body */
+    ATTEMPT_BACKOFF,   /* waiting before the next attempt */
+};
+
+struct attempt {
+    enum attempt_state state;
+    struct upstream *up; /* reference held while set */
+    struct upconn *conn;
+    struct upstream_waiter waiter;
+    struct breaker_ticket ticket;
+    bool ticket_open; /* breaker outcome not yet recorded */
+    struct event *timer; /* call_timeout, or the backoff delay */
+    enum http_body_kind body_kind;
+    uint64_t remaining;
+    struct http_chunked chunk;
+    int status;
+    bool keep_alive;
+    size_t bytes_in;
+    uint64_t start_us;
+    struct trace_span *span;
+    /* embedding-route answers: a prefix of the body for learning dimensions */
+    char *sniff;
+    size_t sniff_len;
+};
+
+struct fallback_job;
+
+struct request {
+    char id[65];
+    char *head; /* the client's head, copied; hd points into it */
+    struct http_request_head hd;
+    struct evbuffer *body;
+    struct http_chunked chunk; /* chunked request bodies */
+    enum embed_api api;
+    const char *route; /* metrics label */
+    bool deny_fallback;
+    bool keep_alive;
+    bool is_head;
+    uint64_t start_us;
+    uint64_t deadline_ms;
+    unsigned attempts;     /* attempts started */
+    unsigned max_attempts; /* 1 + retries of the first upstream */
+    struct upstream *tried[16];
+    size_t ntried;
+    int fail_status; /* what to answer if no attempt succeeds: 502 or 504 */
+    char fail_cause[160];
+    struct attempt att;
+    struct fallback_job *job;
+    int status; /* answered status, for logs and metrics */
+    const char *mode; /* "real", "fallback" or NULL */
+    struct trace_context trace_parent; /* from the caller's traceparent (and tracestate) */
+    bool has_parent;
+    struct trace_span *span; /* SERVER span, NULL when unsampled */
+    struct trace_context ctx; /* this request's context (server span) */
+    unsigned sniffed_dim;    /* vector size seen in a real 2xx answer, 0 if none */
+};
+
+struct client {
+    struct server *srv;
+    struct bufferevent *bev;
+    enum client_state state;
+    char addr[64]; /* peer address, for X-Forwarded-For and logs */
+    struct event *timer; /* head-read deadline, then the request deadline */
+    size_t head_scan;    /* bytes of input already searched for the head's end */
+    bool head_started;
+    struct request *req; /* NULL between requests */
+    uint64_t served;
+    TAILQ_ENTRY(client) link;
+};
+
+/* Accept a new client connection on fd (takes ownership). */
+void proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int salen);
+/* Close clients that are idle between requests (drain). */
+void proxy_close_idle(struct server *srv);
+/* Close every client (drain deadline, shutdown). */
+void proxy_close_all(struct server *srv);
+
+/*
+ * Answer the request with a complete body the proxy built itself.
+ * extra_headers is "Name: value\r\n..." or NULL. Used by fallback.c.
+ */
+void proxy_respond(struct client *c, int status, const char *content_type, const char *body,
+                   size_t len, const char *extra_headers);
+/* Answer in the request's API error shape (OpenAI shape off embedding routes). */
+void proxy_respond_error(struct client *c, int status, const char *type, const char *message,
+                         const char *extra_headers);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * server.h - the runtime: event loop, listeners, the current config and
+ * upstream set, signals, reload and drain. One per process.
+ */
+#ifndef AKOSHA_SERVER_H
+#define AKOSHA_SERVER_H
+
+#include <stdbool.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "config.h"
+#include "retry.h"
+#include "upstream.h"
+
+struct client;
+TAILQ_HEAD(client_list, client);
+struct worker_pool;
+struct otlp_exporter;
+
+#define LEARNED_DIMS_MAX 256
+
+struct learned_dim {
+    char model[128];
+    unsigned dimensions;
+};
+
+struct server {
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct config *cfg; /* current; reference held */
+    struct upstream_set *ups;
+    struct evconnlistener *listener;
+    struct evconnlistener *admin_listener;
+    struct event *sig_events[4];
+    struct event *drain_timer;
+    struct event *reload_event; /* activated by the reload thread */
+    struct config *reload_result;
+    struct config_errors reload_errors;
+    bool reload_running;
+    struct client_list clients;
+    size_t nclients;
+    size_t in_flight; /* requests between head and answer */
+    bool draining;
+    bool ready;
+    int exit_code;
+    struct retry_budget budget;
+    struct worker_pool *workers;
+    struct otlp_exporter *otlp;
+    struct learned_dim learned[LEARNED_DIMS_MAX]; /* under learned_lock: workers read it */
+    size_t nlearned;
+    pthread_mutex_t learned_lock;
+    uint64_t started_mono_ms;
+    int64_t started_wall_ms;
+    uint64_t rng;
+    uint64_t requests_total;
+    uint64_t fallback_total;
+    uint64_t reloads_ok, reloads_failed;
+};
+
+/* Start-up: bind listeners, build upstreams; fatal on failure. Takes cfg's reference. */
+void server_init(struct server *srv, struct config *cfg);
+int server_run(struct server *srv);
+void server_free(struct server *srv);
+
+/* Called by proxy.c when a client goes away, to finish a drain. */
+void server_client_gone(struct server *srv);
+
+/* Learned embedding dimensions per model, from real upstream answers; any thread. */
+unsigned server_learned_dim(struct server *srv, const char *model);
+void server_learn_dim(struct server *srv, const char *model, unsigned dim);
+
+#endif

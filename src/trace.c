@@ -1,0 +1,1176 @@
+/*
+ * trace.c - W3C trace context, ids, sampler, spans, OTLP JSON and the
+ * telemetry settings. Pure: see trace.h.
+ */
+#include "trace.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* ---- small helpers ---- */
+
+static bool
+is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static void
+trim(const char **s, size_t *len)
+{
+    while (*len > 0 && is_ows((*s)[0])) {
+        (*s)++;
+        (*len)--;
+    }
+    while (*len > 0 && is_ows((*s)[*len - 1])) {
+        (*len)--;
+    }
+}
+
+/* W3C allows lower-case hex only, so 'A'..'F' are rejected here. */
+static int
+lower_hex_value(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    return -1;
+}
+
+static bool
+parse_lower_hex(const char *s, size_t nbytes, uint8_t *out)
+{
+    for (size_t i = 0; i < nbytes; i++) {
+        int hi = lower_hex_value(s[2 * i]);
+        int lo = lower_hex_value(s[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return true;
+}
+
+static bool
+all_zero(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void
+trace_hex(const uint8_t *bytes, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* Length of the valid UTF-8 sequence at s (at most len bytes), 0 when invalid. */
+static size_t
+utf8_seq_len(const unsigned char *s, size_t len)
+{
+    unsigned char c = s[0];
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xbf;
+
+    if (c < 0x80) {
+        return 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        need = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        need = 3;
+        lo = c == 0xe0 ? 0xa0 : 0x80; /* no overlong forms */
+        hi = c == 0xed ? 0x9f : 0xbf; /* no surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        need = 4;
+        lo = c == 0xf0 ? 0x90 : 0x80;
+        hi = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (len < need || s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+    for (size_t i = 2; i < need; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf) {
+            return 0;
+        }
+    }
+    return need;
+}
+
+/*
+ * Copy into a fixed buffer keeping valid UTF-8: a collector rejects the whole
+ * batch over one bad string, and names carry client-supplied paths. Invalid
+ * bytes become '?', and a cut never splits a character.
+ */
+static void
+copy_utf8(char *dst, size_t dstsize, const char *src, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)src;
+    size_t in = 0, out = 0;
+
+    while (in < len) {
+        size_t n = utf8_seq_len(s + in, len - in);
+        if (n == 0) {
+            if (out + 1 >= dstsize) {
+                break;
+            }
+            dst[out++] = '?';
+            in++;
+            continue;
+        }
+        if (out + n >= dstsize) {
+            break;
+        }
+        memcpy(dst + out, s + in, n);
+        out += n;
+        in += n;
+    }
+    dst[out] = '\0';
+}
+
+/* ---- traceparent / tracestate ---- */
+
+bool
+trace_parse_traceparent(const char *s, size_t len, struct trace_context *out)
+{
+    uint8_t version, flags;
+    uint8_t trace_id[TRACE_ID_SIZE], span_id[TRACE_SPAN_ID_SIZE];
+
+    if (s == NULL) {
+        return false;
+    }
+    trim(&s, &len);
+    if (len < TRACE_TRACEPARENT_LEN) {
+        return false;
+    }
+    if (!parse_lower_hex(s, 1, &version) || version == 0xff) {
+        return false;
+    }
+    if (s[2] != '-' || s[35] != '-' || s[52] != '-') {
+        return false;
+    }
+    if (!parse_lower_hex(s + 3, TRACE_ID_SIZE, trace_id) ||
+        !parse_lower_hex(s + 36, TRACE_SPAN_ID_SIZE, span_id) ||
+        !parse_lower_hex(s + 53, 1, &flags)) {
+        return false;
+    }
+    if (version == 0 && len != TRACE_TRACEPARENT_LEN) {
+        return false;
+    }
+    /* A future version may append fields, but only after a '-'. */
+    if (version != 0 && len > TRACE_TRACEPARENT_LEN && s[TRACE_TRACEPARENT_LEN] != '-') {
+        return false;
+    }
+    if (all_zero(trace_id, TRACE_ID_SIZE) || all_zero(span_id, TRACE_SPAN_ID_SIZE)) {
+        return false;
+    }
+    memcpy(out->trace_id, trace_id, TRACE_ID_SIZE);
+    memcpy(out->span_id, span_id, TRACE_SPAN_ID_SIZE);
+    out->flags = flags & TRACE_FLAG_SAMPLED;
+    out->tracestate[0] = '\0';
+    return true;
+}
+
+void
+trace_format_traceparent(const struct trace_context *ctx, char out[56])
+{
+    memcpy(out, "00-", 3);
+    trace_hex(ctx->trace_id, TRACE_ID_SIZE, out + 3);
+    out[35] = '-';
+    trace_hex(ctx->span_id, TRACE_SPAN_ID_SIZE, out + 36);
+    out[52] = '-';
+    trace_hex(&ctx->flags, 1, out + 53);
+}
+
+/* W3C: members longer than this go first when the list must shrink. */
+#define TRACESTATE_LONG_MEMBER 128
+
+void
+trace_set_tracestate(struct trace_context *ctx, const char *s, size_t len)
+{
+    size_t out = 0;
+    const char *p, *end;
+
+    ctx->tracestate[0] = '\0';
+    if (s == NULL) {
+        return;
+    }
+    trim(&s, &len);
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) {
+            return;
+        }
+    }
+    if (len <= TRACE_TRACESTATE_MAX) {
+        memcpy(ctx->tracestate, s, len);
+        ctx->tracestate[len] = '\0';
+        return;
+    }
+    p = s;
+    end = s + len;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *mend = comma ? comma : end;
+        const char *m = p;
+        size_t mlen = (size_t)(mend - p);
+
+        p = comma ? comma + 1 : end;
+        trim(&m, &mlen);
+        if (mlen == 0 || mlen > TRACESTATE_LONG_MEMBER) {
+            continue;
+        }
+        if (out + (out > 0) + mlen > TRACE_TRACESTATE_MAX) {
+            break;
+        }
+        if (out > 0) {
+            ctx->tracestate[out++] = ',';
+        }
+        memcpy(ctx->tracestate + out, m, mlen);
+        out += mlen;
+    }
+    ctx->tracestate[out] = '\0';
+}
+
+/* ---- ids ---- */
+
+/*
+ * xoshiro256** per thread: ids are made on the request path of every thread,
+ * and a lock or a syscall per id would cost more than the span itself.
+ */
+static __thread uint64_t rng_state[4];
+static __thread bool rng_seeded;
+
+static uint64_t
+splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t
+rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static void
+rng_seed(void)
+{
+    uint64_t seed[4] = {0, 0, 0, 0};
+    ssize_t got = getrandom(seed, sizeof(seed), 0);
+
+    if (got != (ssize_t)sizeof(seed)) {
+        /* Ids must only be unique, not secret: mix what differs per thread. */
+        uint64_t x = (uint64_t)getpid() ^ (uint64_t)(uintptr_t)&seed ^ seed[0];
+        for (int i = 0; i < 4; i++) {
+            seed[i] ^= splitmix64(&x);
+        }
+    }
+    if (all_zero((const uint8_t *)seed, sizeof(seed))) {
+        seed[0] = 1;
+    }
+    memcpy(rng_state, seed, sizeof(seed));
+    rng_seeded = true;
+}
+
+static uint64_t
+rng_next(void)
+{
+    uint64_t *s = rng_state;
+    uint64_t result, t;
+
+    if (!rng_seeded) {
+        rng_seed();
+    }
+    result = rotl(s[1] * 5, 7) * 9;
+    t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+static void
+random_id(uint8_t *out, size_t n)
+{
+    do {
+        for (size_t i = 0; i < n; i += 8) {
+            uint64_t r = rng_next();
+            memcpy(out + i, &r, MIN(8, n - i));
+        }
+    } while (all_zero(out, n));
+}
+
+void
+trace_new_trace_id(uint8_t out[TRACE_ID_SIZE])
+{
+    random_id(out, TRACE_ID_SIZE);
+}
+
+void
+trace_new_span_id(uint8_t out[TRACE_SPAN_ID_SIZE])
+{
+    random_id(out, TRACE_SPAN_ID_SIZE);
+}
+
+/* ---- sampler ---- */
+
+static const char *sampler_names[] = {
+    [TRACE_SAMPLER_ALWAYS_ON] = "always_on",
+    [TRACE_SAMPLER_ALWAYS_OFF] = "always_off",
+    [TRACE_SAMPLER_TRACEIDRATIO] = "traceidratio",
+    [TRACE_SAMPLER_PARENTBASED_ALWAYS_ON] = "parentbased_always_on",
+    [TRACE_SAMPLER_PARENTBASED_ALWAYS_OFF] = "parentbased_always_off",
+    [TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO] = "parentbased_traceidratio",
+};
+
+int
+trace_sampler_kind_parse(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(sampler_names); i++) {
+        if (strcasecmp(name, sampler_names[i]) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+const char *
+trace_sampler_kind_name(enum trace_sampler_kind kind)
+{
+    if ((size_t)kind >= ARRAY_SIZE(sampler_names)) {
+        return "unknown";
+    }
+    return sampler_names[kind];
+}
+
+#define TWO_POW_56 72057594037927936.0
+
+void
+trace_sampler_init(struct trace_sampler *s, enum trace_sampler_kind kind, double ratio)
+{
+    double t;
+
+    if (!(ratio >= 0.0)) { /* also catches NaN */
+        ratio = 0.0;
+    }
+    if (ratio > 1.0) {
+        ratio = 1.0;
+    }
+    s->kind = kind;
+    s->ratio = ratio;
+    t = (1.0 - ratio) * TWO_POW_56;
+    s->threshold = t >= TWO_POW_56 ? (uint64_t)1 << 56 : (uint64_t)t;
+}
+
+bool
+trace_ratio_sampled(const struct trace_sampler *s, const uint8_t trace_id[TRACE_ID_SIZE])
+{
+    uint64_t r = 0;
+
+    for (int i = TRACE_ID_SIZE - 7; i < TRACE_ID_SIZE; i++) {
+        r = r << 8 | trace_id[i];
+    }
+    return r >= s->threshold;
+}
+
+bool
+trace_sampler_decide(const struct trace_sampler *s, const struct trace_context *parent,
+                     const uint8_t trace_id[TRACE_ID_SIZE])
+{
+    switch (s->kind) {
+    case TRACE_SAMPLER_ALWAYS_ON:
+        return true;
+    case TRACE_SAMPLER_ALWAYS_OFF:
+        return false;
+    case TRACE_SAMPLER_TRACEIDRATIO:
+        return trace_ratio_sampled(s, trace_id);
+    case TRACE_SAMPLER_PARENTBASED_ALWAYS_ON:
+        return parent ? trace_context_sampled(parent) : true;
+    case TRACE_SAMPLER_PARENTBASED_ALWAYS_OFF:
+        return parent ? trace_context_sampled(parent) : false;
+    case TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO:
+        return parent ? trace_context_sampled(parent) : trace_ratio_sampled(s, trace_id);
+    }
+    return false;
+}
+
+void
+trace_start(const struct trace_sampler *s, const struct trace_context *parent,
+            struct trace_context *out)
+{
+    if (parent != NULL) {
+        memcpy(out->trace_id, parent->trace_id, TRACE_ID_SIZE);
+        if (out != parent) {
+            memcpy(out->tracestate, parent->tracestate, sizeof(out->tracestate));
+        }
+    } else {
+        trace_new_trace_id(out->trace_id);
+        out->tracestate[0] = '\0';
+    }
+    out->flags = trace_sampler_decide(s, parent, out->trace_id) ? TRACE_FLAG_SAMPLED : 0;
+    trace_new_span_id(out->span_id);
+}
+
+void
+trace_child_context(const struct trace_context *parent, struct trace_context *child)
+{
+    if (child != parent) {
+        memcpy(child->trace_id, parent->trace_id, TRACE_ID_SIZE);
+        memcpy(child->tracestate, parent->tracestate, sizeof(child->tracestate));
+        child->flags = parent->flags;
+    }
+    trace_new_span_id(child->span_id);
+}
+
+/* ---- spans ---- */
+
+struct trace_span *
+trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
+               enum trace_span_kind kind, const char *name, uint64_t start_unix_ns)
+{
+    struct trace_span *span = xcalloc(1, sizeof(*span));
+
+    memcpy(span->trace_id, ctx->trace_id, TRACE_ID_SIZE);
+    memcpy(span->span_id, ctx->span_id, TRACE_SPAN_ID_SIZE);
+    if (parent_span_id != NULL) {
+        memcpy(span->parent_span_id, parent_span_id, TRACE_SPAN_ID_SIZE);
+        span->has_parent = true;
+    }
+    span->flags = ctx->flags;
+    span->kind = kind;
+    copy_utf8(span->name, sizeof(span->name), name, strlen(name));
+    span->start_unix_ns = start_unix_ns;
+    return span;
+}
+
+void
+trace_span_free(struct trace_span *span)
+{
+    free(span);
+}
+
+const struct trace_attr *
+trace_span_attr_find(const struct trace_span *span, const char *key)
+{
+    char k[TRACE_ATTR_KEY_MAX];
+
+    /* Compare as stored: a long key was cut the same way when it was set. */
+    copy_utf8(k, sizeof(k), key, strlen(key));
+    for (unsigned i = 0; i < span->nattrs; i++) {
+        if (strcmp(span->attrs[i].key, k) == 0) {
+            return &span->attrs[i];
+        }
+    }
+    return NULL;
+}
+
+/* The slot for key: existing, new, or NULL (counted as dropped) when full. */
+static struct trace_attr *
+attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
+{
+    struct trace_attr *a = (struct trace_attr *)trace_span_attr_find(span, key);
+
+    if (a == NULL) {
+        if (span->nattrs >= TRACE_MAX_ATTRS) {
+            span->dropped_attrs++;
+            return NULL;
+        }
+        a = &span->attrs[span->nattrs++];
+        copy_utf8(a->key, sizeof(a->key), key, strlen(key));
+    }
+    a->type = type;
+    return a;
+}
+
+void
+trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len)
+{
+    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_STRING);
+
+    if (a != NULL) {
+        copy_utf8(a->v.s, sizeof(a->v.s), value, len);
+    }
+}
+
+void
+trace_span_attr_str(struct trace_span *span, const char *key, const char *value)
+{
+    trace_span_attr_strn(span, key, value ? value : "", value ? strlen(value) : 0);
+}
+
+void
+trace_span_attr_int(struct trace_span *span, const char *key, int64_t value)
+{
+    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_INT);
+
+    if (a != NULL) {
+        a->v.i = value;
+    }
+}
+
+void
+trace_span_attr_double(struct trace_span *span, const char *key, double value)
+{
+    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_DOUBLE);
+
+    if (a != NULL) {
+        a->v.d = value;
+    }
+}
+
+void
+trace_span_attr_bool(struct trace_span *span, const char *key, bool value)
+{
+    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_BOOL);
+
+    if (a != NULL) {
+        a->v.b = value;
+    }
+}
+
+void
+trace_span_set_status(struct trace_span *span, enum trace_status_code code, const char *message)
+{
+    span->status = code;
+    if (code == TRACE_STATUS_ERROR && message != NULL) {
+        copy_utf8(span->status_message, sizeof(span->status_message), message, strlen(message));
+    } else {
+        span->status_message[0] = '\0';
+    }
+}
+
+void
+trace_span_set_http_status(struct trace_span *span, int status)
+{
+    bool error;
+
+    if (status > 0) {
+        trace_span_attr_int(span, "http.response.status_code", status);
+    }
+    error = status >= 500 || (status >= 400 && span->kind == TRACE_KIND_CLIENT);
+    if (!error) {
+        return;
+    }
+    trace_span_set_status(span, TRACE_STATUS_ERROR, NULL);
+    if (trace_span_attr_find(span, "error.type") == NULL) {
+        char code[16];
+        snprintf(code, sizeof(code), "%d", status);
+        trace_span_attr_str(span, "error.type", code);
+    }
+}
+
+void
+trace_span_end(struct trace_span *span, uint64_t end_unix_ns)
+{
+    /* A clock step must not make a negative duration. */
+    span->end_unix_ns = MAX(end_unix_ns, span->start_unix_ns);
+}
+
+/* ---- OTLP JSON ---- */
+
+static void
+json_key(struct buf *out, const char *key)
+{
+    buf_json_string(out, key, strlen(key));
+    buf_putc(out, ':');
+}
+
+static void
+json_hex_field(struct buf *out, const char *key, const uint8_t *bytes, size_t n)
+{
+    char hex[2 * TRACE_ID_SIZE + 1];
+
+    trace_hex(bytes, n, hex);
+    json_key(out, key);
+    buf_putc(out, '"');
+    buf_append(out, hex, 2 * n);
+    buf_putc(out, '"');
+}
+
+static void
+json_attr_value(struct buf *out, const struct trace_attr *a)
+{
+    buf_puts(out, "{");
+    switch (a->type) {
+    case TRACE_ATTR_STRING:
+        json_key(out, "stringValue");
+        buf_json_string(out, a->v.s, strlen(a->v.s));
+        break;
+    case TRACE_ATTR_INT:
+        /* Protobuf JSON writes 64-bit integers as strings. */
+        buf_printf(out, "\"intValue\":\"%lld\"", (long long)a->v.i);
+        break;
+    case TRACE_ATTR_DOUBLE:
+        if (isnan(a->v.d)) {
+            buf_puts(out, "\"doubleValue\":\"NaN\"");
+        } else if (isinf(a->v.d)) {
+            buf_puts(out,
+                     a->v.d > 0 ? "\"doubleValue\":\"Infinity\"" : "\"doubleValue\":\"-Infinity\"");
+        } else {
+            buf_printf(out, "\"doubleValue\":%.17g", a->v.d);
+        }
+        break;
+    case TRACE_ATTR_BOOL:
+        buf_printf(out, "\"boolValue\":%s", a->v.b ? "true" : "false");
+        break;
+    }
+    buf_puts(out, "}");
+}
+
+void
+trace_span_json(struct buf *out, const struct trace_span *span)
+{
+    buf_putc(out, '{');
+    json_hex_field(out, "traceId", span->trace_id, TRACE_ID_SIZE);
+    buf_putc(out, ',');
+    json_hex_field(out, "spanId", span->span_id, TRACE_SPAN_ID_SIZE);
+    if (span->has_parent) {
+        buf_putc(out, ',');
+        json_hex_field(out, "parentSpanId", span->parent_span_id, TRACE_SPAN_ID_SIZE);
+    }
+    buf_putc(out, ',');
+    json_key(out, "name");
+    buf_json_string(out, span->name, strlen(span->name));
+    buf_printf(out, ",\"kind\":%d", (int)span->kind);
+    buf_printf(out, ",\"startTimeUnixNano\":\"%llu\",\"endTimeUnixNano\":\"%llu\"",
+               (unsigned long long)span->start_unix_ns,
+               (unsigned long long)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
+    buf_puts(out, ",\"attributes\":[");
+    for (unsigned i = 0; i < span->nattrs; i++) {
+        const struct trace_attr *a = &span->attrs[i];
+        if (i > 0) {
+            buf_putc(out, ',');
+        }
+        buf_putc(out, '{');
+        json_key(out, "key");
+        buf_json_string(out, a->key, strlen(a->key));
+        buf_putc(out, ',');
+        json_key(out, "value");
+        json_attr_value(out, a);
+        buf_putc(out, '}');
+    }
+    buf_putc(out, ']');
+    if (span->dropped_attrs > 0) {
+        buf_printf(out, ",\"droppedAttributesCount\":%u", span->dropped_attrs);
+    }
+    buf_printf(out, ",\"status\":{\"code\":%d", (int)span->status);
+    if (span->status_message[0] != '\0') {
+        buf_puts(out, ",\"message\":");
+        buf_json_string(out, span->status_message, strlen(span->status_message));
+    }
+    buf_puts(out, "}}");
+}
+
+void
+trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *scope_version,
+                       struct trace_span *const *spans, size_t n)
+{
+    buf_puts(out, "{\"resourceSpans\":[{\"resource\":");
+    buf_puts(out, resource_json);
+    buf_puts(out, ",\"scopeSpans\":[{\"scope\":{\"name\":\"akosha\",\"version\":");
+    buf_json_string(out, scope_version, strlen(scope_version));
+    buf_puts(out, "},\"spans\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0) {
+            buf_putc(out, ',');
+        }
+        trace_span_json(out, spans[i]);
+    }
+    buf_puts(out, "]}]}]}");
+}
+
+/* ---- k=v lists ---- */
+
+/* Percent-encoding, unlike traceparent, allows either case. */
+static int
+any_hex_value(char c)
+{
+    return lower_hex_value(c >= 'A' && c <= 'F' ? (char)(c - 'A' + 'a') : c);
+}
+
+static char *
+percent_decode(const char *s, size_t len)
+{
+    char *out = xmalloc(len + 1);
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        int hi, lo;
+        if (s[i] == '%' && i + 2 < len && (hi = any_hex_value(s[i + 1])) >= 0 &&
+            (lo = any_hex_value(s[i + 2])) >= 0) {
+            out[o++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else {
+            /* A stray '%' is kept as written rather than losing the value. */
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+struct kv_member {
+    const char *key, *value;
+    size_t key_len, value_len;
+};
+
+int
+trace_kv_list_parse(const char *list, void (*fn)(void *arg, const char *key, const char *value),
+                    void *arg, const char **cause)
+{
+    struct kv_member *members = NULL;
+    size_t n = 0, cap = 0;
+    const char *p = list, *end = list + strlen(list);
+
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *m = p, *eq;
+        size_t mlen = (size_t)((comma ? comma : end) - p);
+        struct kv_member kv;
+
+        p = comma ? comma + 1 : end;
+        trim(&m, &mlen);
+        if (mlen == 0) {
+            continue;
+        }
+        eq = memchr(m, '=', mlen);
+        if (eq == NULL) {
+            free(members);
+            *cause = "a list member has no '='";
+            return -1;
+        }
+        kv.key = m;
+        kv.key_len = (size_t)(eq - m);
+        kv.value = eq + 1;
+        kv.value_len = mlen - kv.key_len - 1;
+        trim(&kv.key, &kv.key_len);
+        trim(&kv.value, &kv.value_len);
+        if (kv.key_len == 0) {
+            free(members);
+            *cause = "a list member has an empty key";
+            return -1;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            members = xrealloc(members, cap * sizeof(*members));
+        }
+        members[n++] = kv;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char *key = percent_decode(members[i].key, members[i].key_len);
+        char *value = percent_decode(members[i].value, members[i].value_len);
+        fn(arg, key, value);
+        free(key);
+        free(value);
+    }
+    free(members);
+    return 0;
+}
+
+/* ---- settings ---- */
+
+void
+telemetry_settings_init(struct telemetry_settings *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->service_name = xstrdup("akosha");
+    t->environment = xstrdup("development");
+    t->otlp_endpoint = xstrdup("");
+    t->otlp_traces_endpoint = xstrdup("");
+    t->otlp_headers = xstrdup("");
+    t->resource_attributes = xstrdup("");
+    t->sample_rate = -1.0;
+    t->sampler_kind = -1;
+    t->sampler_arg = -1.0;
+    t->max_queue_size = 2048;
+    t->max_export_batch = 512;
+    t->schedule_delay_ms = 5000;
+    t->export_timeout_ms = 30000;
+    t->request_timeout_ms = 10000;
+    t->retry_base_ms = 1000;
+    t->retry_max_ms = 5000;
+}
+
+void
+telemetry_settings_free(struct telemetry_settings *t)
+{
+    free(t->service_name);
+    free(t->environment);
+    free(t->otlp_endpoint);
+    free(t->otlp_traces_endpoint);
+    free(t->otlp_headers);
+    free(t->resource_attributes);
+    memset(t, 0, sizeof(*t));
+}
+
+void
+telemetry_settings_set(char **field, const char *value)
+{
+    char *copy = xstrdup(value ? value : "");
+
+    free(*field);
+    *field = copy;
+}
+
+static const char *
+default_getenv(const char *name)
+{
+    return getenv(name);
+}
+
+/* OTel: an empty variable counts as unset. */
+static const char *
+env_get(const char *(*getenv_fn)(const char *), const char *name)
+{
+    const char *v = getenv_fn(name);
+    return (v != NULL && v[0] != '\0') ? v : NULL;
+}
+
+static const char *
+env_first(const char *(*getenv_fn)(const char *), const char *a, const char *b)
+{
+    const char *v = env_get(getenv_fn, a);
+    return v ? v : env_get(getenv_fn, b);
+}
+
+static bool
+parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    while (is_ows(*s)) {
+        s++;
+    }
+    if (*s < '0' || *s > '9') {
+        return false;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    while (is_ows(*end)) {
+        end++;
+    }
+    if (errno != 0 || *end != '\0') {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static void
+env_u64(const char *(*getenv_fn)(const char *), const char *name, uint64_t min, uint64_t *field)
+{
+    const char *v = env_get(getenv_fn, name);
+    uint64_t x;
+
+    if (v == NULL) {
+        return;
+    }
+    if (!parse_u64(v, &x) || x < min) {
+        log_warn("telemetry: %s: not an integer >= %llu, ignored", name, (unsigned long long)min);
+        return;
+    }
+    *field = x;
+}
+
+struct resource_scan {
+    const char *service_name;
+    const char *environment;
+    char *found_service;
+    char *found_environment;
+};
+
+static void
+scan_resource_attr(void *arg, const char *key, const char *value)
+{
+    struct resource_scan *rs = arg;
+
+    if (strcmp(key, "service.name") == 0) {
+        free(rs->found_service);
+        rs->found_service = xstrdup(value);
+    } else if (strcmp(key, "deployment.environment") == 0 ||
+               strcmp(key, "deployment.environment.name") == 0) {
+        free(rs->found_environment);
+        rs->found_environment = xstrdup(value);
+    }
+}
+
+static void
+count_member(void *arg, const char *key, const char *value)
+{
+    (void)key;
+    (void)value;
+    (*(size_t *)arg)++;
+}
+
+void
+telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const char *))
+{
+    const char *v, *cause;
+
+    if (getenv_fn == NULL) {
+        getenv_fn = default_getenv;
+    }
+
+    /* Environment before the service name: both may come from the resource list. */
+    if ((v = env_get(getenv_fn, "ENVIRONMENT")) != NULL) {
+        telemetry_settings_set(&t->environment, v);
+    }
+    if ((v = env_get(getenv_fn, "OTEL_RESOURCE_ATTRIBUTES")) != NULL) {
+        struct resource_scan rs = {0};
+        if (trace_kv_list_parse(v, scan_resource_attr, &rs, &cause) < 0) {
+            log_warn("telemetry: OTEL_RESOURCE_ATTRIBUTES: %s, ignored", cause);
+        } else {
+            telemetry_settings_set(&t->resource_attributes, v);
+            if (rs.found_service != NULL && rs.found_service[0] != '\0') {
+                telemetry_settings_set(&t->service_name, rs.found_service);
+            }
+            if (rs.found_environment != NULL && rs.found_environment[0] != '\0') {
+                telemetry_settings_set(&t->environment, rs.found_environment);
+            }
+        }
+        free(rs.found_service);
+        free(rs.found_environment);
+    }
+    if ((v = env_get(getenv_fn, "OTEL_SERVICE_NAME")) != NULL) {
+        telemetry_settings_set(&t->service_name, v);
+    }
+
+    if ((v = env_get(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) != NULL) {
+        telemetry_settings_set(&t->otlp_traces_endpoint, v);
+    }
+    if ((v = env_first(getenv_fn, "OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP_ENDPOINT")) != NULL) {
+        telemetry_settings_set(&t->otlp_endpoint, v);
+    }
+
+    v = env_first(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS");
+    if (v != NULL) {
+        size_t count = 0;
+        if (trace_kv_list_parse(v, count_member, &count, &cause) < 0) {
+            log_warn("telemetry: OTLP headers variable: %s, ignored", cause);
+        } else {
+            telemetry_settings_set(&t->otlp_headers, v);
+        }
+    }
+
+    v = env_first(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                  "OTEL_EXPORTER_OTLP_COMPRESSION");
+    if (v != NULL) {
+        if (strcasecmp(v, "gzip") == 0) {
+            t->gzip = true;
+        } else if (strcasecmp(v, "none") == 0) {
+            t->gzip = false;
+        } else {
+            log_warn("telemetry: OTLP compression must be gzip or none, ignored");
+        }
+    }
+
+    if (env_get(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") != NULL) {
+        env_u64(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1, &t->request_timeout_ms);
+    } else {
+        env_u64(getenv_fn, "OTEL_EXPORTER_OTLP_TIMEOUT", 1, &t->request_timeout_ms);
+    }
+
+    if ((v = env_get(getenv_fn, "OTEL_TRACES_SAMPLER")) != NULL) {
+        int kind = trace_sampler_kind_parse(v);
+        if (kind < 0) {
+            log_warn("telemetry: OTEL_TRACES_SAMPLER: unknown sampler \"%s\", ignored", v);
+        } else {
+            t->sampler_kind = kind;
+        }
+    }
+    if ((v = env_get(getenv_fn, "OTEL_TRACES_SAMPLER_ARG")) != NULL) {
+        char *end;
+        double arg;
+        errno = 0;
+        arg = strtod(v, &end);
+        if (errno != 0 || end == v || *end != '\0' || !(arg >= 0.0 && arg <= 1.0)) {
+            log_warn("telemetry: OTEL_TRACES_SAMPLER_ARG: not a ratio in [0, 1], ignored");
+        } else {
+            t->sampler_arg = arg;
+        }
+    }
+
+    env_u64(getenv_fn, "OTEL_BSP_MAX_QUEUE_SIZE", 1, &t->max_queue_size);
+    env_u64(getenv_fn, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1, &t->max_export_batch);
+    /* 0 would make the exporter thread spin; 1 ms is as eager as it gets. */
+    env_u64(getenv_fn, "OTEL_BSP_SCHEDULE_DELAY", 1, &t->schedule_delay_ms);
+    env_u64(getenv_fn, "OTEL_BSP_EXPORT_TIMEOUT", 1, &t->export_timeout_ms);
+    if (t->max_export_batch > t->max_queue_size) {
+        log_warn("telemetry: OTEL_BSP_MAX_EXPORT_BATCH_SIZE above the queue size, using %llu",
+                 (unsigned long long)t->max_queue_size);
+        t->max_export_batch = t->max_queue_size;
+    }
+
+    if ((v = env_get(getenv_fn, "OTEL_SDK_DISABLED")) != NULL) {
+        t->disabled = strcasecmp(v, "true") == 0;
+    }
+}
+
+char *
+telemetry_traces_url(const struct telemetry_settings *t)
+{
+    size_t len;
+
+    if (t->disabled) {
+        return NULL;
+    }
+    if (t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0] != '\0') {
+        return xstrdup(t->otlp_traces_endpoint);
+    }
+    if (t->otlp_endpoint == NULL || t->otlp_endpoint[0] == '\0') {
+        return NULL;
+    }
+    len = strlen(t->otlp_endpoint);
+    while (len > 0 && t->otlp_endpoint[len - 1] == '/') {
+        len--;
+    }
+    return xasprintf("%.*s/v1/traces", (int)len, t->otlp_endpoint);
+}
+
+void
+telemetry_sampler(const struct telemetry_settings *t, struct trace_sampler *out)
+{
+    double ratio;
+
+    if (t->sample_rate >= 0.0) {
+        ratio = t->sample_rate;
+    } else if (t->environment != NULL && strcmp(t->environment, "development") == 0) {
+        ratio = 1.0;
+    } else {
+        ratio = 0.1;
+    }
+    if (t->disabled) {
+        trace_sampler_init(out, TRACE_SAMPLER_ALWAYS_OFF, 0.0);
+    } else if (t->sampler_kind >= 0) {
+        trace_sampler_init(out, (enum trace_sampler_kind)t->sampler_kind,
+                           t->sampler_arg >= 0.0 ? t->sampler_arg : ratio);
+    } else {
+        trace_sampler_init(out, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO, ratio);
+    }
+}
+
+/* ---- resource ---- */
+
+struct resource_attr {
+    char *key;
+    char *value;
+    bool is_int;
+    int64_t i;
+};
+
+struct resource_list {
+    struct resource_attr *attrs;
+    size_t n, cap;
+};
+
+static void
+resource_put(struct resource_list *rl, const char *key, const char *value, bool is_int, int64_t i)
+{
+    struct resource_attr *a = NULL;
+
+    for (size_t k = 0; k < rl->n; k++) {
+        if (strcmp(rl->attrs[k].key, key) == 0) {
+            a = &rl->attrs[k];
+            free(a->value);
+            break;
+        }
+    }
+    if (a == NULL) {
+        if (rl->n == rl->cap) {
+            rl->cap = rl->cap ? rl->cap * 2 : 16;
+            rl->attrs = xrealloc(rl->attrs, rl->cap * sizeof(*rl->attrs));
+        }
+        a = &rl->attrs[rl->n++];
+        a->key = xstrdup(key);
+    }
+    a->value = value ? xstrdup(value) : NULL;
+    a->is_int = is_int;
+    a->i = i;
+}
+
+static void
+resource_from_env(void *arg, const char *key, const char *value)
+{
+    /* The settings already resolved these two with their own precedence. */
+    if (strcmp(key, "service.name") == 0 || strcmp(key, "deployment.environment") == 0) {
+        return;
+    }
+    resource_put(arg, key, value, false, 0);
+}
+
+void
+trace_resource_json(struct buf *out, const struct telemetry_settings *t,
+                    const char *service_version, const char *host_name, int64_t pid)
+{
+    struct resource_list rl = {0};
+    const char *cause;
+
+    resource_put(&rl, "service.name", t->service_name, false, 0);
+    resource_put(&rl, "service.namespace", "akosha", false, 0);
+    resource_put(&rl, "service.version", service_version, false, 0);
+    resource_put(&rl, "deployment.environment", t->environment, false, 0);
+    if (host_name != NULL && host_name[0] != '\0') {
+        resource_put(&rl, "host.name", host_name, false, 0);
+    }
+    resource_put(&rl, "process.pid", NULL, true, pid);
+    if (t->resource_attributes != NULL && t->resource_attributes[0] != '\0') {
+        /* Validated by telemetry_apply_env; a bad list simply adds nothing. */
+        (void)trace_kv_list_parse(t->resource_attributes, resource_from_env, &rl, &cause);
+    }
+
+    buf_puts(out, "{\"attributes\":[");
+    for (size_t k = 0; k < rl.n; k++) {
+        struct resource_attr *a = &rl.attrs[k];
+        char safe[256];
+        if (k > 0) {
+            buf_putc(out, ',');
+        }
+        buf_puts(out, "{\"key\":");
+        copy_utf8(safe, sizeof(safe), a->key, strlen(a->key));
+        buf_json_string(out, safe, strlen(safe));
+        if (a->is_int) {
+            buf_printf(out, ",\"value\":{\"intValue\":\"%lld\"}}", (long long)a->i);
+        } else {
+            size_t len = strlen(a->value);
+            char *v = xmalloc(len + 1);
+            copy_utf8(v, len + 1, a->value, len);
+            buf_puts(out, ",\"value\":{\"stringValue\":");
+            buf_json_string(out, v, strlen(v));
+            buf_puts(out, "}}");
+            free(v);
+        }
+        free(a->key);
+        free(a->value);
+    }
+    buf_puts(out, "]}");
+    free(rl.attrs);
+}

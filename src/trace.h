@@ -1,0 +1,319 @@
+/*
+ * trace.h - the tracing model: W3C trace context (traceparent/tracestate),
+ * span and trace ids, the sampler, spans with OTel HTTP attributes, the OTLP
+ * JSON encoding and the [telemetry] settings with their environment overrides.
+ *
+ * Pure: no sockets, no libevent, no clock. Times come in as Unix nanoseconds
+ * (otlp_now_unix_ns() in otlp.h reads the clock). The only outside input is
+ * getrandom(2), read once per thread to seed the id generator.
+ *
+ * A request's tracing, as the proxy wires it:
+ *
+ *     struct trace_context remote, req, attempt;
+ *     bool has_remote = trace_parse_traceparent(tp, tp_len, &remote);
+ *     if (has_remote) trace_set_tracestate(&remote, ts, ts_len);
+ *     trace_start(&sampler, has_remote ? &remote : NULL, &req);
+ *     if (trace_context_sampled(&req))
+ *         server = trace_span_new(&req, has_remote ? remote.span_id : NULL,
+ *                                 TRACE_KIND_SERVER, "POST /v1/embeddings", now_ns);
+ *     per upstream attempt:
+ *         trace_child_context(&req, &attempt);   send trace_format_traceparent(&attempt)
+ *         if (trace_context_sampled(&attempt)) client = trace_span_new(&attempt, req.span_id, ...)
+ *
+ * An unsampled request creates no span but still propagates a traceparent
+ * with the sampled flag cleared.
+ */
+#ifndef AKOSHA_TRACE_H
+#define AKOSHA_TRACE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define TRACE_ID_SIZE 16
+#define TRACE_SPAN_ID_SIZE 8
+/* "00-" 32 hex "-" 16 hex "-" 2 hex */
+#define TRACE_TRACEPARENT_LEN 55
+/* W3C: a vendor must propagate at least 512 characters of tracestate. */
+#define TRACE_TRACESTATE_MAX 512
+#define TRACE_FLAG_SAMPLED 0x01
+
+struct trace_context {
+    uint8_t trace_id[TRACE_ID_SIZE];
+    uint8_t span_id[TRACE_SPAN_ID_SIZE]; /* the wire's parent-id: the span the next hop hangs off */
+    uint8_t flags;                       /* only TRACE_FLAG_SAMPLED is kept */
+    char tracestate[TRACE_TRACESTATE_MAX + 1]; /* "" when none; forwarded untouched */
+};
+
+/*
+ * Parse a traceparent header value by the W3C Trace Context rules: version
+ * "ff" is invalid; version 00 is exactly 55 characters; a higher version must
+ * be at least 55 and, when longer, have '-' after the flags, and is read by
+ * the version-00 prefix; lower-case hex only; all-zero trace-id or parent-id
+ * is invalid. Surrounding spaces and tabs (HTTP OWS) are ignored. On success
+ * fills out (tracestate cleared) and returns true; on failure out is untouched.
+ */
+bool trace_parse_traceparent(const char *s, size_t len, struct trace_context *out)
+    __attribute__((warn_unused_result));
+
+/* Write the version-00 traceparent of ctx: 55 characters and a NUL. */
+void trace_format_traceparent(const struct trace_context *ctx, char out[56]);
+
+/*
+ * Keep a tracestate header value (only meaningful after a valid traceparent).
+ * Values longer than TRACE_TRACESTATE_MAX lose whole list members from the
+ * right, as the spec allows; a value with control characters is discarded.
+ */
+void trace_set_tracestate(struct trace_context *ctx, const char *s, size_t len);
+
+/* Random ids from a per-thread generator seeded once from getrandom(2); never all-zero. */
+void trace_new_trace_id(uint8_t out[TRACE_ID_SIZE]);
+void trace_new_span_id(uint8_t out[TRACE_SPAN_ID_SIZE]);
+
+/* Lower-case hex of n bytes into out (2n characters and a NUL). */
+void trace_hex(const uint8_t *bytes, size_t n, char *out);
+
+/* ---- sampling ---- */
+
+enum trace_sampler_kind {
+    TRACE_SAMPLER_ALWAYS_ON,
+    TRACE_SAMPLER_ALWAYS_OFF,
+    TRACE_SAMPLER_TRACEIDRATIO,
+    TRACE_SAMPLER_PARENTBASED_ALWAYS_ON,
+    TRACE_SAMPLER_PARENTBASED_ALWAYS_OFF,
+    TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO,
+};
+
+struct trace_sampler {
+    enum trace_sampler_kind kind;
+    double ratio;       /* for the *traceidratio kinds, clamped to [0, 1] */
+    uint64_t threshold; /* rejection threshold over the trace id's low 56 bits */
+};
+
+void trace_sampler_init(struct trace_sampler *s, enum trace_sampler_kind kind, double ratio);
+
+/* "always_on", ...; -1 when the name is unknown. */
+int trace_sampler_kind_parse(const char *name);
+const char *trace_sampler_kind_name(enum trace_sampler_kind kind);
+
+/*
+ * The TraceIdRatioBased decision, deterministic from the id: the low 56 bits
+ * R of the trace id are compared with the rejection threshold
+ * T = (1 - ratio) * 2^56 and the trace is sampled when R >= T (the OTel
+ * consistent-probability rule; W3C level 2 puts the id's randomness there).
+ */
+bool trace_ratio_sampled(const struct trace_sampler *s, const uint8_t trace_id[TRACE_ID_SIZE]);
+
+/* The decision for a new span; parent is the remote or local parent, NULL for a root. */
+bool trace_sampler_decide(const struct trace_sampler *s, const struct trace_context *parent,
+                          const uint8_t trace_id[TRACE_ID_SIZE]);
+
+/*
+ * The context of a request's own (SERVER) span: the parent's trace id (and
+ * tracestate) or a new trace id, a new span id, and the sampled flag from
+ * the sampler. parent NULL starts a new trace.
+ */
+void trace_start(const struct trace_sampler *s, const struct trace_context *parent,
+                 struct trace_context *out);
+
+/* A child of parent in the same trace with a new span id; the sampled flag is inherited. */
+void trace_child_context(const struct trace_context *parent, struct trace_context *child);
+
+static inline bool
+trace_context_sampled(const struct trace_context *ctx)
+{
+    return (ctx->flags & TRACE_FLAG_SAMPLED) != 0;
+}
+
+/* ---- spans ---- */
+
+/* Values are the OTLP enum numbers. */
+enum trace_span_kind {
+    TRACE_KIND_INTERNAL = 1,
+    TRACE_KIND_SERVER = 2,
+    TRACE_KIND_CLIENT = 3,
+};
+
+enum trace_status_code {
+    TRACE_STATUS_UNSET = 0,
+    TRACE_STATUS_OK = 1,
+    TRACE_STATUS_ERROR = 2,
+};
+
+enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRACE_ATTR_BOOL };
+
+#define TRACE_NAME_MAX 64
+#define TRACE_ATTR_KEY_MAX 40
+#define TRACE_ATTR_STR_MAX 96
+#define TRACE_MAX_ATTRS 16
+#define TRACE_STATUS_MSG_MAX 96
+
+/* Keys and strings longer than their buffers are cut at a UTF-8 character boundary. */
+struct trace_attr {
+    char key[TRACE_ATTR_KEY_MAX];
+    enum trace_attr_type type;
+    union {
+        char s[TRACE_ATTR_STR_MAX];
+        int64_t i;
+        double d;
+        bool b;
+    } v;
+};
+
+/*
+ * One span, fixed size so the request path allocates once. Beyond
+ * TRACE_MAX_ATTRS attributes, new keys are dropped and counted (OTLP's
+ * droppedAttributesCount).
+ */
+struct trace_span {
+    uint8_t trace_id[TRACE_ID_SIZE];
+    uint8_t span_id[TRACE_SPAN_ID_SIZE];
+    uint8_t parent_span_id[TRACE_SPAN_ID_SIZE];
+    bool has_parent;
+    uint8_t flags;
+    enum trace_span_kind kind;
+    char name[TRACE_NAME_MAX];
+    uint64_t start_unix_ns;
+    uint64_t end_unix_ns; /* 0 until trace_span_end */
+    enum trace_status_code status;
+    char status_message[TRACE_STATUS_MSG_MAX];
+    unsigned nattrs;
+    unsigned dropped_attrs;
+    struct trace_attr attrs[TRACE_MAX_ATTRS];
+};
+
+/*
+ * A span whose own ids are ctx's (trace id, span id, flags), child of
+ * parent_span_id (NULL for a root span). Returns a span the caller owns:
+ * trace_span_free it, or hand it to otlp_submit which takes it.
+ */
+struct trace_span *trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
+                                  enum trace_span_kind kind, const char *name,
+                                  uint64_t start_unix_ns);
+void trace_span_free(struct trace_span *span);
+
+/* Setting a key again replaces its value, as OTel does. */
+void trace_span_attr_str(struct trace_span *span, const char *key, const char *value);
+void trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len);
+void trace_span_attr_int(struct trace_span *span, const char *key, int64_t value);
+void trace_span_attr_double(struct trace_span *span, const char *key, double value);
+void trace_span_attr_bool(struct trace_span *span, const char *key, bool value);
+/* NULL when the key is not set; the pointer lives as long as the span. */
+const struct trace_attr *trace_span_attr_find(const struct trace_span *span, const char *key);
+
+/* message may be NULL; OTel keeps a description only with ERROR. */
+void trace_span_set_status(struct trace_span *span, enum trace_status_code code,
+                           const char *message);
+/*
+ * Record an HTTP response status by the OTel HTTP conventions: sets
+ * http.response.status_code (when status > 0); 5xx is ERROR on every span,
+ * 4xx is ERROR on CLIENT spans only, anything else leaves the status as it
+ * was (an earlier ERROR is never cleared). With ERROR and no error.type yet,
+ * error.type becomes the status code as a string.
+ */
+void trace_span_set_http_status(struct trace_span *span, int status);
+
+void trace_span_end(struct trace_span *span, uint64_t end_unix_ns);
+
+/* ---- OTLP JSON ---- */
+
+/* Append the OTLP JSON object of one span (also the console export line). */
+void trace_span_json(struct buf *out, const struct trace_span *span);
+
+/*
+ * Append an ExportTraceServiceRequest: one resourceSpans with resource_json
+ * (an object as made by trace_resource_json) and one scopeSpans with scope
+ * {"name":"akosha","version":scope_version} holding the n spans.
+ */
+void trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *scope_version,
+                            struct trace_span *const *spans, size_t n);
+
+/* ---- settings ---- */
+
+/*
+ * The [telemetry] section plus what only the environment sets. Strings are
+ * malloc'd and owned by the struct (telemetry_settings_free); otlp_headers is
+ * a secret and never logged.
+ */
+struct telemetry_settings {
+    char *service_name;         /* "akosha" */
+    char *environment;          /* "development" */
+    char *otlp_endpoint;        /* base URL, "/v1/traces" is appended; "" = no OTLP export */
+    char *otlp_traces_endpoint; /* full URL used as-is, wins over otlp_endpoint; "" = unset */
+    char *otlp_headers;         /* "k=v,k2=v2", keys and values percent-decoded; secret */
+    char *resource_attributes;  /* OTEL_RESOURCE_ATTRIBUTES as given, "" when none */
+    double sample_rate;         /* < 0: unset */
+    bool console_export;
+    bool disabled;      /* OTEL_SDK_DISABLED=true: no spans at all */
+    bool gzip;          /* request bodies gzip-compressed */
+    int sampler_kind;   /* enum trace_sampler_kind, or -1: from sample_rate/environment */
+    double sampler_arg; /* OTEL_TRACES_SAMPLER_ARG, < 0: unset */
+    /* batch span processor (OTel defaults) */
+    uint64_t max_queue_size;     /* 2048 */
+    uint64_t max_export_batch;   /* 512, never above max_queue_size */
+    uint64_t schedule_delay_ms;  /* 5000 */
+    uint64_t export_timeout_ms;  /* 30000: one export, retries included */
+    uint64_t request_timeout_ms; /* 10000: one HTTP attempt (OTEL_EXPORTER_OTLP_TIMEOUT) */
+    uint64_t retry_base_ms;      /* 1000: first backoff; not from the environment */
+    uint64_t retry_max_ms;       /* 5000 */
+};
+
+/* Fill t with the defaults above; any strings it held are not freed. */
+void telemetry_settings_init(struct telemetry_settings *t);
+void telemetry_settings_free(struct telemetry_settings *t);
+/* Replace *field with a copy of value (NULL counts as ""). */
+void telemetry_settings_set(char **field, const char *value);
+
+/*
+ * Apply environment variables over values read from the file. getenv_fn
+ * NULL means getenv(3). Per setting, the first one set wins:
+ *   endpoint:     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as-is) >
+ *                 OTEL_EXPORTER_OTLP_ENDPOINT (base) > OTLP_ENDPOINT (base) > file
+ *   headers:      OTEL_EXPORTER_OTLP_TRACES_HEADERS > OTEL_EXPORTER_OTLP_HEADERS > file
+ *   compression:  OTEL_EXPORTER_OTLP_TRACES_COMPRESSION > OTEL_EXPORTER_OTLP_COMPRESSION
+ *   timeout:      OTEL_EXPORTER_OTLP_TRACES_TIMEOUT > OTEL_EXPORTER_OTLP_TIMEOUT (ms)
+ *   service name: OTEL_SERVICE_NAME > service.name in OTEL_RESOURCE_ATTRIBUTES > file
+ *   environment:  deployment.environment in OTEL_RESOURCE_ATTRIBUTES > ENVIRONMENT > file
+ *   sampler:      OTEL_TRACES_SAMPLER (+ OTEL_TRACES_SAMPLER_ARG) > file sample_rate >
+ *                 1.0 when environment is "development", else 0.1
+ *   batching:     OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+ *                 OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_EXPORT_TIMEOUT (ms) > defaults
+ *   OTEL_SDK_DISABLED=true turns tracing off whatever else is set.
+ * An invalid value is ignored with a warning naming the variable (never a header value).
+ */
+void telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const char *));
+
+/* The URL spans are POSTed to; a string the caller owns, NULL when OTLP export is off. */
+char *telemetry_traces_url(const struct telemetry_settings *t);
+
+/*
+ * The sampler the settings ask for: OTEL_SDK_DISABLED gives always_off; an
+ * explicit sampler kind wins; otherwise parentbased_traceidratio with
+ * sample_rate, or 1.0 in development and 0.1 elsewhere.
+ */
+void telemetry_sampler(const struct telemetry_settings *t, struct trace_sampler *out);
+
+/*
+ * Append the OTLP resource object {"attributes":[...]}: service.name,
+ * service.namespace "akosha", service.version, deployment.environment,
+ * host.name, process.pid, then OTEL_RESOURCE_ATTRIBUTES (percent-decoded;
+ * a key given there replaces the default, except service.name and
+ * deployment.environment which the settings already resolved).
+ */
+void trace_resource_json(struct buf *out, const struct telemetry_settings *t,
+                         const char *service_version, const char *host_name, int64_t pid);
+
+/*
+ * Split a "k=v,k2=v2" list (W3C baggage-like, as OTEL_EXPORTER_OTLP_HEADERS
+ * and OTEL_RESOURCE_ATTRIBUTES use) calling fn for each member with the
+ * percent-decoded key and value, both trimmed; empty members are skipped.
+ * A malformed member (no '=', empty key) discards the whole list, as OTel
+ * asks: returns -1 with *cause (static, never quoting the text) and fn is
+ * not called. Returns 0 otherwise.
+ */
+int trace_kv_list_parse(const char *list, void (*fn)(void *arg, const char *key, const char *value),
+                        void *arg, const char **cause);
+
+#endif

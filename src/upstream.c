@@ -1,0 +1,618 @@
+/*
+ * upstream.c - upstream set, failover order, TLS and connection pools.
+ *
+ * A connection is lent to one attempt at a time (UPCONN_BUSY) and comes
+ * back to the pool (UPCONN_IDLE) only when its response was read in full
+ * and both sides keep the connection alive. An idle connection that reads
+ * anything, or is closed by the peer, is dropped: it can carry no response.
+ */
+#include "upstream.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <event2/buffer.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "log.h"
+#include "util.h"
+
+static void upconn_free(struct upconn *c);
+static void upstream_maybe_free(struct upstream *up);
+
+void
+upstream_ref(struct upstream *up)
+{
+    up->refs++;
+}
+
+void
+upstream_unref(struct upstream *up)
+{
+    up->refs--;
+    upstream_maybe_free(up);
+}
+
+static void
+upstream_destroy(struct upstream *up)
+{
+    struct upconn *c;
+
+    while ((c = TAILQ_FIRST(&up->idle)) != NULL) {
+        TAILQ_REMOVE(&up->idle, c, link);
+        up->nidle--;
+        c->up = NULL;
+        upconn_free(c);
+    }
+    if (up->ssl_ctx != NULL) {
+        SSL_CTX_free(up->ssl_ctx);
+    }
+    config_unref(up->cfg_owner);
+    free(up->name);
+    free(up);
+}
+
+static void
+upstream_maybe_free(struct upstream *up)
+{
+    if (up->retired && up->refs == 0 && up->nbusy == 0 && up->nconnecting == 0) {
+        upstream_destroy(up);
+    }
+}
+
+static SSL_CTX *
+make_ssl_ctx(const struct upstream_config *uc, char **cause)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+    if (ctx == NULL) {
+        *cause = xstrdup("SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (uc->tls_verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        if (uc->tls_ca_file != NULL) {
+            if (SSL_CTX_load_verify_locations(ctx, uc->tls_ca_file, NULL) != 1) {
+                *cause = xasprintf("[upstream %s] tls_ca_file: cannot load %s", uc->name,
+                                   uc->tls_ca_file);
+                SSL_CTX_free(ctx);
+                return NULL;
+            }
+        } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+            *cause = xasprintf("[upstream %s]: cannot load the system CA store", uc->name);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+}
+
+static void
+breaker_changed(const struct breaker *b, enum breaker_state from, enum breaker_state to,
+                const char *why, void *arg)
+{
+    (void)arg;
+    log_warn("upstream %s: circuit %s -> %s: %s", b->name, breaker_state_name(from),
+             breaker_state_name(to), why);
+}
+
+static void
+breaker_config_from(const struct upstream_config *uc, struct breaker_config *bc)
+{
+    bc->failure_threshold = (uint32_t)uc->failure_threshold;
+    bc->open_timeout_ms = uc->open_timeout_ms;
+    bc->half_open_max_calls = (uint32_t)uc->half_open_max_calls;
+    bc->success_threshold = (uint32_t)uc->success_threshold;
+}
+
+struct upstream_set *
+upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config *cfg,
+                 struct upstream_set *old, char **cause)
+{
+    struct upstream_set *set = xcalloc(1, sizeof(*set));
+    SSL_CTX **ctxs = xcalloc(cfg->nupstreams + 1, sizeof(SSL_CTX *));
+
+    set->base = base;
+    set->dns = dns;
+    /* Build every TLS context first so that a failure changes nothing. */
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        if (cfg->upstreams[i].url.tls) {
+            ctxs[i] = make_ssl_ctx(&cfg->upstreams[i], cause);
+            if (ctxs[i] == NULL) {
+                for (size_t j = 0; j < i; j++) {
+                    if (ctxs[j] != NULL) {
+                        SSL_CTX_free(ctxs[j]);
+                    }
+                }
+                free(ctxs);
+                free(set);
+                return NULL;
+            }
+        }
+    }
+    set->ups = xcalloc(cfg->nupstreams + 1, sizeof(struct upstream *));
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct upstream_config *uc = &cfg->upstreams[i];
+        struct upstream *up = NULL;
+        struct breaker_config bc;
+
+        breaker_config_from(uc, &bc);
+        if (old != NULL) {
+            for (size_t j = 0; j < old->n; j++) {
+                struct upstream *o = old->ups[j];
+                if (o != NULL && strcmp(o->name, uc->name) == 0 &&
+                    strcmp(o->cfg->url.text, uc->url.text) == 0) {
+                    up = o;
+                    old->ups[j] = NULL;
+                    break;
+                }
+            }
+        }
+        if (up != NULL) {
+            /* Carried over: keep breaker state, counters and pooled connections. */
+            config_unref(up->cfg_owner);
+            if (up->ssl_ctx != NULL) {
+                SSL_CTX_free(up->ssl_ctx);
+            }
+            breaker_configure(&up->breaker, &bc);
+        } else {
+            up = xcalloc(1, sizeof(*up));
+            up->name = xstrdup(uc->name);
+            TAILQ_INIT(&up->idle);
+            TAILQ_INIT(&up->waiters);
+            breaker_init(&up->breaker, uc->name, &bc);
+            up->breaker.on_change = breaker_changed;
+        }
+        up->set = set;
+        up->cfg = uc;
+        up->cfg_owner = cfg;
+        config_ref(cfg);
+        up->ssl_ctx = ctxs[i];
+        set->ups[set->n++] = up;
+    }
+    free(ctxs);
+    if (old != NULL) {
+        upstream_set_free(old);
+    }
+    return set;
+}
+
+void
+upstream_set_free(struct upstream_set *set)
+{
+    if (set == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < set->n; i++) {
+        struct upstream *up = set->ups[i];
+        if (up == NULL) {
+            continue;
+        }
+        up->retired = true;
+        /* Idle connections of a retired upstream have no future. */
+        while (!TAILQ_EMPTY(&up->idle)) {
+            struct upconn *c = TAILQ_FIRST(&up->idle);
+            TAILQ_REMOVE(&up->idle, c, link);
+            up->nidle--;
+            c->up = NULL;
+            upconn_free(c);
+        }
+        up->set = NULL;
+        upstream_maybe_free(up);
+    }
+    free(set->ups);
+    free(set);
+}
+
+struct upstream *
+upstream_find(struct upstream_set *set, const char *name)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        if (strcmp(set->ups[i]->name, name) == 0) {
+            return set->ups[i];
+        }
+    }
+    return NULL;
+}
+
+static bool
+was_tried(struct upstream *up, struct upstream *const *tried, size_t ntried)
+{
+    for (size_t i = 0; i < ntried; i++) {
+        if (tried[i] == up) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Smooth weighted round-robin (as nginx): even spread, no bursts. */
+static struct upstream *
+pick_in_priority(struct upstream_set *set, int64_t prio, struct upstream *const *tried,
+                 size_t ntried, bool skip_tried, uint64_t now_ms)
+{
+    struct upstream *best = NULL;
+    int64_t total = 0;
+
+    for (size_t i = 0; i < set->n; i++) {
+        struct upstream *up = set->ups[i];
+        if (up->cfg->priority != prio || !breaker_would_allow(&up->breaker, now_ms)) {
+            continue;
+        }
+        if (skip_tried && was_tried(up, tried, ntried)) {
+            continue;
+        }
+        up->current_weight += up->cfg->weight;
+        total += up->cfg->weight;
+        if (best == NULL || up->current_weight > best->current_weight) {
+            best = up;
+        }
+    }
+    if (best != NULL) {
+        best->current_weight -= total;
+    }
+    return best;
+}
+
+struct upstream *
+upstream_pick(struct upstream_set *set, struct upstream *const *tried, size_t ntried,
+              uint64_t now_ms)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        bool skip_tried = pass == 0;
+        int64_t prio = -1;
+        /* Walk priorities in ascending order without sorting. */
+        for (;;) {
+            int64_t next = INT64_MAX;
+            struct upstream *up;
+            for (size_t i = 0; i < set->n; i++) {
+                int64_t p = set->ups[i]->cfg->priority;
+                if (p > prio && p < next) {
+                    next = p;
+                }
+            }
+            if (next == INT64_MAX) {
+                break;
+            }
+            prio = next;
+            up = pick_in_priority(set, prio, tried, ntried, skip_tried, now_ms);
+            if (up != NULL) {
+                return up;
+            }
+        }
+    }
+    return NULL;
+}
+
+uint64_t
+upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms)
+{
+    uint64_t soonest = UINT64_MAX;
+
+    for (size_t i = 0; i < set->n; i++) {
+        uint64_t t = breaker_next_trial_ms(&set->ups[i]->breaker, now_ms);
+        soonest = MIN(soonest, t);
+    }
+    return soonest;
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+static void
+upconn_free(struct upconn *c)
+{
+    if (c->connect_timer != NULL) {
+        event_free(c->connect_timer);
+    }
+    if (c->bev != NULL) {
+        bufferevent_free(c->bev);
+    }
+    free(c);
+}
+
+struct evbuffer *
+upconn_input(struct upconn *c)
+{
+    return bufferevent_get_input(c->bev);
+}
+
+struct evbuffer *
+upconn_output(struct upconn *c)
+{
+    return bufferevent_get_output(c->bev);
+}
+
+void
+upconn_pause_read(struct upconn *c, bool paused)
+{
+    if (paused) {
+        bufferevent_disable(c->bev, EV_READ);
+    } else {
+        bufferevent_enable(c->bev, EV_READ);
+    }
+}
+
+static void
+fill_ssl_error(struct upconn *c)
+{
+    unsigned long e = bufferevent_get_openssl_error(c->bev);
+    long verify = X509_V_OK;
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+
+    if (ssl != NULL) {
+        verify = SSL_get_verify_result(ssl);
+    }
+    if (verify != X509_V_OK) {
+        snprintf(c->error, sizeof(c->error), "TLS: certificate verify failed: %s",
+                 X509_verify_cert_error_string(verify));
+    } else if (e != 0) {
+        char ebuf[120];
+        ERR_error_string_n(e, ebuf, sizeof(ebuf));
+        snprintf(c->error, sizeof(c->error), "TLS: %s", ebuf);
+    } else {
+        snprintf(c->error, sizeof(c->error), "TLS handshake failed");
+    }
+    c->tls_failed = true;
+    while (bufferevent_get_openssl_error(c->bev) != 0) {
+        /* drain the queue so errors never leak into the next connection */
+    }
+}
+
+static void
+conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct upconn *c = arg;
+
+    (void)bev;
+    if (c->state == UPCONN_IDLE) {
+        /* Unsolicited bytes on an idle connection: it cannot be reused. */
+        struct upstream *up = c->up;
+        TAILQ_REMOVE(&up->idle, c, link);
+        up->nidle--;
+        upconn_free(c);
+        upstream_maybe_free(up);
+        return;
+    }
+    c->cb(c, UPCONN_READ, c->arg);
+}
+
+static void
+conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct upconn *c = arg;
+
+    (void)bev;
+    if (c->state == UPCONN_BUSY) {
+        c->cb(c, UPCONN_DRAINED, c->arg);
+    }
+}
+
+static void
+conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct upconn *c = arg;
+    struct upstream *up = c->up;
+
+    (void)bev;
+    if (c->state == UPCONN_IDLE) {
+        TAILQ_REMOVE(&up->idle, c, link);
+        up->nidle--;
+        upconn_free(c);
+        upstream_maybe_free(up);
+        return;
+    }
+    if (what & BEV_EVENT_CONNECTED) {
+        if (c->connect_timer != NULL) {
+            event_free(c->connect_timer);
+            c->connect_timer = NULL;
+        }
+        up->nconnecting--;
+        up->nbusy++;
+        c->state = UPCONN_BUSY;
+        c->cb(c, UPCONN_READY, c->arg);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        snprintf(c->error, sizeof(c->error), "connection closed by upstream");
+        c->cb(c, UPCONN_EOF, c->arg);
+        return;
+    }
+    if (what & BEV_EVENT_ERROR) {
+        int dns_err = bufferevent_socket_get_dns_error(c->bev);
+        if (dns_err != 0) {
+            snprintf(c->error, sizeof(c->error), "DNS: %s", evutil_gai_strerror(dns_err));
+        } else if (up->cfg->url.tls && bufferevent_get_openssl_error(c->bev) != 0) {
+            fill_ssl_error(c);
+        } else if (EVUTIL_SOCKET_ERROR() != 0) {
+            snprintf(c->error, sizeof(c->error), "%s",
+                     evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        } else if (up->cfg->url.tls) {
+            fill_ssl_error(c);
+        } else {
+            snprintf(c->error, sizeof(c->error), "socket error");
+        }
+        c->cb(c, UPCONN_ERROR, c->arg);
+    }
+}
+
+static void
+connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *c = arg;
+
+    (void)fd;
+    (void)what;
+    snprintf(c->error, sizeof(c->error), "connect timed out");
+    c->cb(c, UPCONN_TIMEOUT, c->arg);
+}
+
+static struct upconn *
+start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
+{
+    struct upconn *c = xcalloc(1, sizeof(*c));
+    struct event_base *base = up->set->base;
+    const struct upstream_config *uc = up->cfg;
+    struct timeval tv;
+
+    c->up = up;
+    c->cb = cb;
+    c->arg = arg;
+    c->state = UPCONN_CONNECTING;
+    if (uc->url.tls) {
+        SSL *ssl = SSL_new(up->ssl_ctx);
+        const char *sni = uc->tls_server_name ? uc->tls_server_name : uc->url.host;
+        if (ssl == NULL) {
+            *cause = "SSL_new failed";
+            free(c);
+            return NULL;
+        }
+        /* SNI only for names, never for literal addresses (RFC 6066). */
+        if (strspn(sni, "0123456789.") != strlen(sni) && strchr(sni, ':') == NULL) {
+            SSL_set_tlsext_host_name(ssl, sni);
+        }
+        if (uc->tls_verify) {
+            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            if (SSL_set1_host(ssl, sni) != 1) {
+                *cause = "cannot set TLS host name";
+                SSL_free(ssl);
+                free(c);
+                return NULL;
+            }
+        }
+        c->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (c->bev != NULL) {
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+        }
+    } else {
+        c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    }
+    if (c->bev == NULL) {
+        *cause = "cannot create connection";
+        free(c);
+        return NULL;
+    }
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->connect_timer = evtimer_new(base, connect_timeout_cb, c);
+    tv.tv_sec = (time_t)(uc->connect_timeout_ms / 1000);
+    tv.tv_usec = (suseconds_t)(uc->connect_timeout_ms % 1000) * 1000;
+    evtimer_add(c->connect_timer, &tv);
+    up->nconnecting++;
+    /* Non-blocking: numeric hosts connect at once, names go through evdns. */
+    if (bufferevent_socket_connect_hostname(c->bev, up->set->dns, AF_UNSPEC, uc->url.host,
+                                            uc->url.port) < 0) {
+        up->nconnecting--;
+        upconn_free(c);
+        *cause = "connect failed";
+        return NULL;
+    }
+    return c;
+}
+
+int
+upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, void *arg,
+                 struct upconn **out, const char **cause)
+{
+    struct upconn *c = TAILQ_FIRST(&up->idle);
+
+    *out = NULL;
+    if (c != NULL) {
+        TAILQ_REMOVE(&up->idle, c, link);
+        up->nidle--;
+        up->nbusy++;
+        c->state = UPCONN_BUSY;
+        c->cb = cb;
+        c->arg = arg;
+        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        *out = c;
+        return 1;
+    }
+    if ((int64_t)(up->nbusy + up->nconnecting) < up->cfg->max_connections) {
+        c = start_connect(up, cb, arg, cause);
+        if (c == NULL) {
+            return -1;
+        }
+        *out = c;
+        return 0;
+    }
+    w->cb = cb;
+    w->arg = arg;
+    TAILQ_INSERT_TAIL(&up->waiters, w, link);
+    up->nwaiters++;
+    return 0;
+}
+
+void
+upstream_cancel_wait(struct upstream *up, struct upstream_waiter *w)
+{
+    TAILQ_REMOVE(&up->waiters, w, link);
+    up->nwaiters--;
+}
+
+/* A slot freed: hand it to the first waiter, as a pooled or a new connection. */
+static void
+serve_waiter(struct upstream *up)
+{
+    struct upstream_waiter *w = TAILQ_FIRST(&up->waiters);
+    struct upconn *c;
+    const char *cause = NULL;
+    int rc;
+
+    if (w == NULL || up->retired) {
+        return;
+    }
+    upstream_cancel_wait(up, w);
+    rc = upstream_acquire(up, w, w->cb, w->arg, &c, &cause);
+    if (rc < 0) {
+        /* Report through the waiter's callback with no connection. */
+        *w->slot = NULL;
+        w->cb(NULL, UPCONN_ERROR, w->arg);
+        return;
+    }
+    *w->slot = c;
+    if (rc == 1) {
+        w->cb(c, UPCONN_READY, w->arg);
+    }
+}
+
+void
+upstream_release(struct upconn *c, bool reusable)
+{
+    struct upstream *up = c->up;
+
+    if (c->state == UPCONN_CONNECTING) {
+        up->nconnecting--;
+        reusable = false;
+    } else {
+        up->nbusy--;
+    }
+    if (c->connect_timer != NULL) {
+        event_free(c->connect_timer);
+        c->connect_timer = NULL;
+    }
+    if (reusable && !up->retired && evbuffer_get_length(upconn_input(c)) == 0) {
+        c->state = UPCONN_IDLE;
+        c->reused = true;
+        c->cb = NULL;
+        c->arg = NULL;
+        {
+            /* Servers drop idle keep-alive connections; close ours first. */
+            struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_MS / 1000, 0};
+            bufferevent_set_timeouts(c->bev, &idle, NULL);
+        }
+        bufferevent_enable(c->bev, EV_READ);
+        TAILQ_INSERT_HEAD(&up->idle, c, link);
+        up->nidle++;
+        /* Most recently used first: warm connections, and the rest age out. */
+    } else {
+        upconn_free(c);
+    }
+    serve_waiter(up);
+    upstream_maybe_free(up);
+}

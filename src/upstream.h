@@ -1,0 +1,143 @@
+/*
+ * upstream.h - the configured upstreams: failover order, circuit breakers,
+ * TLS contexts and the pool of keep-alive connections to each.
+ *
+ * All of it lives on the event-loop thread.
+ */
+#ifndef AKOSHA_UPSTREAM_H
+#define AKOSHA_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "breaker.h"
+#include "config.h"
+
+struct upstream;
+struct upconn;
+
+/* Pooled connections idle longer than this are closed. */
+#define UPSTREAM_IDLE_TIMEOUT_MS 30000
+
+/* What a connection tells its owner. */
+enum upconn_event {
+    UPCONN_READY,    /* connected (and TLS done): the owner may write */
+    UPCONN_READ,     /* bytes arrived in upconn_input() */
+    UPCONN_DRAINED,  /* output fully written */
+    UPCONN_EOF,      /* peer closed */
+    UPCONN_ERROR,    /* connect, TLS or socket error; cause in upconn_error() */
+    UPCONN_TIMEOUT,  /* connect_timeout elapsed */
+};
+
+typedef void (*upconn_cb)(struct upconn *c, enum upconn_event ev, void *arg);
+
+enum upconn_state {
+    UPCONN_CONNECTING,
+    UPCONN_IDLE, /* in the pool */
+    UPCONN_BUSY, /* lent to an attempt */
+};
+
+struct upconn {
+    struct upstream *up;
+    struct bufferevent *bev;
+    enum upconn_state state;
+    bool reused; /* served a request before */
+    bool tls_failed;
+    char error[128];
+    upconn_cb cb;
+    void *arg;
+    struct event *connect_timer;
+    TAILQ_ENTRY(upconn) link;
+};
+TAILQ_HEAD(upconn_list, upconn);
+
+/* An attempt waiting for a connection slot; see upstream_acquire. */
+struct upstream_waiter {
+    upconn_cb cb;
+    void *arg;
+    struct upconn **slot;
+    TAILQ_ENTRY(upstream_waiter) link;
+};
+TAILQ_HEAD(waiter_list, upstream_waiter);
+
+struct upstream_stats {
+    uint64_t requests;  /* attempts sent */
+    uint64_t successes;
+    uint64_t failures;
+    uint64_t client_errors;
+};
+
+struct upstream {
+    char *name;
+    struct upstream_set *set;
+    const struct upstream_config *cfg; /* owned by cfg_owner */
+    struct config *cfg_owner;          /* reference held (config_ref) */
+    struct breaker breaker;
+    SSL_CTX *ssl_ctx; /* https only */
+    int refs;         /* attempts and connections using it */
+    bool retired;     /* removed by a reload; freed when refs drop to 0 */
+    int64_t current_weight;
+    unsigned learned_dimensions;
+    struct upconn_list idle;
+    size_t nidle, nbusy, nconnecting;
+    struct waiter_list waiters;
+    size_t nwaiters;
+    struct upstream_stats stats;
+};
+
+struct upstream_set {
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct upstream **ups;
+    size_t n;
+};
+
+/*
+ * Build the set for cfg. Upstreams of old (may be NULL) whose name and url
+ * are unchanged are carried over with their breaker and pool; the rest of old
+ * are retired. Returns NULL with *cause on failure (TLS setup); the caller
+ * owns the returned set. old is consumed on success.
+ */
+struct upstream_set *upstream_set_new(struct event_base *base, struct evdns_base *dns,
+                                      struct config *cfg, struct upstream_set *old, char **cause);
+void upstream_set_free(struct upstream_set *set);
+struct upstream *upstream_find(struct upstream_set *set, const char *name);
+
+/*
+ * Choose the next upstream for an attempt: lowest priority first, smooth
+ * weighted round-robin within a priority, skipping upstreams whose breaker
+ * would reject and, when possible, those in tried[] (ntried entries). Does
+ * not commit the breaker. NULL when no breaker admits a call.
+ */
+struct upstream *upstream_pick(struct upstream_set *set, struct upstream *const *tried,
+                               size_t ntried, uint64_t now_ms);
+/* Soonest monotonic ms at which some breaker admits a call. */
+uint64_t upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms);
+
+void upstream_ref(struct upstream *up);
+void upstream_unref(struct upstream *up);
+
+/*
+ * Get a connection: an idle pooled one (*out set, returns 1, the caller may
+ * write at once), a new connect under way (*out set, returns 0, cb gets
+ * UPCONN_READY), or, at max_connections, w is queued (returns 0, *out NULL;
+ * *w->slot and cb(UPCONN_READY) when a connection frees). -1 with *cause on
+ * immediate failure.
+ */
+int upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, void *arg,
+                     struct upconn **out, const char **cause);
+void upstream_cancel_wait(struct upstream *up, struct upstream_waiter *w);
+/* Give the connection back: reusable → pooled; otherwise closed. */
+void upstream_release(struct upconn *c, bool reusable);
+
+struct evbuffer *upconn_input(struct upconn *c);
+struct evbuffer *upconn_output(struct upconn *c);
+void upconn_pause_read(struct upconn *c, bool paused);
+
+#endif

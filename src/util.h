@@ -1,0 +1,55 @@
+/*
+ * util.h - small helpers shared by every subsystem: allocation that aborts on
+ * out-of-memory, monotonic and wall clocks, and a growable byte buffer.
+ */
+#ifndef AKOSHA_UTIL_H
+#define AKOSHA_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Allocation: on failure these print a message and abort; they never return NULL. */
+void *xmalloc(size_t size);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *ptr, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+/* Returns a malloc'd string the caller owns. */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Milliseconds / microseconds from CLOCK_MONOTONIC. */
+uint64_t util_mono_ms(void);
+uint64_t util_mono_us(void);
+/* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
+int64_t util_wall_ms(void);
+
+/* Format wall-clock milliseconds as ISO 8601 UTC, "2026-01-02T03:04:05.678Z". */
+void util_iso8601(int64_t wall_ms, char *out, size_t outlen);
+
+/*
+ * A growable byte buffer. buf_* functions abort on out-of-memory.
+ * The buffer owns data; buf_free releases it.
+ */
+struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+void buf_init(struct buf *b);
+void buf_free(struct buf *b);
+void buf_reserve(struct buf *b, size_t extra);
+void buf_append(struct buf *b, const void *data, size_t len);
+void buf_puts(struct buf *b, const char *s);
+void buf_putc(struct buf *b, char c);
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
+/* Append s as a JSON string literal, quotes included. */
+void buf_json_string(struct buf *b, const char *s, size_t len);
+
+#endif

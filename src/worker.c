@@ -1,0 +1,223 @@
+/*
+ * worker.c - the worker thread pool (see worker.h).
+ *
+ * Two lists, two locks: the job queue (workers take from it) and the
+ * completion list (workers append, the loop drains). A single event, activated
+ * by any worker after it appends, makes the loop drain; activating an already
+ * active event is a no-op, and the drain takes the whole list, so no
+ * completion is ever missed or delivered twice.
+ */
+#define _GNU_SOURCE
+#include "worker.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+struct worker_pool {
+    struct event_base *base;
+    struct event *wakeup;
+    pthread_t *threads;
+    unsigned nthreads; /* started successfully */
+    size_t queue_size;
+
+    pthread_mutex_t queue_lock; /* guards queue_*, waiting, idle, stopping */
+    pthread_cond_t queue_cond;
+    struct worker_job *queue_head, *queue_tail;
+    size_t waiting;
+    unsigned idle; /* threads blocked waiting for a job */
+    bool stopping;
+    atomic_size_t depth; /* mirror of waiting for lock-free reads */
+
+    pthread_mutex_t done_lock; /* guards done_* */
+    struct worker_job *done_head, *done_tail;
+};
+
+static void
+append(struct worker_job **head, struct worker_job **tail, struct worker_job *job)
+{
+    job->next = NULL;
+    if (*tail != NULL) {
+        (*tail)->next = job;
+    } else {
+        *head = job;
+    }
+    *tail = job;
+}
+
+static void
+deliver_completions(struct worker_pool *p)
+{
+    struct worker_job *job;
+
+    pthread_mutex_lock(&p->done_lock);
+    job = p->done_head;
+    p->done_head = p->done_tail = NULL;
+    pthread_mutex_unlock(&p->done_lock);
+    while (job != NULL) {
+        struct worker_job *next = job->next; /* done() may free job */
+        job->done(job);
+        job = next;
+    }
+}
+
+static void
+wakeup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    deliver_completions(arg);
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker_pool *p = arg;
+
+    pthread_mutex_lock(&p->queue_lock);
+    for (;;) {
+        struct worker_job *job;
+
+        while (p->queue_head == NULL && !p->stopping) {
+            p->idle++;
+            pthread_cond_wait(&p->queue_cond, &p->queue_lock);
+            p->idle--;
+        }
+        if (p->queue_head == NULL) {
+            break; /* stopping, and the queue is drained */
+        }
+        job = p->queue_head;
+        p->queue_head = job->next;
+        if (p->queue_head == NULL) {
+            p->queue_tail = NULL;
+        }
+        p->waiting--;
+        atomic_store_explicit(&p->depth, p->waiting, memory_order_relaxed);
+        pthread_mutex_unlock(&p->queue_lock);
+
+        job->run(job);
+
+        pthread_mutex_lock(&p->done_lock);
+        append(&p->done_head, &p->done_tail, job);
+        pthread_mutex_unlock(&p->done_lock);
+        event_active(p->wakeup, EV_READ, 0);
+
+        pthread_mutex_lock(&p->queue_lock);
+    }
+    pthread_mutex_unlock(&p->queue_lock);
+    return NULL;
+}
+
+/* Wakes every thread, lets them finish the queue, and joins them. */
+static void
+stop_threads(struct worker_pool *p)
+{
+    pthread_mutex_lock(&p->queue_lock);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->queue_cond);
+    pthread_mutex_unlock(&p->queue_lock);
+    for (unsigned i = 0; i < p->nthreads; i++) {
+        pthread_join(p->threads[i], NULL);
+    }
+    p->nthreads = 0;
+}
+
+static void
+destroy(struct worker_pool *p)
+{
+    if (p->wakeup != NULL) {
+        event_free(p->wakeup);
+    }
+    pthread_cond_destroy(&p->queue_cond);
+    pthread_mutex_destroy(&p->queue_lock);
+    pthread_mutex_destroy(&p->done_lock);
+    free(p->threads);
+    free(p);
+}
+
+struct worker_pool *
+worker_pool_new(struct event_base *base, unsigned nthreads, size_t queue_size, char **cause)
+{
+    struct worker_pool *p;
+    sigset_t all, old;
+
+    if (nthreads == 0) {
+        *cause = xstrdup("worker pool needs at least one thread");
+        return NULL;
+    }
+    p = xcalloc(1, sizeof(*p));
+    p->base = base;
+    p->queue_size = queue_size;
+    p->threads = xcalloc(nthreads, sizeof(*p->threads));
+    atomic_init(&p->depth, 0);
+    pthread_mutex_init(&p->queue_lock, NULL);
+    pthread_mutex_init(&p->done_lock, NULL);
+    pthread_cond_init(&p->queue_cond, NULL);
+    p->wakeup = event_new(base, -1, 0, wakeup_cb, p);
+    if (p->wakeup == NULL) {
+        *cause = xstrdup("cannot create the worker wakeup event");
+        destroy(p);
+        return NULL;
+    }
+    /* Workers inherit a full signal mask, so signals reach the loop thread only. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    for (unsigned i = 0; i < nthreads; i++) {
+        int rc = pthread_create(&p->threads[i], NULL, worker_main, p);
+        if (rc != 0) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            *cause =
+                xasprintf("cannot start worker thread %u of %u: %s", i + 1, nthreads, strerror(rc));
+            stop_threads(p);
+            destroy(p);
+            return NULL;
+        }
+        pthread_setname_np(p->threads[i], "akosha-worker");
+        p->nthreads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    log_debug("worker pool: %u threads, queue %zu", nthreads, queue_size);
+    return p;
+}
+
+int
+worker_pool_submit(struct worker_pool *p, struct worker_job *job)
+{
+    pthread_mutex_lock(&p->queue_lock);
+    /* jobs beyond what idle threads will take at once must fit in the queue */
+    if (p->stopping || p->waiting >= p->queue_size + p->idle) {
+        pthread_mutex_unlock(&p->queue_lock);
+        return -1;
+    }
+    append(&p->queue_head, &p->queue_tail, job);
+    p->waiting++;
+    atomic_store_explicit(&p->depth, p->waiting, memory_order_relaxed);
+    pthread_cond_signal(&p->queue_cond);
+    pthread_mutex_unlock(&p->queue_lock);
+    return 0;
+}
+
+size_t
+worker_pool_depth(struct worker_pool *p)
+{
+    return atomic_load_explicit(&p->depth, memory_order_relaxed);
+}
+
+void
+worker_pool_free(struct worker_pool *p)
+{
+    if (p == NULL) {
+        return;
+    }
+    stop_threads(p);
+    deliver_completions(p);
+    destroy(p);
+}

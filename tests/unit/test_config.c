@@ -1,0 +1,391 @@
+/*
+ * test_config.c - the config table and parser: every value type, every
+ * error, suggestions, ${VAR} and ${file:NAME} expansion, duplicates.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static const char *fake_env_dir;
+
+static const char *
+fake_getenv(const char *name)
+{
+    if (strcmp(name, "API_KEY") == 0) {
+        return "sk-secret";
+    }
+    if (strcmp(name, "EMPTY") == 0) {
+        return "";
+    }
+    if (strcmp(name, "CREDENTIALS_DIRECTORY") == 0) {
+        return fake_env_dir;
+    }
+    return NULL;
+}
+
+static struct config *
+parse(const char *text, struct config_errors *errs)
+{
+    memset(errs, 0, sizeof(*errs));
+    return config_parse("t.conf", text, strlen(text), errs, fake_getenv);
+}
+
+/* Parse text expecting failure; the first error must contain want. */
+static void
+expect_error(const char *text, const char *want)
+{
+    struct config_errors errs;
+    struct config *cfg = parse(text, &errs);
+
+    cr_assert_null(cfg, "expected failure for: %s", text);
+    cr_assert_geq(errs.n, 1);
+    cr_assert_not_null(strstr(errs.msgs[0], want), "error '%s' lacks '%s'", errs.msgs[0], want);
+    config_errors_free(&errs);
+}
+
+Test(config, empty_file_gives_every_default)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("", &errs);
+
+    cr_assert_not_null(cfg);
+    cr_assert_str_eq(cfg->proxy.listen.text, "127.0.0.1:8080");
+    cr_assert_eq(cfg->proxy.max_body_size, 16u * 1024 * 1024);
+    cr_assert_eq(cfg->proxy.max_header_size, 64u * 1024);
+    cr_assert_eq(cfg->proxy.request_timeout_ms, 60000);
+    cr_assert_eq(cfg->proxy.client_timeout_ms, 60000);
+    cr_assert_eq(cfg->proxy.max_connections, 4096);
+    cr_assert_eq(cfg->proxy.drain_timeout_ms, 30000);
+    cr_assert_float_eq(cfg->proxy.retry_budget, 0.2, 1e-9);
+    cr_assert_float_eq(cfg->proxy.retry_budget_min, 10.0, 1e-9);
+    cr_assert_str_eq(cfg->admin.listen.text, "127.0.0.1:3002");
+    cr_assert_eq(cfg->fallback.mode, FALLBACK_AUTO);
+    cr_assert_eq(cfg->fallback.workers, 1);
+    cr_assert_eq(cfg->fallback.queue_size, 1024);
+    cr_assert_eq(cfg->fallback.dimensions, 384);
+    cr_assert_str_eq(cfg->telemetry.service_name, "akosha");
+    cr_assert(cfg->telemetry.sample_rate < 0, "unset sample_rate is negative");
+    cr_assert_eq(cfg->nupstreams, 0);
+    config_free(cfg);
+}
+
+Test(config, upstream_section_defaults_and_values)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("# comment\n; another\n[upstream tei]\n"
+                               "url = https://gpu.example:8443/v1/\n"
+                               "priority = 2\nweight = 3\nconnect_timeout = 250ms\n"
+                               "call_timeout = 5m\ntls_verify = off\nretries = 0\n"
+                               "backoff_multiplier = 1.5\n",
+                               &errs);
+    const struct upstream_config *u;
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_eq(cfg->nupstreams, 1);
+    u = &cfg->upstreams[0];
+    cr_assert_str_eq(u->name, "tei");
+    cr_assert(u->url.tls);
+    cr_assert_str_eq(u->url.host, "gpu.example");
+    cr_assert_eq(u->url.port, 8443);
+    cr_assert_str_eq(u->url.authority, "gpu.example:8443");
+    cr_assert_str_eq(u->url.prefix, "/v1");
+    cr_assert_eq(u->priority, 2);
+    cr_assert_eq(u->weight, 3);
+    cr_assert_eq(u->connect_timeout_ms, 250);
+    cr_assert_eq(u->call_timeout_ms, 300000);
+    cr_assert_not(u->tls_verify);
+    cr_assert_eq(u->retries, 0);
+    cr_assert_float_eq(u->backoff_multiplier, 1.5, 1e-9);
+    /* defaults of the rows not set */
+    cr_assert_eq(u->failure_threshold, 5);
+    cr_assert_eq(u->open_timeout_ms, 60000);
+    cr_assert_eq(u->half_open_max_calls, 3);
+    cr_assert_eq(u->success_threshold, 2);
+    cr_assert_eq(u->backoff_base_ms, 100);
+    cr_assert_eq(u->backoff_max_ms, 2000);
+    cr_assert_eq(u->max_retry_after_ms, 30000);
+    cr_assert_eq(u->max_connections, 64);
+    config_free(cfg);
+}
+
+Test(config, durations)
+{
+    uint64_t ms;
+    const char *cause;
+
+    cr_assert_eq(config_parse_duration("250ms", &ms, &cause), 0);
+    cr_assert_eq(ms, 250);
+    cr_assert_eq(config_parse_duration("30s", &ms, &cause), 0);
+    cr_assert_eq(ms, 30000);
+    cr_assert_eq(config_parse_duration("5m", &ms, &cause), 0);
+    cr_assert_eq(ms, 300000);
+    cr_assert_eq(config_parse_duration("1h", &ms, &cause), 0);
+    cr_assert_eq(ms, 3600000);
+    cr_assert_eq(config_parse_duration("1.5s", &ms, &cause), 0);
+    cr_assert_eq(ms, 1500);
+    cr_assert_eq(config_parse_duration("30", &ms, &cause), -1);
+    cr_assert_not_null(strstr(cause, "unit"));
+    cr_assert_eq(config_parse_duration("3d", &ms, &cause), -1);
+    cr_assert_eq(config_parse_duration("-1s", &ms, &cause), -1);
+    cr_assert_eq(config_parse_duration("s", &ms, &cause), -1);
+}
+
+Test(config, sizes)
+{
+    uint64_t b;
+    const char *cause;
+
+    cr_assert_eq(config_parse_size("512", &b, &cause), 0);
+    cr_assert_eq(b, 512);
+    cr_assert_eq(config_parse_size("64K", &b, &cause), 0);
+    cr_assert_eq(b, 65536);
+    cr_assert_eq(config_parse_size("16M", &b, &cause), 0);
+    cr_assert_eq(b, 16u << 20);
+    cr_assert_eq(config_parse_size("1G", &b, &cause), 0);
+    cr_assert_eq(b, 1ull << 30);
+    cr_assert_eq(config_parse_size("1T", &b, &cause), -1);
+    cr_assert_eq(config_parse_size("K", &b, &cause), -1);
+    cr_assert_eq(config_parse_size("99999999999999999999", &b, &cause), -1);
+}
+
+Test(config, booleans)
+{
+    bool v;
+    const char *cause;
+    const char *yes[] = {"yes", "true", "on", "YES"};
+    const char *no[] = {"no", "false", "off", "Off"};
+
+    for (size_t i = 0; i < 4; i++) {
+        cr_assert_eq(config_parse_bool(yes[i], &v, &cause), 0);
+        cr_assert(v);
+        cr_assert_eq(config_parse_bool(no[i], &v, &cause), 0);
+        cr_assert_not(v);
+    }
+    cr_assert_eq(config_parse_bool("maybe", &v, &cause), -1);
+}
+
+Test(config, listen_forms)
+{
+    struct listen_addr la;
+    const char *cause;
+
+    cr_assert_eq(config_parse_listen("127.0.0.1:8080", &la, &cause), 0);
+    cr_assert_eq(la.ss.ss_family, AF_INET);
+    free(la.text);
+    cr_assert_eq(config_parse_listen("[::1]:9000", &la, &cause), 0);
+    cr_assert_eq(la.ss.ss_family, AF_INET6);
+    free(la.text);
+    cr_assert_eq(config_parse_listen("unix:/run/akosha.sock", &la, &cause), 0);
+    cr_assert(la.is_unix);
+    free(la.text);
+    cr_assert_eq(config_parse_listen("127.0.0.1:0", &la, &cause), -1);
+    cr_assert_eq(config_parse_listen("127.0.0.1:70000", &la, &cause), -1);
+    cr_assert_eq(config_parse_listen("example.com:80", &la, &cause), -1);
+    cr_assert_eq(config_parse_listen("unix:relative", &la, &cause), -1);
+    cr_assert_eq(config_parse_listen("[::1:80", &la, &cause), -1);
+}
+
+Test(config, url_forms)
+{
+    struct upstream_url u;
+    const char *cause;
+
+    cr_assert_eq(config_parse_url("http://127.0.0.1:11434", &u, &cause), 0);
+    cr_assert_not(u.tls);
+    cr_assert_eq(u.port, 11434);
+    cr_assert_str_eq(u.prefix, "");
+    free(u.text), free(u.host), free(u.authority), free(u.prefix);
+    cr_assert_eq(config_parse_url("https://api.openai.com", &u, &cause), 0);
+    cr_assert_eq(u.port, 443);
+    cr_assert_str_eq(u.authority, "api.openai.com");
+    free(u.text), free(u.host), free(u.authority), free(u.prefix);
+    cr_assert_eq(config_parse_url("http://[::1]:8081/base", &u, &cause), 0);
+    cr_assert_str_eq(u.host, "::1");
+    cr_assert_str_eq(u.authority, "[::1]:8081");
+    cr_assert_str_eq(u.prefix, "/base");
+    free(u.text), free(u.host), free(u.authority), free(u.prefix);
+    cr_assert_eq(config_parse_url("ftp://x", &u, &cause), -1);
+    cr_assert_eq(config_parse_url("http://", &u, &cause), -1);
+    cr_assert_eq(config_parse_url("http://h:0", &u, &cause), -1);
+    cr_assert_eq(config_parse_url("http://h/x?q=1", &u, &cause), -1);
+    cr_assert_eq(config_parse_url("http://user:pw@h/", &u, &cause), -1);
+    cr_assert_not_null(strstr(cause, "credentials"));
+}
+
+Test(config, unknown_key_suggests_the_closest)
+{
+    expect_error("[proxy]\nmax_body_sise = 1M\n", "did you mean 'max_body_size'");
+    expect_error("[upstream a]\nurl = http://h\nfailure_treshold = 3\n",
+                 "did you mean 'failure_threshold'");
+}
+
+Test(config, key_in_wrong_section_names_the_right_one)
+{
+    expect_error("[proxy]\nretries = 3\n", "belongs in [upstream]");
+}
+
+Test(config, unknown_section_suggests)
+{
+    expect_error("[upstreem a]\n", "did you mean [upstream NAME]");
+    expect_error("[nonsense]\n", "unknown section [nonsense]");
+}
+
+Test(config, errors_name_file_line_and_key)
+{
+    expect_error("\n\n[proxy]\nrequest_timeout = forever\n", "t.conf:4: [proxy] request_timeout");
+}
+
+Test(config, every_error_is_reported)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[proxy]\nmax_connections = x\nclient_timeout = 3\n"
+                               "[upstream a]\npriority = 1\n",
+                               &errs);
+
+    cr_assert_null(cfg);
+    cr_assert_eq(errs.n, 3, "got %zu errors", errs.n);
+    cr_assert_not_null(strstr(errs.msgs[0], ":2:"));
+    cr_assert_not_null(strstr(errs.msgs[1], ":3:"));
+    cr_assert_not_null(strstr(errs.msgs[2], "url: required"));
+    config_errors_free(&errs);
+}
+
+Test(config, bounds_are_enforced)
+{
+    expect_error("[proxy]\nmax_connections = 0\n", "out of range");
+    expect_error("[fallback]\ndimensions = 5000\n", "out of range");
+    expect_error("[upstream a]\nurl = http://h\nretries = 101\n", "out of range");
+    expect_error("[proxy]\nretry_budget = 20\n", "percentage");
+}
+
+Test(config, duplicates_are_errors)
+{
+    expect_error("[proxy]\n[proxy]\n", "duplicate section [proxy]");
+    expect_error("[upstream a]\nurl = http://h\n[upstream a]\nurl = http://h\n",
+                 "duplicate section [upstream a]");
+    expect_error("[proxy]\nlisten = 127.0.0.1:1\nlisten = 127.0.0.1:2\n", "set twice");
+}
+
+Test(config, header_repeats_and_expands_env)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[upstream a]\nurl = http://h\n"
+                               "header = Authorization: Bearer ${API_KEY}\n"
+                               "header = X-Team: search $$5\n",
+                               &errs);
+    struct buf dump;
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_eq(cfg->upstreams[0].headers.n, 2);
+    cr_assert_str_eq(cfg->upstreams[0].headers.lines[0], "Authorization: Bearer sk-secret");
+    cr_assert_str_eq(cfg->upstreams[0].headers.lines[1], "X-Team: search $5");
+    buf_init(&dump);
+    config_dump_json(cfg, &dump);
+    cr_assert_null(strstr(dump.data, "sk-secret"), "secret leaked into /config");
+    cr_assert_not_null(strstr(dump.data, "Authorization: <redacted>"));
+    buf_free(&dump);
+    config_free(cfg);
+}
+
+Test(config, missing_env_var_is_an_error)
+{
+    expect_error("[upstream a]\nurl = http://h\nheader = Authorization: ${NOPE}\n",
+                 "environment variable NOPE is not set");
+    expect_error("[upstream a]\nurl = http://h\nheader = A: ${API_KEY\n", "unterminated");
+}
+
+Test(config, file_credentials_are_read)
+{
+    char dir[] = "/tmp/akosha-cred-XXXXXX";
+    char path[128];
+    FILE *f;
+    struct config_errors errs;
+    struct config *cfg;
+
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/openai_key", dir);
+    f = fopen(path, "w");
+    fputs("sk-from-file\n", f);
+    fclose(f);
+    fake_env_dir = dir;
+    cfg = parse("[upstream a]\nurl = http://h\nheader = Authorization: Bearer ${file:openai_key}\n",
+                &errs);
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_str_eq(cfg->upstreams[0].headers.lines[0], "Authorization: Bearer sk-from-file");
+    config_free(cfg);
+    expect_error("[upstream a]\nurl = http://h\nheader = A: ${file:../etc/passwd}\n",
+                 "plain file name");
+    expect_error("[upstream a]\nurl = http://h\nheader = A: ${file:missing}\n", "cannot open");
+    fake_env_dir = NULL;
+    expect_error("[upstream a]\nurl = http://h\nheader = A: ${file:x}\n",
+                 "CREDENTIALS_DIRECTORY is not set");
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(config, reserved_headers_are_refused)
+{
+    expect_error("[upstream a]\nurl = http://h\nheader = Host: evil\n", "set by akosha");
+    expect_error("[upstream a]\nurl = http://h\nheader = NoColon\n", "Name: value");
+}
+
+Test(config, enum_values)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[fallback]\nmode = always\n", &errs);
+
+    cr_assert_not_null(cfg);
+    cr_assert_eq(cfg->fallback.mode, FALLBACK_ALWAYS);
+    config_free(cfg);
+    expect_error("[fallback]\nmode = sometimes\n", "not one of auto|always|off");
+}
+
+Test(config, syntax_errors)
+{
+    expect_error("listen = 1\n", "outside any section");
+    expect_error("[proxy\n", "malformed section header");
+    expect_error("[proxy]\njust words\n", "expected 'key = value'");
+    expect_error("[upstream]\n", "needs a name");
+    expect_error("[proxy x]\n", "takes no name");
+    expect_error("[proxy]\nlisten =\n", "empty value");
+}
+
+Test(config, admin_and_proxy_must_differ)
+{
+    expect_error("[proxy]\nlisten = 127.0.0.1:9\n[admin]\nlisten = 127.0.0.1:9\n",
+                 "must differ");
+}
+
+Test(config, every_default_in_the_table_parses)
+{
+    /* Each row's default goes through the same parser as the file. */
+    struct config_errors errs;
+    struct config *cfg = parse("[upstream a]\nurl = http://h\n[model m]\ndimensions = 8\n", &errs);
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_eq(errs.n, 0);
+    cr_assert_eq(cfg->models[0].dimensions, 8);
+    config_free(cfg);
+    expect_error("[model m]\n", "dimensions: required");
+}
+
+Test(config, restart_needed_lists_non_reloadable_changes)
+{
+    struct config_errors errs;
+    struct config *a = parse("[fallback]\nworkers = 1\n", &errs);
+    struct config *b = parse("[fallback]\nworkers = 2\n", &errs);
+    struct buf out;
+
+    buf_init(&out);
+    config_restart_needed(a, b, &out);
+    cr_assert_not_null(out.data);
+    cr_assert_not_null(strstr(out.data, "[fallback] workers"));
+    buf_free(&out);
+    config_free(a);
+    config_free(b);
+}

@@ -1,0 +1,981 @@
+/*
+ * test_trace.c - W3C trace context, sampler, spans, OTLP JSON and the
+ * telemetry settings.
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trace.h"
+
+#define VALID_TP "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+static bool
+parse(const char *s, struct trace_context *ctx)
+{
+    return trace_parse_traceparent(s, strlen(s), ctx);
+}
+
+static bool
+valid(const char *s)
+{
+    struct trace_context ctx;
+    return parse(s, &ctx);
+}
+
+/* ---- traceparent ---- */
+
+Test(traceparent, parses_the_spec_example_into_ids_and_flags)
+{
+    struct trace_context ctx;
+    static const uint8_t trace_id[16] = {0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6,
+                                         0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36};
+    static const uint8_t span_id[8] = {0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7};
+
+    cr_assert(parse(VALID_TP, &ctx));
+    cr_assert_arr_eq(ctx.trace_id, trace_id, 16);
+    cr_assert_arr_eq(ctx.span_id, span_id, 8);
+    cr_assert(trace_context_sampled(&ctx));
+    cr_assert_str_eq(ctx.tracestate, "");
+}
+
+Test(traceparent, formats_back_to_the_same_header)
+{
+    struct trace_context ctx;
+    char out[56];
+
+    cr_assert(parse(VALID_TP, &ctx));
+    trace_format_traceparent(&ctx, out);
+    cr_assert_str_eq(out, VALID_TP);
+    cr_assert_eq(strlen(out), TRACE_TRACEPARENT_LEN);
+}
+
+Test(traceparent, unsampled_flag_is_read_and_written)
+{
+    struct trace_context ctx;
+    char out[56];
+
+    cr_assert(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", &ctx));
+    cr_assert_not(trace_context_sampled(&ctx));
+    trace_format_traceparent(&ctx, out);
+    cr_assert_str_eq(out + 53, "00");
+}
+
+Test(traceparent, unknown_flag_bits_are_not_propagated)
+{
+    struct trace_context ctx;
+    char out[56];
+
+    cr_assert(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09", &ctx));
+    cr_assert(trace_context_sampled(&ctx));
+    trace_format_traceparent(&ctx, out);
+    cr_assert_str_eq(out + 53, "01");
+}
+
+Test(traceparent, version_ff_is_invalid)
+{
+    cr_assert_not(valid("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+}
+
+Test(traceparent, all_zero_trace_id_is_invalid)
+{
+    cr_assert_not(valid("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+}
+
+Test(traceparent, all_zero_parent_id_is_invalid)
+{
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"));
+}
+
+Test(traceparent, wrong_field_lengths_are_invalid)
+{
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e47366-00f067aa0ba902b7-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b77-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"));
+    cr_assert_not(valid("0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    cr_assert_not(valid(""));
+}
+
+Test(traceparent, upper_case_hex_is_invalid)
+{
+    cr_assert_not(valid("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01"));
+    cr_assert_not(valid("0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+}
+
+Test(traceparent, non_hex_and_wrong_separators_are_invalid)
+{
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01"));
+    cr_assert_not(valid("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736.00f067aa0ba902b7-01"));
+    cr_assert_not(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x"));
+}
+
+Test(traceparent, version_00_with_extra_fields_is_invalid)
+{
+    cr_assert_not(valid(VALID_TP "-what-the-future-will-be-like"));
+    cr_assert_not(valid(VALID_TP "0"));
+}
+
+Test(traceparent, future_version_is_read_by_the_version_00_prefix)
+{
+    struct trace_context ctx;
+    char out[56];
+
+    cr_assert(parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-"
+                    "be-like",
+                    &ctx));
+    trace_format_traceparent(&ctx, out);
+    cr_assert_str_eq(out, VALID_TP, "a future version is propagated as version 00");
+    cr_assert(valid("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+}
+
+Test(traceparent, future_version_needs_a_dash_after_the_flags)
+{
+    cr_assert_not(valid("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.what"));
+    cr_assert_not(valid("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0"));
+}
+
+Test(traceparent, surrounding_http_whitespace_is_ignored)
+{
+    cr_assert(valid("  " VALID_TP "\t"));
+}
+
+Test(traceparent, failure_leaves_the_output_untouched)
+{
+    struct trace_context ctx;
+
+    memset(&ctx, 0xab, sizeof(ctx));
+    cr_assert_not(parse("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", &ctx));
+    cr_assert_eq(ctx.trace_id[0], 0xab);
+    cr_assert_eq(ctx.flags, 0xab);
+}
+
+/* ---- tracestate ---- */
+
+Test(tracestate, short_value_is_kept_verbatim)
+{
+    struct trace_context ctx;
+
+    cr_assert(parse(VALID_TP, &ctx));
+    trace_set_tracestate(&ctx, " congo=t61rcWkgMzE,rojo=00f067aa0ba902b7 ", 41);
+    cr_assert_str_eq(ctx.tracestate, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+}
+
+Test(tracestate, control_characters_discard_the_value)
+{
+    struct trace_context ctx;
+
+    cr_assert(parse(VALID_TP, &ctx));
+    trace_set_tracestate(&ctx, "a=b\r\nx=y", 8);
+    cr_assert_str_eq(ctx.tracestate, "");
+}
+
+Test(tracestate, long_value_loses_long_members_then_members_from_the_right)
+{
+    struct trace_context ctx;
+    char value[1400], expect_prefix[32];
+    size_t len = 0;
+
+    /* One 200-character member, then 40 members of 24 characters. */
+    len += (size_t)sprintf(value + len, "big=");
+    memset(value + len, 'x', 196);
+    len += 196;
+    for (int i = 0; i < 40; i++) {
+        len += (size_t)sprintf(value + len, ",k%02d=aaaaaaaaaaaaaaaaaaaa", i);
+    }
+    cr_assert_gt(len, TRACE_TRACESTATE_MAX);
+    cr_assert(parse(VALID_TP, &ctx));
+    trace_set_tracestate(&ctx, value, len);
+    cr_assert_leq(strlen(ctx.tracestate), TRACE_TRACESTATE_MAX);
+    cr_assert_null(strstr(ctx.tracestate, "big="), "members over 128 characters go first");
+    snprintf(expect_prefix, sizeof(expect_prefix), "k00=aaaaaaaaaaaaaaaaaaaa,k01=");
+    cr_assert_eq(strncmp(ctx.tracestate, expect_prefix, strlen(expect_prefix)), 0);
+    cr_assert_null(strstr(ctx.tracestate, "k39="), "members are dropped from the right");
+    cr_assert_neq(ctx.tracestate[strlen(ctx.tracestate) - 1], ',');
+}
+
+/* ---- ids ---- */
+
+Test(ids, span_and_trace_ids_are_never_zero_and_rarely_repeat)
+{
+    uint8_t prev[TRACE_ID_SIZE] = {0}, id[TRACE_ID_SIZE], sid[TRACE_SPAN_ID_SIZE];
+    static const uint8_t zero[TRACE_ID_SIZE] = {0};
+
+    for (int i = 0; i < 1000; i++) {
+        trace_new_trace_id(id);
+        trace_new_span_id(sid);
+        cr_assert_neq(memcmp(id, zero, sizeof(id)), 0);
+        cr_assert_neq(memcmp(sid, zero, sizeof(sid)), 0);
+        cr_assert_neq(memcmp(id, prev, sizeof(id)), 0);
+        memcpy(prev, id, sizeof(id));
+    }
+}
+
+static void *
+thread_first_id(void *arg)
+{
+    trace_new_trace_id(arg);
+    return NULL;
+}
+
+Test(ids, threads_draw_different_ids)
+{
+    uint8_t a[TRACE_ID_SIZE], b[TRACE_ID_SIZE];
+    pthread_t t1, t2;
+
+    pthread_create(&t1, NULL, thread_first_id, a);
+    pthread_create(&t2, NULL, thread_first_id, b);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    cr_assert_neq(memcmp(a, b, sizeof(a)), 0, "each thread seeds its own generator");
+}
+
+Test(ids, hex_is_lower_case)
+{
+    static const uint8_t bytes[3] = {0xab, 0x01, 0xf0};
+    char out[7];
+
+    trace_hex(bytes, 3, out);
+    cr_assert_str_eq(out, "ab01f0");
+}
+
+/* ---- sampler ---- */
+
+Test(sampler, ratio_quarter_samples_about_a_quarter_of_random_traces)
+{
+    struct trace_sampler s;
+    uint8_t id[TRACE_ID_SIZE];
+    int sampled = 0;
+
+    trace_sampler_init(&s, TRACE_SAMPLER_TRACEIDRATIO, 0.25);
+    for (int i = 0; i < 10000; i++) {
+        trace_new_trace_id(id);
+        sampled += trace_sampler_decide(&s, NULL, id);
+    }
+    cr_assert(sampled >= 2300 && sampled <= 2700, "sampled %d of 10000", sampled);
+}
+
+Test(sampler, ratio_decision_is_deterministic_from_the_trace_id)
+{
+    struct trace_sampler s;
+    uint8_t id[TRACE_ID_SIZE];
+
+    trace_sampler_init(&s, TRACE_SAMPLER_TRACEIDRATIO, 0.5);
+    for (int i = 0; i < 200; i++) {
+        bool first;
+        trace_new_trace_id(id);
+        first = trace_ratio_sampled(&s, id);
+        cr_assert_eq(trace_ratio_sampled(&s, id), first);
+    }
+}
+
+Test(sampler, ratio_compares_the_low_56_bits_with_the_threshold)
+{
+    struct trace_sampler s;
+    /* Threshold for 0.5 is 2^55: byte 9 (the top of the low 56 bits) 0x80. */
+    uint8_t at[TRACE_ID_SIZE] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80};
+    uint8_t below[TRACE_ID_SIZE] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                    0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+    trace_sampler_init(&s, TRACE_SAMPLER_TRACEIDRATIO, 0.5);
+    cr_assert_eq(s.threshold, (uint64_t)1 << 55);
+    cr_assert(trace_ratio_sampled(&s, at));
+    cr_assert_not(trace_ratio_sampled(&s, below), "the high 9 bytes do not count");
+}
+
+Test(sampler, a_trace_sampled_at_a_low_ratio_is_sampled_at_every_higher_ratio)
+{
+    struct trace_sampler lo, hi;
+    uint8_t id[TRACE_ID_SIZE];
+
+    trace_sampler_init(&lo, TRACE_SAMPLER_TRACEIDRATIO, 0.1);
+    trace_sampler_init(&hi, TRACE_SAMPLER_TRACEIDRATIO, 0.6);
+    for (int i = 0; i < 2000; i++) {
+        trace_new_trace_id(id);
+        if (trace_ratio_sampled(&lo, id)) {
+            cr_assert(trace_ratio_sampled(&hi, id));
+        }
+    }
+}
+
+Test(sampler, ratio_zero_never_and_one_always_samples)
+{
+    struct trace_sampler zero, one;
+    uint8_t id[TRACE_ID_SIZE];
+
+    trace_sampler_init(&zero, TRACE_SAMPLER_TRACEIDRATIO, 0.0);
+    trace_sampler_init(&one, TRACE_SAMPLER_TRACEIDRATIO, 1.0);
+    for (int i = 0; i < 1000; i++) {
+        trace_new_trace_id(id);
+        cr_assert_not(trace_ratio_sampled(&zero, id));
+        cr_assert(trace_ratio_sampled(&one, id));
+    }
+    memset(id, 0xff, sizeof(id));
+    cr_assert_not(trace_ratio_sampled(&zero, id));
+}
+
+Test(sampler, parent_based_follows_the_parent_flag)
+{
+    struct trace_sampler none, all;
+    struct trace_context sampled, unsampled;
+    uint8_t id[TRACE_ID_SIZE];
+
+    cr_assert(parse(VALID_TP, &sampled));
+    cr_assert(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", &unsampled));
+    trace_sampler_init(&none, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO, 0.0);
+    trace_sampler_init(&all, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO, 1.0);
+    trace_new_trace_id(id);
+    cr_assert(trace_sampler_decide(&none, &sampled, id));
+    cr_assert_not(trace_sampler_decide(&all, &unsampled, id));
+    cr_assert_not(trace_sampler_decide(&none, NULL, id), "a root uses the ratio");
+    cr_assert(trace_sampler_decide(&all, NULL, id));
+}
+
+Test(sampler, plain_kinds_ignore_the_parent)
+{
+    struct trace_sampler on, off, pb_off;
+    struct trace_context sampled, unsampled;
+    uint8_t id[TRACE_ID_SIZE];
+
+    cr_assert(parse(VALID_TP, &sampled));
+    cr_assert(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", &unsampled));
+    trace_new_trace_id(id);
+    trace_sampler_init(&on, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_sampler_init(&off, TRACE_SAMPLER_ALWAYS_OFF, 0);
+    trace_sampler_init(&pb_off, TRACE_SAMPLER_PARENTBASED_ALWAYS_OFF, 0);
+    cr_assert(trace_sampler_decide(&on, &unsampled, id));
+    cr_assert_not(trace_sampler_decide(&off, &sampled, id));
+    cr_assert_not(trace_sampler_decide(&pb_off, NULL, id));
+    cr_assert(trace_sampler_decide(&pb_off, &sampled, id));
+}
+
+Test(sampler, kind_names_parse_case_insensitively)
+{
+    cr_assert_eq(trace_sampler_kind_parse("parentbased_traceidratio"),
+                 TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO);
+    cr_assert_eq(trace_sampler_kind_parse("Always_Off"), TRACE_SAMPLER_ALWAYS_OFF);
+    cr_assert_eq(trace_sampler_kind_parse("jaeger_remote"), -1);
+    cr_assert_str_eq(trace_sampler_kind_name(TRACE_SAMPLER_TRACEIDRATIO), "traceidratio");
+}
+
+/* ---- contexts ---- */
+
+Test(context, start_continues_the_remote_trace_with_a_new_span)
+{
+    struct trace_sampler s;
+    struct trace_context remote, req;
+
+    trace_sampler_init(&s, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO, 0.0);
+    cr_assert(parse(VALID_TP, &remote));
+    trace_set_tracestate(&remote, "rojo=1", 6);
+    trace_start(&s, &remote, &req);
+    cr_assert_arr_eq(req.trace_id, remote.trace_id, TRACE_ID_SIZE);
+    cr_assert_neq(memcmp(req.span_id, remote.span_id, TRACE_SPAN_ID_SIZE), 0);
+    cr_assert(trace_context_sampled(&req), "parent sampled wins over ratio 0");
+    cr_assert_str_eq(req.tracestate, "rojo=1");
+}
+
+Test(context, unsampled_request_still_propagates_with_the_flag_cleared)
+{
+    struct trace_sampler s;
+    struct trace_context req, attempt;
+    char tp[56];
+
+    trace_sampler_init(&s, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO, 0.0);
+    trace_start(&s, NULL, &req);
+    cr_assert_not(trace_context_sampled(&req));
+    trace_child_context(&req, &attempt);
+    trace_format_traceparent(&attempt, tp);
+    cr_assert(valid(tp), "the propagated header is valid: %s", tp);
+    cr_assert_str_eq(tp + 53, "00");
+    cr_assert_arr_eq(attempt.trace_id, req.trace_id, TRACE_ID_SIZE);
+    cr_assert_neq(memcmp(attempt.span_id, req.span_id, TRACE_SPAN_ID_SIZE), 0);
+}
+
+Test(context, root_start_makes_a_new_trace_each_time)
+{
+    struct trace_sampler s;
+    struct trace_context a, b;
+
+    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_start(&s, NULL, &a);
+    trace_start(&s, NULL, &b);
+    cr_assert_neq(memcmp(a.trace_id, b.trace_id, TRACE_ID_SIZE), 0);
+    cr_assert(trace_context_sampled(&a));
+    cr_assert_str_eq(a.tracestate, "");
+}
+
+/* ---- spans ---- */
+
+static struct trace_span *
+new_span(enum trace_span_kind kind)
+{
+    struct trace_sampler s;
+    struct trace_context ctx;
+
+    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_start(&s, NULL, &ctx);
+    return trace_span_new(&ctx, NULL, kind, "POST /v1/embeddings", 1000);
+}
+
+Test(span, setting_a_key_again_replaces_its_value)
+{
+    struct trace_span *span = new_span(TRACE_KIND_SERVER);
+    const struct trace_attr *a;
+
+    trace_span_attr_str(span, "akosha.upstream", "tei-a");
+    trace_span_attr_int(span, "akosha.upstream", 7);
+    cr_assert_eq(span->nattrs, 1);
+    a = trace_span_attr_find(span, "akosha.upstream");
+    cr_assert_not_null(a);
+    cr_assert_eq(a->type, TRACE_ATTR_INT);
+    cr_assert_eq(a->v.i, 7);
+    trace_span_free(span);
+}
+
+Test(span, attributes_beyond_the_limit_are_dropped_and_counted)
+{
+    struct trace_span *span = new_span(TRACE_KIND_SERVER);
+    char key[16];
+
+    for (int i = 0; i < TRACE_MAX_ATTRS + 3; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        trace_span_attr_bool(span, key, true);
+    }
+    cr_assert_eq(span->nattrs, TRACE_MAX_ATTRS);
+    cr_assert_eq(span->dropped_attrs, 3);
+    trace_span_attr_bool(span, "k0", false);
+    cr_assert_eq(span->dropped_attrs, 3, "replacing an existing key is not a drop");
+    trace_span_free(span);
+}
+
+Test(span, long_strings_are_cut_on_a_utf8_boundary)
+{
+    struct trace_span *span = new_span(TRACE_KIND_SERVER);
+    char value[300];
+    size_t len = 0;
+
+    while (len + 2 < sizeof(value)) {
+        value[len++] = (char)0xc3; /* "é" */
+        value[len++] = (char)0xa9;
+    }
+    value[len] = '\0';
+    trace_span_attr_str(span, "url.path", value);
+    len = strlen(trace_span_attr_find(span, "url.path")->v.s);
+    cr_assert_lt(len, TRACE_ATTR_STR_MAX);
+    cr_assert_eq(len % 2, 0, "no half character at the cut");
+    trace_span_free(span);
+}
+
+Test(span, invalid_utf8_becomes_question_marks)
+{
+    struct trace_sampler s;
+    struct trace_context ctx;
+    struct trace_span *span;
+
+    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_start(&s, NULL, &ctx);
+    span = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "GET /a\xff\xc0z", 1);
+    cr_assert_str_eq(span->name, "GET /a??z");
+    trace_span_free(span);
+}
+
+Test(span, http_5xx_is_an_error_on_server_spans)
+{
+    struct trace_span *span = new_span(TRACE_KIND_SERVER);
+
+    trace_span_set_http_status(span, 503);
+    cr_assert_eq(span->status, TRACE_STATUS_ERROR);
+    cr_assert_str_eq(trace_span_attr_find(span, "error.type")->v.s, "503");
+    cr_assert_eq(trace_span_attr_find(span, "http.response.status_code")->v.i, 503);
+    trace_span_free(span);
+}
+
+Test(span, http_4xx_is_unset_on_server_spans_and_error_on_client_spans)
+{
+    struct trace_span *server = new_span(TRACE_KIND_SERVER);
+    struct trace_span *client = new_span(TRACE_KIND_CLIENT);
+
+    trace_span_set_http_status(server, 404);
+    trace_span_set_http_status(client, 404);
+    cr_assert_eq(server->status, TRACE_STATUS_UNSET);
+    cr_assert_null(trace_span_attr_find(server, "error.type"));
+    cr_assert_eq(client->status, TRACE_STATUS_ERROR);
+    trace_span_free(server);
+    trace_span_free(client);
+}
+
+Test(span, http_2xx_leaves_status_unset_and_never_clears_an_error)
+{
+    struct trace_span *span = new_span(TRACE_KIND_CLIENT);
+
+    trace_span_set_http_status(span, 200);
+    cr_assert_eq(span->status, TRACE_STATUS_UNSET);
+    trace_span_attr_str(span, "error.type", "timeout");
+    trace_span_set_status(span, TRACE_STATUS_ERROR, "upstream timed out");
+    trace_span_set_http_status(span, 204);
+    cr_assert_eq(span->status, TRACE_STATUS_ERROR);
+    trace_span_set_http_status(span, 502);
+    cr_assert_str_eq(trace_span_attr_find(span, "error.type")->v.s, "timeout",
+                     "an error.type already set is kept");
+    trace_span_free(span);
+}
+
+Test(span, end_before_start_is_clamped)
+{
+    struct trace_span *span = new_span(TRACE_KIND_INTERNAL);
+
+    trace_span_end(span, 10);
+    cr_assert_eq(span->end_unix_ns, span->start_unix_ns);
+    trace_span_free(span);
+}
+
+/* ---- OTLP JSON ---- */
+
+static json_t *
+find_attr(json_t *attrs, const char *key)
+{
+    size_t i;
+    json_t *a;
+
+    json_array_foreach(attrs, i, a)
+    {
+        if (strcmp(json_string_value(json_object_get(a, "key")), key) == 0) {
+            return json_object_get(a, "value");
+        }
+    }
+    return NULL;
+}
+
+Test(otlp_json, request_has_the_otlp_shape_and_value_encodings)
+{
+    struct telemetry_settings t;
+    struct trace_sampler s;
+    struct trace_context req, attempt;
+    struct trace_span *spans[2];
+    struct buf res, out;
+    json_t *root, *rs, *ss, *js, *attrs, *v;
+    json_error_t err;
+    char hex[33];
+
+    telemetry_settings_init(&t);
+    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_start(&s, NULL, &req);
+    trace_child_context(&req, &attempt);
+    spans[0] = trace_span_new(&req, NULL, TRACE_KIND_SERVER, "POST /v1/embeddings",
+                              1700000000123456789ull);
+    trace_span_attr_str(spans[0], "http.request.method", "POST");
+    trace_span_attr_int(spans[0], "batch.size", 42);
+    trace_span_attr_double(spans[0], "ratio", 0.5);
+    trace_span_attr_bool(spans[0], "cached", true);
+    trace_span_set_http_status(spans[0], 500);
+    trace_span_end(spans[0], 1700000000223456789ull);
+    spans[1] =
+        trace_span_new(&attempt, req.span_id, TRACE_KIND_CLIENT, "POST", 1700000000130000000ull);
+    trace_span_end(spans[1], 1700000000140000000ull);
+
+    buf_init(&res);
+    buf_init(&out);
+    trace_resource_json(&res, &t, "1.2.3", "host-a", 4242);
+    trace_encode_otlp_json(&out, res.data, "1.2.3", spans, 2);
+    root = json_loadb(out.data, out.len, 0, &err);
+    cr_assert_not_null(root, "invalid JSON: %s", err.text);
+
+    rs = json_array_get(json_object_get(root, "resourceSpans"), 0);
+    attrs = json_object_get(json_object_get(rs, "resource"), "attributes");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(find_attr(attrs, "service.name"), "stringValue")),
+        "akosha");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(find_attr(attrs, "process.pid"), "intValue")), "4242");
+    ss = json_array_get(json_object_get(rs, "scopeSpans"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ss, "scope"), "name")),
+                     "akosha");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ss, "scope"), "version")),
+                     "1.2.3");
+
+    js = json_array_get(json_object_get(ss, "spans"), 0);
+    trace_hex(req.trace_id, TRACE_ID_SIZE, hex);
+    cr_assert_str_eq(json_string_value(json_object_get(js, "traceId")), hex);
+    trace_hex(req.span_id, TRACE_SPAN_ID_SIZE, hex);
+    cr_assert_str_eq(json_string_value(json_object_get(js, "spanId")), hex);
+    cr_assert_null(json_object_get(js, "parentSpanId"), "a root span has no parent");
+    cr_assert_eq(json_integer_value(json_object_get(js, "kind")), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(js, "startTimeUnixNano")),
+                     "1700000000123456789");
+    cr_assert_str_eq(json_string_value(json_object_get(js, "endTimeUnixNano")),
+                     "1700000000223456789");
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(js, "status"), "code")), 2);
+    attrs = json_object_get(js, "attributes");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(find_attr(attrs, "http.request.method"), "stringValue")),
+        "POST");
+    v = json_object_get(find_attr(attrs, "batch.size"), "intValue");
+    cr_assert(json_is_string(v), "intValue is a string in OTLP JSON");
+    cr_assert_str_eq(json_string_value(v), "42");
+    v = json_object_get(find_attr(attrs, "ratio"), "doubleValue");
+    cr_assert(json_is_real(v));
+    cr_assert_float_eq(json_real_value(v), 0.5, 1e-12);
+    cr_assert(json_is_true(json_object_get(find_attr(attrs, "cached"), "boolValue")));
+    v = json_object_get(find_attr(attrs, "http.response.status_code"), "intValue");
+    cr_assert_str_eq(json_string_value(v), "500");
+
+    js = json_array_get(json_object_get(ss, "spans"), 1);
+    trace_hex(req.span_id, TRACE_SPAN_ID_SIZE, hex);
+    cr_assert_str_eq(json_string_value(json_object_get(js, "parentSpanId")), hex);
+    cr_assert_eq(json_integer_value(json_object_get(js, "kind")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(js, "status"), "code")), 0);
+
+    json_decref(root);
+    buf_free(&res);
+    buf_free(&out);
+    trace_span_free(spans[0]);
+    trace_span_free(spans[1]);
+    telemetry_settings_free(&t);
+}
+
+Test(otlp_json, non_finite_doubles_and_dropped_counts_stay_valid_json)
+{
+    struct trace_span *span = new_span(TRACE_KIND_INTERNAL);
+    struct buf out;
+    json_t *root, *attrs;
+    char key[16];
+
+    trace_span_attr_double(span, "nan", NAN);
+    trace_span_attr_double(span, "inf", -INFINITY);
+    for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        trace_span_attr_int(span, key, i);
+    }
+    buf_init(&out);
+    trace_span_json(&out, span);
+    root = json_loadb(out.data, out.len, 0, NULL);
+    cr_assert_not_null(root, "invalid JSON: %s", out.data);
+    attrs = json_object_get(root, "attributes");
+    cr_assert_str_eq(json_string_value(json_object_get(find_attr(attrs, "nan"), "doubleValue")),
+                     "NaN");
+    cr_assert_str_eq(json_string_value(json_object_get(find_attr(attrs, "inf"), "doubleValue")),
+                     "-Infinity");
+    cr_assert_eq(json_integer_value(json_object_get(root, "droppedAttributesCount")), 2);
+    json_decref(root);
+    buf_free(&out);
+    trace_span_free(span);
+}
+
+Test(otlp_json, resource_takes_percent_decoded_env_attributes)
+{
+    struct telemetry_settings t;
+    struct buf res;
+    json_t *root, *attrs;
+
+    telemetry_settings_init(&t);
+    telemetry_settings_set(&t.resource_attributes,
+                           "team=search%20infra, host.name=override ,service.name=ignored");
+    buf_init(&res);
+    trace_resource_json(&res, &t, "0.1", "host-a", 7);
+    root = json_loadb(res.data, res.len, 0, NULL);
+    cr_assert_not_null(root);
+    attrs = json_object_get(root, "attributes");
+    cr_assert_str_eq(json_string_value(json_object_get(find_attr(attrs, "team"), "stringValue")),
+                     "search infra");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(find_attr(attrs, "host.name"), "stringValue")),
+        "override");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(find_attr(attrs, "service.name"), "stringValue")),
+        "akosha", "service.name comes from the resolved settings");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(find_attr(attrs, "service.namespace"), "stringValue")),
+        "akosha");
+    cr_assert_str_eq(json_string_value(json_object_get(find_attr(attrs, "deployment.environment"),
+                                                       "stringValue")),
+                     "development");
+    cr_assert_eq(json_array_size(attrs), 7);
+    json_decref(root);
+    buf_free(&res);
+    telemetry_settings_free(&t);
+}
+
+/* ---- settings and environment ---- */
+
+static const char *const *fake_env;
+
+static const char *
+fake_getenv(const char *name)
+{
+    for (size_t i = 0; fake_env[i] != NULL; i += 2) {
+        if (strcmp(fake_env[i], name) == 0) {
+            return fake_env[i + 1];
+        }
+    }
+    return NULL;
+}
+
+/* Settings as the file would leave them, then the fake environment applied. */
+static void
+settings_with_env(struct telemetry_settings *t, const char *const *env)
+{
+    static const char *const none[] = {NULL};
+
+    telemetry_settings_init(t);
+    telemetry_settings_set(&t->otlp_endpoint, "http://file:4318");
+    telemetry_settings_set(&t->service_name, "from-file");
+    telemetry_settings_set(&t->environment, "staging");
+    fake_env = env ? env : none;
+    telemetry_apply_env(t, fake_getenv);
+}
+
+static void
+assert_url(struct telemetry_settings *t, const char *expect)
+{
+    char *url = telemetry_traces_url(t);
+
+    if (expect == NULL) {
+        cr_assert_null(url);
+    } else {
+        cr_assert_not_null(url);
+        cr_assert_str_eq(url, expect);
+    }
+    free(url);
+}
+
+Test(settings, defaults_follow_the_otel_batch_processor)
+{
+    struct telemetry_settings t;
+
+    telemetry_settings_init(&t);
+    cr_assert_str_eq(t.service_name, "akosha");
+    cr_assert_str_eq(t.environment, "development");
+    cr_assert_eq(t.max_queue_size, 2048);
+    cr_assert_eq(t.max_export_batch, 512);
+    cr_assert_eq(t.schedule_delay_ms, 5000);
+    cr_assert_eq(t.export_timeout_ms, 30000);
+    assert_url(&t, NULL);
+    telemetry_settings_free(&t);
+}
+
+Test(settings, file_endpoint_gets_v1_traces_appended)
+{
+    struct telemetry_settings t;
+
+    settings_with_env(&t, NULL);
+    assert_url(&t, "http://file:4318/v1/traces");
+    telemetry_settings_set(&t.otlp_endpoint, "http://file:4318/");
+    assert_url(&t, "http://file:4318/v1/traces");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, endpoint_precedence_specific_over_general_over_prototype_over_file)
+{
+    struct telemetry_settings t;
+    const char *proto[] = {"OTLP_ENDPOINT", "http://proto:4318", NULL};
+    const char *general[] = {"OTLP_ENDPOINT", "http://proto:4318", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                             "http://general:4318", NULL};
+    const char *specific[] = {"OTLP_ENDPOINT",
+                              "http://proto:4318",
+                              "OTEL_EXPORTER_OTLP_ENDPOINT",
+                              "http://general:4318",
+                              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                              "http://specific:4318/custom/path",
+                              NULL};
+
+    settings_with_env(&t, proto);
+    assert_url(&t, "http://proto:4318/v1/traces");
+    telemetry_settings_free(&t);
+    settings_with_env(&t, general);
+    assert_url(&t, "http://general:4318/v1/traces");
+    telemetry_settings_free(&t);
+    settings_with_env(&t, specific);
+    assert_url(&t, "http://specific:4318/custom/path");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, empty_variables_count_as_unset)
+{
+    struct telemetry_settings t;
+    const char *env[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "", "OTEL_SERVICE_NAME", "", NULL};
+
+    settings_with_env(&t, env);
+    assert_url(&t, "http://file:4318/v1/traces");
+    cr_assert_str_eq(t.service_name, "from-file");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, service_name_and_environment_precedence)
+{
+    struct telemetry_settings t;
+    const char *res_only[] = {"OTEL_RESOURCE_ATTRIBUTES",
+                              "service.name=res-svc,deployment.environment=res-env", "ENVIRONMENT",
+                              "proto-env", NULL};
+    const char *both[] = {"OTEL_RESOURCE_ATTRIBUTES",
+                          "service.name=res-svc",
+                          "OTEL_SERVICE_NAME",
+                          "otel-svc",
+                          "ENVIRONMENT",
+                          "proto-env",
+                          NULL};
+
+    settings_with_env(&t, res_only);
+    cr_assert_str_eq(t.service_name, "res-svc");
+    cr_assert_str_eq(t.environment, "res-env");
+    telemetry_settings_free(&t);
+    settings_with_env(&t, both);
+    cr_assert_str_eq(t.service_name, "otel-svc");
+    cr_assert_str_eq(t.environment, "proto-env");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, malformed_resource_attributes_are_discarded_whole)
+{
+    struct telemetry_settings t;
+    const char *env[] = {"OTEL_RESOURCE_ATTRIBUTES", "service.name=res-svc,broken", NULL};
+
+    settings_with_env(&t, env);
+    cr_assert_str_eq(t.service_name, "from-file");
+    cr_assert_str_eq(t.resource_attributes, "");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, default_sample_rate_depends_on_environment)
+{
+    struct telemetry_settings t;
+    struct trace_sampler s;
+    const char *dev[] = {"ENVIRONMENT", "development", NULL};
+
+    settings_with_env(&t, NULL);
+    telemetry_sampler(&t, &s);
+    cr_assert_eq(s.kind, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO);
+    cr_assert_float_eq(s.ratio, 0.1, 1e-12);
+    telemetry_settings_free(&t);
+    settings_with_env(&t, dev);
+    telemetry_sampler(&t, &s);
+    cr_assert_float_eq(s.ratio, 1.0, 1e-12);
+    t.sample_rate = 0.3;
+    telemetry_sampler(&t, &s);
+    cr_assert_float_eq(s.ratio, 0.3, 1e-12, "the file's sample_rate wins over the default");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, otel_traces_sampler_and_arg_win_over_the_file)
+{
+    struct telemetry_settings t;
+    struct trace_sampler s;
+    const char *env[] = {"OTEL_TRACES_SAMPLER", "traceidratio", "OTEL_TRACES_SAMPLER_ARG", "0.05",
+                         NULL};
+    const char *bad[] = {"OTEL_TRACES_SAMPLER", "xray", "OTEL_TRACES_SAMPLER_ARG", "2", NULL};
+
+    settings_with_env(&t, env);
+    t.sample_rate = 0.7;
+    telemetry_sampler(&t, &s);
+    cr_assert_eq(s.kind, TRACE_SAMPLER_TRACEIDRATIO);
+    cr_assert_float_eq(s.ratio, 0.05, 1e-12);
+    telemetry_settings_free(&t);
+    settings_with_env(&t, bad);
+    telemetry_sampler(&t, &s);
+    cr_assert_eq(s.kind, TRACE_SAMPLER_PARENTBASED_TRACEIDRATIO, "unknown sampler ignored");
+    cr_assert_float_eq(s.ratio, 0.1, 1e-12, "out-of-range arg ignored");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, sdk_disabled_means_no_export_and_no_sampling)
+{
+    struct telemetry_settings t;
+    struct trace_sampler s;
+    const char *env[] = {"OTEL_SDK_DISABLED", "TRUE", "OTEL_TRACES_SAMPLER", "always_on", NULL};
+
+    settings_with_env(&t, env);
+    cr_assert(t.disabled);
+    assert_url(&t, NULL);
+    telemetry_sampler(&t, &s);
+    cr_assert_eq(s.kind, TRACE_SAMPLER_ALWAYS_OFF);
+    telemetry_settings_free(&t);
+}
+
+Test(settings, batch_processor_variables_override_and_bad_values_are_ignored)
+{
+    struct telemetry_settings t;
+    const char *env[] = {"OTEL_BSP_MAX_QUEUE_SIZE",
+                         "100",
+                         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                         "500",
+                         "OTEL_BSP_SCHEDULE_DELAY",
+                         "250",
+                         "OTEL_BSP_EXPORT_TIMEOUT",
+                         "12s",
+                         NULL};
+
+    settings_with_env(&t, env);
+    cr_assert_eq(t.max_queue_size, 100);
+    cr_assert_eq(t.max_export_batch, 100, "a batch never exceeds the queue");
+    cr_assert_eq(t.schedule_delay_ms, 250);
+    cr_assert_eq(t.export_timeout_ms, 30000, "\"12s\" is not milliseconds");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, headers_and_compression_specific_over_general)
+{
+    struct telemetry_settings t;
+    const char *env[] = {"OTEL_EXPORTER_OTLP_HEADERS",
+                         "api-key=general",
+                         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                         "api-key=specific",
+                         "OTEL_EXPORTER_OTLP_COMPRESSION",
+                         "gzip",
+                         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                         "2500",
+                         NULL};
+    const char *off[] = {"OTEL_EXPORTER_OTLP_COMPRESSION", "gzip",
+                         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none", NULL};
+
+    settings_with_env(&t, env);
+    cr_assert_str_eq(t.otlp_headers, "api-key=specific");
+    cr_assert(t.gzip);
+    cr_assert_eq(t.request_timeout_ms, 2500);
+    telemetry_settings_free(&t);
+    settings_with_env(&t, off);
+    cr_assert_not(t.gzip);
+    telemetry_settings_free(&t);
+}
+
+/* ---- k=v lists ---- */
+
+struct kv_seen {
+    char text[256];
+};
+
+static void
+collect(void *arg, const char *key, const char *value)
+{
+    struct kv_seen *seen = arg;
+    size_t len = strlen(seen->text);
+
+    snprintf(seen->text + len, sizeof(seen->text) - len, "[%s|%s]", key, value);
+}
+
+Test(kv_list, members_are_trimmed_and_percent_decoded)
+{
+    struct kv_seen seen = {""};
+    const char *cause = NULL;
+
+    cr_assert_eq(trace_kv_list_parse(" a = 1 ,, b%3Dc=x%2cy ,c=50%,d=%4A", collect, &seen, &cause),
+                 0);
+    cr_assert_str_eq(seen.text, "[a|1][b=c|x,y][c|50%][d|J]");
+}
+
+Test(kv_list, a_malformed_member_discards_the_whole_list)
+{
+    struct kv_seen seen = {""};
+    const char *cause = NULL;
+
+    cr_assert_eq(trace_kv_list_parse("a=1,Bearer secret", collect, &seen, &cause), -1);
+    cr_assert_str_eq(seen.text, "");
+    cr_assert_not_null(cause);
+    cr_assert_null(strstr(cause, "secret"), "the cause never quotes the text");
+    cr_assert_eq(trace_kv_list_parse("=v", collect, &seen, &cause), -1);
+}

@@ -1,0 +1,342 @@
+/*
+ * test_worker.c - the worker pool runs jobs off the loop thread, returns every
+ * completion exactly once on the loop thread, bounds its queue, and drains on free.
+ */
+#include <criterion/criterion.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "worker.h"
+
+struct test_job {
+    struct worker_job job; /* first, so a worker_job * is a test_job * */
+    int index;
+    atomic_int runs;
+    int dones;
+    bool ran_on_loop_thread;
+    bool done_on_other_thread;
+    struct harness *h;
+};
+
+struct harness {
+    struct event_base *base;
+    pthread_t loop_thread;
+    int completed;
+    int expected;
+    int *order; /* indexes in completion order */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_cond;
+    bool gate_open;
+    atomic_bool blocker_running;
+};
+
+static struct harness H;
+
+static void
+setup(void)
+{
+    cr_assert_eq(evthread_use_pthreads(), 0);
+    memset(&H, 0, sizeof(H));
+    H.base = event_base_new();
+    cr_assert_not_null(H.base);
+    H.loop_thread = pthread_self();
+    pthread_mutex_init(&H.gate_lock, NULL);
+    pthread_cond_init(&H.gate_cond, NULL);
+}
+
+static void
+teardown(void)
+{
+    event_base_free(H.base);
+    pthread_mutex_destroy(&H.gate_lock);
+    pthread_cond_destroy(&H.gate_cond);
+    free(H.order);
+    libevent_global_shutdown();
+}
+
+static void
+run_count(struct worker_job *job)
+{
+    struct test_job *t = (struct test_job *)job;
+
+    atomic_fetch_add(&t->runs, 1);
+    if (pthread_equal(pthread_self(), t->h->loop_thread)) {
+        t->ran_on_loop_thread = true;
+    }
+}
+
+static void
+done_count(struct worker_job *job)
+{
+    struct test_job *t = (struct test_job *)job;
+
+    t->dones++;
+    if (!pthread_equal(pthread_self(), t->h->loop_thread)) {
+        t->done_on_other_thread = true;
+    }
+    if (t->h->order != NULL) {
+        t->h->order[t->h->completed] = t->index;
+    }
+    t->h->completed++;
+    if (t->h->completed == t->h->expected) {
+        event_base_loopbreak(t->h->base);
+    }
+}
+
+/* Blocks its worker until the test opens the gate. */
+static void
+run_blocked(struct worker_job *job)
+{
+    struct test_job *t = (struct test_job *)job;
+
+    atomic_store(&t->h->blocker_running, true);
+    pthread_mutex_lock(&t->h->gate_lock);
+    while (!t->h->gate_open) {
+        pthread_cond_wait(&t->h->gate_cond, &t->h->gate_lock);
+    }
+    pthread_mutex_unlock(&t->h->gate_lock);
+    run_count(job);
+}
+
+static void
+open_gate(void)
+{
+    pthread_mutex_lock(&H.gate_lock);
+    H.gate_open = true;
+    pthread_cond_broadcast(&H.gate_cond);
+    pthread_mutex_unlock(&H.gate_lock);
+}
+
+static void *
+open_gate_thread(void *arg)
+{
+    (void)arg;
+    open_gate();
+    return NULL;
+}
+
+static void
+sleep_ms(long ms)
+{
+    struct timespec ts = {0, ms * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static void
+wait_for_blocker(void)
+{
+    for (int i = 0; i < 5000 && !atomic_load(&H.blocker_running); i++) {
+        sleep_ms(1);
+    }
+    cr_assert(atomic_load(&H.blocker_running), "the blocking job never started");
+}
+
+static void
+init_job(struct test_job *t, int index, void (*run)(struct worker_job *))
+{
+    memset(t, 0, sizeof(*t));
+    t->job.run = run;
+    t->job.done = done_count;
+    t->index = index;
+    t->h = &H;
+}
+
+/* Fails the test instead of hanging when completions never arrive. */
+static void
+run_loop_until_done(void)
+{
+    struct timeval limit = {10, 0};
+
+    event_base_loopexit(H.base, &limit);
+    event_base_dispatch(H.base);
+    cr_assert_eq(H.completed, H.expected, "only %d of %d jobs completed", H.completed, H.expected);
+}
+
+TestSuite(worker, .init = setup, .fini = teardown, .timeout = 30);
+
+Test(worker, thousand_jobs_complete_once_each_on_the_loop_thread)
+{
+    enum { N = 1000 };
+    struct test_job *jobs = calloc(N, sizeof(*jobs));
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 2, N, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    H.expected = N;
+    for (int i = 0; i < N; i++) {
+        init_job(&jobs[i], i, run_count);
+        cr_assert_eq(worker_pool_submit(p, &jobs[i].job), 0, "job %d refused", i);
+    }
+    run_loop_until_done();
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(atomic_load(&jobs[i].runs), 1, "job %d ran %d times", i,
+                     atomic_load(&jobs[i].runs));
+        cr_expect_eq(jobs[i].dones, 1, "job %d done %d times", i, jobs[i].dones);
+        cr_expect_not(jobs[i].ran_on_loop_thread, "job %d ran on the loop thread", i);
+        cr_expect_not(jobs[i].done_on_other_thread, "job %d done off the loop thread", i);
+    }
+    cr_expect_eq(worker_pool_depth(p), 0);
+    worker_pool_free(p);
+    free(jobs);
+}
+
+Test(worker, single_thread_completes_in_submission_order)
+{
+    enum { N = 200 };
+    struct test_job *jobs = calloc(N, sizeof(*jobs));
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, N, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    H.expected = N;
+    H.order = calloc(N, sizeof(int));
+    for (int i = 0; i < N; i++) {
+        init_job(&jobs[i], i, run_count);
+        cr_assert_eq(worker_pool_submit(p, &jobs[i].job), 0);
+    }
+    run_loop_until_done();
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(H.order[i], i, "completion %d was job %d", i, H.order[i]);
+    }
+    worker_pool_free(p);
+    free(jobs);
+}
+
+Test(worker, full_queue_refuses_the_next_job)
+{
+    enum { QUEUE = 4 };
+    struct test_job blocker, queued[QUEUE], extra;
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, QUEUE, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    init_job(&blocker, -1, run_blocked);
+    cr_assert_eq(worker_pool_submit(p, &blocker.job), 0);
+    wait_for_blocker();
+    for (int i = 0; i < QUEUE; i++) {
+        init_job(&queued[i], i, run_count);
+        cr_assert_eq(worker_pool_submit(p, &queued[i].job), 0, "job %d refused", i);
+    }
+    cr_expect_eq(worker_pool_depth(p), QUEUE);
+    init_job(&extra, 99, run_count);
+    cr_expect_eq(worker_pool_submit(p, &extra.job), -1);
+    cr_expect_eq(worker_pool_depth(p), QUEUE);
+
+    H.expected = QUEUE + 1;
+    open_gate();
+    run_loop_until_done();
+    cr_expect_eq(atomic_load(&extra.runs), 0, "a refused job must not run");
+    cr_expect_eq(extra.dones, 0);
+    cr_expect_eq(worker_pool_depth(p), 0);
+    /* room again once the queue drained */
+    H.expected++;
+    cr_expect_eq(worker_pool_submit(p, &extra.job), 0);
+    run_loop_until_done();
+    cr_expect_eq(extra.dones, 1);
+    worker_pool_free(p);
+}
+
+Test(worker, zero_queue_accepts_only_what_idle_threads_take)
+{
+    struct test_job blocker, extra;
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, 0, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    init_job(&blocker, 0, run_blocked);
+    /* accepted once the thread has reached its idle wait and so counts as available */
+    for (int i = 0; i < 5000 && worker_pool_submit(p, &blocker.job) != 0; i++) {
+        sleep_ms(1);
+    }
+    wait_for_blocker();
+    init_job(&extra, 1, run_count);
+    cr_expect_eq(worker_pool_submit(p, &extra.job), -1);
+    H.expected = 1;
+    open_gate();
+    run_loop_until_done();
+    cr_expect_eq(blocker.dones, 1);
+    worker_pool_free(p);
+}
+
+Test(worker, free_runs_queued_jobs_and_delivers_their_completions)
+{
+    enum { N = 50 };
+    struct test_job blocker, jobs[N];
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 2, N, &cause);
+    pthread_t opener;
+
+    cr_assert_not_null(p, "%s", cause);
+    init_job(&blocker, -1, run_blocked);
+    cr_assert_eq(worker_pool_submit(p, &blocker.job), 0);
+    for (int i = 0; i < N; i++) {
+        init_job(&jobs[i], i, run_count);
+        cr_assert_eq(worker_pool_submit(p, &jobs[i].job), 0);
+    }
+    wait_for_blocker();
+    /* free must wait for the blocked job too: open the gate from another thread */
+    cr_assert_eq(pthread_create(&opener, NULL, open_gate_thread, NULL), 0);
+    worker_pool_free(p); /* the loop never ran: every done() must come from free */
+    pthread_join(opener, NULL);
+    cr_expect_eq(blocker.dones, 1);
+    cr_expect_eq(atomic_load(&blocker.runs), 1);
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(atomic_load(&jobs[i].runs), 1, "job %d", i);
+        cr_expect_eq(jobs[i].dones, 1, "job %d", i);
+        cr_expect_not(jobs[i].done_on_other_thread);
+    }
+    cr_expect_eq(H.completed, N + 1);
+    /* nothing left for the loop: it must not call into the freed pool */
+    cr_expect_eq(event_base_loop(H.base, EVLOOP_NONBLOCK), 1);
+}
+
+static struct worker_pool *resubmit_pool;
+static int resubmit_result = 0;
+
+static void
+done_resubmit(struct worker_job *job)
+{
+    resubmit_result = worker_pool_submit(resubmit_pool, job);
+}
+
+Test(worker, submit_from_done_during_free_is_refused)
+{
+    struct test_job t;
+    char *cause = NULL;
+
+    resubmit_pool = worker_pool_new(H.base, 1, 1, &cause);
+    cr_assert_not_null(resubmit_pool, "%s", cause);
+    init_job(&t, 0, run_count);
+    t.job.done = done_resubmit;
+    cr_assert_eq(worker_pool_submit(resubmit_pool, &t.job), 0);
+    worker_pool_free(resubmit_pool);
+    cr_expect_eq(resubmit_result, -1);
+    cr_expect_eq(atomic_load(&t.runs), 1);
+}
+
+Test(worker, zero_threads_is_refused_with_cause)
+{
+    char *cause = NULL;
+
+    cr_expect_null(worker_pool_new(H.base, 0, 8, &cause));
+    cr_assert_not_null(cause);
+    cr_expect(strstr(cause, "at least one thread") != NULL, "%s", cause);
+    free(cause);
+}
+
+Test(worker, free_of_idle_pool_joins_and_null_is_ignored)
+{
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 3, 8, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    cr_expect_eq(worker_pool_depth(p), 0);
+    worker_pool_free(p);
+    worker_pool_free(NULL);
+    cr_expect_eq(H.completed, 0);
+}
