@@ -1,161 +1,208 @@
 /*
- * http.c - strict HTTP/1.1 head parsing and chunked decoding (RFC 9112).
+ * http.c - strict, zero-copy HTTP/1.1 heads (RFC 9112) and chunked framing.
  *
- * The head parsers re-scan from the start of the buffer on every call and stop at the first byte
- * that is wrong or missing. Heads are small (HTTP_MAX_HEAD_SIZE) and the scan is a table lookup
- * per byte, so keeping no state between calls costs little and leaves nothing to get out of sync
- * with the caller's buffer. Stopping at the first bad byte is what lets a client that sends
- * "\n\n" get its 400 at once instead of waiting for the head timeout.
+ * The head parsers are stateless: the caller hands them everything received
+ * so far and they make one forward pass, returning 0 at the first byte they
+ * lack. A head is a few hundred bytes and arrives in one read almost always,
+ * so re-scanning a partial head is cheaper than carrying parser state across
+ * reads, and it lets an error surface on the read that delivers the bad byte.
  */
 #include "http.h"
 
 #include <string.h>
 
-/* Internal results of the scanning helpers; errors are negative HTTP statuses. */
-#define SCAN_MORE 0
-#define SCAN_DONE 1
+#include "util.h"
 
-/* tchar (RFC 9110 5.6.2). */
-static const unsigned char tchar[256] = {
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
-    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1,  ['|'] = 1,
-    ['~'] = 1, ['0' ... '9'] = 1,   ['A' ... 'Z'] = 1,     ['a' ... 'z'] = 1,
+/* Fails the current parse with an HTTP status and a static cause. */
+#define FAIL(status, text)                                                                         \
+    do {                                                                                           \
+        *why = (text);                                                                             \
+        return -(status);                                                                          \
+    } while (0)
+
+/* tchar (RFC 9110 5.6.2): header names, methods, coding names, list tokens. */
+static const bool token_char[256] = {
+    ['0' ... '9'] = true, ['A' ... 'Z'] = true, ['a' ... 'z'] = true, ['!'] = true,  ['#'] = true,
+    ['$'] = true,         ['%'] = true,         ['&'] = true,         ['\''] = true, ['*'] = true,
+    ['+'] = true,         ['-'] = true,         ['.'] = true,         ['^'] = true,  ['_'] = true,
+    ['`'] = true,         ['|'] = true,         ['~'] = true,
 };
 
-/* field-value bytes: HTAB, SP, VCHAR, obs-text (RFC 9110 5.5). Also the reason-phrase set. */
-static const unsigned char vchar_ws[256] = {
-    ['\t'] = 1,
-    [' ' ... '~'] = 1,
-    [0x80 ... 0xff] = 1,
+/* field-value, reason-phrase and qdtext bytes: HTAB, SP, VCHAR, obs-text. */
+static const bool value_char[256] = {
+    ['\t'] = true,
+    [' ' ... '~'] = true,
+    [0x80 ... 0xff] = true,
 };
 
 /*
- * Bytes of an origin-form or asterisk-form target: the RFC 3986 path and query characters,
- * pct-encoded included. '#' is excluded since a fragment is never sent, and so are non-ASCII
- * bytes, which an upstream might decode differently.
+ * Request-target bytes: VCHAR except '#'. A fragment never belongs in a target,
+ * and refusing raw non-ASCII keeps the path a proxy logs identical to the one
+ * upstream sees.
  */
-static const unsigned char target_char[256] = {
-    ['!'] = 1,         ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1,
-    [')'] = 1,         ['*'] = 1, ['+'] = 1, [','] = 1, ['-'] = 1,  ['.'] = 1,
-    ['/'] = 1,         [':'] = 1, [';'] = 1, ['='] = 1, ['?'] = 1,  ['@'] = 1,
-    ['_'] = 1,         ['~'] = 1, ['['] = 1, [']'] = 1, ['0' ... '9'] = 1,
-    ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1,
+static const bool target_char[256] = {
+    ['!' ... '"'] = true,
+    ['$' ... '~'] = true,
 };
 
-/* Hex digit value plus one, so that zero (the default) means "not a hex digit". */
-static const unsigned char hexval1[256] = {
-    ['0'] = 1,   ['1'] = 2,   ['2'] = 3,   ['3'] = 4,   ['4'] = 5,   ['5'] = 6,
-    ['6'] = 7,   ['7'] = 8,   ['8'] = 9,   ['9'] = 10,  ['a'] = 11,  ['b'] = 12,
-    ['c'] = 13,  ['d'] = 14,  ['e'] = 15,  ['f'] = 16,  ['A'] = 11,  ['B'] = 12,
-    ['C'] = 13,  ['D'] = 14,  ['E'] = 15,  ['F'] = 16,
+/* uri-host [":" port] bytes: unreserved, pct-encoded, sub-delims, ':' and IP-literal brackets. */
+static const bool host_char[256] = {
+    ['0' ... '9'] = true, ['A' ... 'Z'] = true, ['a' ... 'z'] = true, ['-'] = true, ['.'] = true,
+    ['_'] = true,         ['~'] = true,         ['%'] = true,         ['!'] = true, ['$'] = true,
+    ['&'] = true,         ['\''] = true,        ['('] = true,         [')'] = true, ['*'] = true,
+    ['+'] = true,         [','] = true,         [';'] = true,         ['='] = true, [':'] = true,
+    ['['] = true,         [']'] = true,
 };
 
-static inline bool
-is_tchar(char c)
+/*
+ * Word-at-a-time scanning for the long runs (values, targets): eight bytes per step while
+ * none of them can end the run. The byte loops that follow decide the exact stopping byte.
+ */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+static inline uint64_t
+load64(const unsigned char *p)
 {
-    return tchar[(unsigned char)c] != 0;
+    uint64_t w;
+    memcpy(&w, p, sizeof(w));
+    return w;
+}
+
+/* Nonzero when some byte of w is below n (n <= 128). */
+static inline uint64_t
+any_below(uint64_t w, unsigned n)
+{
+    return (w - ONES * n) & ~w & HIGHS;
+}
+
+/* Nonzero when some byte of w equals c. */
+static inline uint64_t
+any_equal(uint64_t w, unsigned c)
+{
+    return any_below(w ^ (ONES * c), 1);
+}
+
+/* Skips bytes that are SP, VCHAR or obs-text; HTAB and the rest go to the byte loop. */
+static inline size_t
+skip_value_words(const unsigned char *u, size_t pos, size_t end)
+{
+    while (end - pos >= 8) {
+        uint64_t w = load64(u + pos);
+        if (any_below(w, 0x20) | any_equal(w, 0x7f)) {
+            break;
+        }
+        pos += 8;
+    }
+    return pos;
+}
+
+/* Skips bytes of target_char in whole words. */
+static inline size_t
+skip_target_words(const unsigned char *u, size_t pos, size_t end)
+{
+    while (end - pos >= 8) {
+        uint64_t w = load64(u + pos);
+        if ((w & HIGHS) | any_below(w, 0x21) | any_equal(w, 0x7f) | any_equal(w, '#')) {
+            break;
+        }
+        pos += 8;
+    }
+    return pos;
+}
+
+static inline unsigned char
+ascii_lower(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
 }
 
 static inline bool
-is_ows(char c)
+is_ows(unsigned char c)
 {
     return c == ' ' || c == '\t';
 }
 
-static inline char
-lower(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (char)(c + ('a' - 'A')) : c;
-}
-
-/* Case-insensitive compare of s[0..len) with the lower-case NUL-terminated lit. */
+/* Case-insensitive compare of p[0..n) with a lower-case literal of length lit_len. */
 static bool
-eq_ci(const char *s, size_t len, const char *lit)
+equals_lower(const char *p, size_t n, const char *lit, size_t lit_len)
 {
-    size_t i;
-
-    for (i = 0; i < len; i++) {
-        if (lit[i] == '\0' || lower(s[i]) != lit[i]) {
-            return false;
-        }
-    }
-    return lit[i] == '\0';
-}
-
-static int
-fail(const char **cause, int status, const char *why)
-{
-    *cause = why;
-    return status;
-}
-
-/*
- * A comma-separated list walker (RFC 9110 5.6.1). Yields each element with surrounding OWS
- * trimmed; empty elements are yielded too, callers decide whether they are allowed.
- */
-struct list_iter {
-    const char *p;
-    const char *end;
-    bool done;
-};
-
-static void
-list_init(struct list_iter *it, const char *s, size_t len)
-{
-    it->p = s;
-    it->end = s + len;
-    it->done = false;
-}
-
-static bool
-list_next(struct list_iter *it, const char **elem, size_t *elem_len)
-{
-    const char *start;
-    const char *stop;
-
-    if (it->done) {
+    if (n != lit_len) {
         return false;
     }
-    start = it->p;
-    stop = memchr(start, ',', (size_t)(it->end - start));
-    if (stop == NULL) {
-        stop = it->end;
-        it->done = true;
-        it->p = it->end;
-    } else {
-        it->p = stop + 1;
-    }
-    while (start < stop && is_ows(*start)) {
-        start++;
-    }
-    while (stop > start && is_ows(stop[-1])) {
-        stop--;
-    }
-    *elem = start;
-    *elem_len = (size_t)(stop - start);
-    return true;
-}
-
-static bool
-all_tchar(const char *s, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        if (!is_tchar(s[i])) {
+    for (size_t i = 0; i < n; i++) {
+        if (ascii_lower((unsigned char)p[i]) != (unsigned char)lit[i]) {
             return false;
         }
     }
     return true;
 }
 
-/* What the framing and connection fields of a head say, shared by requests and responses. */
+#define EQUALS_LIT(p, n, lit) equals_lower((p), (n), (lit), sizeof(lit) - 1)
+
+static bool
+equals_nocase(const char *a, size_t a_len, const char *b, size_t b_len)
+{
+    if (a_len != b_len) {
+        return false;
+    }
+    for (size_t i = 0; i < a_len; i++) {
+        if (ascii_lower((unsigned char)a[i]) != ascii_lower((unsigned char)b[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+enum list_result { LIST_END, LIST_TOKEN, LIST_TOKEN_PARAMS, LIST_MALFORMED };
+
+/*
+ * Next token of a #token list (RFC 9110 5.6.1) in [*pos, end). Empty elements
+ * are skipped as the RFC asks. LIST_TOKEN_PARAMS means the token carries ";"
+ * parameters, which no list we parse supports; the caller decides how to refuse
+ * them.
+ */
+static enum list_result
+list_next(const char **pos, const char *end, const char **tok, size_t *tok_len)
+{
+    const char *p = *pos;
+
+    while (p < end && (*p == ',' || is_ows((unsigned char)*p))) {
+        p++;
+    }
+    if (p == end) {
+        *pos = p;
+        return LIST_END;
+    }
+    const char *start = p;
+    while (p < end && token_char[(unsigned char)*p]) {
+        p++;
+    }
+    *tok = start;
+    *tok_len = (size_t)(p - start);
+    while (p < end && is_ows((unsigned char)*p)) {
+        p++;
+    }
+    *pos = p;
+    if (*tok_len == 0) {
+        return LIST_MALFORMED;
+    }
+    if (p == end || *p == ',') {
+        return LIST_TOKEN;
+    }
+    return *p == ';' ? LIST_TOKEN_PARAMS : LIST_MALFORMED;
+}
+
+/* What the field section says about framing and the connection, gathered in one pass. */
 struct fields {
-    bool is_request;
+    bool response;
     int version_minor;
     struct http_header *headers;
     int nheaders;
     int64_t content_length;
-    bool has_te;
-    bool chunked; /* chunked seen; nothing may follow it, so it is then the final coding */
+    bool te_seen;
+    bool chunked_seen;
+    bool chunked_final;
     bool conn_close;
     bool conn_keep_alive;
     bool conn_upgrade;
@@ -163,331 +210,386 @@ struct fields {
     bool expect_continue;
 };
 
-static void
-fields_init(struct fields *f, bool is_request, int version_minor, struct http_header *headers)
-{
-    f->is_request = is_request;
-    f->version_minor = version_minor;
-    f->headers = headers;
-    f->nheaders = 0;
-    f->content_length = -1;
-    f->has_te = false;
-    f->chunked = false;
-    f->conn_close = false;
-    f->conn_keep_alive = false;
-    f->conn_upgrade = false;
-    f->host_index = -1;
-    f->expect_continue = false;
-}
-
 static int
-apply_content_length(struct fields *f, const struct http_header *h, const char **cause)
+parse_content_length(struct fields *f, const char *v, size_t n, const char **why)
 {
-    int64_t n = 0;
+    int64_t value = 0;
 
     if (f->content_length >= 0) {
-        return fail(cause, -400, "duplicate Content-Length");
+        FAIL(400, "duplicate Content-Length");
     }
-    if (f->has_te) {
-        return fail(cause, -400, "Transfer-Encoding with Content-Length");
+    if (f->te_seen) {
+        FAIL(400, "Transfer-Encoding with Content-Length");
     }
-    /* 18 digits cannot overflow int64_t, so no overflow arithmetic is needed. */
-    if (h->value_len == 0 || h->value_len > 18) {
-        return fail(cause, -400, "invalid Content-Length");
+    if (n == 0) {
+        FAIL(400, "empty Content-Length");
     }
-    for (size_t i = 0; i < h->value_len; i++) {
-        char c = h->value[i];
-        if (c < '0' || c > '9') {
-            return fail(cause, -400, "invalid Content-Length");
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == ',') {
+            FAIL(400, "Content-Length list refused");
         }
-        n = n * 10 + (c - '0');
+        if (v[i] < '0' || v[i] > '9') {
+            FAIL(400, "invalid Content-Length");
+        }
     }
-    f->content_length = n;
-    return SCAN_DONE;
+    if (n > 18) {
+        FAIL(400, "Content-Length too large");
+    }
+    for (size_t i = 0; i < n; i++) {
+        value = value * 10 + (v[i] - '0');
+    }
+    f->content_length = value;
+    return 0;
 }
 
 static bool
-known_coding(const char *s, size_t len)
+known_coding(const char *t, size_t n)
 {
-    return eq_ci(s, len, "gzip") || eq_ci(s, len, "x-gzip") || eq_ci(s, len, "deflate") ||
-           eq_ci(s, len, "compress") || eq_ci(s, len, "x-compress");
+    return EQUALS_LIT(t, n, "gzip") || EQUALS_LIT(t, n, "x-gzip") || EQUALS_LIT(t, n, "deflate") ||
+           EQUALS_LIT(t, n, "compress") || EQUALS_LIT(t, n, "x-compress");
 }
 
+/* Several Transfer-Encoding lines form one list, so finality is judged after the last line. */
 static int
-apply_transfer_encoding(struct fields *f, const struct http_header *h, const char **cause)
+parse_transfer_encoding(struct fields *f, const char *v, size_t n, const char **why)
 {
-    struct list_iter it;
-    const char *elem;
-    size_t elem_len;
+    const char *pos = v, *end = v + n, *tok;
+    size_t tok_len;
+    enum list_result r;
+    bool any = false;
 
-    /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. */
     if (f->version_minor == 0) {
-        return fail(cause, -400, f->is_request ? "Transfer-Encoding in HTTP/1.0 request"
-                                               : "Transfer-Encoding in HTTP/1.0 response");
+        /* RFC 9112 6.1: framing of a 1.0 message with TE is faulty. */
+        FAIL(400, f->response ? "Transfer-Encoding in HTTP/1.0 response"
+                              : "Transfer-Encoding in HTTP/1.0 request");
     }
     if (f->content_length >= 0) {
-        return fail(cause, -400, "Transfer-Encoding with Content-Length");
+        FAIL(400, "Transfer-Encoding with Content-Length");
     }
-    f->has_te = true;
-    list_init(&it, h->value, h->value_len);
-    while (list_next(&it, &elem, &elem_len)) {
-        size_t name_len = 0;
-
-        while (name_len < elem_len && is_tchar(elem[name_len])) {
-            name_len++;
+    f->te_seen = true;
+    while ((r = list_next(&pos, end, &tok, &tok_len)) != LIST_END) {
+        if (r == LIST_MALFORMED) {
+            FAIL(400, "invalid Transfer-Encoding");
         }
-        if (elem_len == 0 || name_len == 0) {
-            return fail(cause, -400, "empty transfer coding");
+        if (r == LIST_TOKEN_PARAMS) {
+            FAIL(501, "transfer coding parameters unsupported");
         }
-        if (eq_ci(elem, name_len, "chunked")) {
-            if (f->chunked) {
-                return fail(cause, -400, "chunked applied twice");
+        any = true;
+        if (EQUALS_LIT(tok, tok_len, "chunked")) {
+            if (f->chunked_seen) {
+                FAIL(400, "chunked applied twice");
             }
-        } else if (!known_coding(elem, name_len)) {
-            return fail(cause, -501, "unsupported transfer coding");
-        } else if (f->chunked) {
-            return fail(cause, -400, "chunked must be final");
-        }
-        if (name_len != elem_len) {
-            /* None of the codings we accept takes parameters. */
-            return fail(cause, -400, "invalid transfer coding");
-        }
-        if (eq_ci(elem, name_len, "chunked")) {
-            f->chunked = true;
+            f->chunked_seen = true;
+            f->chunked_final = true;
+        } else if (known_coding(tok, tok_len)) {
+            f->chunked_final = false;
+        } else {
+            FAIL(501, "unsupported transfer coding");
         }
     }
-    return SCAN_DONE;
+    if (!any) {
+        FAIL(400, "empty Transfer-Encoding");
+    }
+    return 0;
 }
 
 static int
-apply_connection(struct fields *f, const struct http_header *h, const char **cause)
+parse_connection(struct fields *f, const char *v, size_t n, const char **why)
 {
-    struct list_iter it;
-    const char *elem;
-    size_t elem_len;
+    const char *pos = v, *end = v + n, *tok;
+    size_t tok_len;
+    enum list_result r;
 
-    list_init(&it, h->value, h->value_len);
-    while (list_next(&it, &elem, &elem_len)) {
-        if (!all_tchar(elem, elem_len)) {
-            return fail(cause, -400, "invalid Connection header");
+    while ((r = list_next(&pos, end, &tok, &tok_len)) != LIST_END) {
+        if (r != LIST_TOKEN) {
+            FAIL(400, "invalid Connection header");
         }
-        if (eq_ci(elem, elem_len, "close")) {
+        if (EQUALS_LIT(tok, tok_len, "close")) {
             f->conn_close = true;
-        } else if (eq_ci(elem, elem_len, "keep-alive")) {
+        } else if (EQUALS_LIT(tok, tok_len, "keep-alive")) {
             f->conn_keep_alive = true;
-        } else if (eq_ci(elem, elem_len, "upgrade")) {
+        } else if (EQUALS_LIT(tok, tok_len, "upgrade")) {
             f->conn_upgrade = true;
         }
     }
-    return SCAN_DONE;
+    return 0;
 }
 
-/* Act on a complete field line as soon as it is read, so framing conflicts fail early. */
 static int
-apply_field(struct fields *f, int index, const char **cause)
+parse_host(struct fields *f, const char *v, size_t n, const char **why)
 {
-    const struct http_header *h = &f->headers[index];
+    if (f->host_index >= 0) {
+        FAIL(400, "duplicate Host header");
+    }
+    /* Empty is legal (RFC 9112 3.2); anything else must look like host[:port]. */
+    for (size_t i = 0; i < n; i++) {
+        if (!host_char[(unsigned char)v[i]]) {
+            FAIL(400, "invalid Host header");
+        }
+    }
+    f->host_index = f->nheaders - 1;
+    return 0;
+}
 
-    switch (h->name_len) {
+static void
+parse_expect(struct fields *f, const char *v, size_t n)
+{
+    const char *pos = v, *end = v + n, *tok;
+    size_t tok_len;
+
+    /* Other expectations are the caller's to refuse with 417; a 1.0 client gets none. */
+    while (list_next(&pos, end, &tok, &tok_len) == LIST_TOKEN) {
+        if (f->version_minor == 1 && EQUALS_LIT(tok, tok_len, "100-continue")) {
+            f->expect_continue = true;
+        }
+    }
+}
+
+/* Applies one complete field line (the last one stored) to the framing state. */
+static int
+field_semantics(struct fields *f, const struct http_header *h, const char **why)
+{
+    const char *name = h->name;
+    size_t len = h->name_len;
+
+    switch (len) {
     case 4:
-        if (f->is_request && eq_ci(h->name, 4, "host")) {
-            if (f->host_index >= 0) {
-                return fail(cause, -400, "duplicate Host");
-            }
-            f->host_index = index;
+        if (!f->response && EQUALS_LIT(name, len, "host")) {
+            return parse_host(f, h->value, h->value_len, why);
         }
         break;
     case 6:
-        if (f->is_request && eq_ci(h->name, 6, "expect") &&
-            eq_ci(h->value, h->value_len, "100-continue")) {
-            f->expect_continue = true;
+        if (!f->response && EQUALS_LIT(name, len, "expect")) {
+            parse_expect(f, h->value, h->value_len);
         }
         break;
     case 10:
-        if (eq_ci(h->name, 10, "connection")) {
-            return apply_connection(f, h, cause);
+        if (EQUALS_LIT(name, len, "connection")) {
+            return parse_connection(f, h->value, h->value_len, why);
         }
         break;
     case 14:
-        if (eq_ci(h->name, 14, "content-length")) {
-            return apply_content_length(f, h, cause);
+        if (EQUALS_LIT(name, len, "content-length")) {
+            return parse_content_length(f, h->value, h->value_len, why);
         }
         break;
     case 17:
-        if (eq_ci(h->name, 17, "transfer-encoding")) {
-            return apply_transfer_encoding(f, h, cause);
+        if (EQUALS_LIT(name, len, "transfer-encoding")) {
+            return parse_transfer_encoding(f, h->value, h->value_len, why);
         }
         break;
     default:
         break;
     }
-    return SCAN_DONE;
+    return 0;
+}
+
+/* Out of bytes: either more are coming, or the head is already longer than we accept. */
+static int
+fields_incomplete(size_t len, const char **why)
+{
+    if (len > HTTP_MAX_HEAD_SIZE) {
+        FAIL(431, "header section too large");
+    }
+    return 0;
 }
 
 /*
- * Parse field lines and the final empty line from *pp. Returns SCAN_DONE with *pp just past the
- * head, SCAN_MORE when the buffer ends first, or a negative status (request codes; responses
- * map them).
+ * Parses field lines from buf[pos] through the empty line. Returns the head
+ * length, 0 when more bytes are needed, or a negative status.
  */
 static int
-parse_fields(const char **pp, const char *end, struct fields *f, const char **cause)
+parse_fields(const char *buf, size_t pos, size_t len, struct fields *f, const char **why)
 {
-    const char *p = *pp;
+    const unsigned char *u = (const unsigned char *)buf;
+    size_t end = len < HTTP_MAX_HEAD_SIZE ? len : HTTP_MAX_HEAD_SIZE;
 
     for (;;) {
-        const char *name;
-        const char *value;
-        const char *vend;
-        struct http_header *h;
-        int rc;
-
-        if (p == end) {
-            return SCAN_MORE;
+        if (pos >= end) {
+            return fields_incomplete(len, why);
         }
-        if (*p == '\r') {
-            if (p + 1 == end) {
-                return SCAN_MORE;
+        unsigned char c = u[pos];
+        if (c == '\r') {
+            if (pos + 1 >= end) {
+                return fields_incomplete(len, why);
             }
-            if (p[1] != '\n') {
-                return fail(cause, -400, "bare CR");
+            if (u[pos + 1] != '\n') {
+                FAIL(400, "bare CR");
             }
-            *pp = p + 2;
-            return SCAN_DONE;
+            return (int)(pos + 2);
         }
-        if (*p == '\n') {
-            return fail(cause, -400, "bare LF");
+        if (c == '\n') {
+            FAIL(400, "bare LF");
         }
-        if (is_ows(*p)) {
-            return fail(cause, -400, "obsolete line folding");
+        if (is_ows(c)) {
+            FAIL(400, "obsolete line folding");
         }
         if (f->nheaders == HTTP_MAX_HEADERS) {
-            return fail(cause, -431, "too many headers");
+            FAIL(431, "too many headers");
         }
-        name = p;
-        while (p < end && is_tchar(*p)) {
-            p++;
+
+        size_t name_start = pos;
+        while (pos < end && token_char[u[pos]]) {
+            pos++;
         }
-        if (p == end) {
-            return SCAN_MORE;
+        if (pos >= end) {
+            return fields_incomplete(len, why);
         }
-        if (*p != ':') {
-            if (is_ows(*p)) {
-                return fail(cause, -400, "whitespace before colon");
+        if (u[pos] != ':') {
+            if (u[pos] == '\n') {
+                FAIL(400, "bare LF");
             }
-            if (*p == '\r' || *p == '\n') {
-                return fail(cause, -400, "header line without colon");
+            if (is_ows(u[pos]) && pos > name_start) {
+                FAIL(400, "whitespace before colon");
             }
-            return fail(cause, -400, "invalid character in header name");
-        }
-        if (p == name) {
-            return fail(cause, -400, "empty header name");
-        }
-        h = &f->headers[f->nheaders];
-        h->name = name;
-        h->name_len = (size_t)(p - name);
-        p++;
-        while (p < end && is_ows(*p)) {
-            p++;
-        }
-        value = p;
-        while (p < end && vchar_ws[(unsigned char)*p]) {
-            p++;
-        }
-        if (p == end) {
-            return SCAN_MORE;
-        }
-        if (*p == '\r') {
-            if (p + 1 == end) {
-                return SCAN_MORE;
+            if (u[pos] == '\r' && pos + 1 < end && u[pos + 1] != '\n') {
+                FAIL(400, "bare CR");
             }
-            if (p[1] != '\n') {
-                return fail(cause, -400, "bare CR");
+            if (u[pos] == '\r' && pos > name_start) {
+                FAIL(400, "header line without colon");
             }
-        } else if (*p == '\n') {
-            return fail(cause, -400, "bare LF");
-        } else {
-            return fail(cause, -400, "control character in header value");
+            FAIL(400, "invalid character in header name");
         }
-        vend = p;
-        while (vend > value && is_ows(vend[-1])) {
-            vend--;
+        if (pos == name_start) {
+            FAIL(400, "empty header name");
         }
-        h->value = value;
-        h->value_len = (size_t)(vend - value);
-        p += 2;
-        rc = apply_field(f, f->nheaders, cause);
-        f->nheaders++;
+        size_t name_end = pos++;
+
+        while (pos < end && is_ows(u[pos])) {
+            pos++;
+        }
+        size_t value_start = pos;
+        pos = skip_value_words(u, pos, end);
+        while (pos < end && value_char[u[pos]]) {
+            pos++;
+        }
+        if (pos >= end) {
+            return fields_incomplete(len, why);
+        }
+        if (u[pos] != '\r') {
+            if (u[pos] == '\n') {
+                FAIL(400, "bare LF");
+            }
+            if (u[pos] == '\0') {
+                FAIL(400, "NUL in header value");
+            }
+            FAIL(400, "control character in header value");
+        }
+        if (pos + 1 >= end) {
+            return fields_incomplete(len, why);
+        }
+        if (u[pos + 1] != '\n') {
+            FAIL(400, "bare CR");
+        }
+        size_t value_end = pos;
+        while (value_end > value_start && is_ows(u[value_end - 1])) {
+            value_end--;
+        }
+
+        struct http_header *h = &f->headers[f->nheaders++];
+        h->name = buf + name_start;
+        h->name_len = name_end - name_start;
+        h->value = buf + value_start;
+        h->value_len = value_end - value_start;
+        int rc = field_semantics(f, h, why);
         if (rc < 0) {
             return rc;
         }
+        pos += 2;
     }
+}
+
+static void
+fields_init(struct fields *f, bool response, int version_minor, struct http_header *headers)
+{
+    memset(f, 0, sizeof(*f));
+    f->response = response;
+    f->version_minor = version_minor;
+    f->headers = headers;
+    f->content_length = -1;
+    f->host_index = -1;
+}
+
+static bool
+fields_keep_alive(const struct fields *f)
+{
+    if (f->conn_close) {
+        return false;
+    }
+    return f->version_minor == 1 || f->conn_keep_alive;
 }
 
 /*
- * Check the 8 bytes of "HTTP/x.y" available at p (fewer when the buffer ends). Returns
- * SCAN_DONE with *minor set, SCAN_MORE, -400 when the bytes are not shaped like an HTTP
- * version, -505 when they are but name a version other than 1.0 or 1.1.
+ * Checks "HTTP/d.d" against the bytes available at p. Returns 1 for HTTP/1.0 or
+ * HTTP/1.1 (8 bytes), 0 when the available prefix is fine so far, -400 when the
+ * shape is wrong and -505 for a well-formed other version.
  */
 static int
-parse_version(const char *p, const char *end, int *minor, const char **cause)
+parse_version(const unsigned char *p, size_t avail, int *minor, const char **why)
 {
-    static const char shape[] = "HTTP/9.9";
-    size_t avail = (size_t)(end - p);
+    static const char shape[] = "HTTP/";
 
     for (size_t i = 0; i < 8 && i < avail; i++) {
-        bool ok = shape[i] == '9' ? (p[i] >= '0' && p[i] <= '9') : p[i] == shape[i];
+        bool ok;
+        if (i < 5) {
+            ok = p[i] == (unsigned char)shape[i];
+        } else if (i == 6) {
+            ok = p[i] == '.';
+        } else {
+            ok = p[i] >= '0' && p[i] <= '9';
+        }
         if (!ok) {
-            return fail(cause, -400, "invalid HTTP version");
+            FAIL(400, "invalid HTTP version");
         }
     }
     if (avail < 8) {
-        return SCAN_MORE;
+        return 0;
     }
     if (p[5] != '1' || (p[7] != '0' && p[7] != '1')) {
-        return fail(cause, -505, "HTTP version not supported");
+        FAIL(505, "unsupported HTTP version");
     }
     *minor = p[7] - '0';
-    return SCAN_DONE;
+    return 1;
 }
 
 static enum http_method
-method_lookup(const char *s, size_t len)
+classify_method(const char *m, size_t n)
 {
-    switch (len) {
+    switch (n) {
     case 3:
-        if (memcmp(s, "GET", 3) == 0) {
+        if (memcmp(m, "GET", 3) == 0) {
             return HTTP_GET;
         }
-        if (memcmp(s, "PUT", 3) == 0) {
+        if (memcmp(m, "PUT", 3) == 0) {
             return HTTP_PUT;
         }
         break;
     case 4:
-        if (memcmp(s, "POST", 4) == 0) {
+        if (memcmp(m, "POST", 4) == 0) {
             return HTTP_POST;
         }
-        if (memcmp(s, "HEAD", 4) == 0) {
+        if (memcmp(m, "HEAD", 4) == 0) {
             return HTTP_HEAD;
         }
         break;
     case 5:
-        if (memcmp(s, "PATCH", 5) == 0) {
+        if (memcmp(m, "PATCH", 5) == 0) {
             return HTTP_PATCH;
         }
-        if (memcmp(s, "TRACE", 5) == 0) {
+        if (memcmp(m, "TRACE", 5) == 0) {
             return HTTP_TRACE;
         }
         break;
     case 6:
-        if (memcmp(s, "DELETE", 6) == 0) {
+        if (memcmp(m, "DELETE", 6) == 0) {
             return HTTP_DELETE;
         }
         break;
     case 7:
-        if (memcmp(s, "OPTIONS", 7) == 0) {
+        if (memcmp(m, "OPTIONS", 7) == 0) {
             return HTTP_OPTIONS;
         }
-        if (memcmp(s, "CONNECT", 7) == 0) {
+        if (memcmp(m, "CONNECT", 7) == 0) {
             return HTTP_CONNECT;
         }
         break;
@@ -497,344 +599,330 @@ method_lookup(const char *s, size_t len)
     return HTTP_OTHER;
 }
 
-/*
- * Tell apart the target forms that are not origin-form (RFC 9112 3.2): authority-form is
- * host ":" port, absolute-form is scheme ":" anything.
- */
-static int
-classify_other_target(const char *t, size_t len, const char **cause)
+/* host ":" port with a non-empty, all-digit port: the CONNECT-only authority-form. */
+static bool
+looks_like_authority(const char *t, size_t n)
 {
-    const char *colon = memchr(t, ':', len);
-    size_t i;
+    size_t colon = n;
 
-    if (colon == NULL || colon == t) {
-        return fail(cause, -400, "invalid request-target");
-    }
-    if ((size_t)(colon - t) + 2 < len && colon[1] == '/' && colon[2] == '/') {
-        return fail(cause, -400, "absolute-form target refused");
-    }
-    for (i = (size_t)(colon - t) + 1; i < len; i++) {
-        if (t[i] < '0' || t[i] > '9') {
+    for (size_t i = n; i > 0; i--) {
+        if (t[i - 1] == ':') {
+            colon = i - 1;
             break;
         }
     }
-    if (i == len) {
-        return fail(cause, -405, "authority-form target refused");
+    if (colon == 0 || colon == n || colon + 1 == n || colon + 6 < n) {
+        return false;
     }
-    for (i = 0; t + i < colon; i++) {
-        char c = t[i];
-        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-        if (!alpha && (i == 0 || !((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'))) {
-            return fail(cause, -400, "invalid request-target");
+    for (size_t i = colon + 1; i < n; i++) {
+        if (t[i] < '0' || t[i] > '9') {
+            return false;
         }
     }
-    return fail(cause, -400, "absolute-form target refused");
-}
-
-/* Where a scan that stopped at p inside the request line went: out of data or over the limit. */
-static int
-line_stop(const char *p, const char *end, const char **cause)
-{
-    if (p == end) {
-        return SCAN_MORE;
+    for (size_t i = 0; i < colon; i++) {
+        if (!host_char[(unsigned char)t[i]]) {
+            return false;
+        }
     }
-    return fail(cause, -414, "request line too long");
+    return true;
+}
+
+/* scheme ":" ... (RFC 3986 3.1) */
+static bool
+looks_like_absolute(const char *t, size_t n)
+{
+    if (n == 0 || !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z'))) {
+        return false;
+    }
+    for (size_t i = 1; i < n; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (c == ':') {
+            return true;
+        }
+        bool scheme = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '+' || c == '-' || c == '.';
+        if (!scheme) {
+            return false;
+        }
+    }
+    return false;
 }
 
 static int
-parse_request_line(const char **pp, const char *end, struct http_request_head *out,
-                   const char **cause)
+check_target(struct http_request_head *out, const char **why)
 {
-    const char *p = *pp;
-    const char *line;
-    const char *stop;
-    const char *question = NULL;
+    const char *t = out->target;
+    size_t n = out->target_len;
+
+    if (t[0] == '/') {
+        const char *q = memchr(t, '?', n);
+        out->path = t;
+        out->path_len = q != NULL ? (size_t)(q - t) : n;
+        out->query = q != NULL ? q + 1 : NULL;
+        out->query_len = q != NULL ? n - out->path_len - 1 : 0;
+        return 0;
+    }
+    if (n == 1 && t[0] == '*') {
+        if (out->method != HTTP_OPTIONS) {
+            FAIL(400, "asterisk-form only with OPTIONS");
+        }
+        out->path = t;
+        out->path_len = 1;
+        out->query = NULL;
+        out->query_len = 0;
+        return 0;
+    }
+    /* "host:443" also has scheme syntax, so the narrower authority-form is tested first. */
+    if (looks_like_authority(t, n)) {
+        FAIL(405, "CONNECT refused");
+    }
+    if (looks_like_absolute(t, n)) {
+        FAIL(400, "absolute-form target refused");
+    }
+    FAIL(400, "invalid request-target");
+}
+
+/* Out of bytes inside the start line: more may come unless the line is already too long. */
+static int
+line_incomplete(size_t len, size_t limit, int status, const char *text, const char **why)
+{
+    if (len >= limit) {
+        FAIL(status, text);
+    }
+    return 0;
+}
+
+static int
+parse_request(const char *buf, size_t len, struct http_request_head *out, const char **why)
+{
+    const unsigned char *u = (const unsigned char *)buf;
+    size_t pos = 0;
     int empty_lines = 0;
     int rc;
 
-    /* RFC 9112 2.2: some clients send a CRLF after a POST body; skip a few. */
     for (;;) {
-        if (p == end) {
-            return SCAN_MORE;
+        if (pos >= len) {
+            return 0;
         }
-        if (*p == '\n') {
-            return fail(cause, -400, "bare LF");
+        if (u[pos] == '\n') {
+            FAIL(400, "bare LF");
         }
-        if (*p != '\r') {
+        if (u[pos] != '\r') {
             break;
         }
-        if (p + 1 == end) {
-            return SCAN_MORE;
+        if (pos + 1 >= len) {
+            return 0;
         }
-        if (p[1] != '\n') {
-            return fail(cause, -400, "bare CR");
+        if (u[pos + 1] != '\n') {
+            FAIL(400, "bare CR");
         }
         if (++empty_lines > HTTP_MAX_LEADING_EMPTY_LINES) {
-            return fail(cause, -400, "too many empty lines before request line");
+            FAIL(400, "too many empty lines before request line");
         }
-        p += 2;
+        pos += 2;
     }
 
-    line = p;
-    stop = (size_t)(end - line) > HTTP_MAX_REQUEST_LINE ? line + HTTP_MAX_REQUEST_LINE : end;
+    /* The line's CR may sit at most HTTP_MAX_REQUEST_LINE bytes after its start.
+     */
+    size_t limit = pos + HTTP_MAX_REQUEST_LINE + 1;
+    size_t end = len < limit ? len : limit;
+    const char *too_long = "request line too long";
 
-    while (p < stop && is_tchar(*p)) {
-        p++;
+    size_t method_start = pos;
+    while (pos < end && token_char[u[pos]]) {
+        pos++;
     }
-    if (p == stop) {
-        return line_stop(p, end, cause);
+    if (pos >= end) {
+        return line_incomplete(len, limit, 414, too_long, why);
     }
-    if (*p != ' ') {
-        if (*p == '\n') {
-            return fail(cause, -400, "bare LF");
-        }
-        if (p == line) {
-            return fail(cause, -400, "invalid character in method");
-        }
-        return fail(cause, -400, *p == '\r' ? "malformed request line" : "invalid character in method");
+    if (u[pos] != ' ' || pos == method_start) {
+        FAIL(400, u[pos] == '\n' ? "bare LF" : "invalid character in method");
     }
-    if (p == line) {
-        return fail(cause, -400, "empty method");
-    }
-    out->method_str = line;
-    out->method_len = (size_t)(p - line);
-    out->method = method_lookup(line, out->method_len);
+    out->method_str = buf + method_start;
+    out->method_len = pos - method_start;
+    out->method = classify_method(out->method_str, out->method_len);
     if (out->method == HTTP_CONNECT) {
-        return fail(cause, -405, "CONNECT refused");
+        FAIL(405, "CONNECT refused");
     }
-    p++;
 
-    out->target = p;
-    while (p < stop && target_char[(unsigned char)*p]) {
-        if (*p == '?' && question == NULL) {
-            question = p;
+    size_t target_start = ++pos;
+    pos = skip_target_words(u, pos, end);
+    while (pos < end && target_char[u[pos]]) {
+        pos++;
+    }
+    if (pos >= end) {
+        return line_incomplete(len, limit, 414, too_long, why);
+    }
+    if (u[pos] != ' ') {
+        if (u[pos] == '\n') {
+            FAIL(400, "bare LF");
         }
-        p++;
-    }
-    if (p == stop) {
-        return line_stop(p, end, cause);
-    }
-    if (*p != ' ') {
-        if (*p == '\n') {
-            return fail(cause, -400, "bare LF");
+        if (u[pos] == '\r') {
+            FAIL(400, "missing HTTP version");
         }
-        if (*p == '\r') {
-            return fail(cause, -400, "missing HTTP version");
-        }
-        return fail(cause, -400, "invalid character in request-target");
+        FAIL(400, "invalid character in request-target");
     }
-    if (p == out->target) {
-        return fail(cause, -400, "more than one SP in request line");
+    if (pos == target_start) {
+        FAIL(400, "extra whitespace in request line");
     }
-    out->target_len = (size_t)(p - out->target);
-    if (out->target[0] == '*') {
-        if (out->target_len != 1 || out->method != HTTP_OPTIONS) {
-            return fail(cause, -400, "asterisk-form only with OPTIONS");
-        }
-    } else if (out->target[0] != '/') {
-        return classify_other_target(out->target, out->target_len, cause);
-    }
-    if (question != NULL) {
-        out->path_len = (size_t)(question - out->target);
-        out->query = question + 1;
-        out->query_len = (size_t)(p - question - 1);
-    } else {
-        out->path_len = out->target_len;
-        out->query = NULL;
-        out->query_len = 0;
-    }
-    out->path = out->target;
-    p++;
-
-    if (p < end && *p == ' ') {
-        return fail(cause, -400, "more than one SP in request line");
-    }
-    /* The version and the CR must fit within the line limit too. */
-    if ((size_t)(stop - p) < 8 && stop != end) {
-        return fail(cause, -414, "request line too long");
-    }
-    rc = parse_version(p, end, &out->version_minor, cause);
-    if (rc != SCAN_DONE) {
+    out->target = buf + target_start;
+    out->target_len = pos - target_start;
+    rc = check_target(out, why);
+    if (rc < 0) {
         return rc;
     }
-    p += 8;
-    if (p == end) {
-        return SCAN_MORE;
+
+    pos++;
+    rc = parse_version(u + pos, end - pos, &out->version_minor, why);
+    if (rc < 0) {
+        return rc;
     }
-    if (*p != '\r') {
-        return fail(cause, -400, *p == '\n' ? "bare LF" : "malformed request line");
+    if (rc == 0) {
+        return line_incomplete(len, limit, 414, too_long, why);
     }
-    if (p + 1 == end) {
-        return SCAN_MORE;
+    pos += 8;
+    if (pos >= end) {
+        return line_incomplete(len, limit, 414, too_long, why);
     }
-    if (p[1] != '\n') {
-        return fail(cause, -400, "bare CR");
+    if (u[pos] != '\r') {
+        if (u[pos] == '\n') {
+            FAIL(400, "bare LF");
+        }
+        FAIL(400, u[pos] == ' ' ? "extra whitespace in request line" : "invalid HTTP version");
     }
-    *pp = p + 2;
-    return SCAN_DONE;
+    if (pos + 1 >= len) {
+        return 0;
+    }
+    if (u[pos + 1] != '\n') {
+        FAIL(400, "bare CR");
+    }
+    pos += 2;
+
+    struct fields f;
+    fields_init(&f, false, out->version_minor, out->headers);
+    rc = parse_fields(buf, pos, len, &f, why);
+    out->nheaders = f.nheaders;
+    if (rc <= 0) {
+        return rc;
+    }
+    if (f.te_seen && !f.chunked_final) {
+        FAIL(400, "chunked must be final");
+    }
+    if (out->version_minor == 1 && f.host_index < 0) {
+        FAIL(400, "missing Host header");
+    }
+    out->content_length = f.content_length;
+    out->has_transfer_encoding = f.te_seen;
+    out->chunked = f.chunked_final;
+    out->keep_alive = fields_keep_alive(&f);
+    out->connection_upgrade = f.conn_upgrade;
+    out->expect_continue = f.expect_continue;
+    out->host_index = f.host_index;
+    out->head_len = (size_t)rc;
+    return rc;
 }
 
 int
 http_parse_request_head(const char *buf, size_t len, struct http_request_head *out,
                         const char **cause)
 {
-    const char *ignored;
-    const char *p = buf;
-    const char *end = buf + (len > HTTP_MAX_HEAD_SIZE ? HTTP_MAX_HEAD_SIZE : len);
-    struct fields f;
-    int rc;
+    const char *why = NULL;
+    int rc = parse_request(buf, len, out, &why);
 
-    if (cause == NULL) {
-        cause = &ignored;
+    if (cause != NULL) {
+        *cause = rc < 0 ? why : NULL;
     }
-    *cause = NULL;
-
-    rc = parse_request_line(&p, end, out, cause);
-    if (rc < 0) {
-        return rc;
-    }
-    if (rc == SCAN_DONE) {
-        fields_init(&f, true, out->version_minor, out->headers);
-        rc = parse_fields(&p, end, &f, cause);
-        out->nheaders = f.nheaders;
-        if (rc < 0) {
-            return rc;
-        }
-    }
-    if (rc == SCAN_MORE) {
-        if (len > HTTP_MAX_HEAD_SIZE) {
-            return fail(cause, -431, "request head too large");
-        }
-        return 0;
-    }
-
-    if (out->version_minor == 1 && f.host_index < 0) {
-        return fail(cause, -400, "missing Host");
-    }
-    if (f.has_te && !f.chunked) {
-        return fail(cause, -400, "chunked must be final");
-    }
-    out->content_length = f.content_length;
-    out->has_transfer_encoding = f.has_te;
-    out->chunked = f.chunked;
-    out->keep_alive = !f.conn_close && (out->version_minor == 1 || f.conn_keep_alive);
-    out->connection_upgrade = f.conn_upgrade;
-    out->expect_continue = f.expect_continue && out->version_minor == 1;
-    out->host_index = f.host_index;
-    out->head_len = (size_t)(p - buf);
-    return (int)out->head_len;
+    return rc;
 }
 
 static int
-parse_status_line(const char **pp, const char *end, struct http_response_head *out,
-                  const char **cause)
+parse_response(const char *buf, size_t len, struct http_response_head *out, const char **why)
 {
-    const char *p = *pp;
-    const char *line = p;
-    const char *stop;
+    const unsigned char *u = (const unsigned char *)buf;
+    size_t limit = HTTP_MAX_REQUEST_LINE + 1;
+    size_t end = len < limit ? len : limit;
+    const char *too_long = "status line too long";
+    size_t pos = 0;
     int rc;
 
-    rc = parse_version(p, end, &out->version_minor, cause);
-    if (rc != SCAN_DONE) {
+    rc = parse_version(u, end, &out->version_minor, why);
+    if (rc <= 0) {
         return rc;
     }
-    p += 8;
-    if (p == end) {
-        return SCAN_MORE;
-    }
-    if (*p != ' ') {
-        return fail(cause, -400, "malformed status line");
-    }
-    p++;
-    out->status = 0;
-    for (int i = 0; i < 3; i++, p++) {
-        if (p == end) {
-            return SCAN_MORE;
+    pos = 8;
+    /* "HTTP/1.1 200 OK": SP, three digits, then SP and a reason, or a CR right away. */
+    for (size_t i = 0; i < 4; i++, pos++) {
+        if (pos >= end) {
+            return line_incomplete(len, limit, 502, too_long, why);
         }
-        if (*p < '0' || *p > '9') {
-            return fail(cause, -400, "invalid status code");
+        bool ok = i == 0 ? u[pos] == ' ' : (u[pos] >= '0' && u[pos] <= '9');
+        if (!ok) {
+            FAIL(502, u[pos] == '\n' ? "bare LF" : "invalid status line");
         }
-        out->status = out->status * 10 + (*p - '0');
     }
+    out->status = (u[9] - '0') * 100 + (u[10] - '0') * 10 + (u[11] - '0');
     if (out->status < 100 || out->status > 599) {
-        return fail(cause, -400, "invalid status code");
+        FAIL(502, "status code out of range");
     }
-    if (p == end) {
-        return SCAN_MORE;
+    if (pos >= end) {
+        return line_incomplete(len, limit, 502, too_long, why);
     }
-    /* The SP before an empty reason is required, but some servers omit it; harmless to accept. */
-    if (*p == ' ') {
-        p++;
-    } else if (*p != '\r') {
-        return fail(cause, -400, *p == '\n' ? "bare LF" : "invalid status code");
-    }
-    out->reason = p;
-    stop = (size_t)(end - line) > HTTP_MAX_REQUEST_LINE ? line + HTTP_MAX_REQUEST_LINE : end;
-    while (p < stop && vchar_ws[(unsigned char)*p]) {
-        p++;
-    }
-    if (p == stop) {
-        if (p == end) {
-            return SCAN_MORE;
+    size_t reason_start = pos;
+    if (u[pos] == ' ') {
+        reason_start = ++pos;
+        while (pos < end && value_char[u[pos]]) {
+            pos++;
         }
-        if (*p != '\r') {
-            return fail(cause, -400, "status line too long");
+        if (pos >= end) {
+            return line_incomplete(len, limit, 502, too_long, why);
         }
     }
-    if (*p != '\r') {
-        return fail(cause, -400, *p == '\n' ? "bare LF" : "control character in reason phrase");
+    if (u[pos] != '\r') {
+        if (u[pos] == '\n') {
+            FAIL(502, "bare LF");
+        }
+        FAIL(502, pos == 12 ? "invalid status line" : "control character in reason phrase");
     }
-    out->reason_len = (size_t)(p - out->reason);
-    if (p + 1 == end) {
-        return SCAN_MORE;
+    out->reason = buf + reason_start;
+    out->reason_len = pos - reason_start;
+    if (pos + 1 >= len) {
+        return 0;
     }
-    if (p[1] != '\n') {
-        return fail(cause, -400, "bare CR");
+    if (u[pos + 1] != '\n') {
+        FAIL(502, "bare CR");
     }
-    *pp = p + 2;
-    return SCAN_DONE;
+    pos += 2;
+
+    struct fields f;
+    fields_init(&f, true, out->version_minor, out->headers);
+    rc = parse_fields(buf, pos, len, &f, why);
+    out->nheaders = f.nheaders;
+    if (rc <= 0) {
+        return rc;
+    }
+    out->content_length = f.content_length;
+    out->has_transfer_encoding = f.te_seen;
+    out->chunked = f.chunked_final;
+    /* RFC 9112 6.3: TE without chunked final means the body ends at close. */
+    out->keep_alive = fields_keep_alive(&f) && (!f.te_seen || f.chunked_final);
+    out->head_len = (size_t)rc;
+    return rc;
 }
 
 int
 http_parse_response_head(const char *buf, size_t len, struct http_response_head *out,
                          const char **cause)
 {
-    const char *ignored;
-    const char *p = buf;
-    const char *end = buf + (len > HTTP_MAX_HEAD_SIZE ? HTTP_MAX_HEAD_SIZE : len);
-    struct fields f;
-    int rc;
+    const char *why = NULL;
+    int rc = parse_response(buf, len, out, &why);
 
-    if (cause == NULL) {
-        cause = &ignored;
-    }
-    *cause = NULL;
-
-    rc = parse_status_line(&p, end, out, cause);
-    if (rc == SCAN_DONE) {
-        fields_init(&f, false, out->version_minor, out->headers);
-        rc = parse_fields(&p, end, &f, cause);
-        out->nheaders = f.nheaders;
-    }
     if (rc < 0) {
-        /* The cause says what was wrong; to our client it is all a bad gateway. */
-        return -502;
+        rc = -502;
     }
-    if (rc == SCAN_MORE) {
-        if (len > HTTP_MAX_HEAD_SIZE) {
-            return fail(cause, -502, "response head too large");
-        }
-        return 0;
+    if (cause != NULL) {
+        *cause = rc < 0 ? why : NULL;
     }
-
-    out->content_length = f.content_length;
-    out->has_transfer_encoding = f.has_te;
-    out->chunked = f.chunked;
-    /* Without chunked last the body runs until close (RFC 9112 6.3), so it cannot be reused. */
-    out->keep_alive = !f.conn_close && (out->version_minor == 1 || f.conn_keep_alive) &&
-                      (!f.has_te || f.chunked);
-    out->head_len = (size_t)(p - buf);
-    return (int)out->head_len;
+    return rc;
 }
 
 enum http_body_kind
@@ -855,239 +943,256 @@ http_response_body_kind(const struct http_response_head *h, bool request_was_hea
     return HTTP_BODY_UNTIL_CLOSE;
 }
 
-/* Chunked decoder states. X_* walk a chunk extension (RFC 9112 7.1.1). */
-enum {
-    C_SIZE,          /* hex digits of chunk-size */
-    C_SIZE_LF,       /* CR seen at end of the size line */
-    C_DATA,          /* payload */
-    C_DATA_CR,       /* CRLF after payload */
-    C_DATA_LF,
-    C_TRAILER_START, /* start of a trailer line or of the final empty line */
-    C_TRAILER_NAME,
-    C_TRAILER_VALUE,
-    C_TRAILER_LF,
-    C_FINAL_LF,
-    C_DONE,
-    C_ERROR,
-    X_BWS_SEMI,   /* whitespace after the size, ';' must follow */
-    X_NAME_START, /* after ';' */
-    X_NAME,
-    X_AFTER_NAME, /* whitespace after a name */
-    X_VAL_START,  /* after '=' */
-    X_VAL_TOKEN,
-    X_VAL_QUOTED,
-    X_VAL_ESCAPE,
-    X_AFTER_VAL,
+enum chunked_state {
+    CK_SIZE,
+    CK_SIZE_BWS,
+    CK_EXT_NAME_START,
+    CK_EXT_NAME,
+    CK_EXT_AFTER_NAME,
+    CK_EXT_VALUE_START,
+    CK_EXT_TOKEN,
+    CK_EXT_QUOTED,
+    CK_EXT_QUOTED_ESCAPE,
+    CK_EXT_AFTER_VALUE,
+    CK_SIZE_LF,
+    CK_DATA,
+    CK_DATA_CR,
+    CK_DATA_LF,
+    CK_TRAILER_START,
+    CK_TRAILER_NAME,
+    CK_TRAILER_VALUE,
+    CK_TRAILER_LF,
+    CK_END_LF,
+    CK_DONE,
+    CK_ERROR,
 };
 
-/* 2^62: anything larger is an attack or a bug, and keeps remaining far from wrapping. */
 #define CHUNK_SIZE_MAX (UINT64_C(1) << 62)
+
+static void
+start_size_line(struct http_chunked *c)
+{
+    c->state = CK_SIZE;
+    c->remaining = 0;
+    c->line_len = 0;
+    c->size_digits = false;
+}
 
 void
 http_chunked_init(struct http_chunked *c)
 {
-    c->state = C_SIZE;
-    c->remaining = 0;
-    c->line_len = 0;
-    c->ntrailers = 0;
-    c->size_digits = false;
+    memset(c, 0, sizeof(*c));
+    start_size_line(c);
 }
 
-/* Where the extension states go on whitespace, ';' or CR, shared by several of them. */
 static int
-ext_common(char ch, int ws_state)
+hex_value(unsigned char ch)
 {
-    if (is_ows(ch)) {
-        return ws_state;
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0';
     }
-    if (ch == ';') {
-        return X_NAME_START;
+    ch = ascii_lower(ch);
+    if (ch >= 'a' && ch <= 'f') {
+        return ch - 'a' + 10;
     }
-    if (ch == '\r') {
-        return C_SIZE_LF;
-    }
-    return C_ERROR;
+    return -1;
 }
 
-/* One framing byte; returns the next state. */
-static int
-chunk_framing_byte(struct http_chunked *c, char ch)
+/*
+ * Feeds one framing byte to the machine; returns false on a framing error. The
+ * size line accepts BWS before ';' and before its CR, as RFC 9112 7.1.1 and
+ * common senders do.
+ */
+static bool
+chunk_framing_byte(struct http_chunked *c, unsigned char ch)
 {
-    unsigned char u = (unsigned char)ch;
+    bool ws = is_ows(ch);
 
-    switch (c->state) {
-    case C_SIZE: {
-        int d = hexval1[u] - 1;
-        if (d >= 0) {
-            if (c->remaining > (CHUNK_SIZE_MAX - (uint64_t)d) / 16) {
-                return C_ERROR;
+    if (c->state <= CK_EXT_AFTER_VALUE && ch != '\r' && ++c->line_len > HTTP_MAX_CHUNK_LINE) {
+        return false;
+    }
+    switch ((enum chunked_state)c->state) {
+    case CK_SIZE: {
+        int digit = hex_value(ch);
+        if (digit >= 0) {
+            if (c->remaining > (CHUNK_SIZE_MAX - (uint64_t)digit) / 16) {
+                return false;
             }
-            c->remaining = c->remaining * 16 + (uint64_t)d;
+            c->remaining = c->remaining * 16 + (uint64_t)digit;
             c->size_digits = true;
-            return C_SIZE;
+            return true;
         }
         if (!c->size_digits) {
-            return C_ERROR;
+            return false;
         }
-        return ext_common(ch, X_BWS_SEMI);
+        c->state = ch == ';'    ? CK_EXT_NAME_START
+                   : ws         ? CK_SIZE_BWS
+                   : ch == '\r' ? CK_SIZE_LF
+                                : CK_ERROR;
+        return c->state != CK_ERROR;
     }
-    case X_BWS_SEMI:
-        if (is_ows(ch)) {
-            return X_BWS_SEMI;
+    case CK_SIZE_BWS:
+    case CK_EXT_AFTER_VALUE:
+        if (ws) {
+            return true;
         }
-        return ch == ';' ? X_NAME_START : C_ERROR;
-    case X_NAME_START:
-        if (is_ows(ch)) {
-            return X_NAME_START;
+        c->state = ch == ';' ? CK_EXT_NAME_START : ch == '\r' ? CK_SIZE_LF : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_EXT_NAME_START:
+        if (ws) {
+            return true;
         }
-        return is_tchar(ch) ? X_NAME : C_ERROR;
-    case X_NAME:
-        if (is_tchar(ch)) {
-            return X_NAME;
+        c->state = token_char[ch] ? CK_EXT_NAME : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_EXT_NAME:
+    case CK_EXT_AFTER_NAME:
+        if (c->state == CK_EXT_NAME && token_char[ch]) {
+            return true;
         }
-        if (ch == '=') {
-            return X_VAL_START;
+        c->state = ws           ? CK_EXT_AFTER_NAME
+                   : ch == '='  ? CK_EXT_VALUE_START
+                   : ch == ';'  ? CK_EXT_NAME_START
+                   : ch == '\r' ? CK_SIZE_LF
+                                : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_EXT_VALUE_START:
+        if (ws) {
+            return true;
         }
-        return ext_common(ch, X_AFTER_NAME);
-    case X_AFTER_NAME:
-        if (ch == '=') {
-            return X_VAL_START;
+        c->state = ch == '"' ? CK_EXT_QUOTED : token_char[ch] ? CK_EXT_TOKEN : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_EXT_TOKEN:
+        if (token_char[ch]) {
+            return true;
         }
-        return ext_common(ch, X_AFTER_NAME);
-    case X_VAL_START:
-        if (is_ows(ch)) {
-            return X_VAL_START;
-        }
+        c->state = ws           ? CK_EXT_AFTER_VALUE
+                   : ch == ';'  ? CK_EXT_NAME_START
+                   : ch == '\r' ? CK_SIZE_LF
+                                : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_EXT_QUOTED:
         if (ch == '"') {
-            return X_VAL_QUOTED;
+            c->state = CK_EXT_AFTER_VALUE;
+        } else if (ch == '\\') {
+            c->state = CK_EXT_QUOTED_ESCAPE;
+        } else if (!value_char[ch]) {
+            c->state = CK_ERROR;
         }
-        return is_tchar(ch) ? X_VAL_TOKEN : C_ERROR;
-    case X_VAL_TOKEN:
-        if (is_tchar(ch)) {
-            return X_VAL_TOKEN;
-        }
-        return ext_common(ch, X_AFTER_VAL);
-    case X_VAL_QUOTED:
-        if (ch == '"') {
-            return X_AFTER_VAL;
-        }
-        if (ch == '\\') {
-            return X_VAL_ESCAPE;
-        }
-        return vchar_ws[u] ? X_VAL_QUOTED : C_ERROR;
-    case X_VAL_ESCAPE:
-        return vchar_ws[u] ? X_VAL_QUOTED : C_ERROR;
-    case X_AFTER_VAL:
-        return ext_common(ch, X_AFTER_VAL);
-    case C_SIZE_LF:
+        return c->state != CK_ERROR;
+    case CK_EXT_QUOTED_ESCAPE:
+        c->state = value_char[ch] ? CK_EXT_QUOTED : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_SIZE_LF:
         if (ch != '\n') {
-            return C_ERROR;
+            return false;
         }
-        c->line_len = 0;
-        return c->remaining == 0 ? C_TRAILER_START : C_DATA;
-    case C_DATA_CR:
-        return ch == '\r' ? C_DATA_LF : C_ERROR;
-    case C_DATA_LF:
+        if (c->remaining == 0) {
+            c->state = CK_TRAILER_START;
+            c->ntrailers = 0;
+        } else {
+            c->state = CK_DATA;
+        }
+        return true;
+    case CK_DATA_CR:
+        c->state = ch == '\r' ? CK_DATA_LF : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_DATA_LF:
         if (ch != '\n') {
-            return C_ERROR;
+            return false;
         }
-        c->remaining = 0;
-        c->size_digits = false;
-        c->line_len = 0;
-        return C_SIZE;
-    case C_TRAILER_START:
+        start_size_line(c);
+        return true;
+    case CK_TRAILER_START:
         if (ch == '\r') {
-            return C_FINAL_LF;
+            c->state = CK_END_LF;
+            return true;
         }
-        if (!is_tchar(ch) || ++c->ntrailers > HTTP_MAX_HEADERS) {
-            return C_ERROR;
+        /* Fold, empty name, bare LF: all refused the same way as in a head. */
+        if (!token_char[ch] || ++c->ntrailers > HTTP_MAX_HEADERS) {
+            return false;
         }
-        return C_TRAILER_NAME;
-    case C_TRAILER_NAME:
-        if (is_tchar(ch)) {
-            return C_TRAILER_NAME;
+        c->state = CK_TRAILER_NAME;
+        c->line_len = 1;
+        return true;
+    case CK_TRAILER_NAME:
+        if (++c->line_len > HTTP_MAX_CHUNK_LINE) {
+            return false;
         }
-        return ch == ':' ? C_TRAILER_VALUE : C_ERROR;
-    case C_TRAILER_VALUE:
-        if (vchar_ws[u]) {
-            return C_TRAILER_VALUE;
+        if (ch == ':') {
+            c->state = CK_TRAILER_VALUE;
+            return true;
         }
-        return ch == '\r' ? C_TRAILER_LF : C_ERROR;
-    case C_TRAILER_LF:
-        if (ch != '\n') {
-            return C_ERROR;
+        return token_char[ch];
+    case CK_TRAILER_VALUE:
+        if (ch == '\r') {
+            c->state = CK_TRAILER_LF;
+            return true;
         }
-        c->line_len = 0;
-        return C_TRAILER_START;
-    case C_FINAL_LF:
-        return ch == '\n' ? C_DONE : C_ERROR;
-    default:
-        return C_ERROR;
+        return value_char[ch] && ++c->line_len <= HTTP_MAX_CHUNK_LINE;
+    case CK_TRAILER_LF:
+        c->state = ch == '\n' ? CK_TRAILER_START : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_END_LF:
+        c->state = ch == '\n' ? CK_DONE : CK_ERROR;
+        return c->state != CK_ERROR;
+    case CK_DATA:
+    case CK_DONE:
+    case CK_ERROR:
+        break;
     }
-}
-
-/* States whose bytes count toward the size-line or trailer-line limit. */
-static bool
-counts_line(int state)
-{
-    return state == C_SIZE || state >= X_BWS_SEMI || state == C_TRAILER_START ||
-           state == C_TRAILER_NAME || state == C_TRAILER_VALUE;
+    return false;
 }
 
 int
 http_chunked_step(struct http_chunked *c, const char *buf, size_t len, size_t *consumed,
                   size_t *payload_len)
 {
-    size_t i = 0;
-
     *consumed = 0;
     *payload_len = 0;
-    if (c->state == C_DONE) {
+    if (c->state == CK_DONE) {
         return 1;
     }
-    if (c->state == C_ERROR) {
+    if (c->state == CK_ERROR) {
         return -1;
     }
-    if (c->state == C_DATA) {
+    if (c->state == CK_DATA) {
         size_t n = c->remaining < len ? (size_t)c->remaining : len;
         c->remaining -= n;
         if (c->remaining == 0) {
-            c->state = C_DATA_CR;
+            c->state = CK_DATA_CR;
         }
         *consumed = n;
         *payload_len = n;
         return 0;
     }
-    while (i < len) {
-        char ch = buf[i];
-
-        /* The CR ending a line is not part of it; the limit is on the line's content. */
-        if (counts_line(c->state) && ch != '\r' && ++c->line_len > HTTP_MAX_CHUNK_LINE) {
-            c->state = C_ERROR;
-            return -1;
-        }
-        c->state = chunk_framing_byte(c, ch);
-        i++;
-        if (c->state == C_ERROR) {
-            return -1;
-        }
-        if (c->state == C_DONE) {
+    for (size_t i = 0; i < len; i++) {
+        if (!chunk_framing_byte(c, (unsigned char)buf[i])) {
+            c->state = CK_ERROR;
             *consumed = i;
+            return -1;
+        }
+        if (c->state == CK_DONE) {
+            *consumed = i + 1;
             return 1;
         }
-        if (c->state == C_DATA) {
-            break;
+        if (c->state == CK_DATA) {
+            /* Payload goes out in its own step so *payload_len can equal *consumed.
+             */
+            *consumed = i + 1;
+            return 0;
         }
     }
-    *consumed = i;
+    *consumed = len;
     return 0;
 }
 
 const struct http_header *
 http_find_header(const struct http_header *h, int n, const char *name)
 {
+    size_t name_len = strlen(name);
+
     for (int i = 0; i < n; i++) {
-        if (http_header_is(&h[i], name)) {
+        if (equals_nocase(h[i].name, h[i].name_len, name, name_len)) {
             return &h[i];
         }
     }
@@ -1097,106 +1202,107 @@ http_find_header(const struct http_header *h, int n, const char *name)
 bool
 http_header_is(const struct http_header *h, const char *name)
 {
-    size_t i;
-
-    for (i = 0; i < h->name_len; i++) {
-        if (name[i] == '\0' || lower(h->name[i]) != lower(name[i])) {
-            return false;
-        }
-    }
-    return name[i] == '\0';
+    return equals_nocase(h->name, h->name_len, name, strlen(name));
 }
 
 bool
 http_is_hop_by_hop(const struct http_header *h, const struct http_header *all, int n)
 {
     static const char *const fixed[] = {
-        "connection", "keep-alive",         "proxy-connection",   "te",         "trailer",
-        "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
     };
 
-    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-        if (eq_ci(h->name, h->name_len, fixed[i])) {
+    for (size_t i = 0; i < ARRAY_SIZE(fixed); i++) {
+        if (equals_lower(h->name, h->name_len, fixed[i], strlen(fixed[i]))) {
             return true;
         }
     }
     for (int i = 0; i < n; i++) {
-        struct list_iter it;
-        const char *elem;
-        size_t elem_len;
-
-        if (!eq_ci(all[i].name, all[i].name_len, "connection")) {
+        if (!EQUALS_LIT(all[i].name, all[i].name_len, "connection")) {
             continue;
         }
-        list_init(&it, all[i].value, all[i].value_len);
-        while (list_next(&it, &elem, &elem_len)) {
-            if (elem_len == h->name_len && elem_len > 0) {
-                size_t k = 0;
-                while (k < elem_len && lower(elem[k]) == lower(h->name[k])) {
-                    k++;
-                }
-                if (k == elem_len) {
-                    return true;
-                }
+        const char *pos = all[i].value, *end = all[i].value + all[i].value_len, *tok;
+        size_t tok_len;
+        while (list_next(&pos, end, &tok, &tok_len) == LIST_TOKEN) {
+            if (equals_nocase(tok, tok_len, h->name, h->name_len)) {
+                return true;
             }
         }
     }
     return false;
 }
 
+static const struct {
+    int status;
+    const char *reason;
+} reasons[] = {
+    {100, "Continue"},
+    {101, "Switching Protocols"},
+    {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {204, "No Content"},
+    {206, "Partial Content"},
+    {301, "Moved Permanently"},
+    {302, "Found"},
+    {303, "See Other"},
+    {304, "Not Modified"},
+    {307, "Temporary Redirect"},
+    {308, "Permanent Redirect"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {408, "Request Timeout"},
+    {409, "Conflict"},
+    {411, "Length Required"},
+    {413, "Content Too Large"},
+    {414, "URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {417, "Expectation Failed"},
+    {422, "Unprocessable Content"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {502, "Bad Gateway"},
+    {503, "Service Unavailable"},
+    {504, "Gateway Timeout"},
+    {505, "HTTP Version Not Supported"},
+};
+
 const char *
 http_reason(int status)
 {
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    for (size_t i = 0; i < ARRAY_SIZE(reasons); i++) {
+        if (reasons[i].status == status) {
+            return reasons[i].reason;
+        }
     }
+    return "Unknown";
 }
+
+static const char *const method_names[] = {
+    [HTTP_GET] = "GET",         [HTTP_HEAD] = "HEAD",       [HTTP_POST] = "POST",
+    [HTTP_PUT] = "PUT",         [HTTP_DELETE] = "DELETE",   [HTTP_PATCH] = "PATCH",
+    [HTTP_OPTIONS] = "OPTIONS", [HTTP_CONNECT] = "CONNECT", [HTTP_TRACE] = "TRACE",
+    [HTTP_OTHER] = "OTHER",
+};
 
 const char *
 http_method_name(enum http_method m)
 {
-    static const char *const names[] = {
-        [HTTP_GET] = "GET",         [HTTP_HEAD] = "HEAD",       [HTTP_POST] = "POST",
-        [HTTP_PUT] = "PUT",         [HTTP_DELETE] = "DELETE",   [HTTP_PATCH] = "PATCH",
-        [HTTP_OPTIONS] = "OPTIONS", [HTTP_CONNECT] = "CONNECT", [HTTP_TRACE] = "TRACE",
-        [HTTP_OTHER] = "OTHER",
-    };
-
-    if ((unsigned)m >= sizeof(names) / sizeof(names[0])) {
+    if ((unsigned)m >= ARRAY_SIZE(method_names)) {
         return "OTHER";
     }
-    return names[m];
+    return method_names[m];
 }

@@ -21,7 +21,7 @@
 #define HTTP_MAX_HEADERS 100
 /* Longest request line or status line, CRLF excluded. */
 #define HTTP_MAX_REQUEST_LINE 8192
-/* Longest head (start line, fields and the final CRLFCRLF); larger heads get -431 / -502. */
+/* Longest head (start line, fields and the final CRLFCRLF); larger gets -431 / -502. */
 #define HTTP_MAX_HEAD_SIZE 65536
 /* Empty lines tolerated before a request line (RFC 9112 2.2 asks for at least one). */
 #define HTTP_MAX_LEADING_EMPTY_LINES 16
@@ -77,9 +77,9 @@ struct http_request_head {
  * valid), or a negative HTTP status on error: -400 malformed/smuggling, -405 CONNECT or
  * authority-form, -414 request line too long (> HTTP_MAX_REQUEST_LINE), -431 too many headers or
  * head over HTTP_MAX_HEAD_SIZE, -501 unsupported transfer coding, -505 version not HTTP/1.0 or
- * 1.1. Errors are reported as soon as the offending byte is in buf. *cause (static string, may
- * pass NULL) explains the error and is NULL otherwise. *out is meaningful only when the result
- * is > 0; its pointers point into buf.
+ * 1.1. An error is reported by the first call whose buf holds the offending byte.
+ * *cause (static string; cause may be NULL) explains the error and is set to NULL otherwise.
+ * *out is meaningful only when the result is > 0; its pointers point into buf (caller owns).
  */
 int http_parse_request_head(const char *buf, size_t len, struct http_request_head *out,
                             const char **cause) __attribute__((warn_unused_result));
@@ -94,7 +94,7 @@ struct http_response_head {
     int64_t content_length;     /* -1 when absent */
     bool has_transfer_encoding; /* present; when !chunked the body runs until close */
     bool chunked;               /* Transfer-Encoding with chunked as the final coding */
-    bool keep_alive; /* false on Connection: close, 1.0 without keep-alive, or non-chunked TE */
+    bool keep_alive; /* false on Connection: close, 1.0 without keep-alive, non-chunked TE */
     size_t head_len;
 };
 
@@ -117,7 +117,7 @@ enum http_body_kind http_response_body_kind(const struct http_response_head *h,
 /* Incremental chunked decoder; trailers are validated and discarded. Fields are private. */
 struct http_chunked {
     int state;
-    uint64_t remaining; /* payload bytes left in the current chunk, or the size being read */
+    uint64_t remaining; /* payload left in the current chunk, or the size being read */
     size_t line_len;    /* bytes of the current size or trailer line */
     int ntrailers;
     bool size_digits; /* at least one hex digit read on this size line */
@@ -130,14 +130,14 @@ void http_chunked_init(struct http_chunked *c);
  * (size lines, CRLFs, extensions, trailers) *payload_len == 0. Callers loop until len is used up.
  * Returns 1 when the terminating chunk and trailer section are complete (the message ends after
  * *consumed bytes), 0 to continue, -1 on a framing error (invalid hex, size overflow > 2^62,
- * missing CRLF, bare LF, bad extension, size line or trailer line over HTTP_MAX_CHUNK_LINE, more
- * than HTTP_MAX_HEADERS trailer fields). Once 1 or -1 is returned every later call returns the
- * same with *consumed == 0.
+ * missing CRLF, bare LF or CR, bad extension syntax, size line or trailer line over
+ * HTTP_MAX_CHUNK_LINE, more than HTTP_MAX_HEADERS trailer fields). After 1 or -1 every later
+ * call returns the same with *consumed == 0.
  */
 int http_chunked_step(struct http_chunked *c, const char *buf, size_t len, size_t *consumed,
                       size_t *payload_len) __attribute__((warn_unused_result));
 
-/* Case-insensitive header lookup; returns the first match (points into h) or NULL when absent. */
+/* Case-insensitive header lookup; returns the first match (points into h), NULL when absent. */
 const struct http_header *http_find_header(const struct http_header *h, int n, const char *name);
 /* Case-insensitive (ASCII) compare of h's name with name. */
 bool http_header_is(const struct http_header *h, const char *name);
@@ -150,7 +150,7 @@ bool http_header_is(const struct http_header *h, const char *name);
 bool http_is_hop_by_hop(const struct http_header *h, const struct http_header *all, int n);
 /* "OK", "Bad Request", ... for common codes, "Unknown" otherwise; a static string. */
 const char *http_reason(int status);
-/* "GET", "POST", ...; "OTHER" for HTTP_OTHER (use method_str for the spelling); static string. */
+/* "GET", "POST", ...; "OTHER" for HTTP_OTHER (method_str has the spelling); static string. */
 const char *http_method_name(enum http_method m);
 
 #endif

@@ -138,7 +138,7 @@ class Akosha:
             self.wait_ready()
 
     def write_config(self, config):
-        text = config.format(port=self.port, admin=self.admin_port)
+        text = config.replace("{port}", str(self.port)).replace("{admin}", str(self.admin_port))
         if "[proxy]" not in text:
             text = "[proxy]\nlisten = 127.0.0.1:{}\n".format(self.port) + text
         if "[admin]" not in text:

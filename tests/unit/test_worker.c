@@ -268,7 +268,7 @@ Test(worker, free_runs_queued_jobs_and_delivers_their_completions)
     enum { N = 50 };
     struct test_job blocker, jobs[N];
     char *cause = NULL;
-    struct worker_pool *p = worker_pool_new(H.base, 2, N, &cause);
+    struct worker_pool *p = worker_pool_new(H.base, 2, N + 1, &cause);
     pthread_t opener;
 
     cr_assert_not_null(p, "%s", cause);
