@@ -24,7 +24,7 @@
  * bytes >= 0x80 (ASCII lowercased); each other printable ASCII byte is a
  * one-character punctuation token. Returns 0, or -1 when the text has no token
  * (empty or blank, see embedder_hash_is_blank) or dim is 0 or above
- * EMBEDDER_HASH_MAX_DIM; out is then left zeroed (for dim > 0). The caller owns out.
+ * EMBEDDER_HASH_MAX_DIM (a blank text leaves out zeroed). The caller owns out.
  */
 int embedder_hash_text(const char *text, size_t len, float *out, size_t dim)
     __attribute__((warn_unused_result));

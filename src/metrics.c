@@ -106,7 +106,7 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
     [METRIC_FALLBACK_QUEUE_DEPTH] = {"akosha_fallback_queue_depth", METRIC_GAUGE, true,
                                      "Jobs waiting for a fallback worker thread.", {NULL},
                                      NO_BUCKETS},
-    [METRIC_REQUESTS_IN_FLIGHT] = {"akosha_requests_in_flight", METRIC_GAUGE, true,
+    [METRIC_REQUESTS_IN_FLIGHT] = {"akosha_requests_in_flight", METRIC_GAUGE, false,
                                    "Client requests received and not yet answered.", {NULL},
                                    NO_BUCKETS},
     [METRIC_UPSTREAM_CONNECTIONS] = {"akosha_upstream_connections", METRIC_GAUGE, true,

@@ -38,6 +38,7 @@ enum { OUT_SUCCESS, OUT_CLIENT_ERROR, OUT_FAILURE, OUT_TIMEOUT, OUT_CONNECT, OUT
 /* Cached handles; created on first use on the loop thread. */
 static struct metric_series *m_requests[NROUTES][600];
 static struct metric_series *m_duration[NROUTES];
+static struct metric_series *m_in_flight;
 static struct metric_series *m_generated[2], *m_batch[2], *m_textlen[2], *m_batchsize[2];
 
 struct upstream_series {
@@ -159,7 +160,6 @@ collect_breakers(struct metrics_writer *w, void *arg)
         metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, 0);
         metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, 0);
     }
-    metrics_writer_sample(w, METRIC_REQUESTS_IN_FLIGHT, NULL, (double)srv->in_flight);
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
                           srv->workers ? (double)worker_pool_depth(srv->workers) : 0);
 }
@@ -178,6 +178,7 @@ observe_init(struct server *srv, const char **cause)
         m_textlen[i] = metrics_series(METRIC_EMBEDDING_TEXT_LENGTH, lv);
         m_batchsize[i] = metrics_series(METRIC_EMBEDDING_BATCH_SIZE, lv);
     }
+    m_in_flight = metrics_series(METRIC_REQUESTS_IN_FLIGHT, NULL);
     for (int i = 0; i < NROUTES; i++) {
         const char *lv[] = {routes[i]};
         m_duration[i] = metrics_series(METRIC_REQUEST_DURATION, lv);
@@ -273,6 +274,12 @@ observe_request_start(struct server *srv, struct request *r)
     trace_span_attr_strn(r->span, "http.request.method", r->hd.method_str, r->hd.method_len);
     trace_span_attr_strn(r->span, "url.path", r->hd.path, r->hd.path_len);
     trace_span_attr_str(r->span, "http.request.id", r->id);
+}
+
+void
+observe_in_flight(int delta)
+{
+    metrics_gauge_add(m_in_flight, delta);
 }
 
 void

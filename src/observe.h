@@ -22,6 +22,8 @@ int observe_init(struct server *srv, const char **cause);
 void observe_shutdown(struct server *srv, unsigned long timeout_ms);
 void observe_reload(struct server *srv, bool ok);
 
+/* A request began (+1) or ended (-1): akosha_requests_in_flight. */
+void observe_in_flight(int delta);
 void observe_request_start(struct server *srv, struct request *r);
 void observe_request_dispatch(struct server *srv, struct request *r);
 void observe_request_done(struct server *srv, struct request *r);

@@ -221,6 +221,7 @@ request_free(struct client *c)
     free(r);
     c->req = NULL;
     c->srv->in_flight--;
+    observe_in_flight(-1);
 }
 
 /* The answer is fully handed to the socket: account, then next request or close. */
@@ -331,6 +332,7 @@ start_request(struct client *c, size_t head_len)
 
     c->req = r;
     srv->in_flight++;
+    observe_in_flight(1);
     r->start_us = util_mono_us();
     r->head = xmalloc(head_len + 1);
     evbuffer_remove(in, r->head, head_len);
@@ -624,9 +626,9 @@ proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int sa
         /* Over the limit: a short answer and close, never an unbounded queue. */
         static const char busy[] =
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            "Content-Length: 112\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+            "Content-Length: 102\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
             "{\"error\":{\"message\":\"too many connections\",\"type\":\"overloaded\","
-            "\"param\":null,\"code\":\"max_connections\"}}   ";
+            "\"param\":null,\"code\":\"max_connections\"}}";
         ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)n;
         evutil_closesocket(fd);
@@ -926,7 +928,18 @@ attempt_start(struct client *c)
     int rc;
 
     up = upstream_pick(srv->ups, r->tried, r->ntried, now);
-    if (up == NULL || !breaker_allow(&up->breaker, now, &a->ticket)) {
+    if (up != NULL && !breaker_allow(&up->breaker, now, &a->ticket)) {
+        up = NULL;
+    }
+    if (up == NULL) {
+        /* Ask every breaker, so each counts the rejected call (or admits it after all). */
+        for (size_t i = 0; i < srv->ups->n && up == NULL; i++) {
+            if (breaker_allow(&srv->ups->ups[i]->breaker, now, &a->ticket)) {
+                up = srv->ups->ups[i];
+            }
+        }
+    }
+    if (up == NULL) {
         if (r->attempts == 0) {
             observe_all_open(srv, r);
             give_up(c, "all_open", 503, "every upstream's circuit breaker is open");
@@ -1029,15 +1042,26 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
     timer_arm(a->timer, delay);
 }
 
-/* Would a retry happen after a failure status at this point? */
+/*
+ * Would a retry happen after a failure status at this point? A retry that
+ * only the budget refuses is counted here, since the answer is then final.
+ */
 static bool
 retry_possible(struct client *c, uint64_t delay)
 {
     struct request *r = c->req;
     uint64_t now = util_mono_ms();
 
-    return r->attempts < r->max_attempts && now + delay < r->deadline_ms &&
-           retry_budget_available(&c->srv->budget, now) > 0;
+    if (r->attempts >= r->max_attempts || now + delay >= r->deadline_ms) {
+        return false;
+    }
+    if (retry_budget_available(&c->srv->budget, now) == 0) {
+        log_warn("request %s: retry budget exhausted; not retrying", r->id);
+        c->srv->budget.exhausted++;
+        observe_budget_exhausted(c->srv);
+        return false;
+    }
+    return true;
 }
 
 static bool

@@ -6,6 +6,12 @@
  * by any worker after it appends, makes the loop drain; activating an already
  * active event is a no-op, and the drain takes the whole list, so no
  * completion is ever missed or delivered twice.
+ *
+ * An event that is only ever activated does not count as pending, so a loop
+ * with nothing else to watch would return from event_base_dispatch() with
+ * completions still to come. While jobs are outstanding the wakeup event is
+ * therefore also added with a long timeout, which keeps the loop running
+ * exactly as long as the pool has work, like a referenced handle in libuv.
  */
 #define _GNU_SOURCE
 #include "worker.h"
@@ -39,7 +45,12 @@ struct worker_pool {
 
     pthread_mutex_t done_lock; /* guards done_* */
     struct worker_job *done_head, *done_tail;
+
+    size_t outstanding; /* submitted, done() not yet called; loop thread only */
 };
+
+/* Only keeps the loop alive; a timeout firing just triggers a harmless empty drain. */
+static const struct timeval keepalive = {3600, 0};
 
 static void
 append(struct worker_job **head, struct worker_job **tail, struct worker_job *job)
@@ -64,8 +75,12 @@ deliver_completions(struct worker_pool *p)
     pthread_mutex_unlock(&p->done_lock);
     while (job != NULL) {
         struct worker_job *next = job->next; /* done() may free job */
+        p->outstanding--;
         job->done(job);
         job = next;
+    }
+    if (p->outstanding == 0) {
+        event_del(p->wakeup);
     }
 }
 
@@ -161,7 +176,7 @@ worker_pool_new(struct event_base *base, unsigned nthreads, size_t queue_size, c
     pthread_mutex_init(&p->queue_lock, NULL);
     pthread_mutex_init(&p->done_lock, NULL);
     pthread_cond_init(&p->queue_cond, NULL);
-    p->wakeup = event_new(base, -1, 0, wakeup_cb, p);
+    p->wakeup = event_new(base, -1, EV_PERSIST, wakeup_cb, p);
     if (p->wakeup == NULL) {
         *cause = xstrdup("cannot create the worker wakeup event");
         destroy(p);
@@ -202,6 +217,9 @@ worker_pool_submit(struct worker_pool *p, struct worker_job *job)
     atomic_store_explicit(&p->depth, p->waiting, memory_order_relaxed);
     pthread_cond_signal(&p->queue_cond);
     pthread_mutex_unlock(&p->queue_lock);
+    if (p->outstanding++ == 0) {
+        event_add(p->wakeup, &keepalive);
+    }
     return 0;
 }
 

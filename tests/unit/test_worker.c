@@ -185,6 +185,30 @@ Test(worker, thousand_jobs_complete_once_each_on_the_loop_thread)
     free(jobs);
 }
 
+Test(worker, loop_with_nothing_else_to_watch_runs_until_every_job_is_done)
+{
+    enum { N = 300 };
+    struct test_job *jobs = calloc(N, sizeof(*jobs));
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 2, N, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    H.expected = -1; /* no loopbreak: dispatch must return by itself once the pool is idle */
+    for (int i = 0; i < N; i++) {
+        init_job(&jobs[i], i, run_count);
+        cr_assert_eq(worker_pool_submit(p, &jobs[i].job), 0);
+    }
+    cr_assert_geq(event_base_dispatch(H.base), 0);
+    cr_expect_eq(H.completed, N);
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(jobs[i].dones, 1, "job %d", i);
+    }
+    /* an idle pool does not hold the loop open */
+    cr_expect_eq(event_base_loop(H.base, EVLOOP_NONBLOCK), 1);
+    worker_pool_free(p);
+    free(jobs);
+}
+
 Test(worker, single_thread_completes_in_submission_order)
 {
     enum { N = 200 };
