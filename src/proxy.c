@@ -719,8 +719,10 @@ give_up(struct client *c, const char *fallback_reason, int status, const char *m
         fallback_start(c, fallback_reason);
         return;
     }
-    if (r->api != EMBED_API_NONE && r->deny_fallback && status == 503) {
-        message = "no upstream available and fallback denied by X-Akosha-Fallback";
+    if (r->api != EMBED_API_NONE && r->deny_fallback && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
+        /* The fallback would have answered; the caller refused it: 503, never a local vector. */
+        status = 503;
+        message = "no upstream could answer and X-Akosha-Fallback: deny refuses fallback vectors";
     }
     if (status == 503) {
         answer_unavailable(c, message);
