@@ -454,7 +454,6 @@ observe_attempt_success(struct server *srv, struct request *r)
         metrics_inc(s->outcome[client_error ? OUT_CLIENT_ERROR : OUT_SUCCESS]);
         metrics_observe(s->duration, (double)(util_mono_us() - r->att.start_us) / 1e6);
     }
-    r->att.up->stats.requests++;
 }
 
 void

@@ -959,6 +959,7 @@ attempt_start(struct client *c)
         r->tried[r->ntried++] = up;
     }
     upstream_ref(up);
+    up->stats.requests++;
     a->up = up;
     a->conn = NULL;
     a->status = 0;

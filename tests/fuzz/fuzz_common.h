@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "embed_api.h"
+
 /* Print "invariant broken: <what>" and abort(). */
 void fuzz_fail(const char *what, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
@@ -39,5 +41,11 @@ int fuzz_chunked_check(const uint8_t *data, size_t len);
 
 /* True when buf[0..len) is one well-formed JSON value (jansson, any type at the top). */
 bool fuzz_is_json(const char *buf, size_t len);
+
+/*
+ * The four embedding request harnesses (fuzz_embed_common.c): parse data as a
+ * request body for api, answer it or render the error, check the result.
+ */
+int fuzz_embed_one(enum embed_api api, const uint8_t *data, size_t size);
 
 #endif

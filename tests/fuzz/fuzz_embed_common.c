@@ -15,8 +15,6 @@
 #include "embedder_hash.h"
 #include "fuzz_common.h"
 
-int fuzz_embed_one(enum embed_api api, const uint8_t *data, size_t size);
-
 /* Small enough that 2048 inputs render quickly, large enough to exercise every float path. */
 #define DEFAULT_DIM 8
 #define MAX_DIM 16

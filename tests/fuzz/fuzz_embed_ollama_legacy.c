@@ -2,12 +2,8 @@
  * fuzz_embed_ollama_legacy.c - libFuzzer harness for Ollama legacy POST /api/embeddings request bodies
  * (checks in fuzz_embed_common.c).
  */
-#include <stddef.h>
-#include <stdint.h>
+#include "fuzz_common.h"
 
-#include "embed_api.h"
-
-int fuzz_embed_one(enum embed_api api, const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int
