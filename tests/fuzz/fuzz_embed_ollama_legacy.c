@@ -1,5 +1,6 @@
 /*
- * fuzz_embed_ollama_legacy.c - libFuzzer harness for Ollama legacy POST /api/embeddings request bodies
+ * fuzz_embed_ollama_legacy.c - libFuzzer harness for Ollama legacy POST /api/embeddings
+ * request bodies
  * (checks in fuzz_embed_common.c).
  */
 #include "fuzz_common.h"

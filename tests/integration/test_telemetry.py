@@ -1,0 +1,255 @@
+"""Issue 6: spans over OTLP/HTTP; issue 5: exact metrics."""
+import gzip
+import json
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import embedding_body, free_port
+
+FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+class Receiver:
+    """An OTLP/HTTP JSON receiver on loopback; `answers` scripts status codes."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.batches = []
+        self.answers = []
+        self.paths = []
+        self.lock = threading.Lock()
+        rec = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n)
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                with rec.lock:
+                    status = rec.answers.pop(0) if rec.answers else 200
+                    rec.paths.append(self.path)
+                    if status == 200:
+                        rec.batches.append(json.loads(body))
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self):
+        out = []
+        with self.lock:
+            for b in self.batches:
+                for rs in b["resourceSpans"]:
+                    for ss in rs["scopeSpans"]:
+                        out.extend(ss["spans"])
+        return out
+
+    def wait_spans(self, n, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            s = self.spans()
+            if len(s) >= n:
+                return s
+            time.sleep(0.05)
+        return self.spans()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def telemetry(receiver, extra=""):
+    return ("[telemetry]\notlp_endpoint = http://127.0.0.1:%d\nsample_rate = 1.0\n%s"
+            % (receiver.port, extra))
+
+
+def attr(span, key):
+    for a in span.get("attributes", []):
+        if a["key"] == key:
+            v = a["value"]
+            return next(iter(v.values()))
+    return None
+
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+
+
+def test_traceparent_is_honoured_and_client_spans_are_children(backend, receiver,
+                                                                start_akosha):
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     % backend.port, env=FAST_EXPORT)
+    status, _, _ = a.post_json("/v1/embeddings", {"input": "x"},
+                               headers={"traceparent": "00-%s-%s-01" % (TRACE, PARENT),
+                                        "tracestate": "vendor=1"})
+    assert status == 200
+    spans = receiver.wait_spans(2)
+    server = [s for s in spans if s["kind"] == 2]
+    client = [s for s in spans if s["kind"] == 3]
+    assert len(server) == 1 and len(client) == 1
+    assert server[0]["traceId"] == TRACE
+    assert server[0]["parentSpanId"] == PARENT
+    assert server[0]["name"] == "POST /v1/embeddings"
+    assert attr(server[0], "http.response.status_code") == "200"
+    assert client[0]["parentSpanId"] == server[0]["spanId"]
+    assert attr(client[0], "akosha.upstream") == "b"
+    assert attr(client[0], "akosha.circuit_state") == "closed"
+    assert int(server[0]["startTimeUnixNano"]) <= int(client[0]["startTimeUnixNano"])
+    # the backend saw a traceparent naming the CLIENT span
+    h = backend.requests[-1][2]
+    assert h["traceparent"] == "00-%s-%s-01" % (TRACE, client[0]["spanId"])
+    assert h["tracestate"] == "vendor=1"
+    assert receiver.paths[0] == "/v1/traces"
+
+
+def test_invalid_traceparent_starts_a_new_trace(backend, receiver, start_akosha):
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     % backend.port, env=FAST_EXPORT)
+    a.request("GET", "/x", headers={"traceparent": "ff-%s-%s-01" % (TRACE, PARENT)})
+    spans = receiver.wait_spans(2)
+    server = [s for s in spans if s["kind"] == 2][0]
+    assert server["traceId"] != TRACE and "parentSpanId" not in server or \
+        server.get("parentSpanId", "") == ""
+
+
+def test_retried_request_has_one_client_span_per_attempt(backend, receiver, start_akosha):
+    backend.script({"status": 500}, {"status": 200, "body": b"ok"})
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     "retries = 1\nbackoff_base = 10ms\n" % backend.port, env=FAST_EXPORT)
+    assert a.request("GET", "/x")[0] == 200
+    spans = receiver.wait_spans(3)
+    client = sorted([s for s in spans if s["kind"] == 3], key=lambda s: s["startTimeUnixNano"])
+    assert len(client) == 2
+    assert client[0]["status"]["code"] == 2
+    assert attr(client[0], "http.request.resend_count") is None
+    assert attr(client[1], "http.request.resend_count") == "1"
+
+
+def test_fallback_answer_has_the_internal_span(receiver, start_akosha):
+    a = start_akosha(telemetry(receiver) + "[fallback]\nmode = always\n", env=FAST_EXPORT)
+    a.post_json("/v1/embeddings", {"input": ["a b", "c d"]})
+    spans = receiver.wait_spans(2)
+    internal = [s for s in spans if s["kind"] == 1]
+    assert len(internal) == 1
+    assert internal[0]["name"] == "generate_batch_embeddings"
+    assert attr(internal[0], "embedding.mode") == "fallback"
+    assert attr(internal[0], "batch.size") == "2"
+    server = [s for s in spans if s["kind"] == 2][0]
+    assert internal[0]["parentSpanId"] == server["spanId"]
+
+
+def test_receiver_503_then_200_still_gets_the_spans(backend, receiver, start_akosha):
+    receiver.answers = [503]
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     % backend.port, env=FAST_EXPORT)
+    a.request("GET", "/x")
+    spans = receiver.wait_spans(2, timeout=15)
+    assert len(spans) == 2
+
+
+def test_receiver_down_leaves_requests_unaffected(backend, start_akosha):
+    dead = free_port()
+    a = start_akosha("[telemetry]\notlp_endpoint = http://127.0.0.1:%d\nsample_rate = 1.0\n"
+                     "[upstream b]\nurl = http://127.0.0.1:%d\n" % (dead, backend.port),
+                     env=dict(FAST_EXPORT, OTEL_BSP_MAX_QUEUE_SIZE="4",
+                              OTEL_BSP_EXPORT_TIMEOUT="200"))
+    t0 = time.time()
+    for _ in range(20):
+        assert a.request("GET", "/x")[0] == 200
+    assert time.time() - t0 < 5
+    deadline = time.time() + 10
+    dropped = failures = 0
+    while time.time() < deadline:
+        _, _, m = a.admin("GET", "/metrics")
+        for line in m.decode().splitlines():
+            if line.startswith("akosha_spans_dropped_total "):
+                dropped = float(line.split()[1])
+            if line.startswith("akosha_span_export_failures_total "):
+                failures = float(line.split()[1])
+        if dropped + failures > 0:
+            break
+        time.sleep(0.2)
+    assert dropped + failures > 0
+    names = [b["service_name"] for b in a.stats()["breakers"]]
+    assert "otlp-exporter" in names
+
+
+def test_sigterm_flushes_pending_spans(backend, receiver, start_akosha):
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     % backend.port, env={"OTEL_BSP_SCHEDULE_DELAY": "60000"})
+    for _ in range(3):
+        a.request("GET", "/x")
+    assert receiver.spans() == []
+    a.signal(signal.SIGTERM)
+    assert a.proc.wait(15) == 0
+    assert len(receiver.spans()) == 6
+
+
+def test_unsampled_requests_propagate_without_spans(backend, receiver, start_akosha):
+    a = start_akosha(telemetry(receiver).replace("sample_rate = 1.0", "sample_rate = 0.0") +
+                     "[upstream b]\nurl = http://127.0.0.1:%d\n" % backend.port,
+                     env=FAST_EXPORT)
+    a.request("GET", "/x")
+    time.sleep(0.5)
+    assert receiver.spans() == []
+    tp = backend.requests[-1][2]["traceparent"]
+    assert tp.endswith("-00") and len(tp) == 55
+
+
+def test_exact_metrics_for_a_known_mix(backend, start_akosha):
+    backend.default = {"status": 200, "body": embedding_body(dim=4)}
+    a = start_akosha("[upstream b]\nurl = http://127.0.0.1:%d\nretries = 0\n" % backend.port)
+    a.post_json("/v1/embeddings", {"input": ["r1", "r2", "r3"]})          # real, batch of 3
+    a.post_json("/embed", {"inputs": "real one"})                         # real, single
+    a.admin("POST", "/upstreams/b/open")
+    a.post_json("/v1/embeddings", {"input": "fallback text"})             # fallback, 13 chars
+    a.post_json("/api/embed", {"model": "m", "input": ["f1", "f2"]})      # fallback, batch
+    _, _, m = a.admin("GET", "/metrics")
+    text = m.decode()
+    expect = [
+        'embedding_generated_total{mode="real"} 4',
+        'embedding_generated_total{mode="fallback"} 3',
+        'embedding_batch_generated_total{mode="real"} 1',
+        'embedding_batch_generated_total{mode="fallback"} 1',
+        'embedding_batch_size_count{mode="real"} 2',
+        'embedding_batch_size_sum{mode="real"} 4',
+        'embedding_batch_size_bucket{mode="real",le="1"} 1',
+        'embedding_batch_size_bucket{mode="real",le="4"} 2',
+        'embedding_text_length_count{mode="fallback"} 3',
+        'embedding_text_length_sum{mode="fallback"} 17',
+        'embedding_text_length_bucket{mode="fallback",le="+Inf"} 3',
+        'akosha_requests_total{route="embeddings",code="200"} 2',
+        'akosha_requests_total{route="embed",code="200"} 1',
+        'akosha_requests_total{route="api_embed",code="200"} 1',
+        'akosha_fallback_total{reason="all_open"} 2',
+        'akosha_upstream_requests_total{upstream="b",outcome="success"} 2',
+        'circuit_state{service_name="b"} 0',
+        'circuit_successful_calls_total{service_name="b"} 2',
+        'circuit_rejected_calls_total{service_name="b"} 2',
+        'akosha_build_info{version="0.1.0"} 1',
+    ]
+    for line in expect:
+        assert line in text, line
+    assert "# TYPE akosha_request_duration_seconds histogram" in text
+    assert "process_resident_memory_bytes " in text
