@@ -44,8 +44,8 @@ class Backend:
     answers, "garbage" sends a malformed response).
     """
 
-    def __init__(self):
-        self.port = free_port()
+    def __init__(self, port=None):
+        self.port = port or free_port()
         self.behaviours = []
         self.default = {"status": 200, "body": embedding_body()}
         self.requests = []  # (method, path, headers, body, connection id)
