@@ -263,23 +263,24 @@ reload_done_cb(evutil_socket_t fd, short what, void *arg)
 static void
 start_reload(struct server *srv)
 {
-    pthread_t t;
-    pthread_attr_t attr;
-
     if (srv->reload_running) {
         log_warn("SIGHUP: a reload is already running; ignored");
         return;
     }
+    if (srv->reload_joinable) {
+        /* The previous reload's thread has finished (its result was applied). */
+        pthread_join(srv->reload_thread, NULL);
+        srv->reload_joinable = false;
+    }
     notify_reloading();
     srv->reload_running = true;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, reload_thread, srv) != 0) {
+    if (pthread_create(&srv->reload_thread, NULL, reload_thread, srv) != 0) {
         srv->reload_running = false;
         log_error("reload: cannot start a thread: %s", strerror(errno));
         notify_send("READY=1");
+        return;
     }
-    pthread_attr_destroy(&attr);
+    srv->reload_joinable = true;
 }
 
 /* ---- drain and signals ------------------------------------------------- */
@@ -438,6 +439,12 @@ server_run(struct server *srv)
 void
 server_free(struct server *srv)
 {
+    if (srv->reload_joinable) {
+        /* A SIGHUP raced the shutdown: wait for the parse and drop its result. */
+        pthread_join(srv->reload_thread, NULL);
+        config_free(srv->reload_result);
+        config_errors_free(&srv->reload_errors);
+    }
     proxy_close_all(srv);
     admin_close_all(srv);
     observe_shutdown(srv, 30000);

@@ -42,7 +42,9 @@ struct server {
     struct event *reload_event; /* activated by the reload thread */
     struct config *reload_result;
     struct config_errors reload_errors;
-    bool reload_running;
+    bool reload_running;  /* parse under way; the result not yet applied */
+    bool reload_joinable; /* reload_thread not yet joined */
+    pthread_t reload_thread;
     struct client_list clients;
     size_t nclients;
     size_t in_flight; /* requests between head and answer */

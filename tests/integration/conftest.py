@@ -124,7 +124,7 @@ class Backend:
 
 
 class Akosha:
-    def __init__(self, tmpdir, config, env=None, wait=True):
+    def __init__(self, tmpdir, config, env=None, wait=True, wrapper=None):
         self.port = free_port()
         self.admin_port = free_port()
         self.path = os.path.join(tmpdir, "akosha.conf")
@@ -132,7 +132,7 @@ class Akosha:
         self.log = open(os.path.join(tmpdir, "akosha.log"), "w+")
         full_env = dict(os.environ)
         full_env.update(env or {})
-        self.proc = subprocess.Popen([AKOSHA_BIN, "-c", self.path],
+        self.proc = subprocess.Popen((wrapper or []) + [AKOSHA_BIN, "-c", self.path],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         if wait:
             self.wait_ready()
@@ -146,7 +146,7 @@ class Akosha:
         with open(self.path, "w") as f:
             f.write(text)
 
-    def wait_ready(self, timeout=10):
+    def wait_ready(self, timeout=30):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -245,10 +245,10 @@ def start_akosha():
     started = []
     tmpdirs = []
 
-    def start(config, env=None, wait=True):
+    def start(config, env=None, wait=True, wrapper=None):
         d = tempfile.TemporaryDirectory()
         tmpdirs.append(d)
-        a = Akosha(d.name, config, env=env, wait=wait)
+        a = Akosha(d.name, config, env=env, wait=wait, wrapper=wrapper)
         started.append(a)
         return a
 
