@@ -18,6 +18,7 @@ BODY = (b'{"model":"bench-model","input":"the quarterly report shows that custom
         b'tickets about billing were resolved faster after the team added a search over past '
         b'answers and the median wait fell","encoding_format":"float"}')
 DEADLINE_S = 60.0
+BATCH = 25
 
 
 def status_kb(pid, field):
@@ -57,14 +58,16 @@ def main():
                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
     socks, ok = [], 0
     start = time.monotonic()
-    for _ in range(count):
-        if time.monotonic() - start > DEADLINE_S:
-            break
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(request)
-        if read_answer(s):
-            ok += 1
-        socks.append(s)
+    while len(socks) < count and time.monotonic() - start < DEADLINE_S:
+        # a few in flight at once: quick, yet far from a burst of 1,000
+        batch = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                 for _ in range(min(BATCH, count - len(socks)))]
+        for s in batch:
+            s.sendall(request)
+        for s in batch:
+            if read_answer(s):
+                ok += 1
+        socks.extend(batch)
     time.sleep(0.5)  # let the proxy settle (pool trimming, timers)
     rss = sum(status_kb(p, "VmRSS") for p in pids)
     hwm = sum(status_kb(p, "VmHWM") for p in pids)

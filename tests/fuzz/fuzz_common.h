@@ -1,5 +1,6 @@
 /*
- * fuzz_common.h - helpers shared by the libFuzzer harnesses in tests/fuzz/.
+ * fuzz_common.h - helpers shared by the libFuzzer harnesses in tests/fuzz/
+ * (fuzz_common.c; the chunked check is in fuzz_http_common.c).
  *
  * A harness that finds a broken invariant calls fuzz_fail(), which aborts so
  * libFuzzer records the input as a crash, the same as a sanitizer report.

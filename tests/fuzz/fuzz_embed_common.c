@@ -14,6 +14,7 @@
 #include "embed_api.h"
 #include "embedder_hash.h"
 #include "fuzz_common.h"
+#include "util.h"
 
 /* Small enough that 2048 inputs render quickly, large enough to exercise every float path. */
 #define DEFAULT_DIM 8
