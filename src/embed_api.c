@@ -9,6 +9,7 @@
  */
 #include "embed_api.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1025,6 +1026,27 @@ find_key(const char *p, const char *end, const char *key)
 }
 
 /* Counts the numbers of the flat array starting at p ('[' after optional blanks). */
+/* Occurrences of c in p[0..n), eight bytes at a time: vectors run to tens of KB. */
+static size_t
+count_byte(const char *p, size_t n, unsigned char c)
+{
+    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full, high = 0x8080808080808080ull;
+    const uint64_t pattern = 0x0101010101010101ull * c;
+    size_t count = 0;
+
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w, x, nonzero;
+        memcpy(&w, p, 8);
+        x = w ^ pattern; /* zero bytes where p[i] == c */
+        nonzero = (((x & low7) + low7) | x) & high;
+        count += (size_t)((((~nonzero & high) >> 7) * 0x0101010101010101ull) >> 56);
+    }
+    for (; n > 0; p++, n--) {
+        count += (unsigned char)*p == c;
+    }
+    return count;
+}
+
 static unsigned
 count_array(const char *p, const char *end)
 {
@@ -1044,10 +1066,7 @@ count_array(const char *p, const char *end)
     if (p == close) {
         return 0;
     }
-    for (; p < close; p++) {
-        count += *p == ',';
-    }
-    return count;
+    return count + (unsigned)count_byte(p, (size_t)(close - p), ',');
 }
 
 /* Decoded float32 count of the base64 string starting at p (the opening quote). */
@@ -1108,6 +1127,307 @@ embed_sniff_dimension(enum embed_api api, const char *body, size_t len)
         return count_array(p, end);
     case EMBED_API_NONE:
         break;
+    }
+    return 0;
+}
+
+/* ---- quick scan of a request ------------------------------------------- */
+
+#define SCAN_MAX_DEPTH 64
+
+struct scanner {
+    const char *p, *end;
+};
+
+static void
+scan_ws(struct scanner *sc)
+{
+    while (sc->p < sc->end &&
+           (*sc->p == ' ' || *sc->p == '\t' || *sc->p == '\n' || *sc->p == '\r')) {
+        sc->p++;
+    }
+}
+
+/* A JSON string at sc->p; *chars counts decoded characters. -1 when malformed. */
+static int
+scan_string(struct scanner *sc, const char **start, size_t *bytes, size_t *chars)
+{
+    size_t n = 0;
+
+    if (sc->p >= sc->end || *sc->p != '"') {
+        return -1;
+    }
+    *start = ++sc->p;
+    while (sc->p < sc->end) {
+        unsigned char ch = (unsigned char)*sc->p;
+        if (ch == '"') {
+            *bytes = (size_t)(sc->p - *start);
+            sc->p++;
+            if (chars != NULL) {
+                *chars = n;
+            }
+            return 0;
+        }
+        if (ch < 0x20) {
+            return -1;
+        }
+        if (ch == '\\') {
+            if (sc->p + 1 >= sc->end) {
+                return -1;
+            }
+            sc->p += sc->p[1] == 'u' ? 6 : 2;
+            n++;
+            continue;
+        }
+        n += (ch & 0xC0) != 0x80; /* count UTF-8 lead bytes only */
+        sc->p++;
+    }
+    return -1;
+}
+
+static int scan_value(struct scanner *sc, int depth);
+
+static int
+scan_container(struct scanner *sc, int depth, char close)
+{
+    sc->p++;
+    scan_ws(sc);
+    if (sc->p < sc->end && *sc->p == close) {
+        sc->p++;
+        return 0;
+    }
+    for (;;) {
+        if (close == '}') {
+            const char *k;
+            size_t kb;
+            if (scan_string(sc, &k, &kb, NULL) < 0) {
+                return -1;
+            }
+            scan_ws(sc);
+            if (sc->p >= sc->end || *sc->p != ':') {
+                return -1;
+            }
+            sc->p++;
+        }
+        if (scan_value(sc, depth + 1) < 0) {
+            return -1;
+        }
+        scan_ws(sc);
+        if (sc->p >= sc->end) {
+            return -1;
+        }
+        if (*sc->p == close) {
+            sc->p++;
+            return 0;
+        }
+        if (*sc->p != ',') {
+            return -1;
+        }
+        sc->p++;
+        scan_ws(sc);
+    }
+}
+
+/* Skip any JSON value; -1 when malformed or nested deeper than SCAN_MAX_DEPTH. */
+static int
+scan_value(struct scanner *sc, int depth)
+{
+    const char *s;
+    size_t b;
+
+    scan_ws(sc);
+    if (sc->p >= sc->end || depth > SCAN_MAX_DEPTH) {
+        return -1;
+    }
+    switch (*sc->p) {
+    case '"':
+        return scan_string(sc, &s, &b, NULL);
+    case '{':
+        return scan_container(sc, depth, '}');
+    case '[':
+        return scan_container(sc, depth, ']');
+    default:
+        s = sc->p;
+        while (sc->p < sc->end && (isalnum((unsigned char)*sc->p) || *sc->p == '-' ||
+                                   *sc->p == '+' || *sc->p == '.')) {
+            sc->p++;
+        }
+        return sc->p > s ? 0 : -1;
+    }
+}
+
+/* A number token at sc->p (a token id); -1 when it is not one. */
+static int
+scan_number(struct scanner *sc)
+{
+    const char *s = sc->p;
+
+    while (sc->p < sc->end && (isdigit((unsigned char)*sc->p) || *sc->p == '-' ||
+                               *sc->p == '+' || *sc->p == '.' || *sc->p == 'e' ||
+                               *sc->p == 'E')) {
+        sc->p++;
+    }
+    return sc->p > s ? 0 : -1;
+}
+
+/* The input value: a string, an array of strings, of numbers (one input), or of arrays. */
+static int
+scan_inputs(struct scanner *sc, struct embed_scan *out)
+{
+    size_t bytes, chars;
+    const char *s;
+
+    out->ninputs = 0;
+    scan_ws(sc);
+    if (sc->p >= sc->end) {
+        return -1;
+    }
+    if (*sc->p == '"') {
+        if (scan_string(sc, &s, &bytes, &chars) < 0) {
+            return -1;
+        }
+        out->chars[0] = (uint32_t)MIN(chars, UINT32_MAX);
+        out->ninputs = 1;
+        return 0;
+    }
+    if (*sc->p != '[') {
+        return -1;
+    }
+    sc->p++;
+    scan_ws(sc);
+    if (sc->p < sc->end && *sc->p == ']') {
+        sc->p++;
+        return 0;
+    }
+    if (sc->p < sc->end && (isdigit((unsigned char)*sc->p) || *sc->p == '-')) {
+        /* One input of token ids. */
+        size_t ntokens = 0;
+        for (;;) {
+            if (scan_number(sc) < 0) {
+                return -1;
+            }
+            ntokens++;
+            scan_ws(sc);
+            if (sc->p < sc->end && *sc->p == ']') {
+                sc->p++;
+                out->chars[0] = (uint32_t)MIN(ntokens, UINT32_MAX);
+                out->ninputs = 1;
+                return 0;
+            }
+            if (sc->p >= sc->end || *sc->p != ',') {
+                return -1;
+            }
+            sc->p++;
+            scan_ws(sc);
+        }
+    }
+    for (;;) {
+        size_t n = 0;
+        scan_ws(sc);
+        if (sc->p >= sc->end) {
+            return -1;
+        }
+        if (*sc->p == '"') {
+            if (scan_string(sc, &s, &bytes, &n) < 0) {
+                return -1;
+            }
+        } else if (*sc->p == '[') {
+            const char *open = sc->p;
+            if (scan_value(sc, 1) < 0) {
+                return -1;
+            }
+            n = count_byte(open, (size_t)(sc->p - open), ',') + 1;
+        } else {
+            return -1;
+        }
+        if (out->ninputs == EMBED_MAX_INPUTS) {
+            return -1;
+        }
+        out->chars[out->ninputs++] = (uint32_t)MIN(n, UINT32_MAX);
+        scan_ws(sc);
+        if (sc->p < sc->end && *sc->p == ']') {
+            sc->p++;
+            return 0;
+        }
+        if (sc->p >= sc->end || *sc->p != ',') {
+            return -1;
+        }
+        sc->p++;
+    }
+}
+
+int
+embed_request_scan(enum embed_api api, const char *body, size_t len, struct embed_scan *out)
+{
+    struct scanner sc = {body, body + len};
+    const char *input_key = api == EMBED_API_TEI             ? "inputs"
+                            : api == EMBED_API_OLLAMA_LEGACY ? "prompt"
+                                                             : "input";
+    bool seen_input = false;
+
+    out->ninputs = 0;
+    out->model[0] = '\0';
+    if (api == EMBED_API_NONE || body == NULL) {
+        return -1;
+    }
+    scan_ws(&sc);
+    if (sc.p >= sc.end || *sc.p != '{') {
+        return -1;
+    }
+    sc.p++;
+    scan_ws(&sc);
+    if (sc.p < sc.end && *sc.p == '}') {
+        return -1;
+    }
+    for (;;) {
+        const char *k;
+        size_t kb;
+        scan_ws(&sc);
+        if (scan_string(&sc, &k, &kb, NULL) < 0) {
+            return -1;
+        }
+        scan_ws(&sc);
+        if (sc.p >= sc.end || *sc.p != ':') {
+            return -1;
+        }
+        sc.p++;
+        scan_ws(&sc);
+        if (kb == strlen(input_key) && memcmp(k, input_key, kb) == 0) {
+            if (scan_inputs(&sc, out) < 0) {
+                return -1;
+            }
+            seen_input = true;
+        } else if (kb == 5 && memcmp(k, "model", 5) == 0 && sc.p < sc.end && *sc.p == '"') {
+            const char *m;
+            size_t mb;
+            if (scan_string(&sc, &m, &mb, NULL) < 0) {
+                return -1;
+            }
+            if (mb < sizeof(out->model) && memchr(m, '\\', mb) == NULL) {
+                memcpy(out->model, m, mb);
+                out->model[mb] = '\0';
+            } else {
+                out->model[0] = '\0';
+            }
+        } else if (scan_value(&sc, 1) < 0) {
+            return -1;
+        }
+        scan_ws(&sc);
+        if (sc.p >= sc.end) {
+            return -1;
+        }
+        if (*sc.p == '}') {
+            sc.p++;
+            break;
+        }
+        if (*sc.p != ',') {
+            return -1;
+        }
+        sc.p++;
+    }
+    scan_ws(&sc);
+    if (sc.p != sc.end || !seen_input || out->ninputs == 0) {
+        return -1;
     }
     return 0;
 }

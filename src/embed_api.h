@@ -99,6 +99,20 @@ char *embed_render_response(const struct embed_request *r, const float *vectors,
 unsigned embed_sniff_dimension(enum embed_api api, const char *body, size_t len);
 
 /*
+ * What the metrics need from a request that went upstream (inputs, their
+ * lengths, the model), found by one pass over the bytes without building a
+ * JSON tree: the loop thread runs this for every relayed 2xx answer.
+ */
+struct embed_scan {
+    size_t ninputs;
+    uint32_t chars[EMBED_MAX_INPUTS]; /* characters (token ids for token input) per input */
+    char model[128];                  /* "" when absent or longer than 127 bytes */
+};
+/* 0, or -1 when the body is not a well-formed request of that API (no metrics then). */
+int embed_request_scan(enum embed_api api, const char *body, size_t len, struct embed_scan *out)
+    __attribute__((warn_unused_result));
+
+/*
  * Writes the shortest decimal that strtof() reads back as exactly f into out
  * (at least EMBED_FLOAT_MAX_CHARS bytes, not NUL-terminated) and returns its
  * length. Always contains '.' or 'e' so JSON readers see a float. f must be

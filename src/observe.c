@@ -55,6 +55,19 @@ static struct trace_sampler sampler;
 static bool tracing;
 static struct telemetry_settings tele;
 
+static void observe_counts(int m, size_t ninputs, const uint32_t *chars);
+
+static size_t
+utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    }
+    return n;
+}
+
 static int
 route_index(const char *route)
 {
@@ -342,18 +355,14 @@ observe_request_done(struct server *srv, struct request *r)
     /* Real embeddings are counted from the request once the upstream said 2xx. */
     if (r->mode != NULL && strcmp(r->mode, "real") == 0 && r->api != EMBED_API_NONE &&
         r->status >= 200 && r->status < 300 && r->body != NULL) {
-        struct embed_request er;
-        char err[160];
-        const char *param = NULL;
+        static struct embed_scan scan; /* loop thread only; 8 KB kept off the stack */
         size_t n = evbuffer_get_length(r->body);
         const char *body = (const char *)evbuffer_pullup(r->body, -1);
-        if (embed_request_parse(r->api, body ? body : "", n, &er, err, sizeof(err), &param) ==
-            0) {
-            observe_embeddings(srv, "real", &er);
+        if (embed_request_scan(r->api, body ? body : "", n, &scan) == 0) {
+            observe_counts(0, scan.ninputs, scan.chars);
             if (r->sniffed_dim > 0) {
-                server_learn_dim(srv, er.model, r->sniffed_dim);
+                server_learn_dim(srv, scan.model, r->sniffed_dim);
             }
-            embed_request_free(&er);
         }
     }
 }
@@ -513,19 +522,36 @@ observe_fallback(struct server *srv, const char *reason)
     metrics_inc(metrics_series(METRIC_FALLBACK, lv));
 }
 
+static void
+observe_batch(int m, size_t ninputs)
+{
+    metrics_add(m_generated[m], ninputs);
+    if (ninputs > 1) {
+        metrics_inc(m_batch[m]);
+    }
+    metrics_observe(m_batchsize[m], (double)ninputs);
+}
+
+/* Embedding counters for mode m (0 real, 1 fallback): atomics only, any thread. */
+static void
+observe_counts(int m, size_t ninputs, const uint32_t *chars)
+{
+    observe_batch(m, ninputs);
+    for (size_t i = 0; i < ninputs; i++) {
+        metrics_observe(m_textlen[m], (double)chars[i]);
+    }
+}
+
 void
 observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er)
 {
     int m = strcmp(mode, "real") == 0 ? 0 : 1;
 
     (void)srv;
-    metrics_add(m_generated[m], er->ninputs);
-    if (er->ninputs > 1) {
-        metrics_inc(m_batch[m]);
-    }
-    metrics_observe(m_batchsize[m], (double)er->ninputs);
+    observe_batch(m, er->ninputs);
     for (size_t i = 0; i < er->ninputs; i++) {
         const struct embed_input *in = &er->inputs[i];
-        metrics_observe(m_textlen[m], (double)(in->text ? in->len : in->ntokens));
+        metrics_observe(m_textlen[m],
+                        (double)(in->text ? utf8_chars(in->text, in->len) : in->ntokens));
     }
 }

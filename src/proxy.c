@@ -40,7 +40,7 @@
 #include "util.h"
 
 #define STREAM_HIGH_WATER (256 * 1024) /* pause the upstream above this much unsent */
-#define SNIFF_MAX (64 * 1024)          /* body prefix kept to learn dimensions */
+#define SNIFF_MAX (16 * 1024)          /* body prefix examined to learn dimensions */
 
 static const char *client_state_names[] = {"read_head", "read_body", "dispatch",
                                            "stream",    "write",     "closing"};
@@ -216,7 +216,6 @@ request_free(struct client *c)
     if (r->body != NULL) {
         evbuffer_free(r->body);
     }
-    free(r->att.sniff);
     free(r->head);
     free(r);
     c->req = NULL;
@@ -966,7 +965,7 @@ attempt_start(struct client *c)
     a->bytes_in = 0;
     a->keep_alive = false;
     a->start_us = util_mono_us();
-    a->sniff_len = 0;
+    a->sniff_pending = false;
     if (a->timer == NULL) {
         a->timer = evtimer_new(srv->base, attempt_timer_cb, c);
     }
@@ -1134,9 +1133,6 @@ attempt_complete(struct client *c)
     } else {
         a->up->stats.client_errors++;
     }
-    if (a->sniff != NULL && a->sniff_len > 0 && a->status >= 200 && a->status < 300) {
-        r->sniffed_dim = embed_sniff_dimension(r->api, a->sniff, a->sniff_len);
-    }
     observe_attempt_success(c->srv, r);
     attempt_release(c, a->keep_alive && a->body_kind != HTTP_BODY_UNTIL_CLOSE);
     evtimer_del(c->timer);
@@ -1145,17 +1141,16 @@ attempt_complete(struct client *c)
     client_drive(c);
 }
 
+/*
+ * Learn the vector size of a real answer from the start of its body, in place:
+ * no copy, and only once per answer. A first vector that does not fit in
+ * the bytes at hand teaches nothing this time.
+ */
 static void
-keep_sniff(struct attempt *a, const char *data, size_t len)
+sniff_dimension(struct request *r, const char *data, size_t len)
 {
-    size_t room = SNIFF_MAX - a->sniff_len;
-
-    if (a->sniff == NULL || room == 0) {
-        return;
-    }
-    len = MIN(len, room);
-    memcpy(a->sniff + a->sniff_len, data, len);
-    a->sniff_len += len;
+    r->att.sniff_pending = false;
+    r->sniffed_dim = embed_sniff_dimension(r->api, data, MIN(len, (size_t)SNIFF_MAX));
 }
 
 /* Move response body bytes to the client: 1 body complete, 0 more to come, -1 bad framing. */
@@ -1172,12 +1167,13 @@ relay_body(struct client *c, bool eof)
         return 1;
     case HTTP_BODY_LENGTH: {
         size_t n = MIN(evbuffer_get_length(in), a->remaining);
-        if (a->sniff != NULL && n > 0 && a->sniff_len < SNIFF_MAX) {
-            struct evbuffer_iovec v[4];
-            int nv = evbuffer_peek(in, (ssize_t)n, NULL, v, 4);
-            for (int i = 0; i < nv && i < 4; i++) {
-                keep_sniff(a, v[i].iov_base, MIN(v[i].iov_len, n));
+        if (a->sniff_pending) {
+            /* Hold back the first bytes (at most SNIFF_MAX) until the first vector is here. */
+            size_t want = (size_t)MIN(a->remaining, (uint64_t)SNIFF_MAX);
+            if (n < want && !eof) {
+                return 0;
             }
+            sniff_dimension(r, (const char *)evbuffer_pullup(in, (ssize_t)n), MIN(n, want));
         }
         evbuffer_remove_buffer(in, out, n);
         a->remaining -= n;
@@ -1198,8 +1194,8 @@ relay_body(struct client *c, bool eof)
             if (rc < 0) {
                 return -1;
             }
-            if (payload > 0) {
-                keep_sniff(a, v.iov_base, payload);
+            if (payload > 0 && a->sniff_pending) {
+                sniff_dimension(r, v.iov_base, payload);
             }
             if (r->hd.version_minor == 1 || payload > 0) {
                 evbuffer_remove_buffer(in, out, consumed);
@@ -1289,9 +1285,7 @@ on_response_head(struct client *c)
         a->up->stats.failures++;
         observe_attempt_failed(c->srv, r, rh.status == 429 ? "429" : "5xx", rh.status);
     }
-    if (r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300 && a->sniff == NULL) {
-        a->sniff = xmalloc(SNIFF_MAX);
-    }
+    a->sniff_pending = r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300;
     relay_head(c, &rh);
     evbuffer_drain(in, (size_t)rc);
     attempt_set_state(c, ATTEMPT_BODY);

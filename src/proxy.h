@@ -55,9 +55,7 @@ struct attempt {
     size_t bytes_in;
     uint64_t start_us;
     struct trace_span *span;
-    /* embedding-route answers: a prefix of the body for learning dimensions */
-    char *sniff;
-    size_t sniff_len;
+    bool sniff_pending; /* a 2xx embedding answer whose vector size is still to learn */
 };
 
 struct fallback_job;

@@ -836,3 +836,91 @@ Test(embed_api, sniff_returns_zero_for_truncated_or_foreign_bodies)
         cr_expect_eq(embed_sniff_dimension(EMBED_API_OPENAI, tricky, strlen(tricky)), 0);
     }
 }
+
+/* ---- the quick scan agrees with the full parse ------------------------- */
+
+static size_t
+utf8_len(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) {
+        c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    }
+    return c;
+}
+
+static void
+scan_agrees(enum embed_api api, const char *body)
+{
+    struct embed_request r;
+    static struct embed_scan sc;
+    char err[256];
+    const char *param = NULL;
+
+    cr_assert_eq(embed_request_parse(api, body, strlen(body), &r, err, sizeof(err), &param), 0,
+                 "parse failed on %s: %s", body, err);
+    cr_assert_eq(embed_request_scan(api, body, strlen(body), &sc), 0, "scan failed on %s", body);
+    cr_assert_eq(sc.ninputs, r.ninputs, "%s", body);
+    cr_assert_str_eq(sc.model, r.model, "%s", body);
+    for (size_t i = 0; i < r.ninputs; i++) {
+        size_t want = r.inputs[i].text ? utf8_len(r.inputs[i].text, r.inputs[i].len)
+                                       : r.inputs[i].ntokens;
+        cr_assert_eq(sc.chars[i], want, "input %zu of %s", i, body);
+    }
+    embed_request_free(&r);
+}
+
+Test(embed_scan, agrees_with_parse_on_every_accepted_form)
+{
+    scan_agrees(EMBED_API_OPENAI, "{\"input\":\"hello world\",\"model\":\"m1\"}");
+    scan_agrees(EMBED_API_OPENAI, " { \"model\" : \"x\" , \"input\" : [ \"a\" , \"bé\" ] } ");
+    scan_agrees(EMBED_API_OPENAI, "{\"input\":[1,2,3],\"model\":\"t\"}");
+    scan_agrees(EMBED_API_OPENAI, "{\"input\":[[1,2],[3,4,5]],\"encoding_format\":\"base64\"}");
+    scan_agrees(EMBED_API_OPENAI,
+                "{\"input\":\"tab\\there \\u00e9\",\"user\":{\"a\":[1,{\"b\":null}]}}");
+    scan_agrees(EMBED_API_TEI, "{\"inputs\":[\"x\",\"y\",\"z\"],\"normalize\":true}");
+    scan_agrees(EMBED_API_TEI, "{\"inputs\":\"one\"}");
+    scan_agrees(EMBED_API_OLLAMA, "{\"model\":\"nomic\",\"input\":[\"p q\",\"r\"]}");
+    scan_agrees(EMBED_API_OLLAMA_LEGACY, "{\"model\":\"nomic\",\"prompt\":\"legacy\"}");
+}
+
+Test(embed_scan, refuses_what_is_not_a_request)
+{
+    static struct embed_scan sc;
+    const char *bad[] = {
+        "",
+        "not json",
+        "[\"input\"]",
+        "{\"input\":\"x\"",
+        "{\"input\":\"x\"} trailing",
+        "{\"model\":\"m\"}",
+        "{\"input\":[]}",
+        "{\"input\":[\"a\",5]}",
+        "{\"input\":\"unterminated}",
+        "{\"input\":{\"a\":1}}",
+        "{\"input\":\"ctl\x01\"}",
+    };
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(embed_request_scan(EMBED_API_OPENAI, bad[i], strlen(bad[i]), &sc), -1, "%s",
+                     bad[i]);
+    }
+    cr_assert_eq(embed_request_scan(EMBED_API_NONE, "{\"input\":\"x\"}", 13, &sc), -1);
+}
+
+Test(embed_scan, bounds_deep_nesting)
+{
+    static struct embed_scan sc;
+    char body[1024];
+    size_t n = 0;
+
+    n += (size_t)sprintf(body, "{\"input\":\"x\",\"deep\":");
+    for (int i = 0; i < 200; i++) {
+        body[n++] = '[';
+    }
+    for (int i = 0; i < 200; i++) {
+        body[n++] = ']';
+    }
+    body[n++] = '}';
+    cr_assert_eq(embed_request_scan(EMBED_API_OPENAI, body, n, &sc), -1);
+}
