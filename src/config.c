@@ -1120,8 +1120,9 @@ validate(struct parser *p)
                       u->line, u->name);
         }
         if (u->tls_ca_file != NULL && access(u->tls_ca_file, R_OK) != 0) {
+            /* Name the file as written: an expanded ${VAR} may be a secret. */
             add_error(p->errs, "%s:%d: [upstream %s] tls_ca_file: cannot read %s", p->name,
-                      u->line, u->name, u->tls_ca_file);
+                      u->line, u->name, u->raw[config_key_index(SEC_UPSTREAM, "tls_ca_file")]);
         }
         if (u->backoff_max_ms < u->backoff_base_ms) {
             add_error(p->errs, "%s:%d: [upstream %s] backoff_max: smaller than backoff_base",

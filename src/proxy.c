@@ -26,6 +26,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
@@ -217,7 +218,11 @@ request_free(struct client *c)
         evbuffer_free(r->body);
     }
     free(r->head);
-    free(r);
+    if (c->spare == NULL) {
+        c->spare = r;
+    } else {
+        free(r);
+    }
     c->req = NULL;
     c->srv->in_flight--;
     observe_in_flight(-1);
@@ -323,12 +328,21 @@ start_request(struct client *c, size_t head_len)
 {
     struct server *srv = c->srv;
     const struct config *cfg = srv->cfg;
-    struct request *r = xcalloc(1, sizeof(*r));
+    struct request *r = c->spare;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     const struct http_header *h;
     const char *cause = "malformed request";
     int rc;
 
+    /* One request allocation per connection, reused; the parser fills hd. */
+    if (r == NULL) {
+        r = xmalloc(sizeof(*r));
+    }
+    c->spare = NULL;
+    memset(r, 0, offsetof(struct request, hd));
+    memset(&r->hd, 0, offsetof(struct http_request_head, headers));
+    r->hd.nheaders = 0;
+    r->hd.content_length = -1;
     c->req = r;
     srv->in_flight++;
     observe_in_flight(1);
@@ -593,6 +607,7 @@ client_free(struct client *c)
     struct server *srv = c->srv;
 
     request_free(c);
+    free(c->spare);
     if (c->timer != NULL) {
         event_free(c->timer);
     }

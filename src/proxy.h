@@ -63,7 +63,6 @@ struct fallback_job;
 struct request {
     char id[65];
     char *head; /* the client's head, copied; hd points into it */
-    struct http_request_head hd;
     struct evbuffer *body;
     struct http_chunked chunk; /* chunked request bodies */
     enum embed_api api;
@@ -88,6 +87,7 @@ struct request {
     struct trace_span *span; /* SERVER span, NULL when unsampled */
     struct trace_context ctx; /* this request's context (server span) */
     unsigned sniffed_dim;    /* vector size seen in a real 2xx answer, 0 if none */
+    struct http_request_head hd; /* last: only its scalars are cleared per request */
 };
 
 struct client {
@@ -98,7 +98,8 @@ struct client {
     struct event *timer; /* head-read deadline, then the request deadline */
     size_t head_scan;    /* bytes of input already searched for the head's end */
     bool head_started;
-    struct request *req; /* NULL between requests */
+    struct request *req;   /* NULL between requests */
+    struct request *spare; /* the last request's memory, reused by the next */
     uint64_t served;
     TAILQ_ENTRY(client) link;
 };

@@ -14,11 +14,11 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <event2/thread.h>
 
 #include "admin.h"
 #include "fallback.h"
@@ -165,8 +165,13 @@ reload_thread(void *arg)
 {
     struct server *srv = arg;
 
+    uint64_t one = 1;
+
     srv->reload_result = config_load(srv->cfg->path, &srv->reload_errors, NULL);
-    event_active(srv->reload_event, EV_READ, 0);
+    /* Wake the loop; the eventfd keeps libevent free of cross-thread locking. */
+    if (write(srv->reload_efd, &one, sizeof(one)) < 0) {
+        log_error("reload: cannot wake the event loop: %s", strerror(errno));
+    }
     return NULL;
 }
 
@@ -239,9 +244,12 @@ reload_done_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *srv = arg;
     struct config *cfg = srv->reload_result;
+    uint64_t n;
 
-    (void)fd;
     (void)what;
+    if (read(fd, &n, sizeof(n)) < 0) {
+        return;
+    }
     srv->reload_running = false;
     srv->reload_result = NULL;
     if (cfg == NULL) {
@@ -369,9 +377,6 @@ server_init(struct server *srv, struct config *cfg)
     srv->started_mono_ms = util_mono_ms();
     srv->started_wall_ms = util_wall_ms();
     srv->rng = (uint64_t)util_wall_ms() ^ ((uint64_t)getpid() << 32) ^ util_mono_us();
-    if (evthread_use_pthreads() < 0) {
-        fatal("libevent: no pthreads support");
-    }
     signal(SIGPIPE, SIG_IGN);
     srv->base = event_base_new();
     if (srv->base == NULL) {
@@ -412,7 +417,13 @@ server_init(struct server *srv, struct config *cfg)
         srv->sig_events[i] = evsignal_new(srv->base, sigs[i], signal_cb, srv);
         evsignal_add(srv->sig_events[i], NULL);
     }
-    srv->reload_event = event_new(srv->base, -1, 0, reload_done_cb, srv);
+    srv->reload_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (srv->reload_efd < 0) {
+        fatal("eventfd: %s", strerror(errno));
+    }
+    srv->reload_event = event_new(srv->base, srv->reload_efd, EV_READ | EV_PERSIST,
+                                  reload_done_cb, srv);
+    event_add(srv->reload_event, NULL);
     notify_init(srv->base);
     srv->ready = true;
     log_info("akosha %s listening on %s (admin %s), %zu upstream(s), fallback %s", PACKAGE_VERSION,
@@ -466,6 +477,7 @@ server_free(struct server *srv)
     }
     if (srv->reload_event != NULL) {
         event_free(srv->reload_event);
+        close(srv->reload_efd);
     }
     upstream_set_free(srv->ups);
     config_unref(srv->cfg);

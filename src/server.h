@@ -39,7 +39,8 @@ struct server {
     struct evconnlistener *admin_listener;
     struct event *sig_events[4];
     struct event *drain_timer;
-    struct event *reload_event; /* activated by the reload thread */
+    struct event *reload_event; /* the reload thread's result is ready */
+    int reload_efd;             /* eventfd the reload thread writes */
     struct config *reload_result;
     struct config_errors reload_errors;
     bool reload_running;  /* parse under way; the result not yet applied */

@@ -196,15 +196,53 @@ buf_printf(struct buf *b, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
+static size_t
+utf8_valid_len(const unsigned char *s, size_t n)
+{
+    size_t len;
+    uint32_t cp;
+
+    if (s[0] < 0x80) {
+        return 1;
+    } else if ((s[0] & 0xE0) == 0xC0) {
+        len = 2;
+        cp = s[0] & 0x1F;
+    } else if ((s[0] & 0xF0) == 0xE0) {
+        len = 3;
+        cp = s[0] & 0x0F;
+    } else if ((s[0] & 0xF8) == 0xF0) {
+        len = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n) {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    /* no overlong forms, no surrogates, nothing past U+10FFFF */
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+        return 0;
+    }
+    return len;
+}
+
 void
 buf_json_string(struct buf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t i;
+    size_t i = 0;
 
     buf_reserve(b, len + 2);
     buf_putc(b, '"');
-    for (i = 0; i < len; i++) {
+    while (i < len) {
         unsigned char c = (unsigned char)s[i];
         switch (c) {
         case '"':
@@ -226,10 +264,22 @@ buf_json_string(struct buf *b, const char *s, size_t len)
             if (c < 0x20) {
                 char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
                 buf_append(b, esc, 6);
-            } else {
+            } else if (c < 0x80) {
                 buf_putc(b, (char)c);
+            } else {
+                /* JSON is UTF-8: a broken sequence becomes U+FFFD, never raw bytes. */
+                size_t n = utf8_valid_len((const unsigned char *)s + i, len - i);
+                if (n == 0) {
+                    buf_append(b, "\\ufffd", 6);
+                    i++;
+                } else {
+                    buf_append(b, s + i, n);
+                    i += n;
+                }
+                continue;
             }
         }
+        i++;
     }
     buf_putc(b, '"');
 }

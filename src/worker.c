@@ -2,16 +2,15 @@
  * worker.c - the worker thread pool (see worker.h).
  *
  * Two lists, two locks: the job queue (workers take from it) and the
- * completion list (workers append, the loop drains). A single event, activated
- * by any worker after it appends, makes the loop drain; activating an already
- * active event is a no-op, and the drain takes the whole list, so no
- * completion is ever missed or delivered twice.
+ * completion list (workers append, the loop drains). A worker that appends
+ * writes to an eventfd the loop watches; the drain reads the counter and
+ * takes the whole list, so no completion is ever missed or delivered twice.
  *
- * An event that is only ever activated does not count as pending, so a loop
- * with nothing else to watch would return from event_base_dispatch() with
- * completions still to come. While jobs are outstanding the wakeup event is
- * therefore also added with a long timeout, which keeps the loop running
- * exactly as long as the pool has work, like a referenced handle in libuv.
+ * An eventfd rather than event_active(): cross-thread activation needs
+ * libevent's thread support, which puts a mutex around every event and
+ * buffer operation of the whole proxy. The eventfd's read event is added
+ * only while jobs are outstanding, so the loop stays alive exactly as long
+ * as the pool has work, like a referenced handle in libuv.
  */
 #define _GNU_SOURCE
 #include "worker.h"
@@ -24,6 +23,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -31,6 +32,7 @@
 struct worker_pool {
     struct event_base *base;
     struct event *wakeup;
+    int efd; /* eventfd: workers write, the loop reads */
     pthread_t *threads;
     unsigned nthreads; /* started successfully */
     size_t queue_size;
@@ -48,9 +50,6 @@ struct worker_pool {
 
     size_t outstanding; /* submitted, done() not yet called; loop thread only */
 };
-
-/* Only keeps the loop alive; a timeout firing just triggers a harmless empty drain. */
-static const struct timeval keepalive = {3600, 0};
 
 static void
 append(struct worker_job **head, struct worker_job **tail, struct worker_job *job)
@@ -87,8 +86,12 @@ deliver_completions(struct worker_pool *p)
 static void
 wakeup_cb(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
+    uint64_t n;
+
     (void)what;
+    if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN) {
+        log_warn("worker pool: eventfd read: %s", strerror(errno));
+    }
     deliver_completions(arg);
 }
 
@@ -123,7 +126,13 @@ worker_main(void *arg)
         pthread_mutex_lock(&p->done_lock);
         append(&p->done_head, &p->done_tail, job);
         pthread_mutex_unlock(&p->done_lock);
-        event_active(p->wakeup, EV_READ, 0);
+        {
+            uint64_t one = 1;
+            /* Cannot fail short of a counter overflow; the loop drains everything anyway. */
+            if (write(p->efd, &one, sizeof(one)) < 0) {
+                log_warn("worker pool: eventfd write: %s", strerror(errno));
+            }
+        }
 
         pthread_mutex_lock(&p->queue_lock);
     }
@@ -151,6 +160,9 @@ destroy(struct worker_pool *p)
     if (p->wakeup != NULL) {
         event_free(p->wakeup);
     }
+    if (p->efd >= 0) {
+        close(p->efd);
+    }
     pthread_cond_destroy(&p->queue_cond);
     pthread_mutex_destroy(&p->queue_lock);
     pthread_mutex_destroy(&p->done_lock);
@@ -176,7 +188,14 @@ worker_pool_new(struct event_base *base, unsigned nthreads, size_t queue_size, c
     pthread_mutex_init(&p->queue_lock, NULL);
     pthread_mutex_init(&p->done_lock, NULL);
     pthread_cond_init(&p->queue_cond, NULL);
-    p->wakeup = event_new(base, -1, EV_PERSIST, wakeup_cb, p);
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        *cause = xasprintf("cannot create the worker eventfd: %s", strerror(errno));
+        p->wakeup = NULL;
+        destroy(p);
+        return NULL;
+    }
+    p->wakeup = event_new(base, p->efd, EV_READ | EV_PERSIST, wakeup_cb, p);
     if (p->wakeup == NULL) {
         *cause = xstrdup("cannot create the worker wakeup event");
         destroy(p);
@@ -218,7 +237,7 @@ worker_pool_submit(struct worker_pool *p, struct worker_job *job)
     pthread_cond_signal(&p->queue_cond);
     pthread_mutex_unlock(&p->queue_lock);
     if (p->outstanding++ == 0) {
-        event_add(p->wakeup, &keepalive);
+        event_add(p->wakeup, NULL);
     }
     return 0;
 }

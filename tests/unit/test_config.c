@@ -389,3 +389,29 @@ Test(config, restart_needed_lists_non_reloadable_changes)
     config_free(a);
     config_free(b);
 }
+
+Test(util, json_strings_replace_invalid_utf8)
+{
+    struct buf b;
+
+    buf_init(&b);
+    buf_json_string(&b, "a\xff" "b\xc3\xa9" "c\xcd", 7);
+    cr_assert_str_eq(b.data, "\"a\\ufffdb\xc3\xa9" "c\\ufffd\"");
+    buf_free(&b);
+    buf_init(&b);
+    buf_json_string(&b, "\xed\xa0\x80\xc0\xaf\"\n", 7); /* a surrogate, an overlong form */
+    cr_assert_str_eq(b.data, "\"\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\\"\\n\"");
+    buf_free(&b);
+}
+
+Test(config, error_messages_never_show_expanded_values)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[upstream u]\nurl = http://h\ntls_ca_file = ${API_KEY}\n", &errs);
+
+    cr_assert_null(cfg);
+    cr_assert_eq(errs.n, 1);
+    cr_assert_null(strstr(errs.msgs[0], "sk-secret"), "%s", errs.msgs[0]);
+    cr_assert_not_null(strstr(errs.msgs[0], "${API_KEY}"), "%s", errs.msgs[0]);
+    config_errors_free(&errs);
+}
