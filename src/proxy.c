@@ -606,6 +606,9 @@ client_free(struct client *c)
 {
     struct server *srv = c->srv;
 
+    if (c->req != NULL && c->req->status != 0) {
+        observe_request_done(srv, c->req); /* answered, then closed: still counted once */
+    }
     request_free(c);
     free(c->spare);
     if (c->timer != NULL) {
@@ -897,7 +900,8 @@ attempt_release(struct client *c, bool reusable)
     if (a->timer != NULL) {
         evtimer_del(a->timer);
     }
-    if (a->state == ATTEMPT_WAIT_SLOT) {
+    if (a->state == ATTEMPT_WAIT_SLOT && a->conn == NULL) {
+        /* Still queued (a freed slot may already have handed us a connection). */
         upstream_cancel_wait(a->up, &a->waiter);
     }
     if (a->conn != NULL) {

@@ -397,3 +397,14 @@ def test_slow_header_drip_is_closed_at_client_timeout(backend, start_akosha):
     s.close()
     assert time.time() - t0 < 4
     assert out == b"" or out.startswith(b"HTTP/1.1 408")
+
+
+def test_refused_requests_are_counted_once(backend, start_akosha):
+    a = start_akosha(upstream_conf(backend))
+    a.raw(b"GARBAGE\r\n\r\n")
+    a.raw(b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    a.request("GET", "/fine")
+    _, _, m = a.admin("GET", "/metrics")
+    assert b'akosha_requests_total{route="other",code="400"} 2' in m
+    assert b'akosha_requests_total{route="other",code="200"} 1' in m
+    assert a.stats()["requests_total"] == 3
