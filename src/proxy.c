@@ -43,6 +43,9 @@
 #define STREAM_HIGH_WATER (256 * 1024) /* pause the upstream above this much unsent */
 #define SNIFF_MAX (16 * 1024)          /* body prefix examined to learn dimensions */
 
+/* Scratch for building heads: loop thread only, grown once, never shrunk. */
+static struct buf scratch;
+
 static const char *client_state_names[] = {"read_head", "read_body", "dispatch",
                                            "stream",    "write",     "closing"};
 static const char *attempt_state_names[] = {"idle", "wait_slot", "connect",
@@ -699,6 +702,12 @@ proxy_close_all(struct server *srv)
     }
 }
 
+void
+proxy_shutdown(void)
+{
+    buf_free(&scratch);
+}
+
 /* ---- dispatch: upstream, fallback or an error -------------------------- */
 
 static bool
@@ -776,6 +785,57 @@ dispatch(struct client *c)
 /* ---- attempts ----------------------------------------------------------- */
 
 static void
+put(struct buf *b, const char *s, size_t n)
+{
+    buf_append(b, s, n);
+}
+
+#define PUT_LIT(b, lit) put((b), (lit), sizeof(lit) - 1)
+
+static void
+put_str(struct buf *b, const char *s)
+{
+    put(b, s, strlen(s));
+}
+
+static void
+put_u64(struct buf *b, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    put(b, tmp + i, sizeof(tmp) - i);
+}
+
+/* Request headers akosha replaces or must not forward, besides hop-by-hop ones. */
+static bool
+is_replaced_request_header(const struct http_header *h)
+{
+    switch (h->name_len) {
+    case 4:
+        return http_header_is(h, "Host");
+    case 6:
+        return http_header_is(h, "Expect");
+    case 10:
+        return http_header_is(h, "tracestate");
+    case 11:
+        return http_header_is(h, "traceparent");
+    case 12:
+        return http_header_is(h, "X-Request-Id");
+    case 14:
+        return http_header_is(h, "Content-Length");
+    case 17:
+        return http_header_is(h, "X-Forwarded-Proto") || http_header_is(h, "X-Akosha-Fallback");
+    default:
+        return false;
+    }
+}
+
+static void
 append_upstream_head(struct client *c, struct evbuffer *out)
 {
     struct request *r = c->req;
@@ -783,22 +843,24 @@ append_upstream_head(struct client *c, struct evbuffer *out)
     const struct upstream_config *uc = a->up->cfg;
     const struct http_header *xff = NULL;
     size_t body_len = evbuffer_get_length(r->body);
+    struct buf *b = &scratch;
     char tp[64];
 
-    evbuffer_add_printf(out, "%.*s %s%.*s HTTP/1.1\r\nHost: %s\r\n", (int)r->hd.method_len,
-                        r->hd.method_str, uc->url.prefix, (int)r->hd.target_len, r->hd.target,
-                        uc->url.authority);
+    b->len = 0;
+    put(b, r->hd.method_str, r->hd.method_len);
+    PUT_LIT(b, " ");
+    put_str(b, uc->url.prefix);
+    put(b, r->hd.target, r->hd.target_len);
+    PUT_LIT(b, " HTTP/1.1\r\nHost: ");
+    put_str(b, uc->url.authority);
+    PUT_LIT(b, "\r\n");
     for (int i = 0; i < r->hd.nheaders; i++) {
         const struct http_header *h = &r->hd.headers[i];
         bool replaced = false;
-        if (http_is_hop_by_hop(h, r->hd.headers, r->hd.nheaders) || http_header_is(h, "Host") ||
-            http_header_is(h, "Content-Length") || http_header_is(h, "Expect") ||
-            http_header_is(h, "X-Forwarded-Proto") || http_header_is(h, "X-Request-Id") ||
-            http_header_is(h, "X-Akosha-Fallback") || http_header_is(h, "traceparent") ||
-            http_header_is(h, "tracestate")) {
+        if (is_replaced_request_header(h) || http_is_hop_by_hop(h, r->hd.headers, r->hd.nheaders)) {
             continue;
         }
-        if (http_header_is(h, "X-Forwarded-For")) {
+        if (h->name_len == 15 && http_header_is(h, "X-Forwarded-For")) {
             xff = h;
             continue;
         }
@@ -815,10 +877,10 @@ append_upstream_head(struct client *c, struct evbuffer *out)
         if (replaced) {
             continue;
         }
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        put(b, h->name, h->name_len);
+        PUT_LIT(b, ": ");
+        put(b, h->value, h->value_len);
+        PUT_LIT(b, "\r\n");
     }
     for (size_t j = 0; j < uc->headers.n; j++) {
         const char *line = uc->headers.lines[j];
@@ -827,26 +889,37 @@ append_upstream_head(struct client *c, struct evbuffer *out)
         while (*v == ' ' || *v == '\t') {
             v++;
         }
-        evbuffer_add(out, line, (size_t)(colon - line));
-        evbuffer_add_printf(out, ": %s\r\n", v);
+        put(b, line, (size_t)(colon - line));
+        PUT_LIT(b, ": ");
+        put_str(b, v);
+        PUT_LIT(b, "\r\n");
     }
+    PUT_LIT(b, "X-Forwarded-For: ");
     if (xff != NULL) {
-        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->value_len, xff->value,
-                            c->addr);
-    } else {
-        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->addr);
+        put(b, xff->value, xff->value_len);
+        PUT_LIT(b, ", ");
     }
-    evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", r->id);
+    put_str(b, c->addr);
+    PUT_LIT(b, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    put_str(b, r->id);
+    PUT_LIT(b, "\r\n");
     if (observe_attempt_traceparent(c->srv, r, tp, sizeof(tp))) {
-        evbuffer_add_printf(out, "traceparent: %s\r\n", tp);
+        PUT_LIT(b, "traceparent: ");
+        put_str(b, tp);
+        PUT_LIT(b, "\r\n");
         if (r->ctx.tracestate[0] != '\0') {
-            evbuffer_add_printf(out, "tracestate: %s\r\n", r->ctx.tracestate);
+            PUT_LIT(b, "tracestate: ");
+            put_str(b, r->ctx.tracestate);
+            PUT_LIT(b, "\r\n");
         }
     }
     if (body_len > 0 || r->hd.content_length >= 0 || r->hd.chunked) {
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n", body_len);
+        PUT_LIT(b, "Content-Length: ");
+        put_u64(b, body_len);
+        PUT_LIT(b, "\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
+    PUT_LIT(b, "\r\n");
+    evbuffer_add(out, b->data, b->len);
 }
 
 static void
@@ -1099,6 +1172,7 @@ relay_head(struct client *c, const struct http_response_head *rh)
     struct attempt *a = &r->att;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     bool close = !r->keep_alive || c->srv->draining;
+    struct buf *b = &scratch;
 
     if (a->body_kind == HTTP_BODY_UNTIL_CLOSE) {
         close = true; /* no framing to give the client but the close */
@@ -1107,29 +1181,38 @@ relay_head(struct client *c, const struct http_response_head *rh)
         close = true; /* HTTP/1.0 clients get the payload, ended by close */
     }
     r->keep_alive = !close;
-    evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", rh->status, (int)rh->reason_len,
-                        rh->reason);
+    b->len = 0;
+    PUT_LIT(b, "HTTP/1.1 ");
+    put_u64(b, (uint64_t)rh->status);
+    PUT_LIT(b, " ");
+    put(b, rh->reason, rh->reason_len);
+    PUT_LIT(b, "\r\n");
     for (int i = 0; i < rh->nheaders; i++) {
         const struct http_header *h = &rh->headers[i];
         if (http_is_hop_by_hop(h, rh->headers, rh->nheaders) ||
-            http_header_is(h, "X-Request-Id") || http_header_is(h, "X-Akosha-Upstream") ||
-            http_header_is(h, "X-Akosha-Mode")) {
+            (h->name_len == 12 && http_header_is(h, "X-Request-Id")) ||
+            (h->name_len == 17 && http_header_is(h, "X-Akosha-Upstream")) ||
+            (h->name_len == 13 && http_header_is(h, "X-Akosha-Mode"))) {
             continue;
         }
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        put(b, h->name, h->name_len);
+        PUT_LIT(b, ": ");
+        put(b, h->value, h->value_len);
+        PUT_LIT(b, "\r\n");
     }
     if (a->body_kind == HTTP_BODY_CHUNKED && r->hd.version_minor == 1) {
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        PUT_LIT(b, "Transfer-Encoding: chunked\r\n");
     }
-    evbuffer_add_printf(out, "X-Akosha-Upstream: %s\r\nX-Akosha-Mode: real\r\nX-Request-Id: %s\r\n",
-                        a->up->name, r->id);
+    PUT_LIT(b, "X-Akosha-Upstream: ");
+    put_str(b, a->up->name);
+    PUT_LIT(b, "\r\nX-Akosha-Mode: real\r\nX-Request-Id: ");
+    put_str(b, r->id);
+    PUT_LIT(b, "\r\n");
     if (close) {
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        PUT_LIT(b, "Connection: close\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
+    PUT_LIT(b, "\r\n");
+    evbuffer_add(out, b->data, b->len);
     r->status = rh->status;
     r->mode = "real";
 }

@@ -110,6 +110,8 @@ void proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, i
 void proxy_close_idle(struct server *srv);
 /* Close every client (drain deadline, shutdown). */
 void proxy_close_all(struct server *srv);
+/* Release what the traffic side keeps between requests. */
+void proxy_shutdown(void);
 
 /*
  * Answer the request with a complete body the proxy built itself.

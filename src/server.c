@@ -457,6 +457,7 @@ server_free(struct server *srv)
         config_errors_free(&srv->reload_errors);
     }
     proxy_close_all(srv);
+    proxy_shutdown();
     admin_close_all(srv);
     observe_shutdown(srv, 30000);
     fallback_shutdown(srv);
