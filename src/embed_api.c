@@ -1035,12 +1035,19 @@ count_byte(const char *p, size_t n, unsigned char c)
 {
     size_t count = 0;
 #ifdef __SSE2__
-    const __m128i pattern = _mm_set1_epi8((char)c);
+    const __m128i pattern = _mm_set1_epi8((char)c), zero = _mm_setzero_si128();
+    __m128i acc = zero; /* per-lane match counts, flushed before a lane can wrap */
+    unsigned rounds = 0;
 
     for (; n >= 16; p += 16, n -= 16) {
         __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-        count += (size_t)__builtin_popcount(
-            (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, pattern)));
+        acc = _mm_sub_epi8(acc, _mm_cmpeq_epi8(v, pattern));
+        if (++rounds == 255 || n < 32) {
+            __m128i sums = _mm_sad_epu8(acc, zero);
+            count += (size_t)_mm_cvtsi128_si32(sums) + (size_t)_mm_extract_epi16(sums, 4);
+            acc = zero;
+            rounds = 0;
+        }
     }
 #else
     const uint64_t low7 = 0x7f7f7f7f7f7f7f7full, high = 0x8080808080808080ull;
@@ -1172,7 +1179,26 @@ scan_string(struct scanner *sc, const char **start, size_t *bytes, size_t *chars
     }
     *start = ++sc->p;
     while (sc->p < sc->end) {
-        unsigned char ch = (unsigned char)*sc->p;
+        unsigned char ch;
+#ifdef __SSE2__
+        /* Sixteen plain ASCII characters at a time: no quote, backslash, control or UTF-8. */
+        while (sc->end - sc->p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)sc->p);
+            __m128i special = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))); /* signed: also catches >= 0x80 */
+            if (_mm_movemask_epi8(special) != 0) {
+                break;
+            }
+            sc->p += 16;
+            n += 16;
+        }
+        if (sc->p >= sc->end) {
+            break;
+        }
+#endif
+        ch = (unsigned char)*sc->p;
         if (ch == '"') {
             *bytes = (size_t)(sc->p - *start);
             sc->p++;

@@ -924,3 +924,38 @@ Test(embed_scan, bounds_deep_nesting)
     body[n++] = '}';
     cr_assert_eq(embed_request_scan(EMBED_API_OPENAI, body, n, &sc), -1);
 }
+
+Test(embed_scan, long_strings_with_specials_at_every_offset)
+{
+    const char *specials[] = {"\\\"", "\\\\", "\\n", "\\u00e9", "\xc3\xa9", "\xe2\x82\xac"};
+    char text[128], body[512];
+
+    for (size_t s = 0; s < sizeof(specials) / sizeof(specials[0]); s++) {
+        for (size_t at = 0; at < 70; at++) {
+            size_t n = 0;
+            for (size_t i = 0; i < 70; i++) {
+                if (i == at) {
+                    n += (size_t)sprintf(text + n, "%s", specials[s]);
+                } else {
+                    text[n++] = (char)('a' + i % 26);
+                }
+            }
+            text[n] = '\0';
+            snprintf(body, sizeof(body), "{\"input\":[\"%s\",\"x%s%s\"],\"model\":\"m\"}", text,
+                     text, text);
+            scan_agrees(EMBED_API_OPENAI, body);
+        }
+    }
+}
+
+Test(embed_scan, counts_long_token_arrays)
+{
+    char body[8192];
+    size_t n = (size_t)sprintf(body, "{\"input\":[[");
+
+    for (int i = 0; i < 1000; i++) {
+        n += (size_t)sprintf(body + n, "%s%d", i ? "," : "", i);
+    }
+    n += (size_t)sprintf(body + n, "],[7]]}");
+    scan_agrees(EMBED_API_OPENAI, body);
+}
