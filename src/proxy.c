@@ -100,6 +100,34 @@ cfg_of(struct client *c)
     return c->srv->cfg;
 }
 
+static struct timeval
+ms_to_tv(uint64_t ms)
+{
+    struct timeval tv;
+
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    return tv;
+}
+
+/*
+ * The idle-read limit while a body arrives; off otherwise (the head has its
+ * own deadline timer). The write limit, client_timeout, is always set: it only
+ * runs while output is pending. Changed only when needed: each change is an
+ * event_add.
+ */
+static void
+body_timeout(struct client *c, bool on)
+{
+    struct timeval w = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
+
+    if (c->body_timeout == on) {
+        return;
+    }
+    c->body_timeout = on;
+    bufferevent_set_timeouts(c->bev, on ? &w : NULL, &w);
+}
+
 /* ---- answers the proxy writes itself ---------------------------------- */
 
 static void
@@ -129,21 +157,13 @@ proxy_respond(struct client *c, int status, const char *content_type, const char
             r->keep_alive = false;
         }
     }
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
     write_head(c, status, content_type, (r != NULL && r->is_head) ? 0 : len, extra_headers,
                close);
     if (r == NULL || !r->is_head) {
         evbuffer_add(bufferevent_get_output(c->bev), body, len);
     }
     client_set_state(c, close ? CLIENT_CLOSING : CLIENT_WRITE);
-    {
-        struct timeval tv;
-        uint64_t ms = cfg_of(c)->proxy.client_timeout_ms;
-        tv.tv_sec = (time_t)(ms / 1000);
-        tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-        bufferevent_set_timeouts(c->bev, NULL, &tv);
-    }
-    bufferevent_enable(c->bev, EV_WRITE);
+    body_timeout(c, false);
 }
 
 void
@@ -254,7 +274,6 @@ request_done(struct client *c)
     c->head_started = false;
     evtimer_del(c->timer);
     timer_arm(c->timer, cfg_of(c)->proxy.client_timeout_ms);
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
     bufferevent_enable(c->bev, EV_READ);
     client_drive(c);
 }
@@ -402,12 +421,6 @@ start_request(struct client *c, size_t head_len)
     r->deadline_ms = util_mono_ms() + cfg->proxy.request_timeout_ms;
     evtimer_del(c->timer);
     timer_arm(c->timer, cfg->proxy.request_timeout_ms);
-    {
-        struct timeval tv;
-        tv.tv_sec = (time_t)(cfg->proxy.client_timeout_ms / 1000);
-        tv.tv_usec = (suseconds_t)(cfg->proxy.client_timeout_ms % 1000) * 1000;
-        bufferevent_set_timeouts(c->bev, &tv, NULL);
-    }
     client_set_state(c, CLIENT_READ_BODY);
 }
 
@@ -490,13 +503,14 @@ client_drive(struct client *c)
         case CLIENT_READ_BODY: {
             int rc = read_body(c);
             if (rc == 0) {
+                body_timeout(c, true); /* a body still coming: each read within client_timeout */
                 return;
             }
             if (rc < 0) {
                 continue;
             }
             /* Pipelined bytes wait in the input until this request is answered. */
-            bufferevent_set_timeouts(c->bev, NULL, NULL);
+            body_timeout(c, false);
             client_set_state(c, CLIENT_DISPATCH);
             dispatch(c);
             return;
@@ -676,6 +690,10 @@ proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int sa
     /* Bound what a client can queue ahead of us (pipelining). */
     bufferevent_setwatermark(c->bev, EV_READ, 0, srv->cfg->proxy.max_header_size + 65536);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    {
+        struct timeval w = ms_to_tv(srv->cfg->proxy.client_timeout_ms);
+        bufferevent_set_timeouts(c->bev, NULL, &w); /* a client that stops reading */
+    }
     client_set_state(c, CLIENT_READ_HEAD);
     timer_arm(c->timer, srv->cfg->proxy.client_timeout_ms);
 }
@@ -1238,7 +1256,6 @@ attempt_complete(struct client *c)
     observe_attempt_success(c->srv, r);
     attempt_release(c, a->keep_alive && a->body_kind != HTTP_BODY_UNTIL_CLOSE);
     evtimer_del(c->timer);
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
     client_set_state(c, r->keep_alive ? CLIENT_WRITE : CLIENT_CLOSING);
     client_drive(c);
 }

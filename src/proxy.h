@@ -98,6 +98,7 @@ struct client {
     struct event *timer; /* head-read deadline, then the request deadline */
     size_t head_scan;    /* bytes of input already searched for the head's end */
     bool head_started;
+    bool body_timeout; /* the idle-read limit is armed (a body is arriving) */
     struct request *req;   /* NULL between requests */
     struct request *spare; /* the last request's memory, reused by the next */
     uint64_t served;

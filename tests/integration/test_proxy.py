@@ -408,3 +408,17 @@ def test_refused_requests_are_counted_once(backend, start_akosha):
     assert b'akosha_requests_total{route="other",code="400"} 2' in m
     assert b'akosha_requests_total{route="other",code="200"} 1' in m
     assert a.stats()["requests_total"] == 3
+
+
+def test_stalled_body_gets_408_at_client_timeout(backend, start_akosha):
+    import socket
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nclient_timeout = 1s\n" +
+                     upstream_conf(backend))
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=5)
+    s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    t0 = time.time()
+    out = s.recv(4096)
+    s.close()
+    assert out.startswith(b"HTTP/1.1 408")
+    assert 0.8 < time.time() - t0 < 3
+    assert backend.count() == 0
