@@ -38,6 +38,7 @@
 #include "log.h"
 #include "observe.h"
 #include "retry.h"
+#include "sockio.h"
 #include "util.h"
 
 #define STREAM_HIGH_WATER (256 * 1024) /* pause the upstream above this much unsent */
@@ -117,15 +118,55 @@ ms_to_tv(uint64_t ms)
  * event_add.
  */
 static void
+client_reading(struct client *c, bool on)
+{
+    c->reading = on;
+    if (!on) {
+        event_del(c->rev);
+    } else if (c->body_timeout) {
+        struct timeval tv = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
+        event_add(c->rev, &tv);
+    } else {
+        event_add(c->rev, NULL);
+    }
+}
+
+static void
 body_timeout(struct client *c, bool on)
 {
-    struct timeval w = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
-
     if (c->body_timeout == on) {
         return;
     }
     c->body_timeout = on;
-    bufferevent_set_timeouts(c->bev, on ? &w : NULL, &w);
+    if (c->reading) {
+        client_reading(c, true);
+    }
+}
+
+/*
+ * Send queued output now. What the kernel does not take waits for EV_WRITE
+ * (client_write_cb); when everything went, the machine moves on from a
+ * fresh callback, never from inside the caller.
+ */
+static void
+client_flush(struct client *c)
+{
+    ssize_t left;
+
+    if (event_pending(c->wev, EV_WRITE, NULL)) {
+        return; /* blocked already: client_write_cb sends it in order */
+    }
+    left = sockio_write(c->fd, c->out);
+    if (left < 0) {
+        c->write_failed = true;
+        event_active(c->drive_ev, 0, 0);
+    } else if (left > 0) {
+        /* client_timeout bounds how long a client may leave its answer unread. */
+        struct timeval tv = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
+        event_add(c->wev, &tv);
+    } else {
+        event_active(c->drive_ev, 0, 0);
+    }
 }
 
 /* ---- answers the proxy writes itself ---------------------------------- */
@@ -134,7 +175,7 @@ static void
 write_head(struct client *c, int status, const char *content_type, size_t len,
            const char *extra_headers, bool close)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->out;
     struct request *r = c->req;
 
     evbuffer_add_printf(out,
@@ -160,10 +201,11 @@ proxy_respond(struct client *c, int status, const char *content_type, const char
     write_head(c, status, content_type, (r != NULL && r->is_head) ? 0 : len, extra_headers,
                close);
     if (r == NULL || !r->is_head) {
-        evbuffer_add(bufferevent_get_output(c->bev), body, len);
+        evbuffer_add(c->out, body, len);
     }
     client_set_state(c, close ? CLIENT_CLOSING : CLIENT_WRITE);
     body_timeout(c, false);
+    client_flush(c);
 }
 
 void
@@ -274,7 +316,9 @@ request_done(struct client *c)
     c->head_started = false;
     evtimer_del(c->timer);
     timer_arm(c->timer, cfg_of(c)->proxy.client_timeout_ms);
-    bufferevent_enable(c->bev, EV_READ);
+    if (!c->reading) {
+        client_reading(c, true);
+    }
     client_drive(c);
 }
 
@@ -284,7 +328,7 @@ request_done(struct client *c)
 static int
 find_head(struct client *c, size_t *head_len, const char **cause)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     size_t len = evbuffer_get_length(in);
     size_t max = cfg_of(c)->proxy.max_header_size;
     size_t scan = len < max ? len : max;
@@ -351,7 +395,7 @@ start_request(struct client *c, size_t head_len)
     struct server *srv = c->srv;
     const struct config *cfg = srv->cfg;
     struct request *r = c->spare;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     const struct http_header *h;
     const char *cause = "malformed request";
     int rc;
@@ -415,7 +459,8 @@ start_request(struct client *c, size_t head_len)
             respond_early_error(c, 417, "unsupported Expect");
             return;
         }
-        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        client_flush(c);
     }
     /* The whole request, body included, must finish by request_timeout. */
     r->deadline_ms = util_mono_ms() + cfg->proxy.request_timeout_ms;
@@ -429,7 +474,7 @@ static int
 read_body(struct client *c)
 {
     struct request *r = c->req;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     uint64_t max = cfg_of(c)->proxy.max_body_size;
 
     if (!r->hd.chunked) {
@@ -482,13 +527,13 @@ client_drive(struct client *c)
             size_t head_len = 0;
             const char *cause = NULL;
             int rc;
-            if (c->srv->draining && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+            if (c->srv->draining && evbuffer_get_length(c->in) == 0) {
                 client_set_state(c, CLIENT_CLOSING);
                 continue;
             }
             rc = find_head(c, &head_len, &cause);
             if (rc == 0) {
-                if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+                if (evbuffer_get_length(c->in) > 0) {
                     c->head_started = true;
                 }
                 return;
@@ -519,14 +564,16 @@ client_drive(struct client *c)
         case CLIENT_STREAM:
             return;
         case CLIENT_WRITE:
-            if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+            if (evbuffer_get_length(c->out) > 0) {
                 return;
             }
             request_done(c);
             return;
         case CLIENT_CLOSING:
-            if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
-                bufferevent_disable(c->bev, EV_READ);
+            if (evbuffer_get_length(c->out) > 0) {
+                if (c->reading) {
+                    client_reading(c, false);
+                }
                 return;
             }
             client_free(c);
@@ -536,20 +583,70 @@ client_drive(struct client *c)
 }
 
 static void
-client_read_cb(struct bufferevent *bev, void *arg)
+client_gone(struct client *c, const char *why)
+{
+    if (c->req != NULL) {
+        log_info("request %s: client %s %s in state %s", c->req->id, c->addr, why,
+                 client_state_names[c->state]);
+    }
+    client_free(c);
+}
+
+/* Readable (or the body's idle limit passed): one direct read, then drive. */
+static void
+client_sock_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
+    struct evbuffer *in = c->in;
+    ssize_t n;
 
-    (void)bev;
+    if (what & EV_TIMEOUT) {
+        if (c->state == CLIENT_READ_BODY) {
+            respond_early_error(c, 408, "request body not received within client_timeout");
+            client_drive(c);
+        }
+        return;
+    }
+    n = sockio_read(fd, in, SOCKIO_READ_MAX);
+    if (n == -2) {
+        return;
+    }
+    if (n == 0) {
+        client_gone(c, "closed the connection");
+        return;
+    }
+    if (n < 0) {
+        client_gone(c, "connection failed");
+        return;
+    }
+    /* Bound what a client can queue ahead of us (pipelining). */
+    if (evbuffer_get_length(in) > cfg_of(c)->proxy.max_header_size + SOCKIO_READ_MAX &&
+        c->state != CLIENT_READ_BODY) {
+        client_reading(c, false);
+    }
     client_drive(c);
 }
 
+/* Writable again after the kernel pushed back (or the client stopped reading). */
 static void
-client_write_cb(struct bufferevent *bev, void *arg)
+client_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
+    ssize_t left;
 
-    (void)bev;
+    if (what & EV_TIMEOUT) {
+        client_gone(c, "stopped reading its answer");
+        return;
+    }
+    left = sockio_write(fd, c->out);
+    if (left < 0) {
+        client_gone(c, "could not be written to");
+        return;
+    }
+    if (left > 0) {
+        return; /* still blocked: the persistent event fires again */
+    }
+    event_del(c->wev);
     if (c->state == CLIENT_STREAM && c->req != NULL && c->req->att.conn != NULL) {
         upconn_pause_read(c->req->att.conn, false);
         return;
@@ -558,23 +655,17 @@ client_write_cb(struct bufferevent *bev, void *arg)
 }
 
 static void
-client_event_cb(struct bufferevent *bev, short what, void *arg)
+client_drive_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
 
-    (void)bev;
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->state == CLIENT_READ_BODY) {
-        respond_early_error(c, 408, "request body not received within client_timeout");
-        client_drive(c);
+    (void)fd;
+    (void)what;
+    if (c->write_failed) {
+        client_gone(c, "could not be written to");
         return;
     }
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
-        if (c->req != NULL) {
-            log_info("request %s: client %s went away in state %s", c->req->id, c->addr,
-                     client_state_names[c->state]);
-        }
-        client_free(c);
-    }
+    client_drive(c);
 }
 
 static void
@@ -631,7 +722,12 @@ client_free(struct client *c)
     if (c->timer != NULL) {
         event_free(c->timer);
     }
-    bufferevent_free(c->bev);
+    event_free(c->rev);
+    event_free(c->wev);
+    event_free(c->drive_ev);
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    evutil_closesocket(c->fd);
     TAILQ_REMOVE(&srv->clients, c, link);
     srv->nclients--;
     free(c);
@@ -672,28 +768,25 @@ proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int sa
     c = xcalloc(1, sizeof(*c));
     c->srv = srv;
     format_peer(sa, c->addr, sizeof(c->addr));
-    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
-        evutil_closesocket(fd);
-        free(c);
-        return;
-    }
     evutil_make_socket_nonblocking(fd);
     if (sa->sa_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
+    c->fd = fd;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
     c->timer = evtimer_new(srv->base, client_timer_cb, c);
+    c->rev = event_new(srv->base, fd, EV_READ | EV_PERSIST, client_sock_cb, c);
+    c->wev = event_new(srv->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    c->drive_ev = event_new(srv->base, -1, 0, client_drive_cb, c);
+    if (c->in == NULL || c->out == NULL || c->timer == NULL || c->rev == NULL || c->wev == NULL ||
+        c->drive_ev == NULL) {
+        fatal("out of memory accepting a connection");
+    }
     TAILQ_INSERT_TAIL(&srv->clients, c, link);
     srv->nclients++;
-    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    /* Bound what a client can queue ahead of us (pipelining). */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, srv->cfg->proxy.max_header_size + 65536);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    {
-        struct timeval w = ms_to_tv(srv->cfg->proxy.client_timeout_ms);
-        bufferevent_set_timeouts(c->bev, NULL, &w); /* a client that stops reading */
-    }
+    client_reading(c, true);
     client_set_state(c, CLIENT_READ_HEAD);
     timer_arm(c->timer, srv->cfg->proxy.client_timeout_ms);
 }
@@ -706,7 +799,7 @@ proxy_close_idle(struct server *srv)
     for (c = TAILQ_FIRST(&srv->clients); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
         if (c->state == CLIENT_READ_HEAD && !c->head_started &&
-            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+            evbuffer_get_length(c->in) == 0) {
             client_free(c);
         }
     }
@@ -1188,7 +1281,7 @@ relay_head(struct client *c, const struct http_response_head *rh)
 {
     struct request *r = c->req;
     struct attempt *a = &r->att;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->out;
     bool close = !r->keep_alive || c->srv->draining;
     struct buf *b = &scratch;
 
@@ -1279,7 +1372,7 @@ relay_body(struct client *c, bool eof)
     struct request *r = c->req;
     struct attempt *a = &r->att;
     struct evbuffer *in = upconn_input(a->conn);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->out;
 
     switch (a->body_kind) {
     case HTTP_BODY_NONE:
@@ -1419,6 +1512,7 @@ on_response_body(struct client *c, bool eof)
     struct attempt *a = &r->att;
     int rc = relay_body(c, eof);
 
+    client_flush(c);
     if (rc == 1) {
         attempt_complete(c);
         return;
@@ -1439,7 +1533,7 @@ on_response_body(struct client *c, bool eof)
         client_drive(c);
         return;
     }
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > STREAM_HIGH_WATER) {
+    if (evbuffer_get_length(c->out) > STREAM_HIGH_WATER) {
         upconn_pause_read(a->conn, true); /* resumed by client_write_cb */
     }
 }

@@ -92,7 +92,13 @@ struct request {
 
 struct client {
     struct server *srv;
-    struct bufferevent *bev;
+    evutil_socket_t fd;
+    struct evbuffer *in, *out;
+    struct event *rev;       /* readable: direct reads (sockio.c) */
+    struct event *wev;       /* writable: armed only while the kernel pushes back */
+    struct event *drive_ev;  /* moves the machine on after a flush, outside the caller */
+    bool reading;
+    bool write_failed;
     enum client_state state;
     char addr[64]; /* peer address, for X-Forwarded-For and logs */
     struct event *timer; /* head-read deadline, then the request deadline */

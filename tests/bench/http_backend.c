@@ -93,8 +93,9 @@ build_response(bool sink, int dimensions)
             norm += v * v;
         }
         norm = sqrt(norm);
-        len = (size_t)snprintf(body, cap, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\","
-                                          "\"index\":0,\"embedding\":[");
+        len = (size_t)snprintf(body, cap,
+                               "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\","
+                               "\"index\":0,\"embedding\":[");
         for (int i = 0; i < dimensions; i++) {
             len += (size_t)snprintf(body + len, cap - len, "%s%.7f", i ? "," : "",
                                     sin(i * 0.37 + 1.0) / norm);
