@@ -1048,6 +1048,7 @@ send_request(struct client *c)
     }
     attempt_set_state(c, ATTEMPT_HEAD);
     upconn_pause_read(a->conn, false);
+    upconn_flush(a->conn);
 }
 
 static void

@@ -8,6 +8,9 @@
  */
 #include "upstream.h"
 
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +20,7 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
+#include "sockio.h"
 #include "util.h"
 
 static void upconn_free(struct upconn *c);
@@ -310,7 +314,20 @@ upconn_free(struct upconn *c)
         event_free(c->connect_timer);
     }
     if (c->bev != NULL) {
+        /* Plain connections' bufferevents do not own their socket (see plain_takeover). */
+        evutil_socket_t fd = c->up_tls ? -1 : bufferevent_getfd(c->bev);
         bufferevent_free(c->bev);
+        if (fd >= 0) {
+            evutil_closesocket(fd);
+        }
+    }
+    if (c->rev != NULL) {
+        event_free(c->rev);
+        event_free(c->wev);
+        event_free(c->defer_ev);
+        evbuffer_free(c->in);
+        evbuffer_free(c->out);
+        evutil_closesocket(c->fd);
     }
     free(c);
 }
@@ -318,23 +335,161 @@ upconn_free(struct upconn *c)
 struct evbuffer *
 upconn_input(struct upconn *c)
 {
-    return bufferevent_get_input(c->bev);
+    return c->bev != NULL ? bufferevent_get_input(c->bev) : c->in;
 }
 
 struct evbuffer *
 upconn_output(struct upconn *c)
 {
-    return bufferevent_get_output(c->bev);
+    return c->bev != NULL ? bufferevent_get_output(c->bev) : c->out;
+}
+
+static void
+plain_read_on(struct upconn *c, const struct timeval *timeout)
+{
+    event_add(c->rev, timeout);
 }
 
 void
 upconn_pause_read(struct upconn *c, bool paused)
 {
-    if (paused) {
-        bufferevent_disable(c->bev, EV_READ);
+    if (c->bev != NULL) {
+        if (paused) {
+            bufferevent_disable(c->bev, EV_READ);
+        } else {
+            bufferevent_enable(c->bev, EV_READ);
+        }
+    } else if (paused) {
+        event_del(c->rev);
     } else {
-        bufferevent_enable(c->bev, EV_READ);
+        plain_read_on(c, NULL);
     }
+}
+
+/* Report an error from a fresh callback, never from inside the caller's stack. */
+static void
+defer_error(struct upconn *c, const char *what)
+{
+    snprintf(c->error, sizeof(c->error), "%s: %s", what, strerror(errno));
+    event_active(c->defer_ev, 0, 0);
+}
+
+void
+upconn_flush(struct upconn *c)
+{
+    ssize_t left;
+
+    if (c->bev != NULL || event_pending(c->wev, EV_WRITE, NULL)) {
+        return; /* TLS writes itself; a blocked plain write resumes in order */
+    }
+    left = sockio_write(c->fd, c->out);
+    if (left < 0) {
+        defer_error(c, "write");
+    } else if (left > 0) {
+        event_add(c->wev, NULL); /* call_timeout bounds the wait */
+    }
+}
+
+static void
+drop_idle(struct upconn *c)
+{
+    struct upstream *up = c->up;
+
+    TAILQ_REMOVE(&up->idle, c, link);
+    up->nidle--;
+    upconn_free(c);
+    upstream_maybe_free(up);
+}
+
+static void
+plain_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *c = arg;
+    ssize_t n;
+
+    if (c->state == UPCONN_IDLE) {
+        /* Idle too long, closed by the peer, or unsolicited bytes: not reusable. */
+        drop_idle(c);
+        return;
+    }
+    if (what & EV_TIMEOUT) {
+        return;
+    }
+    n = sockio_read(fd, c->in, SOCKIO_READ_MAX);
+    if (n == -2) {
+        return;
+    }
+    if (n == 0) {
+        snprintf(c->error, sizeof(c->error), "connection closed by upstream");
+        c->cb(c, UPCONN_EOF, c->arg);
+        return;
+    }
+    if (n < 0) {
+        snprintf(c->error, sizeof(c->error), "%s", strerror(errno));
+        c->cb(c, UPCONN_ERROR, c->arg);
+        return;
+    }
+    c->cb(c, UPCONN_READ, c->arg);
+}
+
+static void
+plain_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *c = arg;
+    ssize_t left = sockio_write(fd, c->out);
+
+    (void)what;
+    if (left < 0) {
+        snprintf(c->error, sizeof(c->error), "write: %s", strerror(errno));
+        event_del(c->wev);
+        if (c->state == UPCONN_BUSY) {
+            c->cb(c, UPCONN_ERROR, c->arg);
+        }
+        return;
+    }
+    if (left == 0) {
+        event_del(c->wev);
+    }
+}
+
+static void
+defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *c = arg;
+
+    (void)fd;
+    (void)what;
+    if (c->state == UPCONN_BUSY) {
+        c->cb(c, UPCONN_ERROR, c->arg);
+    }
+}
+
+/*
+ * A plain connection is up: leave the bufferevent (it only connected us) for
+ * direct reads and writes on the socket.
+ */
+static void
+plain_takeover(struct upconn *c)
+{
+    struct event_base *base = c->up->set->base;
+
+    c->fd = bufferevent_getfd(c->bev);
+    bufferevent_free(c->bev); /* created without BEV_OPT_CLOSE_ON_FREE: the socket stays */
+    c->bev = NULL;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->rev = event_new(base, c->fd, EV_READ | EV_PERSIST, plain_read_cb, c);
+    c->wev = event_new(base, c->fd, EV_WRITE | EV_PERSIST, plain_write_cb, c);
+    c->defer_ev = event_new(base, -1, 0, defer_cb, c);
+    if (c->in == NULL || c->out == NULL || c->rev == NULL || c->wev == NULL ||
+        c->defer_ev == NULL) {
+        fatal("out of memory setting up an upstream connection");
+    }
+    {
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    plain_read_on(c, NULL);
 }
 
 static void
@@ -411,6 +566,9 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
             event_free(c->connect_timer);
             c->connect_timer = NULL;
         }
+        if (!c->up_tls) {
+            plain_takeover(c);
+        }
         up->nconnecting--;
         up->nbusy++;
         c->state = UPCONN_BUSY;
@@ -463,6 +621,8 @@ start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
     c->cb = cb;
     c->arg = arg;
     c->state = UPCONN_CONNECTING;
+    c->up_tls = uc->url.tls;
+    c->fd = -1;
     if (uc->url.tls) {
         SSL *ssl = SSL_new(up->ssl_ctx);
         const char *sni = uc->tls_server_name ? uc->tls_server_name : uc->url.host;
@@ -490,7 +650,8 @@ start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
             bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
         }
     } else {
-        c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        /* Only connects: plain_takeover keeps the socket when it frees this. */
+        c->bev = bufferevent_socket_new(base, -1, 0);
     }
     if (c->bev == NULL) {
         *cause = "cannot create connection";
@@ -529,7 +690,11 @@ upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, v
         c->state = UPCONN_BUSY;
         c->cb = cb;
         c->arg = arg;
-        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        if (c->bev != NULL) {
+            bufferevent_set_timeouts(c->bev, NULL, NULL);
+        } else {
+            plain_read_on(c, NULL);
+        }
         *out = c;
         return 1;
     }
@@ -604,9 +769,13 @@ upstream_release(struct upconn *c, bool reusable)
         {
             /* Servers drop idle keep-alive connections; close ours first. */
             struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_MS / 1000, 0};
-            bufferevent_set_timeouts(c->bev, &idle, NULL);
+            if (c->bev != NULL) {
+                bufferevent_set_timeouts(c->bev, &idle, NULL);
+                bufferevent_enable(c->bev, EV_READ);
+            } else {
+                plain_read_on(c, &idle);
+            }
         }
-        bufferevent_enable(c->bev, EV_READ);
         TAILQ_INSERT_HEAD(&up->idle, c, link);
         up->nidle++;
         /* Most recently used first: warm connections, and the rest age out. */

@@ -45,7 +45,12 @@ enum upconn_state {
 
 struct upconn {
     struct upstream *up;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* TLS connections, and plain ones while connecting */
+    bool up_tls;
+    /* plain connections once up: direct reads and writes (sockio.c) */
+    evutil_socket_t fd;
+    struct evbuffer *in, *out;
+    struct event *rev, *wev, *defer_ev;
     enum upconn_state state;
     bool reused; /* served a request before */
     bool tls_failed;
@@ -138,6 +143,8 @@ void upstream_release(struct upconn *c, bool reusable);
 
 struct evbuffer *upconn_input(struct upconn *c);
 struct evbuffer *upconn_output(struct upconn *c);
+/* Send queued output now (plain); TLS connections write by themselves. */
+void upconn_flush(struct upconn *c);
 void upconn_pause_read(struct upconn *c, bool paused);
 
 #endif
