@@ -5,13 +5,21 @@
  * handle, the PRNG and the export loop. The queue lock is held only to move
  * span pointers, never across encoding or network I/O. The breaker has its
  * own lock because /stats reads it from the event loop thread.
+ *
+ * libcurl is loaded with dlopen() the first time an exporter starts, not
+ * linked: Debian's libcurl pulls in GnuTLS, LDAP, RTMP, SSH and a dozen more
+ * libraries whose start-up costs every process about 3 MiB of RSS and a few
+ * milliseconds, also when no OTLP endpoint is configured (the default).
  */
 #include "otlp.h"
 
+#define CURL_DISABLE_TYPECHECK /* the calls below go through function pointers */
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +31,73 @@
 #include "log.h"
 #include "retry.h"
 #include "util.h"
+
+/* The libcurl functions the exporter uses, resolved from libcurl.so.4. */
+static struct {
+    void *lib;
+    CURLcode (*global_init)(long flags);
+    void (*global_cleanup)(void);
+    CURL *(*easy_init)(void);
+    CURLcode (*easy_setopt)(CURL *curl, CURLoption option, ...);
+    CURLcode (*easy_perform)(CURL *curl);
+    CURLcode (*easy_getinfo)(CURL *curl, CURLINFO info, ...);
+    const char *(*easy_strerror)(CURLcode code);
+    void (*easy_cleanup)(CURL *curl);
+    struct curl_slist *(*slist_append)(struct curl_slist *list, const char *s);
+    void (*slist_free_all)(struct curl_slist *list);
+} curlfn;
+
+/* Load libcurl once (exporters start on the main thread); NULL, or why not. */
+static const char *
+curl_load(void)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } syms[] = {
+        {"curl_global_init", offsetof(__typeof__(curlfn), global_init)},
+        {"curl_global_cleanup", offsetof(__typeof__(curlfn), global_cleanup)},
+        {"curl_easy_init", offsetof(__typeof__(curlfn), easy_init)},
+        {"curl_easy_setopt", offsetof(__typeof__(curlfn), easy_setopt)},
+        {"curl_easy_perform", offsetof(__typeof__(curlfn), easy_perform)},
+        {"curl_easy_getinfo", offsetof(__typeof__(curlfn), easy_getinfo)},
+        {"curl_easy_strerror", offsetof(__typeof__(curlfn), easy_strerror)},
+        {"curl_easy_cleanup", offsetof(__typeof__(curlfn), easy_cleanup)},
+        {"curl_slist_append", offsetof(__typeof__(curlfn), slist_append)},
+        {"curl_slist_free_all", offsetof(__typeof__(curlfn), slist_free_all)},
+    };
+
+    if (curlfn.lib != NULL) {
+        return NULL;
+    }
+    curlfn.lib = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
+    if (curlfn.lib == NULL) {
+        return "cannot load libcurl.so.4 (apt-get install libcurl4)";
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(syms); i++) {
+        void *f = dlsym(curlfn.lib, syms[i].name);
+        if (f == NULL) {
+            dlclose(curlfn.lib);
+            curlfn.lib = NULL;
+            return "libcurl.so.4 lacks a needed function";
+        }
+        memcpy((char *)&curlfn + syms[i].offset, &f, sizeof(f));
+    }
+    return NULL;
+}
+
+#define curl_global_init (*curlfn.global_init)
+#define curl_global_cleanup (*curlfn.global_cleanup)
+#define curl_easy_init (*curlfn.easy_init)
+#undef curl_easy_setopt
+#define curl_easy_setopt (*curlfn.easy_setopt)
+#define curl_easy_perform (*curlfn.easy_perform)
+#undef curl_easy_getinfo
+#define curl_easy_getinfo (*curlfn.easy_getinfo)
+#define curl_easy_strerror (*curlfn.easy_strerror)
+#define curl_easy_cleanup (*curlfn.easy_cleanup)
+#define curl_slist_append (*curlfn.slist_append)
+#define curl_slist_free_all (*curlfn.slist_free_all)
 
 #define OTLP_BACKOFF_MULTIPLIER 2.0
 /* Collectors answer with a short status body; more is not worth keeping. */
@@ -619,6 +694,12 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
     e->url = telemetry_traces_url(t);
     e->console = t->console_export;
     if (e->url == NULL && !e->console) {
+        free(e);
+        return NULL;
+    }
+    *cause = curl_load();
+    if (*cause != NULL) {
+        free(e->url);
         free(e);
         return NULL;
     }
