@@ -407,14 +407,41 @@ put_float_array(struct buf *b, const float *v, size_t dim)
 {
     char *p;
 
+    /*
+     * A hashing embedder's vector holds a handful of distinct values (small
+     * sums of feature weights over one norm), so a tiny cache of formatted
+     * values per vector saves most of the exact shortest-decimal work.
+     */
+    struct {
+        uint32_t bits;
+        uint8_t len;
+        char text[EMBED_FLOAT_MAX_CHARS];
+    } cache[64];
+
+    for (size_t i = 0; i < ARRAY_SIZE(cache); i++) {
+        cache[i].len = 0;
+    }
     buf_reserve(b, dim * (EMBED_FLOAT_MAX_CHARS + 1) + 2);
     p = b->data + b->len;
     *p++ = '[';
     for (size_t i = 0; i < dim; i++) {
+        uint32_t bits;
+        size_t slot;
         if (i > 0) {
             *p++ = ',';
         }
-        p += embed_format_float(v[i], p);
+        memcpy(&bits, &v[i], sizeof(bits));
+        slot = (bits ^ (bits >> 13) ^ (bits >> 23)) & (ARRAY_SIZE(cache) - 1);
+        if (cache[slot].len == 0 || cache[slot].bits != bits) {
+            cache[slot].bits = bits;
+            cache[slot].len = (uint8_t)embed_format_float(v[i], cache[slot].text);
+        }
+        /* A fixed 16-byte copy compiles to two moves; buf_reserve left room for the tail. */
+        memcpy(p, cache[slot].text, 16);
+        if (cache[slot].len > 16) {
+            memcpy(p + 16, cache[slot].text + 16, cache[slot].len - 16u);
+        }
+        p += cache[slot].len;
     }
     *p++ = ']';
     b->len = (size_t)(p - b->data);
