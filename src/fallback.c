@@ -64,17 +64,6 @@ pick_dimensions(struct fallback_job *j)
     return (unsigned)cfg->fallback.dimensions;
 }
 
-static size_t
-utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    }
-    return n;
-}
-
 static void
 job_error(struct fallback_job *j, const char *message, const char *param)
 {
@@ -109,7 +98,7 @@ job_run(struct worker_job *wj)
         int rc;
         if (in->text != NULL) {
             rc = embedder_hash_text(in->text, in->len, v, j->dim);
-            j->text_chars += utf8_chars(in->text, in->len);
+            j->text_chars += util_utf8_chars(in->text, in->len);
         } else {
             rc = embedder_hash_tokens(in->tokens, in->ntokens, v, j->dim);
             j->text_chars += in->ntokens;

@@ -57,17 +57,6 @@ static struct telemetry_settings tele;
 
 static void observe_counts(int m, size_t ninputs, const uint32_t *chars);
 
-static size_t
-utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    }
-    return n;
-}
-
 static int
 route_index(const char *route)
 {
@@ -124,55 +113,45 @@ reason_class(const char *reason)
 /* ---- collectors: values read at scrape time ---------------------------- */
 
 static void
+breaker_samples(struct metrics_writer *w, const char *name, const struct breaker_stats *st)
+{
+    const char *lv[] = {name};
+
+    metrics_writer_sample(w, METRIC_CIRCUIT_STATE, lv, breaker_state_metric(st->state));
+    metrics_writer_sample(w, METRIC_CIRCUIT_TOTAL_CALLS, lv, (double)st->total_calls);
+    metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESSFUL_CALLS, lv, (double)st->successful_calls);
+    metrics_writer_sample(w, METRIC_CIRCUIT_FAILED_CALLS, lv, (double)st->failed_calls);
+    metrics_writer_sample(w, METRIC_CIRCUIT_REJECTED_CALLS, lv, (double)st->rejected_calls);
+    metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_FAILURES, lv, st->consecutive_failures);
+    metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv,
+                          st->consecutive_successes);
+    metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st->success_rate);
+}
+
+static void
 collect_breakers(struct metrics_writer *w, void *arg)
 {
     struct server *srv = arg;
     struct breaker_stats st;
+    uint64_t exported = 0, dropped = 0, failures = 0;
 
     for (size_t i = 0; i < srv->ups->n; i++) {
         struct upstream *up = srv->ups->ups[i];
-        const char *lv[] = {up->name};
         const char *idle[] = {up->name, "idle"}, *active[] = {up->name, "active"};
         breaker_get_stats(&up->breaker, &st);
-        metrics_writer_sample(w, METRIC_CIRCUIT_STATE, lv, breaker_state_metric(st.state));
-        metrics_writer_sample(w, METRIC_CIRCUIT_TOTAL_CALLS, lv, (double)st.total_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESSFUL_CALLS, lv,
-                              (double)st.successful_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_FAILED_CALLS, lv, (double)st.failed_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_REJECTED_CALLS, lv, (double)st.rejected_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_FAILURES, lv,
-                              st.consecutive_failures);
-        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv,
-                              st.consecutive_successes);
-        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st.success_rate);
+        breaker_samples(w, up->name, &st);
         metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, idle, (double)up->nidle);
         metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, active,
                               (double)(up->nbusy + up->nconnecting));
     }
     if (srv->otlp != NULL) {
-        const char *lv[] = {"otlp-exporter"};
-        uint64_t exported, dropped, failures;
         otlp_breaker_stats(srv->otlp, &st);
-        metrics_writer_sample(w, METRIC_CIRCUIT_STATE, lv, breaker_state_metric(st.state));
-        metrics_writer_sample(w, METRIC_CIRCUIT_TOTAL_CALLS, lv, (double)st.total_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESSFUL_CALLS, lv,
-                              (double)st.successful_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_FAILED_CALLS, lv, (double)st.failed_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_REJECTED_CALLS, lv, (double)st.rejected_calls);
-        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_FAILURES, lv,
-                              st.consecutive_failures);
-        metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv,
-                              st.consecutive_successes);
-        metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st.success_rate);
+        breaker_samples(w, "otlp-exporter", &st);
         otlp_counters(srv->otlp, &exported, &dropped, &failures);
-        metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, (double)exported);
-        metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, (double)dropped);
-        metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, (double)failures);
-    } else {
-        metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, 0);
-        metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, 0);
-        metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, 0);
     }
+    metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, (double)exported);
+    metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, (double)dropped);
+    metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, (double)failures);
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
                           srv->workers ? (double)worker_pool_depth(srv->workers) : 0);
 }
@@ -552,6 +531,6 @@ observe_embeddings(struct server *srv, const char *mode, const struct embed_requ
     for (size_t i = 0; i < er->ninputs; i++) {
         const struct embed_input *in = &er->inputs[i];
         metrics_observe(m_textlen[m],
-                        (double)(in->text ? utf8_chars(in->text, in->len) : in->ntokens));
+                        (double)(in->text ? util_utf8_chars(in->text, in->len) : in->ntokens));
     }
 }

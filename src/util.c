@@ -98,6 +98,17 @@ util_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+size_t
+util_utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        n += ((unsigned char)s[i] & 0xC0) != 0x80; /* lead bytes only */
+    }
+    return n;
+}
+
 void
 util_iso8601(int64_t wall_ms, char *out, size_t outlen)
 {

@@ -28,6 +28,9 @@ uint64_t util_mono_us(void);
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t util_wall_ms(void);
 
+/* Characters (UTF-8 lead bytes) in s[0..len). */
+size_t util_utf8_chars(const char *s, size_t len);
+
 /* Format wall-clock milliseconds as ISO 8601 UTC, "2026-01-02T03:04:05.678Z". */
 void util_iso8601(int64_t wall_ms, char *out, size_t outlen);
 
