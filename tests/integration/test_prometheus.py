@@ -120,3 +120,18 @@ def test_prometheus_scrapes_and_every_query_evaluates(start_akosha, prometheus, 
     for q in queries:
         res = query(port, q)
         assert res.get("status") == "success", (q, res)
+
+
+def test_live_metrics_page_passes_promtool(start_akosha, backend):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    a = start_akosha("[upstream b]\nurl = http://127.0.0.1:%d\n" % backend.port)
+    a.post_json("/v1/embeddings", {"input": ["x", "y"]})
+    a.request("GET", "/other")
+    a.admin("POST", "/upstreams/b/open")
+    a.post_json("/embed", {"inputs": "fallback"})
+    _, headers, page = a.admin("GET", "/metrics")
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    p = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True)
+    assert p.returncode == 0 and p.stdout == b"" and p.stderr == b"", (p.stdout, p.stderr)

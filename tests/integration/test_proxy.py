@@ -422,3 +422,11 @@ def test_stalled_body_gets_408_at_client_timeout(backend, start_akosha):
     assert out.startswith(b"HTTP/1.1 408")
     assert 0.8 < time.time() - t0 < 3
     assert backend.count() == 0
+
+
+def test_too_many_headers_is_431(backend, start_akosha):
+    a = start_akosha(upstream_conf(backend))
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(120))
+    out = a.raw(head + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431")
+    assert backend.count() == 0
