@@ -708,9 +708,13 @@ free_value(const struct config_key *k, void *base)
     }
 }
 
-/* Parse text into the field of base described by k. Reports its own errors. */
+/*
+ * Parse text into the field of base described by k. Reports its own errors,
+ * quoting shown: the value as written, never one expanded from ${...}.
+ */
 static bool
-set_value(struct parser *p, const struct config_key *k, void *base, const char *text)
+set_value(struct parser *p, const struct config_key *k, void *base, const char *text,
+          const char *shown)
 {
     void *field = (char *)base + k->offset;
     const char *cause = NULL;
@@ -730,7 +734,7 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
             cause = "expected an integer";
             break;
         }
-        if (!check_bounds(p, k, (double)v, text)) {
+        if (!check_bounds(p, k, (double)v, shown)) {
             return false;
         }
         *(int64_t *)field = v;
@@ -745,7 +749,7 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
             cause = "expected a number";
             break;
         }
-        if (!check_bounds(p, k, v, text)) {
+        if (!check_bounds(p, k, v, shown)) {
             return false;
         }
         *(double *)field = v;
@@ -761,7 +765,7 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
             break;
         }
         v /= 100.0;
-        if (!check_bounds(p, k, v, text)) {
+        if (!check_bounds(p, k, v, shown)) {
             return false;
         }
         *(double *)field = v;
@@ -777,7 +781,7 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
         if (config_parse_duration(text, &ms, &cause) < 0) {
             break;
         }
-        if (!check_bounds(p, k, (double)ms, text)) {
+        if (!check_bounds(p, k, (double)ms, shown)) {
             return false;
         }
         *(uint64_t *)field = ms;
@@ -788,7 +792,7 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
         if (config_parse_size(text, &bytes, &cause) < 0) {
             break;
         }
-        if (!check_bounds(p, k, (double)bytes, text)) {
+        if (!check_bounds(p, k, (double)bytes, shown)) {
             return false;
         }
         *(uint64_t *)field = bytes;
@@ -872,7 +876,7 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
             opts += n + (bar ? 1 : 0);
         }
         add_error(p->errs, "%s:%d: [%s] %s: '%s' is not one of %s", p->name, p->line, sec,
-                  k->name, text, k->enum_values);
+                  k->name, shown, k->enum_values);
         return false;
     }
     }
@@ -907,7 +911,7 @@ apply_defaults(struct parser *p, enum config_section_kind sec, void *base)
         }
         if (k->def != NULL) {
             /* A default that fails to parse is a bug in the table; tests catch it. */
-            set_value(p, k, base, k->def);
+            set_value(p, k, base, k->def, k->def);
         } else if (k->type == CT_DOUBLE) {
             *(double *)((char *)base + k->offset) = -1;
         }
@@ -1087,7 +1091,7 @@ parse_assignment(struct parser *p, char *line)
     if (expanded_value == NULL) {
         return;
     }
-    if (set_value(p, k, p->target, expanded_value)) {
+    if (set_value(p, k, p->target, expanded_value, value)) {
         char **raw = *p->raw;
         if (k->type == CT_HEADER && raw[idx] != NULL) {
             char *joined = xasprintf("%s\n%s", raw[idx], value);

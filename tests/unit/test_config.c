@@ -415,3 +415,17 @@ Test(config, error_messages_never_show_expanded_values)
     cr_assert_not_null(strstr(errs.msgs[0], "${API_KEY}"), "%s", errs.msgs[0]);
     config_errors_free(&errs);
 }
+
+Test(config, enum_and_bound_errors_quote_the_value_as_written)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[fallback]\nmode = x${API_KEY}\nworkers = ${EMPTY}0\n", &errs);
+
+    cr_assert_null(cfg);
+    cr_assert_eq(errs.n, 2);
+    for (size_t i = 0; i < errs.n; i++) {
+        cr_assert_null(strstr(errs.msgs[i], "sk-secret"), "%s", errs.msgs[i]);
+        cr_assert_not_null(strstr(errs.msgs[i], "${"), "%s", errs.msgs[i]);
+    }
+    config_errors_free(&errs);
+}
