@@ -242,8 +242,15 @@ respond_early_error(struct client *c, int status, const char *message)
 static void
 gen_request_id(struct server *srv, char *out)
 {
-    uint64_t a = retry_rand(&srv->rng), b = retry_rand(&srv->rng);
-    snprintf(out, 33, "%016" PRIx64 "%016" PRIx64, a, b);
+    static const char hex[] = "0123456789abcdef";
+
+    for (int half = 0; half < 2; half++) {
+        uint64_t v = retry_rand(&srv->rng);
+        for (int i = 15; i >= 0; i--, v >>= 4) {
+            out[half * 16 + i] = hex[v & 15];
+        }
+    }
+    out[32] = '\0';
 }
 
 static bool
@@ -324,7 +331,11 @@ request_done(struct client *c)
 
 /* ---- reading the request ---------------------------------------------- */
 
-/* Find the end of the head; 1 found (*head_len), 0 need more, <0 error status. */
+/*
+ * Find the end of the head; 1 found (*head_len), 0 need more, <0 error status.
+ * Jumps from line feed to line feed; a bare LF is refused as soon as it
+ * arrives, everything else about the head is the parser's to judge.
+ */
 static int
 find_head(struct client *c, size_t *head_len, const char **cause)
 {
@@ -332,32 +343,32 @@ find_head(struct client *c, size_t *head_len, const char **cause)
     size_t len = evbuffer_get_length(in);
     size_t max = cfg_of(c)->proxy.max_header_size;
     size_t scan = len < max ? len : max;
-    unsigned char *p;
-    size_t start = c->head_scan > 3 ? c->head_scan - 3 : 0;
+    const unsigned char *p;
+    size_t i = c->head_scan;
 
     if (len == 0) {
         return 0;
     }
     p = evbuffer_pullup(in, (ssize_t)scan);
-    for (size_t i = start; i < scan; i++) {
-        if (p[i] == '\n') {
-            if (i == 0 || p[i - 1] != '\r') {
-                *cause = "bare LF in request head";
-                return -400;
-            }
-            if (i >= 3 && p[i - 2] == '\n' && p[i - 3] == '\r') {
-                *head_len = i + 1;
-                return 1;
-            }
-        } else if (i > 0 && p[i - 1] == '\r') {
-            *cause = "bare CR in request head";
-            return -400;
-        } else if (p[i] == '\0') {
-            *cause = "NUL in request head";
+    while (i < scan) {
+        const unsigned char *nl = memchr(p + i, '\n', scan - i);
+        size_t at;
+        if (nl == NULL) {
+            break;
+        }
+        at = (size_t)(nl - p);
+        if (at == 0 || p[at - 1] != '\r') {
+            *cause = "bare LF in request head";
             return -400;
         }
+        if (at >= 3 && p[at - 2] == '\n' && p[at - 3] == '\r') {
+            *head_len = at + 1;
+            return 1;
+        }
+        i = at + 1;
     }
-    c->head_scan = scan;
+    /* Resume at the last line start: a CRLF may straddle reads. */
+    c->head_scan = scan > 3 ? scan - 3 : 0;
     if (len >= max) {
         *cause = "request head larger than max_header_size";
         return -431;
@@ -895,10 +906,14 @@ dispatch(struct client *c)
 
 /* ---- attempts ----------------------------------------------------------- */
 
-static void
+static inline void
 put(struct buf *b, const char *s, size_t n)
 {
-    buf_append(b, s, n);
+    if (b->len + n + 1 > b->cap) {
+        buf_reserve(b, n);
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
 }
 
 #define PUT_LIT(b, lit) put((b), (lit), sizeof(lit) - 1)
