@@ -6,7 +6,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -131,7 +135,30 @@ copy_utf8(char *dst, size_t dstsize, const char *src, size_t len)
     size_t in = 0, out = 0;
 
     while (in < len) {
-        size_t n = utf8_seq_len(s + in, len - in);
+        size_t n;
+#ifdef __SSE2__
+        /* Sixteen ASCII bytes at a time while they fit. */
+        while (len - in >= 16 && out + 16 < dstsize) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + in));
+            if (_mm_movemask_epi8(v) != 0) {
+                break;
+            }
+            _mm_storeu_si128((__m128i *)(void *)(dst + out), v);
+            in += 16;
+            out += 16;
+        }
+        if (in >= len) {
+            break;
+        }
+#endif
+        if (s[in] < 0x80) {
+            if (out + 1 >= dstsize) {
+                break;
+            }
+            dst[out++] = (char)s[in++];
+            continue;
+        }
+        n = utf8_seq_len(s + in, len - in);
         if (n == 0) {
             if (out + 1 >= dstsize) {
                 break;
@@ -456,8 +483,10 @@ struct trace_span *
 trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
                enum trace_span_kind kind, const char *name, uint64_t start_unix_ns)
 {
-    struct trace_span *span = xcalloc(1, sizeof(*span));
+    /* Only the header is cleared: attributes are written before nattrs counts them. */
+    struct trace_span *span = xmalloc(sizeof(*span));
 
+    memset(span, 0, offsetof(struct trace_span, attrs));
     memcpy(span->trace_id, ctx->trace_id, TRACE_ID_SIZE);
     memcpy(span->span_id, ctx->span_id, TRACE_SPAN_ID_SIZE);
     if (parent_span_id != NULL) {

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 static void
 oom(size_t size)
@@ -249,48 +252,79 @@ void
 buf_json_string(struct buf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *in = (const unsigned char *)s;
     size_t i = 0;
+    char *o;
 
-    buf_reserve(b, len + 2);
-    buf_putc(b, '"');
+    buf_reserve(b, len * 6 + 2); /* the worst case: every byte \\u-escaped */
+    o = b->data + b->len;
+    *o++ = '"';
     while (i < len) {
-        unsigned char c = (unsigned char)s[i];
+        unsigned char c;
+#ifdef __SSE2__
+        /* Sixteen plain characters at a time: no quote, backslash, control or UTF-8. */
+        while (len - i >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(in + i));
+            __m128i special = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))); /* signed: also catches >= 0x80 */
+            if (_mm_movemask_epi8(special) != 0) {
+                break;
+            }
+            _mm_storeu_si128((__m128i *)(void *)o, v);
+            o += 16;
+            i += 16;
+        }
+        if (i >= len) {
+            break;
+        }
+#endif
+        c = in[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+            continue;
+        }
+        if (c >= 0x80) {
+            /* JSON is UTF-8: a broken sequence becomes U+FFFD, never raw bytes. */
+            size_t n = utf8_valid_len(in + i, len - i);
+            if (n == 0) {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+                i++;
+            } else {
+                memcpy(o, in + i, n);
+                o += n;
+                i += n;
+            }
+            continue;
+        }
+        *o++ = '\\';
         switch (c) {
         case '"':
-            buf_append(b, "\\\"", 2);
-            break;
         case '\\':
-            buf_append(b, "\\\\", 2);
+            *o++ = (char)c;
             break;
         case '\n':
-            buf_append(b, "\\n", 2);
+            *o++ = 'n';
             break;
         case '\r':
-            buf_append(b, "\\r", 2);
+            *o++ = 'r';
             break;
         case '\t':
-            buf_append(b, "\\t", 2);
+            *o++ = 't';
             break;
         default:
-            if (c < 0x20) {
-                char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-                buf_append(b, esc, 6);
-            } else if (c < 0x80) {
-                buf_putc(b, (char)c);
-            } else {
-                /* JSON is UTF-8: a broken sequence becomes U+FFFD, never raw bytes. */
-                size_t n = utf8_valid_len((const unsigned char *)s + i, len - i);
-                if (n == 0) {
-                    buf_append(b, "\\ufffd", 6);
-                    i++;
-                } else {
-                    buf_append(b, s + i, n);
-                    i += n;
-                }
-                continue;
-            }
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         }
         i++;
     }
-    buf_putc(b, '"');
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
 }
