@@ -628,8 +628,10 @@ trace_span_end(struct trace_span *span, uint64_t end_unix_ns)
 static void
 json_key(struct buf *out, const char *key)
 {
-    buf_json_string(out, key, strlen(key));
-    buf_putc(out, ':');
+    /* Keys are this file's own field names: plain ASCII, nothing to escape. */
+    buf_putc(out, '"');
+    buf_puts(out, key);
+    buf_append(out, "\":", 2);
 }
 
 static void
@@ -655,7 +657,9 @@ json_attr_value(struct buf *out, const struct trace_attr *a)
         break;
     case TRACE_ATTR_INT:
         /* Protobuf JSON writes 64-bit integers as strings. */
-        buf_printf(out, "\"intValue\":\"%lld\"", (long long)a->v.i);
+        buf_puts(out, "\"intValue\":\"");
+        buf_put_i64(out, a->v.i);
+        buf_putc(out, '"');
         break;
     case TRACE_ATTR_DOUBLE:
         if (isnan(a->v.d)) {
@@ -668,7 +672,7 @@ json_attr_value(struct buf *out, const struct trace_attr *a)
         }
         break;
     case TRACE_ATTR_BOOL:
-        buf_printf(out, "\"boolValue\":%s", a->v.b ? "true" : "false");
+        buf_puts(out, a->v.b ? "\"boolValue\":true" : "\"boolValue\":false");
         break;
     }
     buf_puts(out, "}");
@@ -688,10 +692,13 @@ trace_span_json(struct buf *out, const struct trace_span *span)
     buf_putc(out, ',');
     json_key(out, "name");
     buf_json_string(out, span->name, strlen(span->name));
-    buf_printf(out, ",\"kind\":%d", (int)span->kind);
-    buf_printf(out, ",\"startTimeUnixNano\":\"%llu\",\"endTimeUnixNano\":\"%llu\"",
-               (unsigned long long)span->start_unix_ns,
-               (unsigned long long)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
+    buf_puts(out, ",\"kind\":");
+    buf_put_i64(out, (int)span->kind);
+    buf_puts(out, ",\"startTimeUnixNano\":\"");
+    buf_put_i64(out, (int64_t)span->start_unix_ns);
+    buf_puts(out, "\",\"endTimeUnixNano\":\"");
+    buf_put_i64(out, (int64_t)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
+    buf_putc(out, '"');
     buf_puts(out, ",\"attributes\":[");
     for (unsigned i = 0; i < span->nattrs; i++) {
         const struct trace_attr *a = &span->attrs[i];
@@ -710,7 +717,8 @@ trace_span_json(struct buf *out, const struct trace_span *span)
     if (span->dropped_attrs > 0) {
         buf_printf(out, ",\"droppedAttributesCount\":%u", span->dropped_attrs);
     }
-    buf_printf(out, ",\"status\":{\"code\":%d", (int)span->status);
+    buf_puts(out, ",\"status\":{\"code\":");
+    buf_put_i64(out, (int)span->status);
     if (span->status_message[0] != '\0') {
         buf_puts(out, ",\"message\":");
         buf_json_string(out, span->status_message, strlen(span->status_message));
