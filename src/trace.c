@@ -510,11 +510,19 @@ const struct trace_attr *
 trace_span_attr_find(const struct trace_span *span, const char *key)
 {
     char k[TRACE_ATTR_KEY_MAX];
+    size_t len = strlen(key);
+    bool plain = len < sizeof(k);
 
-    /* Compare as stored: a long key was cut the same way when it was set. */
-    copy_utf8(k, sizeof(k), key, strlen(key));
+    for (size_t i = 0; plain && i < len; i++) {
+        plain = (unsigned char)key[i] < 0x80;
+    }
+    /* Compare as stored: a long or non-ASCII key was cut or cleaned the same way when set. */
+    if (!plain) {
+        copy_utf8(k, sizeof(k), key, len);
+        key = k;
+    }
     for (unsigned i = 0; i < span->nattrs; i++) {
-        if (strcmp(span->attrs[i].key, k) == 0) {
+        if (strcmp(span->attrs[i].key, key) == 0) {
             return &span->attrs[i];
         }
     }
