@@ -1207,24 +1207,14 @@ scan_string(struct scanner *sc, const char **start, size_t *bytes, size_t *chars
     *start = ++sc->p;
     while (sc->p < sc->end) {
         unsigned char ch;
-#ifdef __SSE2__
-        /* Sixteen plain ASCII characters at a time: no quote, backslash, control or UTF-8. */
-        while (sc->end - sc->p >= 16) {
-            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)sc->p);
-            __m128i special = _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
-                _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))); /* signed: also catches >= 0x80 */
-            if (_mm_movemask_epi8(special) != 0) {
-                break;
-            }
-            sc->p += 16;
-            n += 16;
+        {
+            size_t run = util_json_plain_run(sc->p, (size_t)(sc->end - sc->p));
+            sc->p += run;
+            n += run;
         }
         if (sc->p >= sc->end) {
             break;
         }
-#endif
         ch = (unsigned char)*sc->p;
         if (ch == '"') {
             *bytes = (size_t)(sc->p - *start);

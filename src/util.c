@@ -227,6 +227,26 @@ buf_printf(struct buf *b, const char *fmt, ...)
     va_end(ap);
 }
 
+size_t
+util_json_plain_run(const char *s, size_t n)
+{
+    size_t i = 0;
+#ifdef __SSE2__
+    for (; n - i >= 16; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i special =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                      _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                         _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))); /* signed: also >= 0x80 */
+        if (_mm_movemask_epi8(special) != 0) {
+            break;
+        }
+    }
+#endif
+    (void)s;
+    return i;
+}
+
 /* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
 static size_t
 utf8_valid_len(const unsigned char *s, size_t n)
@@ -278,25 +298,15 @@ buf_json_string(struct buf *b, const char *s, size_t len)
     *o++ = '"';
     while (i < len) {
         unsigned char c;
-#ifdef __SSE2__
-        /* Sixteen plain characters at a time: no quote, backslash, control or UTF-8. */
-        while (len - i >= 16) {
-            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(in + i));
-            __m128i special = _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
-                _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))); /* signed: also catches >= 0x80 */
-            if (_mm_movemask_epi8(special) != 0) {
+        {
+            size_t run = util_json_plain_run((const char *)in + i, len - i);
+            memcpy(o, in + i, run);
+            o += run;
+            i += run;
+            if (i >= len) {
                 break;
             }
-            _mm_storeu_si128((__m128i *)(void *)o, v);
-            o += 16;
-            i += 16;
         }
-        if (i >= len) {
-            break;
-        }
-#endif
         c = in[i];
         if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
             *o++ = (char)c;

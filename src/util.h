@@ -28,6 +28,13 @@ uint64_t util_mono_us(void);
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t util_wall_ms(void);
 
+/*
+ * Bytes at the start of s[0..n) that a JSON string holds as they are (no
+ * quote, backslash, control character or UTF-8), counted sixteen at a time:
+ * a multiple of 16, possibly 0. Callers handle the rest byte by byte.
+ */
+size_t util_json_plain_run(const char *s, size_t n);
+
 /* Characters (UTF-8 lead bytes) in s[0..len). */
 size_t util_utf8_chars(const char *s, size_t len);
 
