@@ -275,13 +275,6 @@ observe_in_flight(int delta)
 }
 
 void
-observe_request_dispatch(struct server *srv, struct request *r)
-{
-    (void)srv;
-    (void)r;
-}
-
-void
 observe_server_span_end(struct server *srv, struct request *r)
 {
     struct trace_span *s = r->span;

@@ -25,7 +25,6 @@ void observe_reload(struct server *srv, bool ok);
 /* A request began (+1) or ended (-1): akosha_requests_in_flight. */
 void observe_in_flight(int delta);
 void observe_request_start(struct server *srv, struct request *r);
-void observe_request_dispatch(struct server *srv, struct request *r);
 void observe_request_done(struct server *srv, struct request *r);
 void observe_server_span_end(struct server *srv, struct request *r);
 void observe_connection_refused(struct server *srv);

@@ -85,22 +85,6 @@ attempt_set_state(struct client *c, enum attempt_state st)
     a->state = st;
 }
 
-static void
-timer_arm(struct event *ev, uint64_t ms)
-{
-    struct timeval tv;
-
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-    evtimer_add(ev, &tv);
-}
-
-static const struct config *
-cfg_of(struct client *c)
-{
-    return c->srv->cfg;
-}
-
 static struct timeval
 ms_to_tv(uint64_t ms)
 {
@@ -109,6 +93,20 @@ ms_to_tv(uint64_t ms)
     tv.tv_sec = (time_t)(ms / 1000);
     tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
     return tv;
+}
+
+static void
+timer_arm(struct event *ev, uint64_t ms)
+{
+    struct timeval tv = ms_to_tv(ms);
+
+    evtimer_add(ev, &tv);
+}
+
+static const struct config *
+cfg_of(struct client *c)
+{
+    return c->srv->cfg;
 }
 
 /*
@@ -886,7 +884,6 @@ dispatch(struct client *c)
     struct server *srv = c->srv;
     struct request *r = c->req;
 
-    observe_request_dispatch(srv, r);
     if (srv->ups->n == 0 || cfg_of(c)->fallback.mode == FALLBACK_ALWAYS) {
         if (r->api != EMBED_API_NONE && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
             if (r->deny_fallback) {
@@ -922,19 +919,6 @@ static void
 put_str(struct buf *b, const char *s)
 {
     put(b, s, strlen(s));
-}
-
-static void
-put_u64(struct buf *b, uint64_t v)
-{
-    char tmp[24];
-    size_t i = sizeof(tmp);
-
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    put(b, tmp + i, sizeof(tmp) - i);
 }
 
 /* Request headers akosha replaces or must not forward, besides hop-by-hop ones. */
@@ -1041,7 +1025,7 @@ append_upstream_head(struct client *c, struct evbuffer *out)
     }
     if (body_len > 0 || r->hd.content_length >= 0 || r->hd.chunked) {
         PUT_LIT(b, "Content-Length: ");
-        put_u64(b, body_len);
+        buf_put_i64(b, (int64_t)body_len);
         PUT_LIT(b, "\r\n");
     }
     PUT_LIT(b, "\r\n");
@@ -1310,7 +1294,7 @@ relay_head(struct client *c, const struct http_response_head *rh)
     r->keep_alive = !close;
     b->len = 0;
     PUT_LIT(b, "HTTP/1.1 ");
-    put_u64(b, (uint64_t)rh->status);
+    buf_put_i64(b, rh->status);
     PUT_LIT(b, " ");
     put(b, rh->reason, rh->reason_len);
     PUT_LIT(b, "\r\n");
