@@ -230,11 +230,20 @@ observe_reload(struct server *srv, bool ok)
 
 /* ---- requests ---------------------------------------------------------- */
 
+/* "METHOD PATH" (with_path) or "METHOD" into out[TRACE_NAME_MAX], cut to fit. */
 static void
-span_name(struct request *r, char *out, size_t len)
+span_name(const struct request *r, bool with_path, char out[TRACE_NAME_MAX])
 {
-    snprintf(out, len, "%.*s %.*s", (int)r->hd.method_len, r->hd.method_str, (int)r->hd.path_len,
-             r->hd.path);
+    size_t n = MIN(r->hd.method_len, (size_t)TRACE_NAME_MAX - 1);
+
+    memcpy(out, r->hd.method_str, n);
+    if (with_path && n + 1 < TRACE_NAME_MAX) {
+        size_t p = MIN(r->hd.path_len, (size_t)TRACE_NAME_MAX - 2 - n);
+        out[n++] = ' ';
+        memcpy(out + n, r->hd.path, p);
+        n += p;
+    }
+    out[n] = '\0';
 }
 
 void
@@ -260,7 +269,7 @@ observe_request_start(struct server *srv, struct request *r)
     if (!trace_context_sampled(&r->ctx)) {
         return;
     }
-    span_name(r, name, sizeof(name));
+    span_name(r, true, name);
     r->span = trace_span_new(&r->ctx, r->has_parent ? r->trace_parent.span_id : NULL,
                              TRACE_KIND_SERVER, name, otlp_now_unix_ns());
     trace_span_attr_strn(r->span, "http.request.method", r->hd.method_str, r->hd.method_len);
@@ -362,7 +371,7 @@ observe_attempt_start(struct server *srv, struct request *r)
     trace_child_context(&r->ctx, &child);
     {
         char name[TRACE_NAME_MAX];
-        snprintf(name, sizeof(name), "%.*s", (int)r->hd.method_len, r->hd.method_str);
+        span_name(r, false, name);
         a->span = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_CLIENT, name,
                                  otlp_now_unix_ns());
     }

@@ -150,7 +150,11 @@ struct otlp_exporter {
     char retry_after[OTLP_RETRY_AFTER_MAX];
     size_t retry_after_len;
     char curl_error[CURL_ERROR_SIZE];
+    struct buf body; /* the request body, kept between batches unless it grew past BODY_KEEP_MAX */
 };
+
+/* A body buffer larger than this is released after its export rather than kept. */
+#define BODY_KEEP_MAX (4u << 20)
 
 uint64_t
 otlp_now_unix_ns(void)
@@ -467,7 +471,7 @@ static bool
 export_batch(struct otlp_exporter *e, struct trace_span *const *spans, size_t n,
              uint64_t deadline_ms)
 {
-    struct buf json, gz;
+    struct buf *json = &e->body, gz;
     const struct buf *body;
     bool ok = false;
     unsigned attempt = 0;
@@ -478,12 +482,12 @@ export_batch(struct otlp_exporter *e, struct trace_span *const *spans, size_t n,
     if (e->url == NULL) {
         return true;
     }
-    buf_init(&json);
+    json->len = 0;
     buf_init(&gz);
-    trace_encode_otlp_json(&json, e->resource_json, e->scope_version, spans, n);
-    body = &json;
+    trace_encode_otlp_json(json, e->resource_json, e->scope_version, spans, n);
+    body = json;
     if (e->gzip) {
-        if (gzip_body(&json, &gz)) {
+        if (gzip_body(json, &gz)) {
             body = &gz;
         } else {
             export_failed(e, n, "gzip compression failed", 0);
@@ -549,7 +553,9 @@ export_batch(struct otlp_exporter *e, struct trace_span *const *spans, size_t n,
         }
     }
 out:
-    buf_free(&json);
+    if (json->cap > BODY_KEEP_MAX) {
+        buf_free(json);
+    }
     buf_free(&gz);
     return ok;
 }
@@ -670,6 +676,7 @@ exporter_free(struct otlp_exporter *e)
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->done);
     free(e->ring);
+    buf_free(&e->body);
     free(e->url);
     free(e->resource_json);
     free(e->scope_version);
@@ -718,6 +725,8 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
     e->request_timeout_ms = MAX(t->request_timeout_ms, 1);
     e->retry_base_ms = t->retry_base_ms;
     e->retry_max_ms = t->retry_max_ms;
+    /* Spans queued plus a batch being sent: the pool covers the exporter's live set. */
+    trace_span_pool_set_limit(e->max_queue + e->max_batch);
     e->ring = xcalloc(e->max_queue, sizeof(*e->ring));
     e->all_exported = true;
     atomic_init(&e->abort_at_ms, UINT64_MAX);

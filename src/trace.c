@@ -6,11 +6,9 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -124,33 +122,61 @@ utf8_seq_len(const unsigned char *s, size_t len)
 }
 
 /*
+ * True when none of the n bytes needs JSON escaping or UTF-8 checking: no
+ * control character, '"', '\\' or byte >= 0x80. Eight bytes at a time with
+ * the "has a byte less than / equal to" word tricks (the last word overlaps
+ * the one before it), a table for strings under eight bytes.
+ */
+static bool
+json_plain(const char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t bad = 0;
+
+    if (n < 8) {
+        static const uint8_t special[256] = {
+            [0 ... 0x1f] = 1,
+            ['"'] = 1,
+            ['\\'] = 1,
+            [0x80 ... 0xff] = 1,
+        };
+        unsigned hit = 0;
+        for (size_t i = 0; i < n; i++) {
+            hit |= special[(unsigned char)s[i]];
+        }
+        return hit == 0;
+    }
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w, q, b;
+        memcpy(&w, s + (i + 8 <= n ? i : n - 8), 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        bad |= (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w) & high;
+    }
+    return bad == 0;
+}
+
+/*
  * Copy into a fixed buffer keeping valid UTF-8: a collector rejects the whole
  * batch over one bad string, and names carry client-supplied paths. Invalid
- * bytes become '?', and a cut never splits a character.
+ * bytes become '?', and a cut never splits a character. Returns the length
+ * written (a NUL follows); *plain tells whether the copy needs JSON escaping.
  */
-static void
-copy_utf8(char *dst, size_t dstsize, const char *src, size_t len)
+static size_t
+copy_utf8(char *dst, size_t dstsize, const char *src, size_t len, bool *plain)
 {
     const unsigned char *s = (const unsigned char *)src;
     size_t in = 0, out = 0;
 
+    if (len < dstsize && json_plain(src, len)) {
+        memcpy(dst, src, len);
+        dst[len] = '\0';
+        *plain = true;
+        return len;
+    }
+    *plain = false;
     while (in < len) {
         size_t n;
-#ifdef __SSE2__
-        /* Sixteen ASCII bytes at a time while they fit. */
-        while (len - in >= 16 && out + 16 < dstsize) {
-            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + in));
-            if (_mm_movemask_epi8(v) != 0) {
-                break;
-            }
-            _mm_storeu_si128((__m128i *)(void *)(dst + out), v);
-            in += 16;
-            out += 16;
-        }
-        if (in >= len) {
-            break;
-        }
-#endif
         if (s[in] < 0x80) {
             if (out + 1 >= dstsize) {
                 break;
@@ -175,6 +201,7 @@ copy_utf8(char *dst, size_t dstsize, const char *src, size_t len)
         in += n;
     }
     dst[out] = '\0';
+    return out;
 }
 
 /* ---- traceparent / tracestate ---- */
@@ -479,13 +506,31 @@ trace_child_context(const struct trace_context *parent, struct trace_context *ch
 
 /* ---- spans ---- */
 
+/* Freed spans kept for reuse: a LIFO of at most limit. */
+static struct {
+    pthread_mutex_t lock;
+    struct trace_span *head;
+    size_t count;
+    size_t limit;
+} span_pool = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, TRACE_SPAN_POOL_DEFAULT};
+
 struct trace_span *
 trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
                enum trace_span_kind kind, const char *name, uint64_t start_unix_ns)
 {
-    /* Only the header is cleared: attributes are written before nattrs counts them. */
-    struct trace_span *span = xmalloc(sizeof(*span));
+    struct trace_span *span;
 
+    pthread_mutex_lock(&span_pool.lock);
+    span = span_pool.head;
+    if (span != NULL) {
+        span_pool.head = span->pool_next;
+        span_pool.count--;
+    }
+    pthread_mutex_unlock(&span_pool.lock);
+    if (span == NULL) {
+        span = xmalloc(sizeof(*span));
+    }
+    /* Only the header is cleared: attributes are written before nattrs counts them. */
     memset(span, 0, offsetof(struct trace_span, attrs));
     memcpy(span->trace_id, ctx->trace_id, TRACE_ID_SIZE);
     memcpy(span->span_id, ctx->span_id, TRACE_SPAN_ID_SIZE);
@@ -495,7 +540,8 @@ trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
     }
     span->flags = ctx->flags;
     span->kind = kind;
-    copy_utf8(span->name, sizeof(span->name), name, strlen(name));
+    span->name_len =
+        (uint8_t)copy_utf8(span->name, sizeof(span->name), name, strlen(name), &span->name_plain);
     span->start_unix_ns = start_unix_ns;
     return span;
 }
@@ -503,37 +549,77 @@ trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
 void
 trace_span_free(struct trace_span *span)
 {
+    if (span == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&span_pool.lock);
+    if (span_pool.count < span_pool.limit) {
+        span->pool_next = span_pool.head;
+        span_pool.head = span;
+        span_pool.count++;
+        span = NULL;
+    }
+    pthread_mutex_unlock(&span_pool.lock);
     free(span);
+}
+
+void
+trace_span_pool_set_limit(size_t limit)
+{
+    struct trace_span *drop = NULL;
+
+    pthread_mutex_lock(&span_pool.lock);
+    span_pool.limit = limit;
+    while (span_pool.count > limit) {
+        struct trace_span *s = span_pool.head;
+        span_pool.head = s->pool_next;
+        span_pool.count--;
+        s->pool_next = drop;
+        drop = s;
+    }
+    pthread_mutex_unlock(&span_pool.lock);
+    while (drop != NULL) {
+        struct trace_span *next = drop->pool_next;
+        free(drop);
+        drop = next;
+    }
+}
+
+size_t
+trace_span_pool_count(void)
+{
+    size_t n;
+
+    pthread_mutex_lock(&span_pool.lock);
+    n = span_pool.count;
+    pthread_mutex_unlock(&span_pool.lock);
+    return n;
+}
+
+static struct trace_attr *
+attr_lookup(const struct trace_span *span, const char *key, size_t key_len)
+{
+    for (unsigned i = 0; i < span->nattrs; i++) {
+        const struct trace_attr *a = &span->attrs[i];
+        if (a->key == key || (a->key_len == key_len && memcmp(a->key, key, key_len) == 0)) {
+            return (struct trace_attr *)a;
+        }
+    }
+    return NULL;
 }
 
 const struct trace_attr *
 trace_span_attr_find(const struct trace_span *span, const char *key)
 {
-    char k[TRACE_ATTR_KEY_MAX];
-    size_t len = strlen(key);
-    bool plain = len < sizeof(k);
-
-    for (size_t i = 0; plain && i < len; i++) {
-        plain = (unsigned char)key[i] < 0x80;
-    }
-    /* Compare as stored: a long or non-ASCII key was cut or cleaned the same way when set. */
-    if (!plain) {
-        copy_utf8(k, sizeof(k), key, len);
-        key = k;
-    }
-    for (unsigned i = 0; i < span->nattrs; i++) {
-        if (strcmp(span->attrs[i].key, key) == 0) {
-            return &span->attrs[i];
-        }
-    }
-    return NULL;
+    return attr_lookup(span, key, strlen(key));
 }
 
 /* The slot for key: existing, new, or NULL (counted as dropped) when full. */
 static struct trace_attr *
 attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
 {
-    struct trace_attr *a = (struct trace_attr *)trace_span_attr_find(span, key);
+    size_t key_len = strlen(key);
+    struct trace_attr *a = attr_lookup(span, key, key_len);
 
     if (a == NULL) {
         if (span->nattrs >= TRACE_MAX_ATTRS) {
@@ -541,7 +627,8 @@ attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
             return NULL;
         }
         a = &span->attrs[span->nattrs++];
-        copy_utf8(a->key, sizeof(a->key), key, strlen(key));
+        a->key = key;
+        a->key_len = (uint32_t)key_len;
     }
     a->type = type;
     return a;
@@ -553,7 +640,7 @@ trace_span_attr_strn(struct trace_span *span, const char *key, const char *value
     struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_STRING);
 
     if (a != NULL) {
-        copy_utf8(a->v.s, sizeof(a->v.s), value, len);
+        a->len = (uint8_t)copy_utf8(a->v.s, sizeof(a->v.s), value, len, &a->plain);
     }
 }
 
@@ -596,11 +683,14 @@ trace_span_attr_bool(struct trace_span *span, const char *key, bool value)
 void
 trace_span_set_status(struct trace_span *span, enum trace_status_code code, const char *message)
 {
+    bool plain;
+
     span->status = code;
+    span->status_message_len = 0;
+    span->status_message[0] = '\0';
     if (code == TRACE_STATUS_ERROR && message != NULL) {
-        copy_utf8(span->status_message, sizeof(span->status_message), message, strlen(message));
-    } else {
-        span->status_message[0] = '\0';
+        span->status_message_len = (uint8_t)copy_utf8(
+            span->status_message, sizeof(span->status_message), message, strlen(message), &plain);
     }
 }
 
@@ -633,105 +723,143 @@ trace_span_end(struct trace_span *span, uint64_t end_unix_ns)
 
 /* ---- OTLP JSON ---- */
 
-static void
-json_key(struct buf *out, const char *key)
+/*
+ * The span encoder writes through a cursor into room reserved up front, the
+ * way a span's size is bounded: the fixed fields, then each string at its
+ * worst case (six bytes per byte escaped). Strings known plain are copied as
+ * they are; the rest go through buf_json_string.
+ */
+#define PUT_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) + sizeof(lit) - 1)
+
+static char *
+put_hex(char *o, const uint8_t *bytes, size_t n)
 {
-    /* Keys are this file's own field names: plain ASCII, nothing to escape. */
-    buf_putc(out, '"');
-    buf_puts(out, key);
-    buf_append(out, "\":", 2);
+    static const char digits[] = "0123456789abcdef";
+
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        *o++ = digits[bytes[i] >> 4];
+        *o++ = digits[bytes[i] & 0xf];
+    }
+    *o++ = '"';
+    return o;
 }
 
-static void
-json_hex_field(struct buf *out, const char *key, const uint8_t *bytes, size_t n)
+static char *
+put_quoted(char *o, const char *s, size_t len)
 {
-    char hex[2 * TRACE_ID_SIZE + 1];
-
-    trace_hex(bytes, n, hex);
-    json_key(out, key);
-    buf_putc(out, '"');
-    buf_append(out, hex, 2 * n);
-    buf_putc(out, '"');
+    *o++ = '"';
+    memcpy(o, s, len);
+    o += len;
+    *o++ = '"';
+    return o;
 }
 
-static void
-json_attr_value(struct buf *out, const struct trace_attr *a)
+/* A string that may need escaping: through buf_json_string, then back to the cursor. */
+static char *
+put_json_string(struct buf *out, char *o, const char *s, size_t len)
 {
-    buf_puts(out, "{");
+    out->len = (size_t)(o - out->data);
+    buf_json_string(out, s, len);
+    return out->data + out->len;
+}
+
+static char *
+put_attr_value(struct buf *out, char *o, const struct trace_attr *a)
+{
     switch (a->type) {
     case TRACE_ATTR_STRING:
-        json_key(out, "stringValue");
-        buf_json_string(out, a->v.s, strlen(a->v.s));
+        o = PUT_LIT(o, "{\"stringValue\":");
+        o = a->plain ? put_quoted(o, a->v.s, a->len) : put_json_string(out, o, a->v.s, a->len);
         break;
     case TRACE_ATTR_INT:
         /* Protobuf JSON writes 64-bit integers as strings. */
-        buf_puts(out, "\"intValue\":\"");
-        buf_put_i64(out, a->v.i);
-        buf_putc(out, '"');
+        o = PUT_LIT(o, "{\"intValue\":\"");
+        o = util_put_i64(o, a->v.i);
+        *o++ = '"';
         break;
     case TRACE_ATTR_DOUBLE:
         if (isnan(a->v.d)) {
-            buf_puts(out, "\"doubleValue\":\"NaN\"");
+            o = PUT_LIT(o, "{\"doubleValue\":\"NaN\"");
         } else if (isinf(a->v.d)) {
-            buf_puts(out,
-                     a->v.d > 0 ? "\"doubleValue\":\"Infinity\"" : "\"doubleValue\":\"-Infinity\"");
+            o = a->v.d > 0 ? PUT_LIT(o, "{\"doubleValue\":\"Infinity\"")
+                           : PUT_LIT(o, "{\"doubleValue\":\"-Infinity\"");
         } else {
-            buf_printf(out, "\"doubleValue\":%.17g", a->v.d);
+            o += snprintf(o, 48, "{\"doubleValue\":%.17g", a->v.d);
         }
         break;
     case TRACE_ATTR_BOOL:
-        buf_puts(out, a->v.b ? "\"boolValue\":true" : "\"boolValue\":false");
+        o = a->v.b ? PUT_LIT(o, "{\"boolValue\":true") : PUT_LIT(o, "{\"boolValue\":false");
         break;
     }
-    buf_puts(out, "}");
+    *o++ = '}';
+    return o;
 }
+
+/* Room for everything but the strings: ids, times, punctuation, field names. */
+#define SPAN_JSON_FIXED 512
+/* Per attribute besides key and value: {"key":"","value":{"doubleValue":-1.2345678901234567e+308}},
+ */
+#define ATTR_JSON_FIXED 96
 
 void
 trace_span_json(struct buf *out, const struct trace_span *span)
 {
-    buf_putc(out, '{');
-    json_hex_field(out, "traceId", span->trace_id, TRACE_ID_SIZE);
-    buf_putc(out, ',');
-    json_hex_field(out, "spanId", span->span_id, TRACE_SPAN_ID_SIZE);
-    if (span->has_parent) {
-        buf_putc(out, ',');
-        json_hex_field(out, "parentSpanId", span->parent_span_id, TRACE_SPAN_ID_SIZE);
+    size_t room = SPAN_JSON_FIXED + 6 * (size_t)(span->name_len + span->status_message_len);
+    char *o;
+
+    for (unsigned i = 0; i < span->nattrs; i++) {
+        room += ATTR_JSON_FIXED + span->attrs[i].key_len;
+        if (span->attrs[i].type == TRACE_ATTR_STRING) {
+            room += 6 * (size_t)span->attrs[i].len;
+        }
     }
-    buf_putc(out, ',');
-    json_key(out, "name");
-    buf_json_string(out, span->name, strlen(span->name));
-    buf_puts(out, ",\"kind\":");
-    buf_put_i64(out, (int)span->kind);
-    buf_puts(out, ",\"startTimeUnixNano\":\"");
-    buf_put_i64(out, (int64_t)span->start_unix_ns);
-    buf_puts(out, "\",\"endTimeUnixNano\":\"");
-    buf_put_i64(out, (int64_t)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
-    buf_putc(out, '"');
-    buf_puts(out, ",\"attributes\":[");
+    buf_reserve(out, room);
+    o = out->data + out->len;
+    o = PUT_LIT(o, "{\"traceId\":");
+    o = put_hex(o, span->trace_id, TRACE_ID_SIZE);
+    o = PUT_LIT(o, ",\"spanId\":");
+    o = put_hex(o, span->span_id, TRACE_SPAN_ID_SIZE);
+    if (span->has_parent) {
+        o = PUT_LIT(o, ",\"parentSpanId\":");
+        o = put_hex(o, span->parent_span_id, TRACE_SPAN_ID_SIZE);
+    }
+    o = PUT_LIT(o, ",\"name\":");
+    o = span->name_plain ? put_quoted(o, span->name, span->name_len)
+                         : put_json_string(out, o, span->name, span->name_len);
+    o = PUT_LIT(o, ",\"kind\":");
+    o = util_put_i64(o, (int)span->kind);
+    o = PUT_LIT(o, ",\"startTimeUnixNano\":\"");
+    o = util_put_i64(o, (int64_t)span->start_unix_ns);
+    o = PUT_LIT(o, "\",\"endTimeUnixNano\":\"");
+    o = util_put_i64(o, (int64_t)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
+    o = PUT_LIT(o, "\",\"attributes\":[");
     for (unsigned i = 0; i < span->nattrs; i++) {
         const struct trace_attr *a = &span->attrs[i];
         if (i > 0) {
-            buf_putc(out, ',');
+            *o++ = ',';
         }
-        buf_putc(out, '{');
-        json_key(out, "key");
-        buf_json_string(out, a->key, strlen(a->key));
-        buf_putc(out, ',');
-        json_key(out, "value");
-        json_attr_value(out, a);
-        buf_putc(out, '}');
+        /* Keys are the code's own literals: plain ASCII (struct trace_attr). */
+        o = PUT_LIT(o, "{\"key\":");
+        o = put_quoted(o, a->key, a->key_len);
+        o = PUT_LIT(o, ",\"value\":");
+        o = put_attr_value(out, o, a);
+        *o++ = '}';
     }
-    buf_putc(out, ']');
+    *o++ = ']';
     if (span->dropped_attrs > 0) {
-        buf_printf(out, ",\"droppedAttributesCount\":%u", span->dropped_attrs);
+        o = PUT_LIT(o, ",\"droppedAttributesCount\":");
+        o = util_put_i64(o, span->dropped_attrs);
     }
-    buf_puts(out, ",\"status\":{\"code\":");
-    buf_put_i64(out, (int)span->status);
-    if (span->status_message[0] != '\0') {
-        buf_puts(out, ",\"message\":");
-        buf_json_string(out, span->status_message, strlen(span->status_message));
+    o = PUT_LIT(o, ",\"status\":{\"code\":");
+    o = util_put_i64(o, (int)span->status);
+    if (span->status_message_len > 0) {
+        o = PUT_LIT(o, ",\"message\":");
+        o = put_json_string(out, o, span->status_message, span->status_message_len);
     }
-    buf_puts(out, "}}");
+    o = PUT_LIT(o, "}}");
+    out->len = (size_t)(o - out->data);
+    out->data[out->len] = '\0';
 }
 
 void
@@ -1196,20 +1324,22 @@ trace_resource_json(struct buf *out, const struct telemetry_settings *t,
     for (size_t k = 0; k < rl.n; k++) {
         struct resource_attr *a = &rl.attrs[k];
         char safe[256];
+        bool plain;
+        size_t n;
         if (k > 0) {
             buf_putc(out, ',');
         }
         buf_puts(out, "{\"key\":");
-        copy_utf8(safe, sizeof(safe), a->key, strlen(a->key));
-        buf_json_string(out, safe, strlen(safe));
+        n = copy_utf8(safe, sizeof(safe), a->key, strlen(a->key), &plain);
+        buf_json_string(out, safe, n);
         if (a->is_int) {
             buf_printf(out, ",\"value\":{\"intValue\":\"%lld\"}}", (long long)a->i);
         } else {
             size_t len = strlen(a->value);
             char *v = xmalloc(len + 1);
-            copy_utf8(v, len + 1, a->value, len);
+            n = copy_utf8(v, len + 1, a->value, len, &plain);
             buf_puts(out, ",\"value\":{\"stringValue\":");
-            buf_json_string(out, v, strlen(v));
+            buf_json_string(out, v, n);
             buf_puts(out, "}}");
             free(v);
         }

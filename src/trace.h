@@ -3,7 +3,8 @@
  * span and trace ids, the sampler, spans with OTel HTTP attributes, the OTLP
  * JSON encoding and the [telemetry] settings with their environment overrides.
  *
- * Pure: no sockets, no libevent, no clock. Times come in as Unix nanoseconds
+ * Pure: no sockets, no libevent, no clock; the span pool's mutex is its only
+ * shared state. Times come in as Unix nanoseconds
  * (otlp_now_unix_ns() in otlp.h reads the clock). The only outside input is
  * getrandom(2), read once per thread to seed the id generator.
  *
@@ -145,15 +146,24 @@ enum trace_status_code {
 enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRACE_ATTR_BOOL };
 
 #define TRACE_NAME_MAX 64
-#define TRACE_ATTR_KEY_MAX 40
 #define TRACE_ATTR_STR_MAX 96
 #define TRACE_MAX_ATTRS 16
 #define TRACE_STATUS_MSG_MAX 96
+#define TRACE_SPAN_POOL_DEFAULT 512
 
-/* Keys and strings longer than their buffers are cut at a UTF-8 character boundary. */
+/*
+ * An attribute. The key is not copied: it must have static storage (the
+ * callers pass string literals of plain ASCII, no '"' or '\\'), which keeps
+ * setting an attribute to a pointer store and finding one to a length
+ * compare. String values longer than their buffer are cut at a UTF-8
+ * character boundary; invalid bytes become '?'.
+ */
 struct trace_attr {
-    char key[TRACE_ATTR_KEY_MAX];
+    const char *key;
+    uint32_t key_len;
     enum trace_attr_type type;
+    uint8_t len; /* of v.s, without its NUL */
+    bool plain;  /* v.s needs no JSON escaping: written as it is */
     union {
         char s[TRACE_ATTR_STR_MAX];
         int64_t i;
@@ -163,9 +173,9 @@ struct trace_attr {
 };
 
 /*
- * One span, fixed size so the request path allocates once. Beyond
- * TRACE_MAX_ATTRS attributes, new keys are dropped and counted (OTLP's
- * droppedAttributesCount).
+ * One span, fixed size so the request path allocates once (and, from a small
+ * pool of freed spans, usually not at all). Beyond TRACE_MAX_ATTRS
+ * attributes, new keys are dropped and counted (OTLP's droppedAttributesCount).
  */
 struct trace_span {
     uint8_t trace_id[TRACE_ID_SIZE];
@@ -173,6 +183,9 @@ struct trace_span {
     uint8_t parent_span_id[TRACE_SPAN_ID_SIZE];
     bool has_parent;
     uint8_t flags;
+    uint8_t name_len;
+    bool name_plain; /* name needs no JSON escaping */
+    uint8_t status_message_len;
     enum trace_span_kind kind;
     char name[TRACE_NAME_MAX];
     uint64_t start_unix_ns;
@@ -181,20 +194,33 @@ struct trace_span {
     char status_message[TRACE_STATUS_MSG_MAX];
     unsigned nattrs;
     unsigned dropped_attrs;
+    struct trace_span *pool_next; /* only while the span sits in the pool */
     struct trace_attr attrs[TRACE_MAX_ATTRS];
 };
 
 /*
  * A span whose own ids are ctx's (trace id, span id, flags), child of
  * parent_span_id (NULL for a root span). Returns a span the caller owns:
- * trace_span_free it, or hand it to otlp_submit which takes it.
+ * trace_span_free it, or hand it to otlp_submit which takes it. Any thread
+ * may create and free spans: freed spans go back to a pool (a mutex-guarded
+ * LIFO) so that the loop thread that makes them and the exporter thread that
+ * frees them do not churn the heap; glibc trimming and regrowing its top on
+ * that churn cost brk(2) calls and page faults on the request path.
  */
 struct trace_span *trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
                                   enum trace_span_kind kind, const char *name,
                                   uint64_t start_unix_ns);
 void trace_span_free(struct trace_span *span);
+/*
+ * The pool keeps at most limit freed spans (TRACE_SPAN_POOL_DEFAULT until
+ * set); the exporter sets it to what its queue and a batch in flight can
+ * hold, the live set under a steady load. Spans beyond it go back to malloc.
+ */
+void trace_span_pool_set_limit(size_t limit);
+/* Spans waiting in the pool now. */
+size_t trace_span_pool_count(void);
 
-/* Setting a key again replaces its value, as OTel does. */
+/* Setting a key again replaces its value, as OTel does. key: see struct trace_attr. */
 void trace_span_attr_str(struct trace_span *span, const char *key, const char *value);
 void trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len);
 void trace_span_attr_int(struct trace_span *span, const char *key, int64_t value);

@@ -200,21 +200,43 @@ buf_vprintf(struct buf *b, const char *fmt, va_list ap)
     b->len += (size_t)n;
 }
 
-void
-buf_put_i64(struct buf *b, int64_t v)
+char *
+util_put_i64(char *dst, int64_t v)
 {
+    /* Two digits per division: span timestamps have nineteen. */
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324"
+                                "25262728293031323334353637383940414243444546474849"
+                                "50515253545556575859606162636465666768697071727374"
+                                "75767778798081828384858687888990919293949596979899";
     char tmp[24];
     size_t i = sizeof(tmp);
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
 
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
+    while (u >= 100) {
+        const char *p = pairs + 2 * (u % 100);
+        u /= 100;
+        tmp[--i] = p[1];
+        tmp[--i] = p[0];
+    }
+    if (u >= 10) {
+        tmp[--i] = pairs[2 * u + 1];
+        tmp[--i] = pairs[2 * u];
+    } else {
+        tmp[--i] = (char)('0' + u);
+    }
     if (v < 0) {
         tmp[--i] = '-';
     }
-    buf_append(b, tmp + i, sizeof(tmp) - i);
+    memcpy(dst, tmp + i, sizeof(tmp) - i);
+    return dst + (sizeof(tmp) - i);
+}
+
+void
+buf_put_i64(struct buf *b, int64_t v)
+{
+    buf_reserve(b, 20);
+    b->len = (size_t)(util_put_i64(b->data + b->len, v) - b->data);
+    b->data[b->len] = '\0';
 }
 
 void

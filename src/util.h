@@ -59,6 +59,8 @@ void buf_puts(struct buf *b, const char *s);
 void buf_putc(struct buf *b, char c);
 /* Append v in decimal (no printf on hot paths). */
 void buf_put_i64(struct buf *b, int64_t v);
+/* Write v in decimal at dst (at most 20 bytes, no NUL); returns the end. */
+char *util_put_i64(char *dst, int64_t v);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* Append s as a JSON string literal, quotes included. */

@@ -11,6 +11,11 @@
 
 #include "trace.h"
 
+/* Attribute keys must have static storage (trace.h): a table of literals. */
+static const char *const many_keys[] = {"k0",  "k1",  "k2",  "k3",  "k4",  "k5",  "k6",
+                                        "k7",  "k8",  "k9",  "k10", "k11", "k12", "k13",
+                                        "k14", "k15", "k16", "k17", "k18"};
+
 #define VALID_TP "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 static bool
@@ -442,11 +447,10 @@ Test(span, setting_a_key_again_replaces_its_value)
 Test(span, attributes_beyond_the_limit_are_dropped_and_counted)
 {
     struct trace_span *span = new_span(TRACE_KIND_SERVER);
-    char key[16];
 
+    cr_assert_geq(sizeof(many_keys) / sizeof(many_keys[0]), TRACE_MAX_ATTRS + 3);
     for (int i = 0; i < TRACE_MAX_ATTRS + 3; i++) {
-        snprintf(key, sizeof(key), "k%d", i);
-        trace_span_attr_bool(span, key, true);
+        trace_span_attr_bool(span, many_keys[i], true);
     }
     cr_assert_eq(span->nattrs, TRACE_MAX_ATTRS);
     cr_assert_eq(span->dropped_attrs, 3);
@@ -645,13 +649,11 @@ Test(otlp_json, non_finite_doubles_and_dropped_counts_stay_valid_json)
     struct trace_span *span = new_span(TRACE_KIND_INTERNAL);
     struct buf out;
     json_t *root, *attrs;
-    char key[16];
 
     trace_span_attr_double(span, "nan", NAN);
     trace_span_attr_double(span, "inf", -INFINITY);
     for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
-        snprintf(key, sizeof(key), "k%d", i);
-        trace_span_attr_int(span, key, i);
+        trace_span_attr_int(span, many_keys[i], i);
     }
     buf_init(&out);
     trace_span_json(&out, span);
@@ -666,6 +668,93 @@ Test(otlp_json, non_finite_doubles_and_dropped_counts_stay_valid_json)
     json_decref(root);
     buf_free(&out);
     trace_span_free(span);
+}
+
+/*
+ * Strings are checked eight bytes at a time for what JSON must escape: put
+ * each such byte at every position of a word (and of the tail) and read the
+ * value back through a JSON parser.
+ */
+Test(otlp_json, every_special_byte_at_every_position_is_escaped)
+{
+    static const char *const specials[] = {"\"",           "\\",   "\n", "\x01", "\x1f", "\xc3\xa9",
+                                           "\xe2\x82\xac", "\x7f", " ",  "~",    "\xff"};
+    /* what the value reads back as: invalid UTF-8 becomes '?' (the default is the byte itself) */
+    static const char *const expect[] = {[10] = "?"};
+
+    for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++) {
+        for (size_t total = 0; total < 24; total++) {
+            for (size_t pos = 0; pos <= total; pos++) {
+                struct trace_span *span = new_span(TRACE_KIND_CLIENT);
+                char value[64];
+                struct buf out;
+                json_t *root;
+                const char *got;
+                size_t len;
+
+                /* total plain bytes around one special at pos: short strings and long ones */
+                memset(value, 'a', pos);
+                len = pos + (size_t)snprintf(value + pos, sizeof(value) - pos, "%s", specials[k]);
+                memset(value + len, 'z', total - pos);
+                len += total - pos;
+                value[len] = '\0';
+                trace_span_attr_str(span, "url.path", value);
+                if (expect[k] != NULL) {
+                    value[pos] = expect[k][0];
+                }
+                buf_init(&out);
+                trace_span_json(&out, span);
+                root = json_loadb(out.data, out.len, 0, NULL);
+                cr_assert_not_null(root, "special %zu at %zu/%zu: invalid JSON: %s", k, pos, total,
+                                   out.data);
+                got = json_string_value(json_object_get(
+                    find_attr(json_object_get(root, "attributes"), "url.path"), "stringValue"));
+                cr_assert_str_eq(got, value, "special %zu at %zu/%zu", k, pos, total);
+                json_decref(root);
+                buf_free(&out);
+                trace_span_free(span);
+            }
+        }
+    }
+}
+
+Test(span, a_freed_span_is_reused_and_comes_back_clean)
+{
+    struct trace_span *a = new_span(TRACE_KIND_SERVER), *b;
+
+    trace_span_attr_str(a, "akosha.upstream", "tei-a");
+    trace_span_set_status(a, TRACE_STATUS_ERROR, "boom");
+    trace_span_free(a);
+    b = new_span(TRACE_KIND_CLIENT);
+    cr_assert_eq(b, a, "the pool hands back the span just freed");
+    cr_assert_eq(b->nattrs, 0);
+    cr_assert_eq(b->status, TRACE_STATUS_UNSET);
+    cr_assert_eq(b->status_message_len, 0);
+    cr_assert_eq(b->kind, TRACE_KIND_CLIENT);
+    cr_assert_null(trace_span_attr_find(b, "akosha.upstream"));
+    trace_span_free(b);
+}
+
+Test(span, the_pool_keeps_at_most_its_limit)
+{
+    enum { LIMIT = 64, N = LIMIT + 8 };
+    struct trace_span *spans[N];
+
+    trace_span_pool_set_limit(LIMIT);
+    for (size_t i = 0; i < N; i++) {
+        spans[i] = new_span(TRACE_KIND_INTERNAL);
+    }
+    cr_assert_eq(trace_span_pool_count(), 0, "every pooled span was taken");
+    for (size_t i = 0; i < N; i++) {
+        trace_span_free(spans[i]);
+    }
+    cr_assert_eq(trace_span_pool_count(), LIMIT, "the rest went back to malloc");
+    spans[0] = new_span(TRACE_KIND_INTERNAL);
+    cr_assert_eq(trace_span_pool_count(), LIMIT - 1);
+    trace_span_free(spans[0]);
+    trace_span_pool_set_limit(LIMIT / 2);
+    cr_assert_eq(trace_span_pool_count(), LIMIT / 2, "a lower limit releases the surplus");
+    trace_span_pool_set_limit(TRACE_SPAN_POOL_DEFAULT);
 }
 
 Test(otlp_json, resource_takes_percent_decoded_env_attributes)

@@ -1,0 +1,65 @@
+/*
+ * test_util.c - the decimal writer the JSON encoders share, against printf,
+ * and the growable buffer around it.
+ */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+static void
+check_i64(int64_t v)
+{
+    char want[32], got[32];
+    char *end = util_put_i64(got, v);
+
+    *end = '\0';
+    snprintf(want, sizeof(want), "%" PRId64, v);
+    cr_assert_str_eq(got, want);
+}
+
+Test(put_i64, every_length_and_both_limits)
+{
+    static const int64_t edges[] = {0, INT64_MAX, INT64_MIN, INT64_MIN + 1, 1700000000123456789};
+
+    for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]); i++) {
+        check_i64(edges[i]);
+    }
+    /* every power of ten and its neighbours: each digit count, both signs */
+    for (int64_t p = 1; p <= INT64_MAX / 10; p *= 10) {
+        check_i64(p - 1);
+        check_i64(p);
+        check_i64(p + 1);
+        check_i64(-p);
+        check_i64(-p + 1);
+    }
+}
+
+Test(put_i64, matches_printf_on_pseudo_random_values)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        /* every magnitude: shift the random word down by 0..63 bits */
+        check_i64((int64_t)(x >> (i % 64)) * ((i & 1) ? -1 : 1));
+    }
+}
+
+Test(buf, put_i64_appends_and_terminates)
+{
+    struct buf b;
+
+    buf_init(&b);
+    buf_puts(&b, "n=");
+    buf_put_i64(&b, -42);
+    buf_put_i64(&b, INT64_MIN);
+    cr_assert_eq(b.len, strlen("n=-42-9223372036854775808"));
+    cr_assert_str_eq(b.data, "n=-42-9223372036854775808");
+    buf_free(&b);
+}
