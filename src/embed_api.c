@@ -298,8 +298,8 @@ format_slow(float f, char *out)
  * mantissa is even, as round-half-even reads it back), and take the multiple
  * closest to the float.
  */
-size_t
-embed_format_float(float f, char *out)
+static size_t
+format_float(float f, char *out, bool shift)
 {
     uint32_t bits, frac, biased;
     uint64_t m, x, x_lo, x_hi;
@@ -348,19 +348,45 @@ embed_format_float(float f, char *out)
     /* start at 9 significant digits, which always fit inside the interval for float32 */
     nd = decimal_digits(X);
     t = nd > 9 ? nd - 9 : 0;
-    P = pow10[t];
-    fl_x = (uint64_t)(X / P);
-    fl_lo = (uint64_t)(LO / P);
-    fl_hi = (uint64_t)(HI / P);
-    rem_lo = LO % P != 0;
-    rem_hi = HI % P != 0;
-    if (t > 0) {
-        u128 r = X % P;
-        dropped = (unsigned)(r / pow10[t - 1]);
-        sticky = r % pow10[t - 1] != 0;
+    if (shift && q < 0 && t <= -q) {
+        /*
+         * The usual case (|f| < 2^24): X = x * 5^-q and 10^t = 2^t * 5^t, so
+         * X / 10^t is x * 5^(-q-t) / 2^t exactly: a product and a shift
+         * instead of four 128-bit divisions.
+         */
+        int k = -q - t;
+        u128 xs = (u128)x * pow5[k], los = (u128)x_lo * pow5[k], his = (u128)x_hi * pow5[k];
+        u128 mask = ((u128)1 << t) - 1;
+
+        fl_x = (uint64_t)(xs >> t);
+        fl_lo = (uint64_t)(los >> t);
+        fl_hi = (uint64_t)(his >> t);
+        rem_lo = (los & mask) != 0;
+        rem_hi = (his & mask) != 0;
+        if (t > 0) {
+            /* X / 10^(t-1) = x * 5^(k+1) / 2^(t-1): ten digits, its last one dropped */
+            u128 ys = (u128)x * pow5[k + 1];
+            dropped = (unsigned)((uint64_t)(ys >> (t - 1)) % 10);
+            sticky = (ys & (mask >> 1)) != 0;
+        } else {
+            dropped = 0;
+            sticky = false;
+        }
     } else {
-        dropped = 0;
-        sticky = false;
+        P = pow10[t];
+        fl_x = (uint64_t)(X / P);
+        fl_lo = (uint64_t)(LO / P);
+        fl_hi = (uint64_t)(HI / P);
+        rem_lo = LO % P != 0;
+        rem_hi = HI % P != 0;
+        if (t > 0) {
+            u128 r = X % P;
+            dropped = (unsigned)(r / pow10[t - 1]);
+            sticky = r % pow10[t - 1] != 0;
+        } else {
+            dropped = 0;
+            sticky = false;
+        }
     }
     n_lo = (int64_t)fl_lo + ((inclusive && !rem_lo) ? 0 : 1);
     n_hi = (int64_t)fl_hi - ((!inclusive && !rem_hi) ? 1 : 0);
@@ -400,6 +426,18 @@ embed_format_float(float f, char *out)
         t++;
     }
     return (size_t)(p - out) + layout_decimal((uint64_t)n, t, p);
+}
+
+size_t
+embed_format_float(float f, char *out)
+{
+    return format_float(f, out, true);
+}
+
+size_t
+embed_format_float_reference(float f, char *out)
+{
+    return format_float(f, out, false);
 }
 
 static void

@@ -120,5 +120,7 @@ int embed_request_scan(enum embed_api api, const char *body, size_t len, struct 
  */
 #define EMBED_FLOAT_MAX_CHARS 24
 size_t embed_format_float(float f, char *out);
+/* The same digits computed by 128-bit division throughout: what tests hold the fast path to. */
+size_t embed_format_float_reference(float f, char *out);
 
 #endif

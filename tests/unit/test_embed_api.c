@@ -746,6 +746,34 @@ Test(embed_api, float_formatter_round_trips_embedding_range_floats)
     }
 }
 
+/*
+ * Below 2^24 the formatter scales by shifts instead of dividing; the digits
+ * must be the division's for every float it takes that path for. A stride
+ * through all 2^31 positive bit patterns (every exponent, mantissas spread
+ * over each binade) and both signs.
+ */
+Test(embed_api, float_formatter_fast_path_matches_the_division_reference)
+{
+    char a[EMBED_FLOAT_MAX_CHARS + 1], b[EMBED_FLOAT_MAX_CHARS + 1];
+    size_t checked = 0;
+
+    for (uint64_t bits = 0; bits < 0x7f800000u; bits += 4093) {
+        for (int sign = 0; sign < 2; sign++) {
+            uint32_t u = (uint32_t)bits | (sign ? 0x80000000u : 0);
+            float f;
+            size_t na, nb;
+
+            memcpy(&f, &u, sizeof(f));
+            na = embed_format_float(f, a);
+            nb = embed_format_float_reference(f, b);
+            a[na] = b[nb] = '\0';
+            cr_assert_str_eq(a, b, "bits 0x%08x", u);
+            checked++;
+        }
+    }
+    cr_assert_gt(checked, 1000000);
+}
+
 /* ------------------------------------------------------------- sniffing */
 
 Test(embed_api, sniff_finds_dimension_in_each_api)
