@@ -1356,9 +1356,8 @@ scan_number(struct scanner *sc)
 {
     const char *s = sc->p;
 
-    while (sc->p < sc->end && (isdigit((unsigned char)*sc->p) || *sc->p == '-' ||
-                               *sc->p == '+' || *sc->p == '.' || *sc->p == 'e' ||
-                               *sc->p == 'E')) {
+    while (sc->p < sc->end && (isdigit((unsigned char)*sc->p) || *sc->p == '-' || *sc->p == '+' ||
+                               *sc->p == '.' || *sc->p == 'e' || *sc->p == 'E')) {
         sc->p++;
     }
     return sc->p > s ? 0 : -1;

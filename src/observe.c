@@ -30,7 +30,7 @@
 
 static const char *routes[] = {"embeddings", "embed", "api_embed", "api_embeddings", "other"};
 #define NROUTES 5
-static const char *outcomes[] = {"success", "client_error", "failure",
+static const char *outcomes[] = {"success", "client_error",  "failure",
                                  "timeout", "connect_error", "rejected"};
 #define NOUTCOMES 6
 enum { OUT_SUCCESS, OUT_CLIENT_ERROR, OUT_FAILURE, OUT_TIMEOUT, OUT_CONNECT, OUT_REJECTED };
@@ -123,8 +123,7 @@ breaker_samples(struct metrics_writer *w, const char *name, const struct breaker
     metrics_writer_sample(w, METRIC_CIRCUIT_FAILED_CALLS, lv, (double)st->failed_calls);
     metrics_writer_sample(w, METRIC_CIRCUIT_REJECTED_CALLS, lv, (double)st->rejected_calls);
     metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_FAILURES, lv, st->consecutive_failures);
-    metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv,
-                          st->consecutive_successes);
+    metrics_writer_sample(w, METRIC_CIRCUIT_CONSECUTIVE_SUCCESSES, lv, st->consecutive_successes);
     metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st->success_rate);
 }
 
@@ -333,19 +332,30 @@ observe_request_done(struct server *srv, struct request *r)
         metrics_inc(m_requests[ri][code]);
     }
     metrics_observe(m_duration[ri], secs);
-    /* Real embeddings are counted from the request once the upstream said 2xx. */
-    if (r->mode != NULL && strcmp(r->mode, "real") == 0 && r->api != EMBED_API_NONE &&
-        r->status >= 200 && r->status < 300 && r->body != NULL) {
-        static struct embed_scan scan; /* loop thread only; 8 KB kept off the stack */
-        size_t n = evbuffer_get_length(r->body);
-        const char *body = (const char *)evbuffer_pullup(r->body, -1);
-        if (embed_request_scan(r->api, body ? body : "", n, &scan) == 0) {
-            observe_counts(0, scan.ninputs, scan.chars);
-            if (r->sniffed_dim > 0) {
-                server_learn_dim(srv, scan.model, r->sniffed_dim);
-            }
-        }
+    if (r->sniffed_dim > 0) {
+        server_learn_dim(srv, r->model, r->sniffed_dim);
     }
+}
+
+bool
+observe_real_answer(struct server *srv, struct request *r)
+{
+    static struct embed_scan scan; /* loop thread only; 8 KB kept off the stack */
+    size_t n;
+    const char *body;
+
+    r->model[0] = '\0';
+    if (r->api == EMBED_API_NONE || r->body == NULL) {
+        return false;
+    }
+    n = evbuffer_get_length(r->body);
+    body = n > 0 ? (const char *)evbuffer_pullup(r->body, -1) : "";
+    if (embed_request_scan(r->api, body, n, &scan) != 0) {
+        return false;
+    }
+    observe_counts(0, scan.ninputs, scan.chars);
+    memcpy(r->model, scan.model, sizeof(r->model));
+    return server_dim_due(srv, r->model, util_mono_ms());
 }
 
 void
@@ -372,8 +382,8 @@ observe_attempt_start(struct server *srv, struct request *r)
     {
         char name[TRACE_NAME_MAX];
         span_name(r, false, name);
-        a->span = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_CLIENT, name,
-                                 otlp_now_unix_ns());
+        a->span =
+            trace_span_new(&child, r->ctx.span_id, TRACE_KIND_CLIENT, name, otlp_now_unix_ns());
     }
     trace_span_attr_strn(a->span, "http.request.method", r->hd.method_str, r->hd.method_len);
     trace_span_attr_str(a->span, "server.address", a->up->cfg->url.host);

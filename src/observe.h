@@ -26,6 +26,12 @@ void observe_reload(struct server *srv, bool ok);
 void observe_in_flight(int delta);
 void observe_request_start(struct server *srv, struct request *r);
 void observe_request_done(struct server *srv, struct request *r);
+/*
+ * A real 2xx embedding answer is about to be relayed: count its inputs (read
+ * from the request body) as real embeddings, keep the model in r->model, and
+ * return whether the answer's vector size should be sniffed (server_dim_due).
+ */
+bool observe_real_answer(struct server *srv, struct request *r);
 void observe_server_span_end(struct server *srv, struct request *r);
 void observe_connection_refused(struct server *srv);
 

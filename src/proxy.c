@@ -184,8 +184,8 @@ write_head(struct client *c, int status, const char *content_type, size_t len,
 }
 
 void
-proxy_respond(struct client *c, int status, const char *content_type, const char *body,
-              size_t len, const char *extra_headers)
+proxy_respond(struct client *c, int status, const char *content_type, const char *body, size_t len,
+              const char *extra_headers)
 {
     struct request *r = c->req;
     bool close = r == NULL || !r->keep_alive || c->srv->draining;
@@ -196,8 +196,7 @@ proxy_respond(struct client *c, int status, const char *content_type, const char
             r->keep_alive = false;
         }
     }
-    write_head(c, status, content_type, (r != NULL && r->is_head) ? 0 : len, extra_headers,
-               close);
+    write_head(c, status, content_type, (r != NULL && r->is_head) ? 0 : len, extra_headers, close);
     if (r == NULL || !r->is_head) {
         evbuffer_add(c->out, body, len);
     }
@@ -807,8 +806,7 @@ proxy_close_idle(struct server *srv)
 
     for (c = TAILQ_FIRST(&srv->clients); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
-        if (c->state == CLIENT_READ_HEAD && !c->head_started &&
-            evbuffer_get_length(c->in) == 0) {
+        if (c->state == CLIENT_READ_HEAD && !c->head_started && evbuffer_get_length(c->in) == 0) {
             client_free(c);
         }
     }
@@ -1444,8 +1442,7 @@ on_response_head(struct client *c)
         rc = http_parse_response_head((const char *)p, MIN(len, (size_t)65536), &rh, &cause);
         if (rc == 0) {
             if (len >= 65536) {
-                attempt_failed(c, 502, "upstream response head too large", 0, false,
-                               "malformed");
+                attempt_failed(c, 502, "upstream response head too large", 0, false, "malformed");
             }
             return;
         }
@@ -1497,7 +1494,7 @@ on_response_head(struct client *c)
         a->up->stats.failures++;
         observe_attempt_failed(c->srv, r, rh.status == 429 ? "429" : "5xx", rh.status);
     }
-    a->sniff_pending = r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300;
+    a->sniff_pending = rh.status >= 200 && rh.status < 300 && observe_real_answer(c->srv, r);
     relay_head(c, &rh);
     evbuffer_drain(in, (size_t)rc);
     attempt_set_state(c, ATTEMPT_BODY);
@@ -1591,8 +1588,7 @@ upconn_event(struct upconn *conn, enum upconn_event ev, void *arg)
             }
             return;
         }
-        attempt_failed(c, 502, "connection closed before a complete response", 0, false,
-                       "reset");
+        attempt_failed(c, 502, "connection closed before a complete response", 0, false, "reset");
         return;
     case UPCONN_ERROR:
         if (a->state == ATTEMPT_BODY) {
@@ -1600,7 +1596,7 @@ upconn_event(struct upconn *conn, enum upconn_event ev, void *arg)
             return;
         }
         attempt_failed(c, 502, conn->error[0] ? conn->error : "connection error", 0, false,
-                       conn->tls_failed           ? "tls_error"
+                       conn->tls_failed              ? "tls_error"
                        : a->state == ATTEMPT_CONNECT ? "connect_error"
                                                      : "reset");
         return;

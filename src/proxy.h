@@ -87,6 +87,7 @@ struct request {
     struct trace_span *span; /* SERVER span, NULL when unsampled */
     struct trace_context ctx; /* this request's context (server span) */
     unsigned sniffed_dim;    /* vector size seen in a real 2xx answer, 0 if none */
+    char model[128];         /* the request's model, read when a real 2xx answer starts */
     struct http_request_head hd; /* last: only its scalars are cleared per request */
 };
 

@@ -19,7 +19,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-
 #include "admin.h"
 #include "fallback.h"
 #include "log.h"
@@ -58,8 +57,7 @@ accept_error_cb(struct evconnlistener *l, void *arg)
 }
 
 static struct evconnlistener *
-bind_listener(struct server *srv, const struct listen_addr *la, evconnlistener_cb cb,
-              char **cause)
+bind_listener(struct server *srv, const struct listen_addr *la, evconnlistener_cb cb, char **cause)
 {
     struct evconnlistener *l;
     unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
@@ -132,7 +130,28 @@ server_learn_dim(struct server *srv, const char *model, unsigned dim)
         log_info("model '%s': learned %u dimensions from an upstream answer", model, dim);
     }
     srv->learned[i].dimensions = dim;
+    srv->learned[i].checked_ms = util_mono_ms();
     pthread_mutex_unlock(&srv->learned_lock);
+}
+
+bool
+server_dim_due(struct server *srv, const char *model, uint64_t now_ms)
+{
+    bool due = true;
+
+    pthread_mutex_lock(&srv->learned_lock);
+    for (size_t i = 0; i < srv->nlearned; i++) {
+        struct learned_dim *l = &srv->learned[i];
+        if (strcmp(l->model, model) == 0) {
+            due = now_ms - l->checked_ms >= LEARNED_DIM_REFRESH_MS;
+            if (due) {
+                l->checked_ms = now_ms;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&srv->learned_lock);
+    return due;
 }
 
 /* ---- status ------------------------------------------------------------ */
@@ -256,8 +275,7 @@ reload_done_cb(evutil_socket_t fd, short what, void *arg)
         for (size_t i = 0; i < srv->reload_errors.n; i++) {
             log_error("reload: %s", srv->reload_errors.msgs[i]);
         }
-        log_error("reload failed with %zu error(s); keeping the old config",
-                  srv->reload_errors.n);
+        log_error("reload failed with %zu error(s); keeping the old config", srv->reload_errors.n);
         srv->reloads_failed++;
         observe_reload(srv, false);
     } else {
@@ -421,8 +439,8 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->reload_efd < 0) {
         fatal("eventfd: %s", strerror(errno));
     }
-    srv->reload_event = event_new(srv->base, srv->reload_efd, EV_READ | EV_PERSIST,
-                                  reload_done_cb, srv);
+    srv->reload_event =
+        event_new(srv->base, srv->reload_efd, EV_READ | EV_PERSIST, reload_done_cb, srv);
     event_add(srv->reload_event, NULL);
     notify_init(srv->base);
     srv->ready = true;

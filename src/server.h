@@ -28,7 +28,11 @@ struct otlp_exporter;
 struct learned_dim {
     char model[128];
     unsigned dimensions;
+    uint64_t checked_ms; /* monotonic: when an answer was last sniffed (or claimed to be) */
 };
+
+/* A model's learned size is checked against a real answer at most this often. */
+#define LEARNED_DIM_REFRESH_MS 1000
 
 struct server {
     struct event_base *base;
@@ -77,5 +81,14 @@ void server_client_gone(struct server *srv);
 /* Learned embedding dimensions per model, from real upstream answers; any thread. */
 unsigned server_learned_dim(struct server *srv, const char *model);
 void server_learn_dim(struct server *srv, const char *model, unsigned dim);
+/*
+ * Whether a real answer for model should be sniffed now: its size is not
+ * known yet, or was last checked LEARNED_DIM_REFRESH_MS or more ago (then
+ * this call claims the check, so concurrent answers do not all sniff).
+ * Counting a vector's numbers costs about as much as the rest of relaying a
+ * small answer; once a second per model keeps "the last answer's size" true
+ * within that second.
+ */
+bool server_dim_due(struct server *srv, const char *model, uint64_t now_ms);
 
 #endif

@@ -119,9 +119,8 @@ util_iso8601(int64_t wall_ms, char *out, size_t outlen)
     struct tm tm;
 
     gmtime_r(&secs, &tm);
-    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(wall_ms % 1000));
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
 }
 
 void
@@ -260,8 +259,9 @@ util_json_plain_run(const char *s, size_t n)
             _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
                                       _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
                          _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))); /* signed: also >= 0x80 */
-        if (_mm_movemask_epi8(special) != 0) {
-            break;
+        int mask = _mm_movemask_epi8(special);
+        if (mask != 0) {
+            return i + (size_t)__builtin_ctz((unsigned)mask);
         }
     }
 #endif

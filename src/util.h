@@ -30,8 +30,9 @@ int64_t util_wall_ms(void);
 
 /*
  * Bytes at the start of s[0..n) that a JSON string holds as they are (no
- * quote, backslash, control character or UTF-8), counted sixteen at a time:
- * a multiple of 16, possibly 0. Callers handle the rest byte by byte.
+ * quote, backslash, control character or UTF-8), looked at sixteen at a
+ * time: exact when a special byte lies in the blocks examined, otherwise the
+ * whole blocks (fewer than 16 bytes at the end are left to the caller).
  */
 size_t util_json_plain_run(const char *s, size_t n);
 

@@ -184,6 +184,32 @@ def test_learned_dimensions_follow_the_last_real_answer(backend, start_akosha):
     assert len(json.loads(data)["data"][0]["embedding"]) == 384
 
 
+def test_learned_dimensions_are_rechecked_once_a_second(backend, start_akosha):
+    # A model's size is sniffed from its first real answer, then at most once
+    # a second: a change shows up in the fallback after the next check.
+    backend.default = {"status": 200, "body": embedding_body(dim=768, model="m")}
+    a = start_akosha("[upstream b]\nurl = http://127.0.0.1:%d\nretries = 0\n" % backend.port)
+    def real():
+        status, headers, _ = a.post_json("/v1/embeddings", {"input": "x", "model": "m"})
+        assert status == 200 and headers["X-Akosha-Mode"] == "real"
+
+    def fallback_dim():
+        a.admin("POST", "/upstreams/b/open")
+        status, headers, data = a.post_json("/v1/embeddings", {"input": "x", "model": "m"})
+        a.admin("POST", "/upstreams/b/close")
+        assert status == 200 and headers["X-Akosha-Mode"] == "fallback"
+        return len(json.loads(data)["data"][0]["embedding"])
+
+    real()
+    assert fallback_dim() == 768
+    backend.default = {"status": 200, "body": embedding_body(dim=1024, model="m")}
+    real()  # within the second: not sniffed
+    assert fallback_dim() == 768
+    time.sleep(1.1)
+    real()  # the once-a-second check
+    assert fallback_dim() == 1024
+
+
 def test_full_queue_gives_503(start_akosha):
     # One worker, queue of one: a burst of big batches overflows it.
     a = start_akosha("[fallback]\nmode = always\nworkers = 1\nqueue_size = 1\n")
