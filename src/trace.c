@@ -530,19 +530,25 @@ trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
     if (span == NULL) {
         span = xmalloc(sizeof(*span));
     }
-    /* Only the header is cleared: attributes are written before nattrs counts them. */
-    memset(span, 0, offsetof(struct trace_span, attrs));
+    /* Field by field: clearing the whole header would touch cache lines a span never uses. */
     memcpy(span->trace_id, ctx->trace_id, TRACE_ID_SIZE);
     memcpy(span->span_id, ctx->span_id, TRACE_SPAN_ID_SIZE);
-    if (parent_span_id != NULL) {
+    span->has_parent = parent_span_id != NULL;
+    if (span->has_parent) {
         memcpy(span->parent_span_id, parent_span_id, TRACE_SPAN_ID_SIZE);
-        span->has_parent = true;
     }
     span->flags = ctx->flags;
-    span->kind = kind;
+    span->kind = (uint8_t)kind;
+    span->status = TRACE_STATUS_UNSET;
+    span->status_message_len = 0;
+    span->nattrs = 0;
+    span->dropped_attrs = 0;
+    span->text_used = 0;
+    span->pool_next = NULL;
     span->name_len =
         (uint8_t)copy_utf8(span->name, sizeof(span->name), name, strlen(name), &span->name_plain);
     span->start_unix_ns = start_unix_ns;
+    span->end_unix_ns = 0;
     return span;
 }
 
@@ -630,7 +636,7 @@ attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
         a->key = key;
         a->key_len = (uint32_t)key_len;
     }
-    a->type = type;
+    a->type = (uint8_t)type;
     return a;
 }
 
@@ -638,9 +644,19 @@ void
 trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len)
 {
     struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_STRING);
+    size_t room = sizeof(span->text) - span->text_used;
 
-    if (a != NULL) {
-        a->len = (uint8_t)copy_utf8(a->v.s, sizeof(a->v.s), value, len, &a->plain);
+    if (a != NULL && room == 0) {
+        /* the text is full: an empty value, pointing at the last value's NUL */
+        a->v.off = sizeof(span->text) - 1;
+        a->len = 0;
+        a->plain = true;
+    } else if (a != NULL) {
+        /* a replaced value's bytes stay behind: replacing is rare, the text is per span */
+        a->v.off = span->text_used;
+        a->len = (uint8_t)copy_utf8(span->text + span->text_used, MIN(room, TRACE_ATTR_STR_MAX),
+                                    value, len, &a->plain);
+        span->text_used = (uint16_t)(span->text_used + a->len + 1);
     }
 }
 
@@ -685,9 +701,8 @@ trace_span_set_status(struct trace_span *span, enum trace_status_code code, cons
 {
     bool plain;
 
-    span->status = code;
+    span->status = (uint8_t)code;
     span->status_message_len = 0;
-    span->status_message[0] = '\0';
     if (code == TRACE_STATUS_ERROR && message != NULL) {
         span->status_message_len = (uint8_t)copy_utf8(
             span->status_message, sizeof(span->status_message), message, strlen(message), &plain);
@@ -765,12 +780,13 @@ put_json_string(struct buf *out, char *o, const char *s, size_t len)
 }
 
 static char *
-put_attr_value(struct buf *out, char *o, const struct trace_attr *a)
+put_attr_value(struct buf *out, char *o, const struct trace_span *span, const struct trace_attr *a)
 {
     switch (a->type) {
     case TRACE_ATTR_STRING:
         o = PUT_LIT(o, "{\"stringValue\":");
-        o = a->plain ? put_quoted(o, a->v.s, a->len) : put_json_string(out, o, a->v.s, a->len);
+        o = a->plain ? put_quoted(o, trace_attr_string(span, a), a->len)
+                     : put_json_string(out, o, trace_attr_string(span, a), a->len);
         break;
     case TRACE_ATTR_INT:
         /* Protobuf JSON writes 64-bit integers as strings. */
@@ -843,7 +859,7 @@ trace_span_json(struct buf *out, const struct trace_span *span)
         o = PUT_LIT(o, "{\"key\":");
         o = put_quoted(o, a->key, a->key_len);
         o = PUT_LIT(o, ",\"value\":");
-        o = put_attr_value(out, o, a);
+        o = put_attr_value(out, o, span, a);
         *o++ = '}';
     }
     *o++ = ']';

@@ -148,6 +148,7 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_NAME_MAX 64
 #define TRACE_ATTR_STR_MAX 96
 #define TRACE_MAX_ATTRS 16
+#define TRACE_SPAN_TEXT_MAX 384
 #define TRACE_STATUS_MSG_MAX 96
 #define TRACE_SPAN_POOL_DEFAULT 512
 
@@ -155,17 +156,16 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
  * An attribute. The key is not copied: it must have static storage (the
  * callers pass string literals of plain ASCII, no '"' or '\\'), which keeps
  * setting an attribute to a pointer store and finding one to a length
- * compare. String values longer than their buffer are cut at a UTF-8
- * character boundary; invalid bytes become '?'.
+ * compare. A string value lives in its span's text (trace_attr_string).
  */
 struct trace_attr {
     const char *key;
     uint32_t key_len;
-    enum trace_attr_type type;
-    uint8_t len; /* of v.s, without its NUL */
-    bool plain;  /* v.s needs no JSON escaping: written as it is */
+    uint8_t type; /* enum trace_attr_type */
+    uint8_t len;  /* string value: bytes, without the NUL */
+    bool plain;   /* string value needs no JSON escaping: written as it is */
     union {
-        char s[TRACE_ATTR_STR_MAX];
+        uint16_t off; /* string value: offset in the span's text */
         int64_t i;
         double d;
         bool b;
@@ -173,9 +173,13 @@ struct trace_attr {
 };
 
 /*
- * One span, fixed size so the request path allocates once (and, from a small
- * pool of freed spans, usually not at all). Beyond TRACE_MAX_ATTRS
- * attributes, new keys are dropped and counted (OTLP's droppedAttributesCount).
+ * One span, about 1 KB and laid out so that a typical request's span
+ * touches a dozen cache lines: the exporter's queue holds thousands, and
+ * spans that sprawl evict the proxy's own working set. String values share
+ * the span's text (TRACE_SPAN_TEXT_MAX bytes); each is cut at
+ * TRACE_ATTR_STR_MAX - 1 bytes or where the text runs out, at a UTF-8
+ * character boundary, and invalid bytes become '?'. Beyond TRACE_MAX_ATTRS
+ * attributes, new keys are dropped and counted (droppedAttributesCount).
  */
 struct trace_span {
     uint8_t trace_id[TRACE_ID_SIZE];
@@ -186,17 +190,26 @@ struct trace_span {
     uint8_t name_len;
     bool name_plain; /* name needs no JSON escaping */
     uint8_t status_message_len;
-    enum trace_span_kind kind;
-    char name[TRACE_NAME_MAX];
+    uint8_t kind;   /* enum trace_span_kind */
+    uint8_t status; /* enum trace_status_code */
+    uint8_t nattrs;
+    uint16_t text_used;
+    uint16_t dropped_attrs;
     uint64_t start_unix_ns;
-    uint64_t end_unix_ns; /* 0 until trace_span_end */
-    enum trace_status_code status;
-    char status_message[TRACE_STATUS_MSG_MAX];
-    unsigned nattrs;
-    unsigned dropped_attrs;
+    uint64_t end_unix_ns;         /* 0 until trace_span_end */
     struct trace_span *pool_next; /* only while the span sits in the pool */
+    char name[TRACE_NAME_MAX];
     struct trace_attr attrs[TRACE_MAX_ATTRS];
+    char text[TRACE_SPAN_TEXT_MAX];
+    char status_message[TRACE_STATUS_MSG_MAX]; /* last: written only on errors */
 };
+
+/* The value of a string attribute of span, NUL-terminated. */
+static inline const char *
+trace_attr_string(const struct trace_span *span, const struct trace_attr *a)
+{
+    return span->text + a->v.off;
+}
 
 /*
  * A span whose own ids are ctx's (trace id, span id, flags), child of

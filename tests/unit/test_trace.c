@@ -471,9 +471,45 @@ Test(span, long_strings_are_cut_on_a_utf8_boundary)
     }
     value[len] = '\0';
     trace_span_attr_str(span, "url.path", value);
-    len = strlen(trace_span_attr_find(span, "url.path")->v.s);
+    len = strlen(trace_attr_string(span, trace_span_attr_find(span, "url.path")));
     cr_assert_lt(len, TRACE_ATTR_STR_MAX);
     cr_assert_eq(len % 2, 0, "no half character at the cut");
+    trace_span_free(span);
+}
+
+Test(span, string_values_share_the_span_text_and_are_cut_when_it_runs_out)
+{
+    struct trace_span *span = new_span(TRACE_KIND_SERVER);
+    char value[80];
+    size_t total = 0;
+    struct buf out;
+    json_t *root;
+
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
+        trace_span_attr_str(span, many_keys[i], value);
+    }
+    cr_assert_eq(span->nattrs, TRACE_MAX_ATTRS);
+    for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
+        const char *v = trace_attr_string(span, &span->attrs[i]);
+        size_t len = strlen(v);
+        cr_assert_eq(len, span->attrs[i].len);
+        cr_assert(strncmp(v, value, len) == 0, "a value is a prefix of what was set");
+        cr_assert(v >= span->text && v + len < span->text + TRACE_SPAN_TEXT_MAX, "inside the text");
+        total += len;
+    }
+    cr_assert_leq(span->text_used, TRACE_SPAN_TEXT_MAX);
+    cr_assert_gt(total, TRACE_SPAN_TEXT_MAX - 2 * TRACE_MAX_ATTRS, "the text is used up: %zu",
+                 total);
+    cr_assert_eq(span->attrs[0].len, sizeof(value) - 1, "the first values are whole");
+    cr_assert_eq(span->attrs[TRACE_MAX_ATTRS - 1].len, 0, "the last ones found no room");
+    buf_init(&out);
+    trace_span_json(&out, span);
+    root = json_loadb(out.data, out.len, 0, NULL);
+    cr_assert_not_null(root, "invalid JSON: %s", out.data);
+    json_decref(root);
+    buf_free(&out);
     trace_span_free(span);
 }
 
@@ -496,7 +532,7 @@ Test(span, http_5xx_is_an_error_on_server_spans)
 
     trace_span_set_http_status(span, 503);
     cr_assert_eq(span->status, TRACE_STATUS_ERROR);
-    cr_assert_str_eq(trace_span_attr_find(span, "error.type")->v.s, "503");
+    cr_assert_str_eq(trace_attr_string(span, trace_span_attr_find(span, "error.type")), "503");
     cr_assert_eq(trace_span_attr_find(span, "http.response.status_code")->v.i, 503);
     trace_span_free(span);
 }
@@ -526,7 +562,7 @@ Test(span, http_2xx_leaves_status_unset_and_never_clears_an_error)
     trace_span_set_http_status(span, 204);
     cr_assert_eq(span->status, TRACE_STATUS_ERROR);
     trace_span_set_http_status(span, 502);
-    cr_assert_str_eq(trace_span_attr_find(span, "error.type")->v.s, "timeout",
+    cr_assert_str_eq(trace_attr_string(span, trace_span_attr_find(span, "error.type")), "timeout",
                      "an error.type already set is kept");
     trace_span_free(span);
 }
