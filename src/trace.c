@@ -879,21 +879,33 @@ trace_span_json(struct buf *out, const struct trace_span *span)
 }
 
 void
-trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *scope_version,
-                       struct trace_span *const *spans, size_t n)
+trace_otlp_json_open(struct buf *out, const char *resource_json, const char *scope_version)
 {
     buf_puts(out, "{\"resourceSpans\":[{\"resource\":");
     buf_puts(out, resource_json);
     buf_puts(out, ",\"scopeSpans\":[{\"scope\":{\"name\":\"akosha\",\"version\":");
     buf_json_string(out, scope_version, strlen(scope_version));
     buf_puts(out, "},\"spans\":[");
+}
+
+void
+trace_otlp_json_close(struct buf *out)
+{
+    buf_puts(out, "]}]}]}");
+}
+
+void
+trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *scope_version,
+                       struct trace_span *const *spans, size_t n)
+{
+    trace_otlp_json_open(out, resource_json, scope_version);
     for (size_t i = 0; i < n; i++) {
         if (i > 0) {
             buf_putc(out, ',');
         }
         trace_span_json(out, spans[i]);
     }
-    buf_puts(out, "]}]}]}");
+    trace_otlp_json_close(out);
 }
 
 /* ---- k=v lists ---- */

@@ -226,8 +226,9 @@ struct trace_span *trace_span_new(const struct trace_context *ctx, const uint8_t
 void trace_span_free(struct trace_span *span);
 /*
  * The pool keeps at most limit freed spans (TRACE_SPAN_POOL_DEFAULT until
- * set); the exporter sets it to what its queue and a batch in flight can
- * hold, the live set under a steady load. Spans beyond it go back to malloc.
+ * set); spans beyond it go back to malloc. otlp_submit frees each span as
+ * soon as it is encoded, so under load the pool hands the same few warm
+ * spans back to the request path.
  */
 void trace_span_pool_set_limit(size_t limit);
 /* Spans waiting in the pool now. */
@@ -268,6 +269,12 @@ void trace_span_json(struct buf *out, const struct trace_span *span);
  */
 void trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *scope_version,
                             struct trace_span *const *spans, size_t n);
+/*
+ * The same envelope in two halves, for spans already encoded with
+ * trace_span_json and joined by commas: open, the spans, close.
+ */
+void trace_otlp_json_open(struct buf *out, const char *resource_json, const char *scope_version);
+void trace_otlp_json_close(struct buf *out);
 
 /* ---- settings ---- */
 

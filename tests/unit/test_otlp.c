@@ -408,6 +408,28 @@ Test(otlp, a_full_batch_leaves_before_the_schedule_delay)
     telemetry_settings_free(&t);
 }
 
+Test(otlp, a_backlog_leaves_in_batches_of_at_most_the_batch_size)
+{
+    struct receiver r = {0};
+    struct telemetry_settings t;
+    struct otlp_exporter *e;
+
+    receiver_start(&r);
+    test_settings(&t, r.port);
+    t.schedule_delay_ms = 60000;
+    t.max_export_batch = 4;
+    r.stall_first_ms = 300; /* the first batch is slow: the next spans queue up behind it */
+    e = start(&t);
+    submit_n(e, 11);
+    cr_assert(otlp_flush(e, 5000));
+    cr_assert_eq(receiver_get(&r, &r.spans_accepted), 11, "every span arrives once");
+    cr_assert_eq(receiver_get(&r, &r.requests), 3, "4 + 4 + 3");
+    cr_assert_not(r.bad_body, "each batch is valid OTLP JSON");
+    cr_assert(otlp_shutdown(e, 2000));
+    receiver_stop(&r);
+    telemetry_settings_free(&t);
+}
+
 Test(otlp, a_503_is_retried_and_the_spans_still_arrive)
 {
     struct receiver r = {.statuses = {503}, .nstatuses = 1};
