@@ -163,9 +163,15 @@ struct otlp_exporter {
     char retry_after[OTLP_RETRY_AFTER_MAX];
     size_t retry_after_len;
     char curl_error[CURL_ERROR_SIZE];
-    struct buf batch;   /* the batch being exported: its spans' JSON, joined by commas */
-    size_t *batch_ends; /* max_batch entries, offsets in batch as in ends */
-    struct buf body; /* the request body, kept between batches unless it grew past BODY_KEEP_MAX */
+    /*
+     * The batch being exported, as the request body: the OTLP envelope around
+     * the spans' JSON, which starts at batch_start; batch_ends[i] is the end
+     * of span i counted from there. Kept between batches unless it grew past
+     * BODY_KEEP_MAX.
+     */
+    struct buf body;
+    size_t batch_start;
+    size_t *batch_ends; /* max_batch entries */
 };
 
 /* A body buffer larger than this is released after its export rather than kept. */
@@ -424,7 +430,7 @@ console_print(struct otlp_exporter *e, size_t n)
     buf_init(&line);
     for (size_t i = 0; i < n; i++) {
         line.len = 0;
-        buf_append(&line, e->batch.data + start, e->batch_ends[i] - start);
+        buf_append(&line, e->body.data + e->batch_start + start, e->batch_ends[i] - start);
         buf_putc(&line, '\n');
         start = e->batch_ends[i] + 1; /* past the comma */
         if (write(STDERR_FILENO, line.data, line.len) < 0) {
@@ -483,7 +489,7 @@ backoff_sleep(struct otlp_exporter *e, uint64_t until_ms)
     return !cut;
 }
 
-/* Export the n spans in e->batch. Returns true when accepted. */
+/* Export the n spans of the batch in e->body. Returns true when accepted. */
 static bool
 export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
 {
@@ -498,11 +504,7 @@ export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
     if (e->url == NULL) {
         return true;
     }
-    json->len = 0;
     buf_init(&gz);
-    trace_otlp_json_open(json, e->resource_json, e->scope_version);
-    buf_append(json, e->batch.data, e->batch.len);
-    trace_otlp_json_close(json);
     body = json;
     if (e->gzip) {
         if (gzip_body(json, &gz)) {
@@ -579,21 +581,25 @@ out:
 }
 
 /*
- * Move up to max queued spans into e->batch (and their end offsets into
- * e->batch_ends); the rest of the queue moves to its front. Call with the
- * lock held. Returns how many spans were taken.
+ * Move up to max queued spans into the request body, inside the OTLP
+ * envelope (their end offsets into e->batch_ends); the rest of the queue
+ * moves to its front. Call with the lock held. Returns how many spans were
+ * taken.
  */
 static size_t
 take_batch(struct otlp_exporter *e, size_t max)
 {
     size_t n = MIN(e->count, max), cut;
 
-    e->batch.len = 0;
+    e->body.len = 0;
     if (n == 0) {
         return 0;
     }
     cut = e->ends[n - 1];
-    buf_append(&e->batch, e->queue.data, cut);
+    trace_otlp_json_open(&e->body, e->resource_json, e->scope_version);
+    e->batch_start = e->body.len;
+    buf_append(&e->body, e->queue.data, cut);
+    trace_otlp_json_close(&e->body);
     memcpy(e->batch_ends, e->ends, n * sizeof(*e->ends));
     if (n < e->count) {
         size_t skip = cut + 1; /* and the comma before the next span */
@@ -702,7 +708,6 @@ exporter_free(struct otlp_exporter *e)
     pthread_cond_destroy(&e->done);
     buf_free(&e->queue);
     free(e->ends);
-    buf_free(&e->batch);
     free(e->batch_ends);
     buf_free(&e->body);
     free(e->url);
