@@ -20,12 +20,23 @@ AKOSHA_BIN = os.environ.get("AKOSHA_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "src", "akosha")
 
 
+_ports_given = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port nothing listens on, never one handed out before.
+
+    bind(0) can give the port it gave a moment ago once that socket is
+    closed; two calls in a row (proxy and admin) then collide."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port in 100 tries")
 
 
 def embedding_body(dim=4, n=1, model="test-model"):
