@@ -88,18 +88,27 @@ same_listen(const struct listen_addr *a, const struct listen_addr *b)
 
 /* ---- learned dimensions ------------------------------------------------ */
 
+/* The model's entry, or NULL. Call with learned_lock held. */
+static struct learned_dim *
+learned_find(struct server *srv, const char *model)
+{
+    for (size_t i = 0; i < srv->nlearned; i++) {
+        if (strcmp(srv->learned[i].model, model) == 0) {
+            return &srv->learned[i];
+        }
+    }
+    return NULL;
+}
+
 unsigned
 server_learned_dim(struct server *srv, const char *model)
 {
-    unsigned d = 0;
+    const struct learned_dim *l;
+    unsigned d;
 
     pthread_mutex_lock(&srv->learned_lock);
-    for (size_t i = 0; i < srv->nlearned; i++) {
-        if (strcmp(srv->learned[i].model, model) == 0) {
-            d = srv->learned[i].dimensions;
-            break;
-        }
-    }
+    l = learned_find(srv, model);
+    d = l != NULL ? l->dimensions : 0;
     pthread_mutex_unlock(&srv->learned_lock);
     return d;
 }
@@ -107,48 +116,41 @@ server_learned_dim(struct server *srv, const char *model)
 void
 server_learn_dim(struct server *srv, const char *model, unsigned dim)
 {
-    size_t i;
+    struct learned_dim *l;
 
     if (strlen(model) >= sizeof(srv->learned[0].model) || dim == 0 || dim > 65536) {
         return;
     }
     pthread_mutex_lock(&srv->learned_lock);
-    for (i = 0; i < srv->nlearned; i++) {
-        if (strcmp(srv->learned[i].model, model) == 0) {
-            break;
-        }
-    }
-    if (i == srv->nlearned) {
+    l = learned_find(srv, model);
+    if (l == NULL) {
         if (srv->nlearned == LEARNED_DIMS_MAX) {
-            i = srv->nlearned - 1; /* bounded: the newest model replaces the last slot */
+            l = &srv->learned[srv->nlearned -
+                              1]; /* bounded: the newest model replaces the last slot */
         } else {
-            srv->nlearned++;
+            l = &srv->learned[srv->nlearned++];
         }
-        snprintf(srv->learned[i].model, sizeof(srv->learned[i].model), "%s", model);
+        snprintf(l->model, sizeof(l->model), "%s", model);
     }
-    if (srv->learned[i].dimensions != dim) {
+    if (l->dimensions != dim) {
         log_info("model '%s': learned %u dimensions from an upstream answer", model, dim);
     }
-    srv->learned[i].dimensions = dim;
-    srv->learned[i].checked_ms = util_mono_ms();
+    l->dimensions = dim;
+    l->checked_ms = util_mono_ms();
     pthread_mutex_unlock(&srv->learned_lock);
 }
 
 bool
 server_dim_due(struct server *srv, const char *model, uint64_t now_ms)
 {
-    bool due = true;
+    struct learned_dim *l;
+    bool due;
 
     pthread_mutex_lock(&srv->learned_lock);
-    for (size_t i = 0; i < srv->nlearned; i++) {
-        struct learned_dim *l = &srv->learned[i];
-        if (strcmp(l->model, model) == 0) {
-            due = now_ms - l->checked_ms >= LEARNED_DIM_REFRESH_MS;
-            if (due) {
-                l->checked_ms = now_ms;
-            }
-            break;
-        }
+    l = learned_find(srv, model);
+    due = l == NULL || now_ms - l->checked_ms >= LEARNED_DIM_REFRESH_MS;
+    if (l != NULL && due) {
+        l->checked_ms = now_ms;
     }
     pthread_mutex_unlock(&srv->learned_lock);
     return due;
