@@ -506,13 +506,12 @@ trace_child_context(const struct trace_context *parent, struct trace_context *ch
 
 /* ---- spans ---- */
 
-/* Freed spans kept for reuse: a LIFO of at most limit. */
+/* Freed spans kept for reuse: a LIFO of at most TRACE_SPAN_POOL_MAX. */
 static struct {
     pthread_mutex_t lock;
     struct trace_span *head;
     size_t count;
-    size_t limit;
-} span_pool = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, TRACE_SPAN_POOL_DEFAULT};
+} span_pool = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
 
 struct trace_span *
 trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
@@ -559,7 +558,7 @@ trace_span_free(struct trace_span *span)
         return;
     }
     pthread_mutex_lock(&span_pool.lock);
-    if (span_pool.count < span_pool.limit) {
+    if (span_pool.count < TRACE_SPAN_POOL_MAX) {
         span->pool_next = span_pool.head;
         span_pool.head = span;
         span_pool.count++;
@@ -567,28 +566,6 @@ trace_span_free(struct trace_span *span)
     }
     pthread_mutex_unlock(&span_pool.lock);
     free(span);
-}
-
-void
-trace_span_pool_set_limit(size_t limit)
-{
-    struct trace_span *drop = NULL;
-
-    pthread_mutex_lock(&span_pool.lock);
-    span_pool.limit = limit;
-    while (span_pool.count > limit) {
-        struct trace_span *s = span_pool.head;
-        span_pool.head = s->pool_next;
-        span_pool.count--;
-        s->pool_next = drop;
-        drop = s;
-    }
-    pthread_mutex_unlock(&span_pool.lock);
-    while (drop != NULL) {
-        struct trace_span *next = drop->pool_next;
-        free(drop);
-        drop = next;
-    }
 }
 
 size_t
@@ -749,13 +726,9 @@ trace_span_end(struct trace_span *span, uint64_t end_unix_ns)
 static char *
 put_hex(char *o, const uint8_t *bytes, size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-
     *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        *o++ = digits[bytes[i] >> 4];
-        *o++ = digits[bytes[i] & 0xf];
-    }
+    trace_hex(bytes, n, o); /* its NUL is overwritten by the closing quote */
+    o += 2 * n;
     *o++ = '"';
     return o;
 }
@@ -814,8 +787,7 @@ put_attr_value(struct buf *out, char *o, const struct trace_span *span, const st
 
 /* Room for everything but the strings: ids, times, punctuation, field names. */
 #define SPAN_JSON_FIXED 512
-/* Per attribute besides key and value: {"key":"","value":{"doubleValue":-1.2345678901234567e+308}},
- */
+/* Per attribute besides its key and string: {"key":"","value":{"doubleValue":-1.5e+308}}, */
 #define ATTR_JSON_FIXED 96
 
 void

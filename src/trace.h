@@ -150,7 +150,7 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_MAX_ATTRS 16
 #define TRACE_SPAN_TEXT_MAX 384
 #define TRACE_STATUS_MSG_MAX 96
-#define TRACE_SPAN_POOL_DEFAULT 512
+#define TRACE_SPAN_POOL_MAX 512
 
 /*
  * An attribute. The key is not copied: it must have static storage (the
@@ -225,13 +225,10 @@ struct trace_span *trace_span_new(const struct trace_context *ctx, const uint8_t
                                   uint64_t start_unix_ns);
 void trace_span_free(struct trace_span *span);
 /*
- * The pool keeps at most limit freed spans (TRACE_SPAN_POOL_DEFAULT until
- * set); spans beyond it go back to malloc. otlp_submit frees each span as
- * soon as it is encoded, so under load the pool hands the same few warm
- * spans back to the request path.
+ * Spans waiting in the pool now: at most TRACE_SPAN_POOL_MAX, the rest go
+ * back to malloc. otlp_submit frees each span as soon as it is encoded, so
+ * under load the pool hands the same few warm spans back to the request path.
  */
-void trace_span_pool_set_limit(size_t limit);
-/* Spans waiting in the pool now. */
 size_t trace_span_pool_count(void);
 
 /* Setting a key again replaces its value, as OTel does. key: see struct trace_attr. */

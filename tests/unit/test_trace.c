@@ -771,12 +771,11 @@ Test(span, a_freed_span_is_reused_and_comes_back_clean)
     trace_span_free(b);
 }
 
-Test(span, the_pool_keeps_at_most_its_limit)
+Test(span, the_pool_keeps_at_most_its_bound)
 {
-    enum { LIMIT = 64, N = LIMIT + 8 };
-    struct trace_span *spans[N];
+    enum { N = TRACE_SPAN_POOL_MAX + 8 };
+    static struct trace_span *spans[N];
 
-    trace_span_pool_set_limit(LIMIT);
     for (size_t i = 0; i < N; i++) {
         spans[i] = new_span(TRACE_KIND_INTERNAL);
     }
@@ -784,13 +783,10 @@ Test(span, the_pool_keeps_at_most_its_limit)
     for (size_t i = 0; i < N; i++) {
         trace_span_free(spans[i]);
     }
-    cr_assert_eq(trace_span_pool_count(), LIMIT, "the rest went back to malloc");
+    cr_assert_eq(trace_span_pool_count(), TRACE_SPAN_POOL_MAX, "the rest went back to malloc");
     spans[0] = new_span(TRACE_KIND_INTERNAL);
-    cr_assert_eq(trace_span_pool_count(), LIMIT - 1);
+    cr_assert_eq(trace_span_pool_count(), TRACE_SPAN_POOL_MAX - 1);
     trace_span_free(spans[0]);
-    trace_span_pool_set_limit(LIMIT / 2);
-    cr_assert_eq(trace_span_pool_count(), LIMIT / 2, "a lower limit releases the surplus");
-    trace_span_pool_set_limit(TRACE_SPAN_POOL_DEFAULT);
 }
 
 Test(otlp_json, resource_takes_percent_decoded_env_attributes)
