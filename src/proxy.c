@@ -142,17 +142,46 @@ body_timeout(struct client *c, bool on)
 }
 
 /*
- * Send queued output now. What the kernel does not take waits for EV_WRITE
+ * Send queued output at the end of this loop turn (sockio_defer), with the
+ * turn's other writes. What the kernel does not take waits for EV_WRITE
  * (client_write_cb); when everything went, the machine moves on from a
  * fresh callback, never from inside the caller.
  */
+/* The client caught up with a paused relay: read the upstream again. */
+static bool
+stream_resume(struct client *c)
+{
+    struct attempt *a;
+
+    if (c->state != CLIENT_STREAM || c->req == NULL || c->req->att.conn == NULL) {
+        return false;
+    }
+    a = &c->req->att;
+    if (a->paused) {
+        a->paused = false;
+        upconn_pause_read(a->conn, false);
+    }
+    return true;
+}
+
 static void
 client_flush(struct client *c)
 {
+    if (event_pending(c->wev, EV_WRITE, NULL)) {
+        return; /* blocked already: client_write_cb sends it in order */
+    }
+    sockio_defer(&c->flush);
+}
+
+/* The deferred half of client_flush: write, then arm, pause or move on. */
+static void
+client_flush_now(struct sockio_deferred *d)
+{
+    struct client *c = (struct client *)((char *)d - offsetof(struct client, flush));
     ssize_t left;
 
     if (event_pending(c->wev, EV_WRITE, NULL)) {
-        return; /* blocked already: client_write_cb sends it in order */
+        return;
     }
     left = sockio_write(c->fd, c->out);
     if (left < 0) {
@@ -162,7 +191,7 @@ client_flush(struct client *c)
         /* client_timeout bounds how long a client may leave its answer unread. */
         struct timeval tv = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
         event_add(c->wev, &tv);
-    } else {
+    } else if (!stream_resume(c)) {
         event_active(c->drive_ev, 0, 0);
     }
 }
@@ -655,8 +684,7 @@ client_write_cb(evutil_socket_t fd, short what, void *arg)
         return; /* still blocked: the persistent event fires again */
     }
     event_del(c->wev);
-    if (c->state == CLIENT_STREAM && c->req != NULL && c->req->att.conn != NULL) {
-        upconn_pause_read(c->req->att.conn, false);
+    if (stream_resume(c)) {
         return;
     }
     client_drive(c);
@@ -725,6 +753,11 @@ client_free(struct client *c)
     if (c->req != NULL && c->req->status != 0) {
         observe_request_done(srv, c->req); /* answered, then closed: still counted once */
     }
+    if (c->flush.queued) {
+        /* last words (an error answer before a close) still go out */
+        sockio_cancel(&c->flush);
+        (void)sockio_write(c->fd, c->out);
+    }
     request_free(c);
     free(c->spare);
     if (c->timer != NULL) {
@@ -788,6 +821,7 @@ proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int sa
     c->rev = event_new(srv->base, fd, EV_READ | EV_PERSIST, client_sock_cb, c);
     c->wev = event_new(srv->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
     c->drive_ev = event_new(srv->base, -1, 0, client_drive_cb, c);
+    c->flush.fn = client_flush_now;
     if (c->in == NULL || c->out == NULL || c->timer == NULL || c->rev == NULL || c->wev == NULL ||
         c->drive_ev == NULL) {
         fatal("out of memory accepting a connection");
@@ -1167,6 +1201,7 @@ attempt_start(struct client *c)
     a->keep_alive = false;
     a->start_us = util_mono_us();
     a->sniff_pending = false;
+    a->paused = false;
     if (a->timer == NULL) {
         a->timer = evtimer_new(srv->base, attempt_timer_cb, c);
     }
@@ -1530,8 +1565,9 @@ on_response_body(struct client *c, bool eof)
         client_drive(c);
         return;
     }
-    if (evbuffer_get_length(c->out) > STREAM_HIGH_WATER) {
-        upconn_pause_read(a->conn, true); /* resumed by client_write_cb */
+    if (evbuffer_get_length(c->out) > STREAM_HIGH_WATER && !a->paused) {
+        a->paused = true; /* resumed by stream_resume once the client has it all */
+        upconn_pause_read(a->conn, true);
     }
 }
 

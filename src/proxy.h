@@ -11,6 +11,8 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include "sockio.h"
+
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
@@ -56,6 +58,7 @@ struct attempt {
     uint64_t start_us;
     struct trace_span *span;
     bool sniff_pending; /* a 2xx embedding answer whose vector size is still to learn */
+    bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
 };
 
 struct fallback_job;
@@ -98,6 +101,7 @@ struct client {
     struct event *rev;       /* readable: direct reads (sockio.c) */
     struct event *wev;       /* writable: armed only while the kernel pushes back */
     struct event *drive_ev;  /* moves the machine on after a flush, outside the caller */
+    struct sockio_deferred flush; /* queued output goes out at the end of the loop turn */
     bool reading;
     bool write_failed;
     enum client_state state;

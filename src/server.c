@@ -7,6 +7,7 @@
  * swapped, so a failure leaves the old config serving.
  */
 #include "server.h"
+#include "sockio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -462,7 +463,7 @@ server_init(struct server *srv, struct config *cfg)
 int
 server_run(struct server *srv)
 {
-    event_base_dispatch(srv->base);
+    sockio_loop(srv->base);
     log_info("stopped after %llu request(s)", (unsigned long long)srv->requests_total);
     return srv->exit_code;
 }

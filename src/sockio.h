@@ -14,18 +14,46 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include <stdbool.h>
+#include <sys/queue.h>
+
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/util.h>
 
 /* Largest single read: a whole typical response in one call. */
 #define SOCKIO_READ_MAX (64 * 1024)
 
-/* Read once into buf: bytes read (> 0), 0 at end of file, -1 on error (errno), -2 would block. */
+/*
+ * Read once into buf, at most max bytes: bytes read (> 0), 0 at end of file,
+ * -1 on error (errno), -2 would block. Up to 16 KiB land in buf's own
+ * reserved space; more is read into a per-thread scratch area and copied.
+ */
 ssize_t sockio_read(evutil_socket_t fd, struct evbuffer *buf, size_t max);
 /*
  * Write as much of out as the kernel takes now: bytes still queued (>= 0), or
  * -1 on an error other than would-block (errno set).
  */
 ssize_t sockio_write(evutil_socket_t fd, struct evbuffer *out);
+
+/*
+ * Writes deferred to the end of the event loop's turn. A connection that has
+ * output queues its flush here; sockio_loop runs every queued flush once the
+ * turn's callbacks are done, so the writes of one turn go out back to back.
+ */
+struct sockio_deferred {
+    TAILQ_ENTRY(sockio_deferred) link;
+    void (*fn)(struct sockio_deferred *d);
+    bool queued;
+};
+
+/* Queue d->fn for the end of this loop turn (once, however often called). */
+void sockio_defer(struct sockio_deferred *d);
+/* Take d off the queue (its owner is going away). */
+void sockio_cancel(struct sockio_deferred *d);
+/* Run everything queued, including what the flushes queue themselves. */
+void sockio_run_deferred(void);
+/* event_base_dispatch that runs the deferred flushes after every turn. */
+int sockio_loop(struct event_base *base);
 
 #endif

@@ -321,6 +321,7 @@ upconn_free(struct upconn *c)
             evutil_closesocket(fd);
         }
     }
+    sockio_cancel(&c->flush);
     if (c->rev != NULL) {
         event_free(c->rev);
         event_free(c->wev);
@@ -374,13 +375,14 @@ defer_error(struct upconn *c, const char *what)
     event_active(c->defer_ev, 0, 0);
 }
 
-void
-upconn_flush(struct upconn *c)
+static void
+upconn_flush_now(struct sockio_deferred *d)
 {
+    struct upconn *c = (struct upconn *)((char *)d - offsetof(struct upconn, flush));
     ssize_t left;
 
-    if (c->bev != NULL || event_pending(c->wev, EV_WRITE, NULL)) {
-        return; /* TLS writes itself; a blocked plain write resumes in order */
+    if (event_pending(c->wev, EV_WRITE, NULL)) {
+        return;
     }
     left = sockio_write(c->fd, c->out);
     if (left < 0) {
@@ -388,6 +390,15 @@ upconn_flush(struct upconn *c)
     } else if (left > 0) {
         event_add(c->wev, NULL); /* call_timeout bounds the wait */
     }
+}
+
+void
+upconn_flush(struct upconn *c)
+{
+    if (c->bev != NULL || event_pending(c->wev, EV_WRITE, NULL)) {
+        return; /* TLS writes itself; a blocked plain write resumes in order */
+    }
+    sockio_defer(&c->flush);
 }
 
 static void
@@ -481,6 +492,7 @@ plain_takeover(struct upconn *c)
     c->rev = event_new(base, c->fd, EV_READ | EV_PERSIST, plain_read_cb, c);
     c->wev = event_new(base, c->fd, EV_WRITE | EV_PERSIST, plain_write_cb, c);
     c->defer_ev = event_new(base, -1, 0, defer_cb, c);
+    c->flush.fn = upconn_flush_now;
     if (c->in == NULL || c->out == NULL || c->rev == NULL || c->wev == NULL ||
         c->defer_ev == NULL) {
         fatal("out of memory setting up an upstream connection");

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "sockio.h"
+
 #include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/event.h>
@@ -51,6 +53,7 @@ struct upconn {
     evutil_socket_t fd;
     struct evbuffer *in, *out;
     struct event *rev, *wev, *defer_ev;
+    struct sockio_deferred flush; /* queued request goes out at the end of the loop turn */
     enum upconn_state state;
     bool reused; /* served a request before */
     bool tls_failed;
