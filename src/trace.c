@@ -880,6 +880,247 @@ trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *s
     trace_otlp_json_close(out);
 }
 
+/* ---- OTLP protobuf ---- */
+
+/*
+ * opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto, by
+ * field number and wire type (0 varint, 1 fixed64, 2 length-delimited). A
+ * nested message is written after its length, so each is sized first.
+ */
+#define PB_TAG(field, wire) ((char)((field) << 3 | (wire)))
+
+static size_t
+pb_varint_size(uint64_t v)
+{
+    size_t n = 1;
+
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static char *
+pb_varint(char *o, uint64_t v)
+{
+    while (v >= 0x80) {
+        *o++ = (char)(v | 0x80);
+        v >>= 7;
+    }
+    *o++ = (char)v;
+    return o;
+}
+
+static char *
+pb_fixed64(char *o, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        *o++ = (char)(v >> (8 * i));
+    }
+    return o;
+}
+
+/* A length-delimited field: tag, length, bytes. */
+static char *
+pb_bytes(char *o, char tag, const void *p, size_t len)
+{
+    *o++ = tag;
+    o = pb_varint(o, len);
+    memcpy(o, p, len);
+    return o + len;
+}
+
+/* Size of a length-delimited field holding len bytes (one-byte tag). */
+static size_t
+pb_field_size(size_t len)
+{
+    return 1 + pb_varint_size(len) + len;
+}
+
+/* AnyValue: string_value 1, bool_value 2, int_value 3, double_value 4. */
+static size_t
+pb_any_size(const struct trace_attr *a)
+{
+    switch (a->type) {
+    case TRACE_ATTR_STRING:
+        return pb_field_size(a->len);
+    case TRACE_ATTR_INT:
+        return 1 + pb_varint_size((uint64_t)a->v.i); /* negatives take ten bytes */
+    case TRACE_ATTR_DOUBLE:
+        return 9;
+    case TRACE_ATTR_BOOL:
+        return 2;
+    }
+    return 0;
+}
+
+static char *
+pb_any(char *o, const struct trace_span *span, const struct trace_attr *a)
+{
+    switch (a->type) {
+    case TRACE_ATTR_STRING:
+        return pb_bytes(o, PB_TAG(1, 2), trace_attr_string(span, a), a->len);
+    case TRACE_ATTR_INT:
+        *o++ = PB_TAG(3, 0);
+        return pb_varint(o, (uint64_t)a->v.i);
+    case TRACE_ATTR_DOUBLE: {
+        uint64_t bits;
+        memcpy(&bits, &a->v.d, sizeof(bits));
+        *o++ = PB_TAG(4, 1);
+        return pb_fixed64(o, bits);
+    }
+    case TRACE_ATTR_BOOL:
+        *o++ = PB_TAG(2, 0);
+        *o++ = a->v.b ? 1 : 0;
+        return o;
+    }
+    return o;
+}
+
+/* KeyValue: key 1, value 2. */
+static size_t
+pb_kv_size(const struct trace_attr *a)
+{
+    return pb_field_size(a->key_len) + pb_field_size(pb_any_size(a));
+}
+
+/* Status: message 2, code 3; written only when it says something. */
+static size_t
+pb_status_size(const struct trace_span *span)
+{
+    size_t n = 0;
+
+    if (span->status_message_len > 0) {
+        n += pb_field_size(span->status_message_len);
+    }
+    if (span->status != TRACE_STATUS_UNSET) {
+        n += 2;
+    }
+    return n;
+}
+
+/* The Span message's own bytes, without the field that carries it. */
+static size_t
+pb_span_size(const struct trace_span *span)
+{
+    size_t n = pb_field_size(TRACE_ID_SIZE) + pb_field_size(TRACE_SPAN_ID_SIZE);
+
+    if (span->has_parent) {
+        n += pb_field_size(TRACE_SPAN_ID_SIZE);
+    }
+    n += pb_field_size(span->name_len);
+    n += 2;     /* kind: a one-byte varint */
+    n += 2 * 9; /* start and end times, fixed64 */
+    for (unsigned i = 0; i < span->nattrs; i++) {
+        n += pb_field_size(pb_kv_size(&span->attrs[i]));
+    }
+    if (span->dropped_attrs > 0) {
+        n += 1 + pb_varint_size(span->dropped_attrs);
+    }
+    if (pb_status_size(span) > 0) {
+        n += pb_field_size(pb_status_size(span));
+    }
+    return n;
+}
+
+void
+trace_span_proto(struct buf *out, const struct trace_span *span)
+{
+    size_t size = pb_span_size(span), st = pb_status_size(span);
+    char *o, *start;
+
+    buf_reserve(out, pb_field_size(size));
+    o = out->data + out->len;
+    /* ScopeSpans.spans = 2 */
+    *o++ = PB_TAG(2, 2);
+    o = pb_varint(o, size);
+    start = o;
+    o = pb_bytes(o, PB_TAG(1, 2), span->trace_id, TRACE_ID_SIZE);
+    o = pb_bytes(o, PB_TAG(2, 2), span->span_id, TRACE_SPAN_ID_SIZE);
+    if (span->has_parent) {
+        o = pb_bytes(o, PB_TAG(4, 2), span->parent_span_id, TRACE_SPAN_ID_SIZE);
+    }
+    o = pb_bytes(o, PB_TAG(5, 2), span->name, span->name_len);
+    *o++ = PB_TAG(6, 0);
+    *o++ = (char)span->kind;
+    *o++ = PB_TAG(7, 1);
+    o = pb_fixed64(o, span->start_unix_ns);
+    *o++ = PB_TAG(8, 1);
+    o = pb_fixed64(o, span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns);
+    for (unsigned i = 0; i < span->nattrs; i++) {
+        const struct trace_attr *a = &span->attrs[i];
+        *o++ = PB_TAG(9, 2);
+        o = pb_varint(o, pb_kv_size(a));
+        o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
+        *o++ = PB_TAG(2, 2);
+        o = pb_varint(o, pb_any_size(a));
+        o = pb_any(o, span, a);
+    }
+    if (span->dropped_attrs > 0) {
+        *o++ = PB_TAG(10, 0);
+        o = pb_varint(o, span->dropped_attrs);
+    }
+    if (st > 0) {
+        *o++ = PB_TAG(15, 2);
+        o = pb_varint(o, st);
+        if (span->status_message_len > 0) {
+            o = pb_bytes(o, PB_TAG(2, 2), span->status_message, span->status_message_len);
+        }
+        if (span->status != TRACE_STATUS_UNSET) {
+            *o++ = PB_TAG(3, 0);
+            *o++ = (char)span->status;
+        }
+    }
+    if ((size_t)(o - start) != size) {
+        fatal("trace: protobuf span size %zu, written %zu", size, (size_t)(o - start));
+    }
+    out->len = (size_t)(o - out->data);
+}
+
+void
+trace_otlp_proto_open(struct buf *out, const struct buf *resource, const char *scope_version,
+                      size_t spans_len)
+{
+    size_t vlen = strlen(scope_version);
+    /* InstrumentationScope: name 1, version 2 */
+    size_t scope = pb_field_size(6) + pb_field_size(vlen);
+    /* ScopeSpans: scope 1, spans 2 (already fields, spans_len bytes) */
+    size_t scope_spans = pb_field_size(scope) + spans_len;
+    /* ResourceSpans: resource 1, scope_spans 2 */
+    size_t resource_spans = pb_field_size(resource->len) + pb_field_size(scope_spans);
+    char *o;
+
+    buf_reserve(out, pb_field_size(resource_spans) - spans_len);
+    o = out->data + out->len;
+    /* ExportTraceServiceRequest.resource_spans = 1 */
+    *o++ = PB_TAG(1, 2);
+    o = pb_varint(o, resource_spans);
+    o = pb_bytes(o, PB_TAG(1, 2), resource->data, resource->len);
+    *o++ = PB_TAG(2, 2);
+    o = pb_varint(o, scope_spans);
+    *o++ = PB_TAG(1, 2);
+    o = pb_varint(o, scope);
+    o = pb_bytes(o, PB_TAG(1, 2), "akosha", 6);
+    o = pb_bytes(o, PB_TAG(2, 2), scope_version, vlen);
+    out->len = (size_t)(o - out->data);
+}
+
+void
+trace_encode_otlp_proto(struct buf *out, const struct buf *resource, const char *scope_version,
+                        struct trace_span *const *spans, size_t n)
+{
+    struct buf body;
+
+    buf_init(&body);
+    for (size_t i = 0; i < n; i++) {
+        trace_span_proto(&body, spans[i]);
+    }
+    trace_otlp_proto_open(out, resource, scope_version, body.len);
+    buf_append(out, body.data, body.len);
+    buf_free(&body);
+}
+
 /* ---- k=v lists ---- */
 
 /* Percent-encoding, unlike traceparent, allows either case. */
@@ -1104,6 +1345,18 @@ count_member(void *arg, const char *key, const char *value)
     (*(size_t *)arg)++;
 }
 
+int
+trace_protocol_parse(const char *name)
+{
+    if (strcmp(name, "http/protobuf") == 0) {
+        return 0;
+    }
+    if (strcmp(name, "http/json") == 0) {
+        return 1;
+    }
+    return -1;
+}
+
 void
 telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const char *))
 {
@@ -1163,6 +1416,16 @@ telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const
             t->gzip = false;
         } else {
             log_warn("telemetry: OTLP compression must be gzip or none, ignored");
+        }
+    }
+
+    v = env_first(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL");
+    if (v != NULL) {
+        int json = trace_protocol_parse(v);
+        if (json < 0) {
+            log_warn("telemetry: OTLP protocol must be http/protobuf or http/json, ignored");
+        } else {
+            t->json = json == 1;
         }
     }
 
@@ -1300,52 +1563,109 @@ resource_from_env(void *arg, const char *key, const char *value)
     resource_put(arg, key, value, false, 0);
 }
 
+static void
+resource_collect(struct resource_list *rl, const struct telemetry_settings *t,
+                 const char *service_version, const char *host_name, int64_t pid)
+{
+    const char *cause;
+
+    resource_put(rl, "service.name", t->service_name, false, 0);
+    resource_put(rl, "service.namespace", "akosha", false, 0);
+    resource_put(rl, "service.version", service_version, false, 0);
+    resource_put(rl, "deployment.environment", t->environment, false, 0);
+    if (host_name != NULL && host_name[0] != '\0') {
+        resource_put(rl, "host.name", host_name, false, 0);
+    }
+    resource_put(rl, "process.pid", NULL, true, pid);
+    if (t->resource_attributes != NULL && t->resource_attributes[0] != '\0') {
+        /* Validated by telemetry_apply_env; a bad list simply adds nothing. */
+        (void)trace_kv_list_parse(t->resource_attributes, resource_from_env, rl, &cause);
+    }
+    /* Both encodings carry valid UTF-8 only: keys and values are cleaned here once. */
+    for (size_t k = 0; k < rl->n; k++) {
+        struct resource_attr *a = &rl->attrs[k];
+        bool plain;
+        size_t len = strlen(a->key);
+        char *clean = xmalloc(len + 1);
+        clean[copy_utf8(clean, len + 1, a->key, len, &plain)] = '\0';
+        free(a->key);
+        a->key = clean;
+        if (!a->is_int) {
+            len = strlen(a->value);
+            clean = xmalloc(len + 1);
+            clean[copy_utf8(clean, len + 1, a->value, len, &plain)] = '\0';
+            free(a->value);
+            a->value = clean;
+        }
+    }
+}
+
+static void
+resource_list_free(struct resource_list *rl)
+{
+    for (size_t k = 0; k < rl->n; k++) {
+        free(rl->attrs[k].key);
+        free(rl->attrs[k].value);
+    }
+    free(rl->attrs);
+}
+
 void
 trace_resource_json(struct buf *out, const struct telemetry_settings *t,
                     const char *service_version, const char *host_name, int64_t pid)
 {
     struct resource_list rl = {0};
-    const char *cause;
 
-    resource_put(&rl, "service.name", t->service_name, false, 0);
-    resource_put(&rl, "service.namespace", "akosha", false, 0);
-    resource_put(&rl, "service.version", service_version, false, 0);
-    resource_put(&rl, "deployment.environment", t->environment, false, 0);
-    if (host_name != NULL && host_name[0] != '\0') {
-        resource_put(&rl, "host.name", host_name, false, 0);
-    }
-    resource_put(&rl, "process.pid", NULL, true, pid);
-    if (t->resource_attributes != NULL && t->resource_attributes[0] != '\0') {
-        /* Validated by telemetry_apply_env; a bad list simply adds nothing. */
-        (void)trace_kv_list_parse(t->resource_attributes, resource_from_env, &rl, &cause);
-    }
-
+    resource_collect(&rl, t, service_version, host_name, pid);
     buf_puts(out, "{\"attributes\":[");
     for (size_t k = 0; k < rl.n; k++) {
         struct resource_attr *a = &rl.attrs[k];
-        char safe[256];
-        bool plain;
-        size_t n;
         if (k > 0) {
             buf_putc(out, ',');
         }
         buf_puts(out, "{\"key\":");
-        n = copy_utf8(safe, sizeof(safe), a->key, strlen(a->key), &plain);
-        buf_json_string(out, safe, n);
+        buf_json_string(out, a->key, strlen(a->key));
         if (a->is_int) {
             buf_printf(out, ",\"value\":{\"intValue\":\"%lld\"}}", (long long)a->i);
         } else {
-            size_t len = strlen(a->value);
-            char *v = xmalloc(len + 1);
-            n = copy_utf8(v, len + 1, a->value, len, &plain);
             buf_puts(out, ",\"value\":{\"stringValue\":");
-            buf_json_string(out, v, n);
+            buf_json_string(out, a->value, strlen(a->value));
             buf_puts(out, "}}");
-            free(v);
         }
-        free(a->key);
-        free(a->value);
     }
     buf_puts(out, "]}");
-    free(rl.attrs);
+    resource_list_free(&rl);
+}
+
+void
+trace_resource_proto(struct buf *out, const struct telemetry_settings *t,
+                     const char *service_version, const char *host_name, int64_t pid)
+{
+    struct resource_list rl = {0};
+
+    resource_collect(&rl, t, service_version, host_name, pid);
+    for (size_t k = 0; k < rl.n; k++) {
+        struct resource_attr *a = &rl.attrs[k];
+        size_t klen = strlen(a->key), vlen = a->is_int ? 0 : strlen(a->value);
+        size_t any = a->is_int ? 1 + pb_varint_size((uint64_t)a->i) : pb_field_size(vlen);
+        size_t kv = pb_field_size(klen) + pb_field_size(any);
+        char *o;
+
+        buf_reserve(out, pb_field_size(kv));
+        o = out->data + out->len;
+        /* Resource.attributes = 1, each a KeyValue */
+        *o++ = PB_TAG(1, 2);
+        o = pb_varint(o, kv);
+        o = pb_bytes(o, PB_TAG(1, 2), a->key, klen);
+        *o++ = PB_TAG(2, 2);
+        o = pb_varint(o, any);
+        if (a->is_int) {
+            *o++ = PB_TAG(3, 0);
+            o = pb_varint(o, (uint64_t)a->i);
+        } else {
+            o = pb_bytes(o, PB_TAG(1, 2), a->value, vlen);
+        }
+        out->len = (size_t)(o - out->data);
+    }
+    resource_list_free(&rl);
 }

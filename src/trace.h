@@ -273,6 +273,26 @@ void trace_encode_otlp_json(struct buf *out, const char *resource_json, const ch
 void trace_otlp_json_open(struct buf *out, const char *resource_json, const char *scope_version);
 void trace_otlp_json_close(struct buf *out);
 
+/* ---- OTLP protobuf ---- */
+
+/*
+ * Append one span as a ScopeSpans.spans field (tag, length, Span message):
+ * spans encoded this way and concatenated are the body of a ScopeSpans.
+ * Same content as trace_span_json; ids are raw bytes, times fixed64.
+ */
+void trace_span_proto(struct buf *out, const struct trace_span *span);
+/*
+ * Append the ExportTraceServiceRequest up to its spans: one ResourceSpans
+ * with resource (a Resource message as made by trace_resource_proto) and one
+ * ScopeSpans, scope {name "akosha", version scope_version}, whose spans are
+ * the spans_len bytes the caller appends next (trace_span_proto's fields).
+ */
+void trace_otlp_proto_open(struct buf *out, const struct buf *resource, const char *scope_version,
+                           size_t spans_len);
+/* The whole request for n spans: open, then each span. */
+void trace_encode_otlp_proto(struct buf *out, const struct buf *resource, const char *scope_version,
+                             struct trace_span *const *spans, size_t n);
+
 /* ---- settings ---- */
 
 /*
@@ -291,6 +311,7 @@ struct telemetry_settings {
     bool console_export;
     bool disabled;      /* OTEL_SDK_DISABLED=true: no spans at all */
     bool gzip;          /* request bodies gzip-compressed */
+    bool json;          /* http/json bodies; false: http/protobuf (the default) */
     int sampler_kind;   /* enum trace_sampler_kind, or -1: from sample_rate/environment */
     double sampler_arg; /* OTEL_TRACES_SAMPLER_ARG, < 0: unset */
     /* batch span processor (OTel defaults) */
@@ -316,6 +337,8 @@ void telemetry_settings_set(char **field, const char *value);
  *                 OTEL_EXPORTER_OTLP_ENDPOINT (base) > OTLP_ENDPOINT (base) > file
  *   headers:      OTEL_EXPORTER_OTLP_TRACES_HEADERS > OTEL_EXPORTER_OTLP_HEADERS > file
  *   compression:  OTEL_EXPORTER_OTLP_TRACES_COMPRESSION > OTEL_EXPORTER_OTLP_COMPRESSION
+ *   protocol:     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL > OTEL_EXPORTER_OTLP_PROTOCOL > file
+ *                 (http/protobuf or http/json; grpc is refused with a warning)
  *   timeout:      OTEL_EXPORTER_OTLP_TRACES_TIMEOUT > OTEL_EXPORTER_OTLP_TIMEOUT (ms)
  *   service name: OTEL_SERVICE_NAME > service.name in OTEL_RESOURCE_ATTRIBUTES > file
  *   environment:  deployment.environment in OTEL_RESOURCE_ATTRIBUTES > ENVIRONMENT > file
@@ -327,6 +350,8 @@ void telemetry_settings_set(char **field, const char *value);
  * An invalid value is ignored with a warning naming the variable (never a header value).
  */
 void telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const char *));
+/* "http/protobuf" 0, "http/json" 1, anything else (grpc included) -1. */
+int trace_protocol_parse(const char *name);
 
 /* The URL spans are POSTed to; a string the caller owns, NULL when OTLP export is off. */
 char *telemetry_traces_url(const struct telemetry_settings *t);
@@ -347,6 +372,9 @@ void telemetry_sampler(const struct telemetry_settings *t, struct trace_sampler 
  */
 void trace_resource_json(struct buf *out, const struct telemetry_settings *t,
                          const char *service_version, const char *host_name, int64_t pid);
+/* The same attributes as a protobuf Resource message (its bytes, no tag or length). */
+void trace_resource_proto(struct buf *out, const struct telemetry_settings *t,
+                          const char *service_version, const char *host_name, int64_t pid);
 
 /*
  * Split a "k=v,k2=v2" list (W3C baggage-like, as OTEL_EXPORTER_OTLP_HEADERS

@@ -2,6 +2,7 @@
 import gzip
 import json
 import signal
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,14 +14,127 @@ from conftest import embedding_body, free_port
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
+def _varint(b, i):
+    v = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        if c < 0x80:
+            return v, i
+        shift += 7
+        assert shift < 70, "varint too long"
+
+
+def pb_fields(b):
+    """The (number, wire type, value) fields of one protobuf message, in order."""
+    out, i = [], 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(b, i)
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            v, i = b[i:i + n], i + n
+            assert len(v) == n, "truncated fixed field"
+        elif wire == 2:
+            n, i = _varint(b, i)
+            v, i = b[i:i + n], i + n
+            assert len(v) == n, "truncated length-delimited field"
+        else:
+            raise AssertionError("wire type %d" % wire)
+        out.append((num, wire, v))
+    return out
+
+
+def _pb_any(b):
+    for num, wire, v in pb_fields(b):
+        if num == 1:
+            return {"stringValue": v.decode("utf-8")}
+        if num == 2:
+            return {"boolValue": bool(v)}
+        if num == 3:
+            return {"intValue": str(v - (1 << 64) if v >> 63 else v)}
+        if num == 4:
+            return {"doubleValue": struct.unpack("<d", v)[0]}
+    raise AssertionError("empty AnyValue")
+
+
+def _pb_kv(b):
+    f = {num: v for num, _, v in pb_fields(b)}
+    return {"key": f[1].decode("utf-8"), "value": _pb_any(f[2])}
+
+
+def _pb_span(b):
+    """A Span message as OTLP JSON would write it (proto3 defaults made explicit)."""
+    span = {"attributes": [], "status": {"code": 0}}
+    for num, wire, v in pb_fields(b):
+        if num == 1:
+            assert wire == 2 and len(v) == 16
+            span["traceId"] = v.hex()
+        elif num == 2:
+            assert wire == 2 and len(v) == 8
+            span["spanId"] = v.hex()
+        elif num == 4:
+            assert wire == 2 and len(v) == 8
+            span["parentSpanId"] = v.hex()
+        elif num == 5:
+            span["name"] = v.decode("utf-8")
+        elif num == 6:
+            span["kind"] = v
+        elif num in (7, 8):
+            assert wire == 1
+            key = "startTimeUnixNano" if num == 7 else "endTimeUnixNano"
+            span[key] = str(int.from_bytes(v, "little"))
+        elif num == 9:
+            span["attributes"].append(_pb_kv(v))
+        elif num == 10:
+            span["droppedAttributesCount"] = v
+        elif num == 15:
+            for n2, _, v2 in pb_fields(v):
+                if n2 == 2:
+                    span["status"]["message"] = v2.decode("utf-8")
+                elif n2 == 3:
+                    span["status"]["code"] = v2
+        else:
+            raise AssertionError("unexpected Span field %d" % num)
+    return span
+
+
+def pb_request(b):
+    """An ExportTraceServiceRequest in the shape of its OTLP JSON form."""
+    out = {"resourceSpans": []}
+    for num, _, rs in pb_fields(b):
+        assert num == 1
+        entry = {"resource": {"attributes": []}, "scopeSpans": []}
+        for n2, _, v in pb_fields(rs):
+            if n2 == 1:
+                entry["resource"]["attributes"] = [_pb_kv(kv) for n3, _, kv in pb_fields(v)
+                                                   if n3 == 1]
+            elif n2 == 2:
+                ss = {"scope": {}, "spans": []}
+                for n3, _, v3 in pb_fields(v):
+                    if n3 == 1:
+                        sc = {n4: v4 for n4, _, v4 in pb_fields(v3)}
+                        ss["scope"] = {"name": sc[1].decode(), "version": sc[2].decode()}
+                    elif n3 == 2:
+                        ss["spans"].append(_pb_span(v3))
+                entry["scopeSpans"].append(ss)
+        out["resourceSpans"].append(entry)
+    return out
+
+
 class Receiver:
-    """An OTLP/HTTP JSON receiver on loopback; `answers` scripts status codes."""
+    """An OTLP/HTTP receiver on loopback, protobuf or JSON by Content-Type;
+    `answers` scripts status codes."""
 
     def __init__(self):
         self.port = free_port()
         self.batches = []
         self.answers = []
         self.paths = []
+        self.content_types = []
         self.lock = threading.Lock()
         rec = self
 
@@ -35,11 +149,17 @@ class Receiver:
                 body = self.rfile.read(n)
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                ctype = self.headers.get("Content-Type")
                 with rec.lock:
                     status = rec.answers.pop(0) if rec.answers else 200
                     rec.paths.append(self.path)
+                    rec.content_types.append(ctype)
                     if status == 200:
-                        rec.batches.append(json.loads(body))
+                        if ctype == "application/x-protobuf":
+                            rec.batches.append(pb_request(body))
+                        else:
+                            assert ctype == "application/json", ctype
+                            rec.batches.append(json.loads(body))
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -121,6 +241,51 @@ def test_traceparent_is_honoured_and_client_spans_are_children(backend, receiver
     assert h["traceparent"] == "00-%s-%s-01" % (TRACE, client[0]["spanId"])
     assert h["tracestate"] == "vendor=1"
     assert receiver.paths[0] == "/v1/traces"
+
+
+def _normal(spans):
+    """Spans without what differs between two runs: ids, times, the resource."""
+    out = []
+    for sp in spans:
+        out.append((sp["kind"], sp["name"], "parentSpanId" in sp,
+                    sorted((a["key"], json.dumps(a["value"], sort_keys=True))
+                           for a in sp["attributes"]),
+                    sp["status"].get("code", 0), sp["status"].get("message")))
+    return sorted(out)
+
+
+def test_json_and_protobuf_carry_the_same_spans(backend, start_akosha):
+    """The default body is protobuf; otlp_protocol = http/json (or the OTel
+    variable) sends the same spans as JSON."""
+    runs = {}
+    for name, extra, env in (("protobuf", "", {}),
+                             ("json-file", "otlp_protocol = http/json\n", {}),
+                             ("json-env", "", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})):
+        rec = Receiver()
+        try:
+            backend.script({"status": 500}, {"status": 200, "body": embedding_body()})
+            a = start_akosha(telemetry(rec, extra) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                             "retries = 1\nbackoff_base = 10ms\n" % backend.port,
+                             env=dict(FAST_EXPORT, **env))
+            status, _, _ = a.post_json("/v1/embeddings", {"input": "x", "model": "m"},
+                                       headers={"traceparent": "00-%s-%s-01" % (TRACE, PARENT),
+                                                "X-Request-Id": "same-id"})
+            assert status == 200
+            spans = rec.wait_spans(3)
+            assert len(spans) == 3
+            assert all(s["traceId"] == TRACE for s in spans)
+            res = rec.batches[0]["resourceSpans"][0]["resource"]["attributes"]
+            assert {"key": "service.name", "value": {"stringValue": "akosha"}} in res
+            runs[name] = (set(rec.content_types), _normal(spans))
+            a.stop()
+        finally:
+            rec.stop()
+    assert runs["protobuf"][0] == {"application/x-protobuf"}
+    assert runs["json-file"][0] == {"application/json"}
+    assert runs["json-env"][0] == {"application/json"}
+    assert runs["protobuf"][1] == runs["json-file"][1] == runs["json-env"][1]
+    kinds = [k[0] for k in runs["protobuf"][1]]
+    assert sorted(kinds) == [2, 3, 3]
 
 
 def test_invalid_traceparent_starts_a_new_trace(backend, receiver, start_akosha):

@@ -21,6 +21,7 @@
 
 #include "otlp.h"
 #include "util.h"
+#include "pbdec.h"
 
 /* ---- a tiny OTLP receiver ---- */
 
@@ -152,7 +153,7 @@ static void
 serve_one(struct receiver *r, int fd)
 {
     struct buf head, body, plain;
-    char encoding[32], reply[256];
+    char encoding[32], ctype[64], reply[256];
     int status;
     size_t index;
     long spans;
@@ -171,7 +172,12 @@ serve_one(struct receiver *r, int fd)
     } else {
         buf_append(&plain, body.data ? body.data : "", body.len);
     }
-    spans = count_spans(plain.data ? plain.data : "", plain.len);
+    header_value(head.data, "content-type", ctype, sizeof(ctype));
+    if (strcmp(ctype, "application/x-protobuf") == 0) {
+        spans = pb_count_spans(plain.data, plain.len);
+    } else {
+        spans = count_spans(plain.data ? plain.data : "", plain.len);
+    }
 
     pthread_mutex_lock(&r->lock);
     index = r->requests++;
@@ -357,9 +363,31 @@ Test(otlp, spans_arrive_with_path_content_type_and_headers)
     cr_assert_eq(wait_for(&r, &r.spans_accepted, 5, 5000), 5, "the schedule delay sends them");
     cr_assert(otlp_shutdown(e, 2000));
     cr_assert_str_eq(r.path, "/v1/traces");
-    cr_assert_str_eq(r.content_type, "application/json");
+    cr_assert_str_eq(r.content_type, "application/x-protobuf", "protobuf is the default");
     cr_assert_str_eq(r.api_key, "s3cret!", "header values are percent-decoded");
     cr_assert_not(r.bad_body);
+    receiver_stop(&r);
+    telemetry_settings_free(&t);
+}
+
+Test(otlp, http_json_sends_json_bodies)
+{
+    struct receiver r = {0};
+    struct telemetry_settings t;
+    struct otlp_exporter *e;
+
+    receiver_start(&r);
+    test_settings(&t, r.port);
+    t.json = true;
+    t.schedule_delay_ms = 60000;
+    e = start(&t);
+    submit_n(e, 700); /* more than a batch: two bodies, the second after a shift */
+    cr_assert(otlp_flush(e, 5000));
+    cr_assert_eq(receiver_get(&r, &r.spans_accepted), 700);
+    cr_assert_eq(receiver_get(&r, &r.requests), 2);
+    cr_assert_str_eq(r.content_type, "application/json");
+    cr_assert_not(r.bad_body, "each body parses as an ExportTraceServiceRequest");
+    cr_assert(otlp_shutdown(e, 2000));
     receiver_stop(&r);
     telemetry_settings_free(&t);
 }
@@ -644,6 +672,42 @@ Test(otlp, console_export_prints_one_json_line_per_span, .init = cr_redirect_std
         }
     }
     cr_assert_eq(lines, 3);
+    telemetry_settings_free(&t);
+}
+
+/* Console lines are JSON while the collector gets protobuf: both queues hold every span. */
+Test(otlp, console_and_protobuf_export_together, .init = cr_redirect_stderr)
+{
+    struct receiver r = {0};
+    struct telemetry_settings t;
+    struct otlp_exporter *e;
+    char line[4096];
+    FILE *err;
+    int lines = 0;
+
+    receiver_start(&r);
+    test_settings(&t, r.port);
+    t.console_export = true;
+    t.schedule_delay_ms = 60000;
+    t.max_export_batch = 16; /* three batches: both queues shift between them */
+    e = start(&t);
+    submit_n(e, 40);
+    cr_assert(otlp_shutdown(e, 5000));
+    cr_assert_eq(receiver_get(&r, &r.spans_accepted), 40);
+    cr_assert_eq(receiver_get(&r, &r.requests), 3);
+    cr_assert_str_eq(r.content_type, "application/x-protobuf");
+    cr_assert_not(r.bad_body);
+    fflush(stderr);
+    err = cr_get_redirected_stderr();
+    while (fgets(line, sizeof(line), err) != NULL) {
+        json_t *span = json_loads(line, 0, NULL);
+        cr_assert_not_null(span, "not a JSON line: %s", line);
+        cr_assert_str_eq(json_string_value(json_object_get(span, "name")), "POST /v1/embeddings");
+        lines++;
+        json_decref(span);
+    }
+    cr_assert_eq(lines, 40);
+    receiver_stop(&r);
     telemetry_settings_free(&t);
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pbdec.h"
 #include "trace.h"
 
 /* Attribute keys must have static storage (trace.h): a table of literals. */
@@ -1099,4 +1100,264 @@ Test(kv_list, a_malformed_member_discards_the_whole_list)
     cr_assert_not_null(cause);
     cr_assert_null(strstr(cause, "secret"), "the cause never quotes the text");
     cr_assert_eq(trace_kv_list_parse("=v", collect, &seen, &cause), -1);
+}
+
+/* ---- OTLP protobuf ---- */
+
+/* The one field numbered num in a message (wire type checked), or fails the test. */
+static struct pb_field
+pb_get(const uint8_t *p, size_t len, uint32_t num, int wire)
+{
+    const uint8_t *end = p + len;
+    struct pb_field f, found = {0};
+    int rc, seen = 0;
+
+    while ((rc = pb_next(&p, end, &f)) == 1) {
+        if (f.num == num) {
+            cr_assert_eq(f.wire, wire, "field %u: wire type %d, want %d", num, f.wire, wire);
+            found = f;
+            seen++;
+        }
+    }
+    cr_assert_eq(rc, 0, "malformed message");
+    cr_assert_eq(seen, 1, "field %u seen %d times", num, seen);
+    return found;
+}
+
+static bool
+pb_has(const uint8_t *p, size_t len, uint32_t num)
+{
+    const uint8_t *end = p + len;
+    struct pb_field f;
+
+    while (pb_next(&p, end, &f) == 1) {
+        if (f.num == num) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool
+pb_str_eq(struct pb_field f, const char *s)
+{
+    return f.len == strlen(s) && memcmp(f.p, s, f.len) == 0;
+}
+
+/* The AnyValue of the span attribute key (Span.attributes = 9, KeyValue key 1, value 2). */
+static struct pb_field
+pb_attr(const uint8_t *span, size_t len, const char *key)
+{
+    const uint8_t *p = span, *end = span + len;
+    struct pb_field f;
+
+    while (pb_next(&p, end, &f) == 1) {
+        if (f.num == 9 && pb_str_eq(pb_get(f.p, f.len, 1, 2), key)) {
+            return pb_get(f.p, f.len, 2, 2);
+        }
+    }
+    cr_assert_fail("attribute %s missing", key);
+    return f;
+}
+
+/* The same two spans as the JSON test, read back field by field from the wire format. */
+Test(otlp_proto, request_has_the_otlp_fields_and_value_encodings)
+{
+    struct telemetry_settings t;
+    struct trace_sampler s;
+    struct trace_context req, attempt;
+    struct trace_span *spans[2];
+    struct buf res, out;
+    struct pb_field rs, ss, scope, sp, f, v;
+    const uint8_t *p, *end;
+    double d;
+    int nspans = 0;
+
+    telemetry_settings_init(&t);
+    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_start(&s, NULL, &req);
+    trace_child_context(&req, &attempt);
+    spans[0] = trace_span_new(&req, NULL, TRACE_KIND_SERVER, "POST /v1/embeddings",
+                              1700000000123456789ull);
+    trace_span_attr_str(spans[0], "http.request.method", "POST");
+    trace_span_attr_int(spans[0], "batch.size", 42);
+    trace_span_attr_int(spans[0], "negative", -5);
+    trace_span_attr_double(spans[0], "ratio", 0.5);
+    trace_span_attr_bool(spans[0], "cached", true);
+    trace_span_attr_str(spans[0], "text", "caf\xc3\xa9 \"q\"");
+    trace_span_set_status(spans[0], TRACE_STATUS_ERROR, "upstream said no");
+    trace_span_end(spans[0], 1700000000223456789ull);
+    spans[1] =
+        trace_span_new(&attempt, req.span_id, TRACE_KIND_CLIENT, "POST", 1700000000130000000ull);
+    trace_span_end(spans[1], 1700000000140000000ull);
+
+    buf_init(&res);
+    buf_init(&out);
+    trace_resource_proto(&res, &t, "1.2.3", "host-a", 4242);
+    trace_encode_otlp_proto(&out, &res, "1.2.3", spans, 2);
+    cr_assert_eq(pb_count_spans(out.data, out.len), 2);
+
+    /* ExportTraceServiceRequest.resource_spans 1 > ResourceSpans */
+    rs = pb_get((const uint8_t *)out.data, out.len, 1, 2);
+    f = pb_get(rs.p, rs.len, 1, 2); /* Resource */
+    {
+        bool name = false, pid = false;
+        p = f.p;
+        end = f.p + f.len;
+        while (pb_next(&p, end, &v) == 1) {
+            struct pb_field key = pb_get(v.p, v.len, 1, 2), any = pb_get(v.p, v.len, 2, 2);
+            cr_assert_eq(v.num, 1);
+            if (pb_str_eq(key, "service.name")) {
+                name = pb_str_eq(pb_get(any.p, any.len, 1, 2), "akosha");
+            }
+            if (pb_str_eq(key, "process.pid")) {
+                pid = pb_get(any.p, any.len, 3, 0).v == 4242;
+            }
+        }
+        cr_assert(name && pid, "resource has service.name and process.pid");
+    }
+    ss = pb_get(rs.p, rs.len, 2, 2);
+    scope = pb_get(ss.p, ss.len, 1, 2);
+    cr_assert(pb_str_eq(pb_get(scope.p, scope.len, 1, 2), "akosha"));
+    cr_assert(pb_str_eq(pb_get(scope.p, scope.len, 2, 2), "1.2.3"));
+
+    p = ss.p;
+    end = ss.p + ss.len;
+    while (pb_next(&p, end, &sp) == 1) {
+        if (sp.num != 2) {
+            continue;
+        }
+        if (nspans++ == 0) {
+            f = pb_get(sp.p, sp.len, 1, 2);
+            cr_assert(f.len == 16 && memcmp(f.p, req.trace_id, 16) == 0, "trace_id raw bytes");
+            f = pb_get(sp.p, sp.len, 2, 2);
+            cr_assert(f.len == 8 && memcmp(f.p, req.span_id, 8) == 0);
+            cr_assert_not(pb_has(sp.p, sp.len, 4), "a root span has no parent");
+            cr_assert(pb_str_eq(pb_get(sp.p, sp.len, 5, 2), "POST /v1/embeddings"));
+            cr_assert_eq(pb_get(sp.p, sp.len, 6, 0).v, 2);
+            cr_assert_eq(pb_get(sp.p, sp.len, 7, 1).v, 1700000000123456789ull);
+            cr_assert_eq(pb_get(sp.p, sp.len, 8, 1).v, 1700000000223456789ull);
+            v = pb_attr(sp.p, sp.len, "http.request.method");
+            cr_assert(pb_str_eq(pb_get(v.p, v.len, 1, 2), "POST"));
+            v = pb_attr(sp.p, sp.len, "batch.size");
+            cr_assert_eq(pb_get(v.p, v.len, 3, 0).v, 42);
+            v = pb_attr(sp.p, sp.len, "negative");
+            cr_assert_eq((int64_t)pb_get(v.p, v.len, 3, 0).v, -5, "two's complement varint");
+            v = pb_attr(sp.p, sp.len, "ratio");
+            f = pb_get(v.p, v.len, 4, 1);
+            memcpy(&d, &f.v, sizeof(d));
+            cr_assert_float_eq(d, 0.5, 1e-12);
+            v = pb_attr(sp.p, sp.len, "cached");
+            cr_assert_eq(pb_get(v.p, v.len, 2, 0).v, 1);
+            v = pb_attr(sp.p, sp.len, "text");
+            cr_assert(pb_str_eq(pb_get(v.p, v.len, 1, 2), "caf\xc3\xa9 \"q\""),
+                      "strings go unescaped");
+            f = pb_get(sp.p, sp.len, 15, 2); /* Status */
+            cr_assert_eq(pb_get(f.p, f.len, 3, 0).v, 2);
+            cr_assert(pb_str_eq(pb_get(f.p, f.len, 2, 2), "upstream said no"));
+        } else {
+            f = pb_get(sp.p, sp.len, 4, 2);
+            cr_assert(f.len == 8 && memcmp(f.p, req.span_id, 8) == 0, "parent is the request");
+            cr_assert_eq(pb_get(sp.p, sp.len, 6, 0).v, 3);
+            cr_assert_not(pb_has(sp.p, sp.len, 15), "an unset status is left out");
+            cr_assert_not(pb_has(sp.p, sp.len, 9), "no attributes, no field");
+        }
+    }
+    cr_assert_eq(nspans, 2);
+    buf_free(&res);
+    buf_free(&out);
+    trace_span_free(spans[0]);
+    trace_span_free(spans[1]);
+    telemetry_settings_free(&t);
+}
+
+/* Lengths past one varint byte, the dropped count, and the smallest span's exact bytes. */
+Test(otlp_proto, long_fields_and_dropped_counts_frame_correctly)
+{
+    static const uint8_t tid[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    static const uint8_t sid[8] = {0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8};
+    struct trace_context ctx = {.flags = 1};
+    struct trace_span *span;
+    struct buf out;
+    struct pb_field f;
+    const uint8_t *p;
+    char big[200];
+    static const char keys[20][8] = {"k0",  "k1",  "k2",  "k3",  "k4",  "k5",  "k6",
+                                     "k7",  "k8",  "k9",  "k10", "k11", "k12", "k13",
+                                     "k14", "k15", "k16", "k17", "k18", "k19"};
+
+    memcpy(ctx.trace_id, tid, 16);
+    memcpy(ctx.span_id, sid, 8);
+    span = trace_span_new(&ctx, NULL, TRACE_KIND_INTERNAL, "n", 1);
+    trace_span_end(span, 2);
+    buf_init(&out);
+    trace_span_proto(&out, span);
+    {
+        /* 0x12 len | 0a 10 <16> | 12 08 <8> | 2a 01 'n' | 30 01 | 39 <1 LE> | 41 <2 LE> */
+        uint8_t want[2 + 18 + 10 + 3 + 2 + 9 + 9] = {0x12, 51, 0x0a, 16};
+        size_t o = 4;
+        memcpy(want + o, tid, 16);
+        o += 16;
+        want[o++] = 0x12;
+        want[o++] = 8;
+        memcpy(want + o, sid, 8);
+        o += 8;
+        memcpy(want + o, "\x2a\x01n\x30\x01\x39\x01\0\0\0\0\0\0\0\x41\x02\0\0\0\0\0\0\0", 23);
+        o += 23;
+        cr_assert_eq(o, sizeof(want));
+        cr_assert_eq(out.len, sizeof(want));
+        cr_assert_eq(memcmp(out.data, want, sizeof(want)), 0, "the smallest span, byte for byte");
+    }
+    trace_span_free(span);
+
+    span = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "long", 1);
+    memset(big, 'x', sizeof(big));
+    trace_span_attr_strn(span, "big", big, sizeof(big)); /* cut to TRACE_ATTR_STR_MAX - 1 */
+    for (int i = 0; i < 20; i++) {
+        trace_span_attr_int(span, keys[i], (int64_t)1 << (i * 3));
+    }
+    cr_assert_gt(span->dropped_attrs, 0);
+    trace_span_end(span, 2);
+    out.len = 0;
+    trace_span_proto(&out, span);
+    p = (const uint8_t *)out.data;
+    cr_assert_eq(pb_next(&p, p + out.len, &f), 1);
+    cr_assert_eq(f.num, 2);
+    cr_assert_gt(f.len, 127, "a two-byte length");
+    cr_assert_eq(p, (const uint8_t *)out.data + out.len, "the length covers the span exactly");
+    cr_assert(pb_span_ok(f.p, f.len));
+    cr_assert_eq(pb_get(f.p, f.len, 10, 0).v, span->dropped_attrs);
+    {
+        struct pb_field v = pb_attr(f.p, f.len, "big");
+        cr_assert_eq(pb_get(v.p, v.len, 1, 2).len, TRACE_ATTR_STR_MAX - 1);
+        v = pb_attr(f.p, f.len, "k14");
+        cr_assert_eq(pb_get(v.p, v.len, 3, 0).v, (uint64_t)1 << 42);
+    }
+    trace_span_free(span);
+    buf_free(&out);
+}
+
+Test(settings, protocol_from_the_environment)
+{
+    struct telemetry_settings t;
+    const char *general[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", NULL};
+    const char *specific[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json",
+                              "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf", NULL};
+    const char *grpc[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", NULL};
+
+    cr_assert_eq(trace_protocol_parse("http/protobuf"), 0);
+    cr_assert_eq(trace_protocol_parse("http/json"), 1);
+    cr_assert_eq(trace_protocol_parse("grpc"), -1);
+    settings_with_env(&t, NULL);
+    cr_assert_not(t.json, "protobuf by default");
+    telemetry_settings_free(&t);
+    settings_with_env(&t, general);
+    cr_assert(t.json);
+    telemetry_settings_free(&t);
+    settings_with_env(&t, specific);
+    cr_assert_not(t.json, "the traces variable wins");
+    telemetry_settings_free(&t);
+    settings_with_env(&t, grpc);
+    cr_assert_not(t.json, "grpc is refused and the default stays");
+    telemetry_settings_free(&t);
 }
