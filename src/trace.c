@@ -542,6 +542,7 @@ trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
     span->status_message_len = 0;
     span->nattrs = 0;
     span->dropped_attrs = 0;
+    span->key_lens = 0;
     span->text_used = 0;
     span->pool_next = NULL;
     span->name_len =
@@ -602,7 +603,8 @@ static struct trace_attr *
 attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
 {
     size_t key_len = strlen(key);
-    struct trace_attr *a = attr_lookup(span, key, key_len);
+    uint64_t bit = (uint64_t)1 << (key_len % 64);
+    struct trace_attr *a = (span->key_lens & bit) ? attr_lookup(span, key, key_len) : NULL;
 
     if (a == NULL) {
         if (span->nattrs >= TRACE_MAX_ATTRS) {
@@ -612,6 +614,7 @@ attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
         a = &span->attrs[span->nattrs++];
         a->key = key;
         a->key_len = (uint32_t)key_len;
+        span->key_lens |= bit;
     }
     a->type = (uint8_t)type;
     return a;
@@ -889,7 +892,7 @@ trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *s
  */
 #define PB_TAG(field, wire) ((char)((field) << 3 | (wire)))
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 pb_varint_size(uint64_t v)
 {
     size_t n = 1;
@@ -901,7 +904,7 @@ pb_varint_size(uint64_t v)
     return n;
 }
 
-static char *
+static inline __attribute__((always_inline)) char *
 pb_varint(char *o, uint64_t v)
 {
     while (v >= 0x80) {
@@ -912,7 +915,7 @@ pb_varint(char *o, uint64_t v)
     return o;
 }
 
-static char *
+static inline __attribute__((always_inline)) char *
 pb_fixed64(char *o, uint64_t v)
 {
     for (int i = 0; i < 8; i++) {
@@ -922,7 +925,7 @@ pb_fixed64(char *o, uint64_t v)
 }
 
 /* A length-delimited field: tag, length, bytes. */
-static char *
+static inline __attribute__((always_inline)) char *
 pb_bytes(char *o, char tag, const void *p, size_t len)
 {
     *o++ = tag;
@@ -939,23 +942,7 @@ pb_field_size(size_t len)
 }
 
 /* AnyValue: string_value 1, bool_value 2, int_value 3, double_value 4. */
-static size_t
-pb_any_size(const struct trace_attr *a)
-{
-    switch (a->type) {
-    case TRACE_ATTR_STRING:
-        return pb_field_size(a->len);
-    case TRACE_ATTR_INT:
-        return 1 + pb_varint_size((uint64_t)a->v.i); /* negatives take ten bytes */
-    case TRACE_ATTR_DOUBLE:
-        return 9;
-    case TRACE_ATTR_BOOL:
-        return 2;
-    }
-    return 0;
-}
-
-static char *
+static inline __attribute__((always_inline)) char *
 pb_any(char *o, const struct trace_span *span, const struct trace_attr *a)
 {
     switch (a->type) {
@@ -978,48 +965,49 @@ pb_any(char *o, const struct trace_span *span, const struct trace_attr *a)
     return o;
 }
 
-/* KeyValue: key 1, value 2. */
-static size_t
-pb_kv_size(const struct trace_attr *a)
+/*
+ * A length-delimited field whose length is known only once its content is
+ * written: pb_open leaves width bytes for the length, pb_close writes it
+ * there and moves the content when the varint needs fewer or more bytes.
+ * The callers pick the width that fits the usual case (1 for attributes,
+ * 2 for a span), so the move is rare.
+ */
+static inline __attribute__((always_inline)) char *
+pb_open(char *o, char tag, size_t width)
 {
-    return pb_field_size(a->key_len) + pb_field_size(pb_any_size(a));
+    *o++ = tag;
+    return o + width;
 }
 
-/* Status: message 2, code 3; written only when it says something. */
-static size_t
-pb_status_size(const struct trace_span *span)
+static inline __attribute__((always_inline)) char *
+pb_close(char *content, char *o, size_t width)
 {
-    size_t n = 0;
+    size_t len = (size_t)(o - content), need = pb_varint_size(len);
+    char *at = content - width;
 
-    if (span->status_message_len > 0) {
-        n += pb_field_size(span->status_message_len);
+    if (need != width) {
+        memmove(at + need, content, len);
+        o += (ptrdiff_t)need - (ptrdiff_t)width;
     }
-    if (span->status != TRACE_STATUS_UNSET) {
-        n += 2;
+    if (need == 2 && width == 2) {
+        at[0] = (char)(len | 0x80);
+        at[1] = (char)(len >> 7);
+    } else {
+        pb_varint(at, len);
     }
-    return n;
+    return o;
 }
 
-/* The Span message's own bytes, without the field that carries it. */
+/* Room a span's encoding may take at most: fixed fields, then each string. */
 static size_t
-pb_span_size(const struct trace_span *span)
+pb_span_room(const struct trace_span *span)
 {
-    size_t n = pb_field_size(TRACE_ID_SIZE) + pb_field_size(TRACE_SPAN_ID_SIZE);
+    /* tags, ids, times, kind, status code, dropped count, length bytes */
+    size_t n = 96 + span->name_len + span->status_message_len;
 
-    if (span->has_parent) {
-        n += pb_field_size(TRACE_SPAN_ID_SIZE);
-    }
-    n += pb_field_size(span->name_len);
-    n += 2;     /* kind: a one-byte varint */
-    n += 2 * 9; /* start and end times, fixed64 */
     for (unsigned i = 0; i < span->nattrs; i++) {
-        n += pb_field_size(pb_kv_size(&span->attrs[i]));
-    }
-    if (span->dropped_attrs > 0) {
-        n += 1 + pb_varint_size(span->dropped_attrs);
-    }
-    if (pb_status_size(span) > 0) {
-        n += pb_field_size(pb_status_size(span));
+        /* field, KeyValue, key, AnyValue tags and lengths; a varint, double or the string */
+        n += 24 + span->attrs[i].key_len + span->attrs[i].len;
     }
     return n;
 }
@@ -1027,15 +1015,12 @@ pb_span_size(const struct trace_span *span)
 void
 trace_span_proto(struct buf *out, const struct trace_span *span)
 {
-    size_t size = pb_span_size(span), st = pb_status_size(span);
-    char *o, *start;
+    char *o, *sp;
 
-    buf_reserve(out, pb_field_size(size));
+    buf_reserve(out, pb_span_room(span));
     o = out->data + out->len;
     /* ScopeSpans.spans = 2 */
-    *o++ = PB_TAG(2, 2);
-    o = pb_varint(o, size);
-    start = o;
+    sp = o = pb_open(o, PB_TAG(2, 2), 2);
     o = pb_bytes(o, PB_TAG(1, 2), span->trace_id, TRACE_ID_SIZE);
     o = pb_bytes(o, PB_TAG(2, 2), span->span_id, TRACE_SPAN_ID_SIZE);
     if (span->has_parent) {
@@ -1050,20 +1035,22 @@ trace_span_proto(struct buf *out, const struct trace_span *span)
     o = pb_fixed64(o, span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns);
     for (unsigned i = 0; i < span->nattrs; i++) {
         const struct trace_attr *a = &span->attrs[i];
-        *o++ = PB_TAG(9, 2);
-        o = pb_varint(o, pb_kv_size(a));
+        char *kv, *any;
+        /* Span.attributes = 9: KeyValue {key 1, value 2: AnyValue} */
+        kv = o = pb_open(o, PB_TAG(9, 2), 1);
         o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
-        *o++ = PB_TAG(2, 2);
-        o = pb_varint(o, pb_any_size(a));
+        any = o = pb_open(o, PB_TAG(2, 2), 1);
         o = pb_any(o, span, a);
+        o = pb_close(any, o, 1);
+        o = pb_close(kv, o, 1);
     }
     if (span->dropped_attrs > 0) {
         *o++ = PB_TAG(10, 0);
         o = pb_varint(o, span->dropped_attrs);
     }
-    if (st > 0) {
-        *o++ = PB_TAG(15, 2);
-        o = pb_varint(o, st);
+    if (span->status != TRACE_STATUS_UNSET || span->status_message_len > 0) {
+        /* Status: message 2, code 3 (left out when UNSET, the default) */
+        char *st = o = pb_open(o, PB_TAG(15, 2), 1);
         if (span->status_message_len > 0) {
             o = pb_bytes(o, PB_TAG(2, 2), span->status_message, span->status_message_len);
         }
@@ -1071,10 +1058,9 @@ trace_span_proto(struct buf *out, const struct trace_span *span)
             *o++ = PB_TAG(3, 0);
             *o++ = (char)span->status;
         }
+        o = pb_close(st, o, 1);
     }
-    if ((size_t)(o - start) != size) {
-        fatal("trace: protobuf span size %zu, written %zu", size, (size_t)(o - start));
-    }
+    o = pb_close(sp, o, 2);
     out->len = (size_t)(o - out->data);
 }
 

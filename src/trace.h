@@ -195,6 +195,7 @@ struct trace_span {
     uint8_t nattrs;
     uint16_t text_used;
     uint16_t dropped_attrs;
+    uint64_t key_lens; /* bit (length % 64) set for each key held: most new keys skip the lookup */
     uint64_t start_unix_ns;
     uint64_t end_unix_ns;         /* 0 until trace_span_end */
     struct trace_span *pool_next; /* only while the span sits in the pool */

@@ -1334,6 +1334,43 @@ Test(otlp_proto, long_fields_and_dropped_counts_frame_correctly)
         cr_assert_eq(pb_get(v.p, v.len, 3, 0).v, (uint64_t)1 << 42);
     }
     trace_span_free(span);
+
+    /* A KeyValue past 127 bytes, and a span past 16383: lengths that outgrow their room. */
+    {
+        static char long_key[120], huge_key[20000];
+        struct pb_field kv, v;
+        memset(long_key, 'k', sizeof(long_key) - 1);
+        memset(huge_key, 'h', sizeof(huge_key) - 1);
+        span = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "grow", 1);
+        trace_span_attr_strn(span, long_key, big, sizeof(big));
+        trace_span_attr_bool(span, huge_key, true);
+        trace_span_attr_int(span, "after", 7);
+        trace_span_end(span, 2);
+        out.len = 0;
+        trace_span_proto(&out, span);
+        p = (const uint8_t *)out.data;
+        cr_assert_eq(pb_next(&p, p + out.len, &f), 1);
+        cr_assert_gt(f.len, 16383, "a three-byte length");
+        cr_assert_eq(p, (const uint8_t *)out.data + out.len);
+        cr_assert(pb_span_ok(f.p, f.len));
+        v = pb_attr(f.p, f.len, long_key);
+        cr_assert_eq(pb_get(v.p, v.len, 1, 2).len, TRACE_ATTR_STR_MAX - 1);
+        v = pb_attr(f.p, f.len, huge_key);
+        cr_assert_eq(pb_get(v.p, v.len, 2, 0).v, 1);
+        v = pb_attr(f.p, f.len, "after");
+        cr_assert_eq(pb_get(v.p, v.len, 3, 0).v, 7, "fields after the moved ones intact");
+        {
+            /* the long KeyValue itself: a two-byte length */
+            const uint8_t *q = f.p, *qend = f.p + f.len;
+            while (pb_next(&q, qend, &kv) == 1) {
+                if (kv.num == 9 && kv.len > 127 && kv.len < 1000) {
+                    break;
+                }
+            }
+            cr_assert(kv.num == 9 && kv.len > 127 && kv.len < 1000);
+        }
+        trace_span_free(span);
+    }
     buf_free(&out);
 }
 
