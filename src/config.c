@@ -92,6 +92,8 @@ const struct config_key config_table[] = {
      OFF_U(call_timeout_ms), "one attempt's limit; running past it is a failure"},
     {SEC_UPSTREAM, "max_connections", CT_INT, "64", 1, 65536, true, false, false, NULL,
      OFF_U(max_connections), "pooled connections to this upstream at most"},
+    {SEC_UPSTREAM, "idle_timeout", CT_DURATION, "30s", 1, 3600000, true, false, false, NULL,
+     OFF_U(idle_timeout_ms), "a pooled connection unused this long is closed"},
     {SEC_UPSTREAM, "header", CT_HEADER, NULL, NOB, true, false, true, NULL, OFF_U(headers),
      "repeatable \"Name: value\" added to every request (secret)"},
     {SEC_UPSTREAM, "tls_verify", CT_BOOL, "yes", NOB, true, false, false, NULL, OFF_U(tls_verify),

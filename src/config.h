@@ -90,6 +90,7 @@ struct upstream_config {
     uint64_t connect_timeout_ms;
     uint64_t call_timeout_ms;
     int64_t max_connections;
+    uint64_t idle_timeout_ms;
     struct header_list headers;
     bool tls_verify;
     char *tls_ca_file;

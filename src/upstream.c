@@ -24,6 +24,7 @@
 #include "util.h"
 
 static void upconn_free(struct upconn *c);
+static void idle_sweep_arm(struct upstream *up);
 static void upstream_maybe_free(struct upstream *up);
 
 void
@@ -52,6 +53,9 @@ upstream_destroy(struct upstream *up)
     }
     if (up->ssl_ctx != NULL) {
         SSL_CTX_free(up->ssl_ctx);
+    }
+    if (up->idle_sweep != NULL) {
+        event_free(up->idle_sweep);
     }
     config_unref(up->cfg_owner);
     free(up->name);
@@ -345,10 +349,17 @@ upconn_output(struct upconn *c)
     return c->bev != NULL ? bufferevent_get_output(c->bev) : c->out;
 }
 
+/*
+ * Reads on, without a timeout: the call has its attempt timer and an idle
+ * connection its sweep. Already on is the common case and costs nothing.
+ */
 static void
-plain_read_on(struct upconn *c, const struct timeval *timeout)
+plain_read_on(struct upconn *c)
 {
-    event_add(c->rev, timeout);
+    if (!c->read_armed) {
+        event_add(c->rev, NULL);
+        c->read_armed = true;
+    }
 }
 
 void
@@ -362,8 +373,9 @@ upconn_pause_read(struct upconn *c, bool paused)
         }
     } else if (paused) {
         event_del(c->rev);
+        c->read_armed = false;
     } else {
-        plain_read_on(c, NULL);
+        plain_read_on(c);
     }
 }
 
@@ -410,6 +422,65 @@ drop_idle(struct upconn *c)
     up->nidle--;
     upconn_free(c);
     upstream_maybe_free(up);
+}
+
+/*
+ * Plain idle connections time out by a sweep once a second (or every
+ * idle_timeout when shorter) rather than a timeout on each read event:
+ * re-arming that timeout on every release and acquire was two timer-heap
+ * changes per request. The idle list is in order of release, so the sweep
+ * starts from its oldest end and stops at the first young one. A connection
+ * lives idle_timeout to one sweep interval more.
+ */
+#define IDLE_SWEEP_MS 1000
+
+static void
+idle_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *up = arg;
+    uint64_t now = util_mono_ms();
+    struct upconn *c;
+
+    (void)fd;
+    (void)what;
+    up->refs++; /* dropping connections must not free up under us */
+    while ((c = TAILQ_LAST(&up->idle, upconn_list)) != NULL) {
+        if (c->bev != NULL) {
+            break; /* TLS: its bufferevent times itself out; older plain ones wait a turn */
+        }
+        if (now - c->idle_since_ms < up->cfg->idle_timeout_ms) {
+            break;
+        }
+        drop_idle(c);
+    }
+    up->refs--;
+    if (!TAILQ_EMPTY(&up->idle)) {
+        idle_sweep_arm(up);
+    }
+    upstream_maybe_free(up);
+}
+
+static void
+idle_sweep_arm(struct upstream *up)
+{
+    uint64_t ms;
+    struct timeval tv;
+
+    if (up->set == NULL) {
+        return; /* retired: its connections are not kept */
+    }
+    ms = MIN(IDLE_SWEEP_MS, up->cfg->idle_timeout_ms);
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    if (up->idle_sweep == NULL) {
+        up->idle_sweep = evtimer_new(up->set->base, idle_sweep_cb, up);
+        if (up->idle_sweep == NULL) {
+            fatal("out of memory setting up the idle sweep");
+        }
+    }
+    if (!evtimer_pending(up->idle_sweep, NULL)) {
+        evtimer_add(up->idle_sweep, &tv);
+    }
 }
 
 static void
@@ -501,7 +572,7 @@ plain_takeover(struct upconn *c)
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    plain_read_on(c, NULL);
+    plain_read_on(c);
 }
 
 static void
@@ -705,7 +776,7 @@ upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, v
         if (c->bev != NULL) {
             bufferevent_set_timeouts(c->bev, NULL, NULL);
         } else {
-            plain_read_on(c, NULL);
+            plain_read_on(c);
         }
         *out = c;
         return 1;
@@ -778,15 +849,17 @@ upstream_release(struct upconn *c, bool reusable)
         c->reused = true;
         c->cb = NULL;
         c->arg = NULL;
-        {
-            /* Servers drop idle keep-alive connections; close ours first. */
-            struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_MS / 1000, 0};
-            if (c->bev != NULL) {
-                bufferevent_set_timeouts(c->bev, &idle, NULL);
-                bufferevent_enable(c->bev, EV_READ);
-            } else {
-                plain_read_on(c, &idle);
-            }
+        /* Servers drop idle keep-alive connections; close ours first. */
+        if (c->bev != NULL) {
+            struct timeval idle = {(time_t)(up->cfg->idle_timeout_ms / 1000),
+                                   (suseconds_t)(up->cfg->idle_timeout_ms % 1000) * 1000};
+            bufferevent_set_timeouts(c->bev, &idle, NULL);
+            bufferevent_enable(c->bev, EV_READ);
+        } else {
+            /* reads stay on (a close or stray bytes drop it); the sweep times it out */
+            plain_read_on(c);
+            c->idle_since_ms = util_mono_ms();
+            idle_sweep_arm(up);
         }
         TAILQ_INSERT_HEAD(&up->idle, c, link);
         up->nidle++;

@@ -25,7 +25,6 @@ struct upstream;
 struct upconn;
 
 /* Pooled connections idle longer than this are closed. */
-#define UPSTREAM_IDLE_TIMEOUT_MS 30000
 
 /* What a connection tells its owner. */
 enum upconn_event {
@@ -55,6 +54,8 @@ struct upconn {
     struct event *rev, *wev, *defer_ev;
     struct sockio_deferred flush; /* queued request goes out at the end of the loop turn */
     enum upconn_state state;
+    bool read_armed;        /* plain: rev is added (reads on, no timeout) */
+    uint64_t idle_since_ms; /* when it joined the idle list (idle_sweep) */
     bool reused; /* served a request before */
     bool tls_failed;
     char error[128];
@@ -92,7 +93,8 @@ struct upstream {
     bool retired;     /* removed by a reload; freed when refs drop to 0 */
     int64_t current_weight;
     unsigned learned_dimensions;
-    struct upconn_list idle;
+    struct upconn_list idle; /* most recently used first */
+    struct event *idle_sweep; /* closes plain connections idle past the limit */
     size_t nidle, nbusy, nconnecting;
     struct waiter_list waiters;
     size_t nwaiters;

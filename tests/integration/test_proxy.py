@@ -92,6 +92,27 @@ def test_upstream_connections_are_reused(backend, start_akosha):
     assert pool["idle"] == 1
 
 
+def test_idle_upstream_connections_close_after_idle_timeout(backend, start_akosha):
+    """A pooled connection unused for idle_timeout is closed; one in use never is."""
+    a = start_akosha(upstream_conf(backend, "idle_timeout = 1s\n"))
+    assert a.post_json("/v1/embeddings", {"input": "x"})[0] == 200
+    assert a.stats()["upstreams"][0]["pool"]["idle"] == 1
+    # busy for longer than idle_timeout: the sweep leaves it alone
+    backend.script({"status": 200, "body": embedding_body(), "delay": 2.2})
+    assert a.post_json("/v1/embeddings", {"input": "x"})[0] == 200
+    assert len({r[4] for r in backend.requests}) == 1, "the slow request reused the connection"
+    assert a.stats()["upstreams"][0]["pool"]["idle"] == 1
+    deadline = time.time() + 5
+    while time.time() < deadline and a.stats()["upstreams"][0]["pool"]["idle"] != 0:
+        time.sleep(0.1)
+    idle_for = 5 - (deadline - time.time())
+    assert a.stats()["upstreams"][0]["pool"]["idle"] == 0
+    assert 0.8 < idle_for < 2.6, idle_for
+    # the next request opens a new connection
+    assert a.post_json("/v1/embeddings", {"input": "x"})[0] == 200
+    assert len({r[4] for r in backend.requests}) == 2
+
+
 def test_client_keep_alive_serves_several_requests(backend, start_akosha):
     import http.client
     a = start_akosha(upstream_conf(backend))
