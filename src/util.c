@@ -265,7 +265,12 @@ util_json_plain_run(const char *s, size_t n)
         }
     }
 #endif
-    (void)s;
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) {
+            break;
+        }
+    }
     return i;
 }
 

@@ -30,9 +30,9 @@ int64_t util_wall_ms(void);
 
 /*
  * Bytes at the start of s[0..n) that a JSON string holds as they are (no
- * quote, backslash, control character or UTF-8), looked at sixteen at a
- * time: exact when a special byte lies in the blocks examined, otherwise the
- * whole blocks (fewer than 16 bytes at the end are left to the caller).
+ * quote, backslash, control character or UTF-8): the offset of the first
+ * special byte, or n. Sixteen bytes at a time, the tail one by one (short
+ * strings, keys and values like "float", are most of what a body holds).
  */
 size_t util_json_plain_run(const char *s, size_t n);
 
