@@ -303,7 +303,13 @@ request_free(struct client *c)
     }
     attempt_abort(c);
     if (r->att.timer != NULL) {
-        event_free(r->att.timer);
+        /* kept for the connection's next request: an event_new and free less each */
+        evtimer_del(r->att.timer);
+        if (c->spare_timer == NULL) {
+            c->spare_timer = r->att.timer;
+        } else {
+            event_free(r->att.timer);
+        }
     }
     if (r->job != NULL) {
         fallback_detach(r->job);
@@ -313,7 +319,12 @@ request_free(struct client *c)
         observe_server_span_end(c->srv, r);
     }
     if (r->body != NULL) {
-        evbuffer_free(r->body);
+        if (c->spare_body == NULL) {
+            evbuffer_drain(r->body, evbuffer_get_length(r->body));
+            c->spare_body = r->body;
+        } else {
+            evbuffer_free(r->body);
+        }
     }
     free(r->head);
     if (c->spare == NULL) {
@@ -485,7 +496,8 @@ start_request(struct client *c, size_t head_len)
         respond_early_error(c, 413, "request body larger than max_body_size");
         return;
     }
-    r->body = evbuffer_new();
+    r->body = c->spare_body != NULL ? c->spare_body : evbuffer_new();
+    c->spare_body = NULL;
     if (r->hd.chunked) {
         http_chunked_init(&r->chunk);
     }
@@ -760,6 +772,12 @@ client_free(struct client *c)
     }
     request_free(c);
     free(c->spare);
+    if (c->spare_body != NULL) {
+        evbuffer_free(c->spare_body);
+    }
+    if (c->spare_timer != NULL) {
+        event_free(c->spare_timer);
+    }
     if (c->timer != NULL) {
         event_free(c->timer);
     }
@@ -1202,7 +1220,10 @@ attempt_start(struct client *c)
     a->start_us = util_mono_us();
     a->sniff_pending = false;
     a->paused = false;
-    if (a->timer == NULL) {
+    if (a->timer == NULL && c->spare_timer != NULL) {
+        a->timer = c->spare_timer;
+        c->spare_timer = NULL;
+    } else if (a->timer == NULL) {
         a->timer = evtimer_new(srv->base, attempt_timer_cb, c);
     }
     timer_arm(a->timer, up->cfg->call_timeout_ms);

@@ -112,6 +112,8 @@ struct client {
     bool body_timeout; /* the idle-read limit is armed (a body is arriving) */
     struct request *req;   /* NULL between requests */
     struct request *spare; /* the last request's memory, reused by the next */
+    struct evbuffer *spare_body; /* and its body buffer, empty */
+    struct event *spare_timer;   /* and its attempt timer, not pending */
     uint64_t served;
     TAILQ_ENTRY(client) link;
 };
