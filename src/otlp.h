@@ -1,10 +1,11 @@
 /*
- * otlp.h - the batch span processor and the OTLP/HTTP JSON exporter.
+ * otlp.h - the batch span processor and the OTLP/HTTP exporter.
  *
  * Finished spans are encoded and queued by otlp_submit (a short mutex
  * section, never a wait on the network; the span is freed at once) and
  * exported by one dedicated thread with libcurl:
- * POST {endpoint}/v1/traces, Content-Type application/json, optionally gzip.
+ * POST {endpoint}/v1/traces, Content-Type application/x-protobuf (or
+ * application/json with otlp_protocol = http/json), optionally gzip.
  * A batch leaves when it is full (max_export_batch spans) or when
  * schedule_delay_ms has passed; a full queue drops new spans and counts them.
  *

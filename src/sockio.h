@@ -5,8 +5,10 @@
  * ioctl(FIONREAD), and write only on the next loop turn after arming
  * EPOLLOUT. On a proxy's hot path that is three times the system calls of a
  * plain read and write, so plain sockets are read here into reserved
- * evbuffer space and written at once; EV_WRITE is armed only when the kernel
- * pushes back.
+ * evbuffer space and written directly; EV_WRITE is armed only when the
+ * kernel pushes back. Writes wait for the end of the loop turn
+ * (sockio_defer), so that one turn's writes leave together and the peers
+ * they wake are woken once per turn, not once per write.
  */
 #ifndef AKOSHA_SOCKIO_H
 #define AKOSHA_SOCKIO_H

@@ -594,11 +594,32 @@ find_attr(json_t *attrs, const char *key)
     return NULL;
 }
 
+/* A request's SERVER span with one value of each type, and its CLIENT attempt span. */
+static void
+two_spans(struct trace_context *req, struct trace_span *spans[2])
+{
+    struct trace_sampler s;
+    struct trace_context attempt;
+
+    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
+    trace_start(&s, NULL, req);
+    trace_child_context(req, &attempt);
+    spans[0] = trace_span_new(req, NULL, TRACE_KIND_SERVER, "POST /v1/embeddings",
+                              1700000000123456789ull);
+    trace_span_attr_str(spans[0], "http.request.method", "POST");
+    trace_span_attr_int(spans[0], "batch.size", 42);
+    trace_span_attr_double(spans[0], "ratio", 0.5);
+    trace_span_attr_bool(spans[0], "cached", true);
+    trace_span_end(spans[0], 1700000000223456789ull);
+    spans[1] =
+        trace_span_new(&attempt, req->span_id, TRACE_KIND_CLIENT, "POST", 1700000000130000000ull);
+    trace_span_end(spans[1], 1700000000140000000ull);
+}
+
 Test(otlp_json, request_has_the_otlp_shape_and_value_encodings)
 {
     struct telemetry_settings t;
-    struct trace_sampler s;
-    struct trace_context req, attempt;
+    struct trace_context req;
     struct trace_span *spans[2];
     struct buf res, out;
     json_t *root, *rs, *ss, *js, *attrs, *v;
@@ -606,20 +627,8 @@ Test(otlp_json, request_has_the_otlp_shape_and_value_encodings)
     char hex[33];
 
     telemetry_settings_init(&t);
-    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
-    trace_start(&s, NULL, &req);
-    trace_child_context(&req, &attempt);
-    spans[0] = trace_span_new(&req, NULL, TRACE_KIND_SERVER, "POST /v1/embeddings",
-                              1700000000123456789ull);
-    trace_span_attr_str(spans[0], "http.request.method", "POST");
-    trace_span_attr_int(spans[0], "batch.size", 42);
-    trace_span_attr_double(spans[0], "ratio", 0.5);
-    trace_span_attr_bool(spans[0], "cached", true);
+    two_spans(&req, spans);
     trace_span_set_http_status(spans[0], 500);
-    trace_span_end(spans[0], 1700000000223456789ull);
-    spans[1] =
-        trace_span_new(&attempt, req.span_id, TRACE_KIND_CLIENT, "POST", 1700000000130000000ull);
-    trace_span_end(spans[1], 1700000000140000000ull);
 
     buf_init(&res);
     buf_init(&out);
@@ -1164,8 +1173,7 @@ pb_attr(const uint8_t *span, size_t len, const char *key)
 Test(otlp_proto, request_has_the_otlp_fields_and_value_encodings)
 {
     struct telemetry_settings t;
-    struct trace_sampler s;
-    struct trace_context req, attempt;
+    struct trace_context req;
     struct trace_span *spans[2];
     struct buf res, out;
     struct pb_field rs, ss, scope, sp, f, v;
@@ -1174,22 +1182,10 @@ Test(otlp_proto, request_has_the_otlp_fields_and_value_encodings)
     int nspans = 0;
 
     telemetry_settings_init(&t);
-    trace_sampler_init(&s, TRACE_SAMPLER_ALWAYS_ON, 0);
-    trace_start(&s, NULL, &req);
-    trace_child_context(&req, &attempt);
-    spans[0] = trace_span_new(&req, NULL, TRACE_KIND_SERVER, "POST /v1/embeddings",
-                              1700000000123456789ull);
-    trace_span_attr_str(spans[0], "http.request.method", "POST");
-    trace_span_attr_int(spans[0], "batch.size", 42);
+    two_spans(&req, spans);
     trace_span_attr_int(spans[0], "negative", -5);
-    trace_span_attr_double(spans[0], "ratio", 0.5);
-    trace_span_attr_bool(spans[0], "cached", true);
     trace_span_attr_str(spans[0], "text", "caf\xc3\xa9 \"q\"");
     trace_span_set_status(spans[0], TRACE_STATUS_ERROR, "upstream said no");
-    trace_span_end(spans[0], 1700000000223456789ull);
-    spans[1] =
-        trace_span_new(&attempt, req.span_id, TRACE_KIND_CLIENT, "POST", 1700000000130000000ull);
-    trace_span_end(spans[1], 1700000000140000000ull);
 
     buf_init(&res);
     buf_init(&out);
