@@ -11,8 +11,6 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
-#include "sockio.h"
-
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
@@ -101,7 +99,6 @@ struct client {
     struct event *rev;       /* readable: direct reads (sockio.c) */
     struct event *wev;       /* writable: armed only while the kernel pushes back */
     struct event *drive_ev;  /* moves the machine on after a flush, outside the caller */
-    struct sockio_deferred flush; /* queued output goes out at the end of the loop turn */
     bool reading;
     bool write_failed;
     enum client_state state;

@@ -6,9 +6,10 @@
  * EPOLLOUT. On a proxy's hot path that is three times the system calls of a
  * plain read and write, so plain sockets are read here into reserved
  * evbuffer space and written directly; EV_WRITE is armed only when the
- * kernel pushes back. Writes wait for the end of the loop turn
- * (sockio_defer), so that one turn's writes leave together and the peers
- * they wake are woken once per turn, not once per write.
+ * kernel pushes back. Requests to upstreams wait for the end of the loop
+ * turn (sockio_defer), so that one turn's requests leave together and the
+ * backend they wake (often on the same CPU, preempting the proxy) is woken
+ * once per turn, not once per request.
  */
 #ifndef AKOSHA_SOCKIO_H
 #define AKOSHA_SOCKIO_H
