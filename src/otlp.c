@@ -129,9 +129,8 @@ struct otlp_exporter {
     struct curl_slist *headers;
     bool console;
     bool gzip;
-    bool json;           /* http/json bodies; else http/protobuf */
-    char *resource_json; /* the resource for JSON bodies */
-    struct buf resource_pb; /* and for protobuf bodies */
+    char *resource_json;    /* the resource, for JSON bodies (wire.json) */
+    struct buf resource_pb; /* or for protobuf bodies */
     char *scope_version;
     size_t max_queue;
     size_t max_batch;
@@ -646,13 +645,14 @@ take_batch(struct otlp_exporter *e, size_t max)
     }
     if (e->url != NULL) {
         cut = e->wire.ends[n - 1];
-        if (e->json) {
+        if (e->wire.json) {
             trace_otlp_json_open(&e->body, e->resource_json, e->scope_version);
-            buf_append(&e->body, e->wire.data.data, cut);
-            trace_otlp_json_close(&e->body);
         } else {
             trace_otlp_proto_open(&e->body, &e->resource_pb, e->scope_version, cut);
-            buf_append(&e->body, e->wire.data.data, cut);
+        }
+        buf_append(&e->body, e->wire.data.data, cut);
+        if (e->wire.json) {
+            trace_otlp_json_close(&e->body);
         }
         spanq_drop(&e->wire, n, e->count);
     }
@@ -813,10 +813,9 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
     e->request_timeout_ms = MAX(t->request_timeout_ms, 1);
     e->retry_base_ms = t->retry_base_ms;
     e->retry_max_ms = t->retry_max_ms;
-    e->json = t->json;
     if (e->url != NULL) {
         e->wire.ends = xcalloc(e->max_queue, sizeof(*e->wire.ends));
-        e->wire.json = e->json;
+        e->wire.json = t->json;
     }
     if (e->console) {
         e->lines.ends = xcalloc(e->max_queue, sizeof(*e->lines.ends));
@@ -842,10 +841,14 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
         host[0] = '\0';
     }
     host[sizeof(host) - 1] = '\0';
-    buf_init(&res);
-    trace_resource_json(&res, t, service_version, host, (int64_t)getpid());
-    e->resource_json = res.data;
-    trace_resource_proto(&e->resource_pb, t, service_version, host, (int64_t)getpid());
+    /* Only the request bodies carry the resource, in their one encoding. */
+    if (e->url != NULL && e->wire.json) {
+        buf_init(&res);
+        trace_resource_json(&res, t, service_version, host, (int64_t)getpid());
+        e->resource_json = res.data;
+    } else if (e->url != NULL) {
+        trace_resource_proto(&e->resource_pb, t, service_version, host, (int64_t)getpid());
+    }
 
     if (e->url != NULL) {
         e->headers = build_headers(t, service_version);
