@@ -85,20 +85,10 @@ attempt_set_state(struct client *c, enum attempt_state st)
     a->state = st;
 }
 
-static struct timeval
-ms_to_tv(uint64_t ms)
-{
-    struct timeval tv;
-
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-    return tv;
-}
-
 static void
 timer_arm(struct event *ev, uint64_t ms)
 {
-    struct timeval tv = ms_to_tv(ms);
+    struct timeval tv = util_ms_to_tv(ms);
 
     evtimer_add(ev, &tv);
 }
@@ -122,7 +112,7 @@ client_reading(struct client *c, bool on)
     if (!on) {
         event_del(c->rev);
     } else if (c->body_timeout) {
-        struct timeval tv = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
+        struct timeval tv = util_ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
         event_add(c->rev, &tv);
     } else {
         event_add(c->rev, NULL);
@@ -179,7 +169,7 @@ client_flush(struct client *c)
         event_active(c->drive_ev, 0, 0);
     } else if (left > 0) {
         /* client_timeout bounds how long a client may leave its answer unread. */
-        struct timeval tv = ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
+        struct timeval tv = util_ms_to_tv(cfg_of(c)->proxy.client_timeout_ms);
         event_add(c->wev, &tv);
     } else if (!stream_resume(c)) {
         event_active(c->drive_ev, 0, 0);

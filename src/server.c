@@ -126,8 +126,8 @@ server_learn_dim(struct server *srv, const char *model, unsigned dim)
     l = learned_find(srv, model);
     if (l == NULL) {
         if (srv->nlearned == LEARNED_DIMS_MAX) {
-            l = &srv->learned[srv->nlearned -
-                              1]; /* bounded: the newest model replaces the last slot */
+            /* bounded: the newest model replaces the last slot */
+            l = &srv->learned[srv->nlearned - 1];
         } else {
             l = &srv->learned[srv->nlearned++];
         }
@@ -349,8 +349,7 @@ start_drain(struct server *srv, const char *why)
         event_base_loopexit(srv->base, NULL);
         return;
     }
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    tv = util_ms_to_tv(ms);
     srv->drain_timer = evtimer_new(srv->base, drain_timeout_cb, srv);
     evtimer_add(srv->drain_timer, &tv);
 }

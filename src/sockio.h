@@ -14,11 +14,10 @@
 #ifndef AKOSHA_SOCKIO_H
 #define AKOSHA_SOCKIO_H
 
-#include <stddef.h>
-#include <sys/types.h>
-
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/queue.h>
+#include <sys/types.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>

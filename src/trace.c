@@ -122,41 +122,6 @@ utf8_seq_len(const unsigned char *s, size_t len)
 }
 
 /*
- * True when none of the n bytes needs JSON escaping or UTF-8 checking: no
- * control character, '"', '\\' or byte >= 0x80. Eight bytes at a time with
- * the "has a byte less than / equal to" word tricks (the last word overlaps
- * the one before it), a table for strings under eight bytes.
- */
-static bool
-json_plain(const char *s, size_t n)
-{
-    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-    uint64_t bad = 0;
-
-    if (n < 8) {
-        static const uint8_t special[256] = {
-            [0 ... 0x1f] = 1,
-            ['"'] = 1,
-            ['\\'] = 1,
-            [0x80 ... 0xff] = 1,
-        };
-        unsigned hit = 0;
-        for (size_t i = 0; i < n; i++) {
-            hit |= special[(unsigned char)s[i]];
-        }
-        return hit == 0;
-    }
-    for (size_t i = 0; i < n; i += 8) {
-        uint64_t w, q, b;
-        memcpy(&w, s + (i + 8 <= n ? i : n - 8), 8);
-        q = w ^ (ones * '"');
-        b = w ^ (ones * '\\');
-        bad |= (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w) & high;
-    }
-    return bad == 0;
-}
-
-/*
  * Copy into a fixed buffer keeping valid UTF-8: a collector rejects the whole
  * batch over one bad string, and names carry client-supplied paths. Invalid
  * bytes become '?', and a cut never splits a character. Returns the length
@@ -168,7 +133,7 @@ copy_utf8(char *dst, size_t dstsize, const char *src, size_t len, bool *plain)
     const unsigned char *s = (const unsigned char *)src;
     size_t in = 0, out = 0;
 
-    if (len < dstsize && json_plain(src, len)) {
+    if (len < dstsize && util_json_plain_run(src, len) == len) {
         memcpy(dst, src, len);
         dst[len] = '\0';
         *plain = true;

@@ -391,12 +391,8 @@ static void
 upconn_flush_now(struct sockio_deferred *d)
 {
     struct upconn *c = (struct upconn *)((char *)d - offsetof(struct upconn, flush));
-    ssize_t left;
-
-    if (event_pending(c->wev, EV_WRITE, NULL)) {
-        return;
-    }
-    left = sockio_write(c->fd, c->out);
+    /* queued by upconn_flush only while EV_WRITE is not armed; only this arms it */
+    ssize_t left = sockio_write(c->fd, c->out);
     if (left < 0) {
         defer_error(c, "write");
     } else if (left > 0) {
@@ -463,15 +459,12 @@ idle_sweep_cb(evutil_socket_t fd, short what, void *arg)
 static void
 idle_sweep_arm(struct upstream *up)
 {
-    uint64_t ms;
     struct timeval tv;
 
     if (up->set == NULL) {
         return; /* retired: its connections are not kept */
     }
-    ms = MIN(IDLE_SWEEP_MS, up->cfg->idle_timeout_ms);
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    tv = util_ms_to_tv(MIN(IDLE_SWEEP_MS, up->cfg->idle_timeout_ms));
     if (up->idle_sweep == NULL) {
         up->idle_sweep = evtimer_new(up->set->base, idle_sweep_cb, up);
         if (up->idle_sweep == NULL) {
@@ -744,8 +737,7 @@ start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->connect_timer = evtimer_new(base, connect_timeout_cb, c);
-    tv.tv_sec = (time_t)(uc->connect_timeout_ms / 1000);
-    tv.tv_usec = (suseconds_t)(uc->connect_timeout_ms % 1000) * 1000;
+    tv = util_ms_to_tv(uc->connect_timeout_ms);
     evtimer_add(c->connect_timer, &tv);
     up->nconnecting++;
     /* Non-blocking: numeric hosts connect at once, names go through evdns. */
@@ -851,8 +843,7 @@ upstream_release(struct upconn *c, bool reusable)
         c->arg = NULL;
         /* Servers drop idle keep-alive connections; close ours first. */
         if (c->bev != NULL) {
-            struct timeval idle = {(time_t)(up->cfg->idle_timeout_ms / 1000),
-                                   (suseconds_t)(up->cfg->idle_timeout_ms % 1000) * 1000};
+            struct timeval idle = util_ms_to_tv(up->cfg->idle_timeout_ms);
             bufferevent_set_timeouts(c->bev, &idle, NULL);
             bufferevent_enable(c->bev, EV_READ);
         } else {

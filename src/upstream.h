@@ -24,8 +24,6 @@
 struct upstream;
 struct upconn;
 
-/* Pooled connections idle longer than this are closed. */
-
 /* What a connection tells its owner. */
 enum upconn_event {
     UPCONN_READY,    /* connected (and TLS done): the owner may write */

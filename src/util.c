@@ -101,6 +101,16 @@ util_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+struct timeval
+util_ms_to_tv(uint64_t ms)
+{
+    struct timeval tv;
+
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    return tv;
+}
+
 size_t
 util_utf8_chars(const char *s, size_t len)
 {
@@ -326,6 +336,7 @@ buf_json_string(struct buf *b, const char *s, size_t len)
     while (i < len) {
         unsigned char c;
         {
+            /* up to the next byte that needs work: UTF-8, or one to escape */
             size_t run = util_json_plain_run((const char *)in + i, len - i);
             memcpy(o, in + i, run);
             o += run;
@@ -335,11 +346,6 @@ buf_json_string(struct buf *b, const char *s, size_t len)
             }
         }
         c = in[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            i++;
-            continue;
-        }
         if (c >= 0x80) {
             /* JSON is UTF-8: a broken sequence becomes U+FFFD, never raw bytes. */
             size_t n = utf8_valid_len(in + i, len - i);

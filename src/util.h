@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -27,6 +28,8 @@ uint64_t util_mono_ms(void);
 uint64_t util_mono_us(void);
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t util_wall_ms(void);
+/* A duration in milliseconds as the timeval libevent takes. */
+struct timeval util_ms_to_tv(uint64_t ms);
 
 /*
  * Bytes at the start of s[0..n) that a JSON string holds as they are (no
