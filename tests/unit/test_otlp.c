@@ -313,6 +313,21 @@ test_settings(struct telemetry_settings *t, uint16_t port)
     t->retry_max_ms = 100;
 }
 
+/* A receiver on loopback and settings that export to it fast; finish undoes both. */
+static void
+begin(struct receiver *r, struct telemetry_settings *t)
+{
+    receiver_start(r);
+    test_settings(t, r->port);
+}
+
+static void
+finish(struct receiver *r, struct telemetry_settings *t)
+{
+    receiver_stop(r);
+    telemetry_settings_free(t);
+}
+
 static struct otlp_exporter *
 start(const struct telemetry_settings *t)
 {
@@ -355,8 +370,7 @@ Test(otlp, spans_arrive_with_path_content_type_and_headers)
     struct telemetry_settings t;
     struct otlp_exporter *e;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     telemetry_settings_set(&t.otlp_headers, "x-api-key=s3cret%21");
     e = start(&t);
     submit_n(e, 5);
@@ -366,8 +380,7 @@ Test(otlp, spans_arrive_with_path_content_type_and_headers)
     cr_assert_str_eq(r.content_type, "application/x-protobuf", "protobuf is the default");
     cr_assert_str_eq(r.api_key, "s3cret!", "header values are percent-decoded");
     cr_assert_not(r.bad_body);
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, http_json_sends_json_bodies)
@@ -376,8 +389,7 @@ Test(otlp, http_json_sends_json_bodies)
     struct telemetry_settings t;
     struct otlp_exporter *e;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.json = true;
     t.schedule_delay_ms = 60000;
     e = start(&t);
@@ -388,8 +400,7 @@ Test(otlp, http_json_sends_json_bodies)
     cr_assert_str_eq(r.content_type, "application/json");
     cr_assert_not(r.bad_body, "each body parses as an ExportTraceServiceRequest");
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, counters_report_exported_spans)
@@ -399,8 +410,7 @@ Test(otlp, counters_report_exported_spans)
     struct otlp_exporter *e;
     uint64_t exported, dropped, failures;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000; /* only the flush sends, in one batch */
     e = start(&t);
     submit_n(e, 6);
@@ -410,8 +420,7 @@ Test(otlp, counters_report_exported_spans)
     cr_assert_eq(dropped, 0);
     cr_assert_eq(failures, 0);
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, a_full_batch_leaves_before_the_schedule_delay)
@@ -421,8 +430,7 @@ Test(otlp, a_full_batch_leaves_before_the_schedule_delay)
     struct otlp_exporter *e;
     uint64_t start_ms;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000;
     t.max_export_batch = 4;
     e = start(&t);
@@ -432,8 +440,7 @@ Test(otlp, a_full_batch_leaves_before_the_schedule_delay)
     cr_assert_lt(util_mono_ms() - start_ms, 5000);
     cr_assert_eq(receiver_get(&r, &r.requests), 1, "one request for one full batch");
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, a_backlog_leaves_in_batches_of_at_most_the_batch_size)
@@ -442,8 +449,7 @@ Test(otlp, a_backlog_leaves_in_batches_of_at_most_the_batch_size)
     struct telemetry_settings t;
     struct otlp_exporter *e;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000;
     t.max_export_batch = 4;
     r.stall_first_ms = 300; /* the first batch is slow: the next spans queue up behind it */
@@ -454,8 +460,7 @@ Test(otlp, a_backlog_leaves_in_batches_of_at_most_the_batch_size)
     cr_assert_eq(receiver_get(&r, &r.requests), 3, "4 + 4 + 3");
     cr_assert_not(r.bad_body, "each batch is valid OTLP JSON");
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, a_503_is_retried_and_the_spans_still_arrive)
@@ -465,8 +470,7 @@ Test(otlp, a_503_is_retried_and_the_spans_still_arrive)
     struct otlp_exporter *e;
     uint64_t exported, failures;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000; /* only the flush sends, in one batch */
     e = start(&t);
     submit_n(e, 3);
@@ -477,8 +481,7 @@ Test(otlp, a_503_is_retried_and_the_spans_still_arrive)
     cr_assert_eq(exported, 3);
     cr_assert_eq(failures, 0);
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, retry_after_from_the_collector_sets_the_delay)
@@ -488,8 +491,7 @@ Test(otlp, retry_after_from_the_collector_sets_the_delay)
     struct otlp_exporter *e;
     uint64_t gap;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000; /* only the flush sends, in one batch */
     e = start(&t);
     submit_n(e, 2);
@@ -499,8 +501,7 @@ Test(otlp, retry_after_from_the_collector_sets_the_delay)
     cr_assert_geq(gap, 900, "retried after %llu ms, Retry-After said 1 s", (unsigned long long)gap);
     cr_assert_eq(receiver_get(&r, &r.spans_accepted), 2);
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, a_400_is_not_retried)
@@ -511,8 +512,7 @@ Test(otlp, a_400_is_not_retried)
     uint64_t exported, failures;
     struct breaker_stats bs;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000; /* only the flush sends, in one batch */
     e = start(&t);
     submit_n(e, 2);
@@ -524,8 +524,7 @@ Test(otlp, a_400_is_not_retried)
     otlp_breaker_stats(e, &bs);
     cr_assert_eq(bs.failed_calls, 0, "a rejected payload says nothing about the collector");
     otlp_shutdown(e, 2000);
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, collector_down_counts_failures_and_submit_never_blocks)
@@ -570,8 +569,7 @@ Test(otlp, a_full_queue_drops_and_counts_spans)
     struct otlp_exporter *e;
     uint64_t dropped;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.max_queue_size = 4;
     t.max_export_batch = 4;
     t.schedule_delay_ms = 60000;
@@ -583,8 +581,7 @@ Test(otlp, a_full_queue_drops_and_counts_spans)
     cr_assert_eq(dropped, 6);
     cr_assert(otlp_shutdown(e, 5000), "the 8 queued spans are exported at shutdown");
     cr_assert_eq(receiver_get(&r, &r.spans_accepted), 8);
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, shutdown_flushes_pending_spans)
@@ -593,15 +590,13 @@ Test(otlp, shutdown_flushes_pending_spans)
     struct telemetry_settings t;
     struct otlp_exporter *e;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000;
     e = start(&t);
     submit_n(e, 7);
     cr_assert(otlp_shutdown(e, 5000), "every pending span reached the collector");
     cr_assert_eq(receiver_get(&r, &r.spans_accepted), 7);
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, shutdown_gives_up_at_its_deadline)
@@ -631,8 +626,7 @@ Test(otlp, gzip_bodies_are_compressed_and_decodable)
     struct telemetry_settings t;
     struct otlp_exporter *e;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.schedule_delay_ms = 60000; /* only the flush sends, in one batch */
     t.gzip = true;
     e = start(&t);
@@ -642,8 +636,7 @@ Test(otlp, gzip_bodies_are_compressed_and_decodable)
     cr_assert_str_eq(r.content_encoding, "gzip");
     cr_assert_not(r.bad_body);
     cr_assert(otlp_shutdown(e, 2000));
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, console_export_prints_one_json_line_per_span, .init = cr_redirect_stderr)
@@ -685,8 +678,7 @@ Test(otlp, console_and_protobuf_export_together, .init = cr_redirect_stderr)
     FILE *err;
     int lines = 0;
 
-    receiver_start(&r);
-    test_settings(&t, r.port);
+    begin(&r, &t);
     t.console_export = true;
     t.schedule_delay_ms = 60000;
     t.max_export_batch = 16; /* three batches: both queues shift between them */
@@ -707,8 +699,7 @@ Test(otlp, console_and_protobuf_export_together, .init = cr_redirect_stderr)
         json_decref(span);
     }
     cr_assert_eq(lines, 40);
-    receiver_stop(&r);
-    telemetry_settings_free(&t);
+    finish(&r, &t);
 }
 
 Test(otlp, nothing_to_export_gives_no_exporter_and_submit_frees)
