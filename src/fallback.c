@@ -190,7 +190,7 @@ fallback_start(struct client *c, const char *reason)
     j->job.done = job_done;
     j->srv = srv;
     j->client = c;
-    j->cfg = srv->cfg;
+    j->cfg = r->cfg; /* the request's: a reload does not change its answer */
     config_ref(j->cfg);
     j->api = r->api;
     j->body = evbuffer_new();
@@ -201,7 +201,7 @@ fallback_start(struct client *c, const char *reason)
         char *body;
         job_free(j);
         log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
-                 (long long)srv->cfg->fallback.queue_size);
+                 (long long)r->cfg->fallback.queue_size);
         observe_fallback(srv, "queue_full");
         body = embed_render_error(r->api, "fallback queue is full; retry shortly", "overloaded",
                                   NULL, "queue_full", &len);

@@ -96,6 +96,10 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
     [METRIC_RETRIES] = {"akosha_retries_total", METRIC_COUNTER, false,
                         "Retries sent to an upstream, by the reason the previous attempt failed.",
                         {"upstream", "reason", NULL}, NO_BUCKETS},
+    [METRIC_UPSTREAM_POOL_WAITS] = {"akosha_upstream_pool_waits_total", METRIC_COUNTER, false,
+                                    "Attempts that found every connection slot of an upstream "
+                                    "busy and waited for one (not upstream failures).",
+                                    {"upstream", NULL}, NO_BUCKETS},
     [METRIC_RETRY_BUDGET_EXHAUSTED] = {"akosha_retry_budget_exhausted_total", METRIC_COUNTER,
                                        false,
                                        "Retries not sent because the retry budget was spent.",

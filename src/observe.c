@@ -46,6 +46,7 @@ struct upstream_series {
     struct metric_series *outcome[NOUTCOMES];
     struct metric_series *duration;
     struct metric_series *retries[3];
+    struct metric_series *pool_waits;
 };
 #define MAX_UPSTREAM_SERIES 256
 static struct upstream_series up_series[MAX_UPSTREAM_SERIES];
@@ -88,6 +89,7 @@ series_for(const char *name)
     {
         const char *lv[] = {s->name};
         s->duration = metrics_series(METRIC_UPSTREAM_REQUEST_DURATION, lv);
+        s->pool_waits = metrics_series(METRIC_UPSTREAM_POOL_WAITS, lv);
     }
     static const char *reasons[] = {"failure", "timeout", "connect_error"};
     for (int i = 0; i < 3; i++) {
@@ -478,12 +480,23 @@ observe_attempt_end(struct server *srv, struct request *r)
 void
 observe_all_open(struct server *srv, struct request *r)
 {
-    (void)r;
-    for (size_t i = 0; i < srv->ups->n; i++) {
-        struct upstream_series *s = series_for(srv->ups->ups[i]->name);
+    (void)srv;
+    for (size_t i = 0; i < r->ups->n; i++) {
+        struct upstream_series *s = series_for(r->ups->ups[i]->name);
         if (s != NULL) {
             metrics_inc(s->outcome[OUT_REJECTED]);
         }
+    }
+}
+
+void
+observe_pool_wait(struct server *srv, struct upstream *up)
+{
+    struct upstream_series *s = series_for(up->name);
+
+    (void)srv;
+    if (s != NULL) {
+        metrics_inc(s->pool_waits);
     }
 }
 

@@ -16,6 +16,7 @@
 
 struct server;
 struct request;
+struct upstream;
 
 /* Start-up and reload: tracing settings from cfg plus the environment. */
 int observe_init(struct server *srv, const char **cause);
@@ -45,6 +46,8 @@ void observe_attempt_success(struct server *srv, struct request *r);
 void observe_attempt_end(struct server *srv, struct request *r);
 void observe_all_open(struct server *srv, struct request *r);
 void observe_retry(struct server *srv, struct request *r, const char *reason);
+/* An attempt found every connection slot of up busy and waits for one. */
+void observe_pool_wait(struct server *srv, struct upstream *up);
 void observe_budget_exhausted(struct server *srv);
 
 void observe_fallback(struct server *srv, const char *reason);

@@ -93,10 +93,11 @@ timer_arm(struct event *ev, uint64_t ms)
     evtimer_add(ev, &tv);
 }
 
+/* The request's own config while there is one: a reload never changes it mid-request. */
 static const struct config *
 cfg_of(struct client *c)
 {
-    return c->srv->cfg;
+    return c->req != NULL ? c->req->cfg : c->srv->cfg;
 }
 
 /*
@@ -307,6 +308,10 @@ request_free(struct client *c)
         }
     }
     free(r->head);
+    upstream_set_unref(r->ups);
+    config_unref(r->cfg);
+    r->ups = NULL;
+    r->cfg = NULL;
     if (c->spare == NULL) {
         c->spare = r;
     } else {
@@ -437,6 +442,9 @@ start_request(struct client *c, size_t head_len)
     memset(&r->hd, 0, offsetof(struct http_request_head, headers));
     r->hd.nheaders = 0;
     r->hd.content_length = -1;
+    r->cfg = srv->cfg;
+    config_ref(r->cfg);
+    r->ups = upstream_set_ref(srv->ups);
     c->req = r;
     srv->in_flight++;
     observe_in_flight(1);
@@ -863,36 +871,65 @@ fallback_applies(struct client *c)
            cfg_of(c)->fallback.mode != FALLBACK_OFF;
 }
 
+/*
+ * Time kept back from the upstreams for the fallback's own work, so that its
+ * answer leaves before request_timeout: 5 %, at least 50 ms, at most half.
+ */
+static uint64_t
+fallback_reserve_ms(uint64_t request_timeout_ms)
+{
+    uint64_t reserve = MAX(request_timeout_ms / 20, (uint64_t)50);
+
+    return MIN(reserve, request_timeout_ms / 2);
+}
+
 static void
 answer_unavailable(struct client *c, const char *why)
 {
-    struct server *srv = c->srv;
+    struct request *r = c->req;
     uint64_t now = util_mono_ms();
-    uint64_t next = upstream_next_trial_ms(srv->ups, now);
-    char extra[64] = "";
+    uint64_t next = upstream_next_trial_ms(r->ups, now);
+    uint64_t secs = next != UINT64_MAX && next > now ? (next - now + 999) / 1000 : 1;
+    char extra[64];
 
-    if (next != UINT64_MAX) {
-        uint64_t secs = next > now ? (next - now + 999) / 1000 : 1;
-        snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", secs ? secs : 1);
-    }
+    snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", secs);
     proxy_respond_error(c, 503, "service_unavailable", why, extra);
     client_drive(c);
 }
 
-/* No upstream will answer: the fallback worker if it applies, else an error. */
+/*
+ * No upstream will answer. The fallback worker if it may serve; else, on an
+ * embedding route, 503 with Retry-After whatever the last attempt returned
+ * (the caller refused local vectors, or they are off); else the attempt's
+ * own error. A request whose deadline passed gets 504 when no fallback may
+ * serve it.
+ */
 static void
 give_up(struct client *c, const char *fallback_reason, int status, const char *message)
 {
     struct request *r = c->req;
+    bool deadline = strcmp(fallback_reason, "deadline") == 0;
 
     if (fallback_applies(c)) {
         fallback_start(c, fallback_reason);
         return;
     }
-    if (r->api != EMBED_API_NONE && r->deny_fallback && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
-        /* The fallback would have answered; the caller refused it: 503, never a local vector. */
+    if (deadline) {
+        proxy_respond_error(c, 504, "timeout", "request_timeout reached", NULL);
+        client_drive(c);
+        return;
+    }
+    if (r->api != EMBED_API_NONE) {
+        if (r->deny_fallback && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
+            log_info("request %s: %s; X-Akosha-Fallback: deny refuses fallback vectors", r->id,
+                     message);
+            message = "no upstream could answer and X-Akosha-Fallback: deny refuses fallback "
+                      "vectors";
+        } else if (status != 503) {
+            log_info("request %s: %s; [fallback] mode = off", r->id, message);
+            message = "no upstream could answer and the fallback is off";
+        }
         status = 503;
-        message = "no upstream could answer and X-Akosha-Fallback: deny refuses fallback vectors";
     }
     if (status == 503) {
         answer_unavailable(c, message);
@@ -905,23 +942,32 @@ give_up(struct client *c, const char *fallback_reason, int status, const char *m
 static void
 dispatch(struct client *c)
 {
-    struct server *srv = c->srv;
     struct request *r = c->req;
+    uint64_t now = util_mono_ms();
 
-    if (srv->ups->n == 0 || cfg_of(c)->fallback.mode == FALLBACK_ALWAYS) {
+    if (r->ups->n == 0 || cfg_of(c)->fallback.mode == FALLBACK_ALWAYS) {
         if (r->api != EMBED_API_NONE && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
             if (r->deny_fallback) {
                 answer_unavailable(c, "fallback denied by X-Akosha-Fallback and no upstream is "
                                       "used");
                 return;
             }
-            fallback_start(c, srv->ups->n == 0 ? "no_upstreams" : "mode_always");
+            fallback_start(c, r->ups->n == 0 ? "no_upstreams" : "mode_always");
             return;
         }
         answer_unavailable(c, "no upstream configured for this path");
         return;
     }
-    retry_budget_note_request(&srv->budget, util_mono_ms());
+    r->upstream_deadline_ms = r->deadline_ms;
+    if (fallback_applies(c)) {
+        r->upstream_deadline_ms -= fallback_reserve_ms(cfg_of(c)->proxy.request_timeout_ms);
+    }
+    if (now >= r->upstream_deadline_ms) {
+        /* The body took the time there was: no attempt could finish. */
+        give_up(c, "deadline", 504, "request_timeout reached before any attempt");
+        return;
+    }
+    retry_budget_note_request(&c->srv->budget, now);
     attempt_start(c);
 }
 
@@ -1074,29 +1120,63 @@ send_request(struct client *c)
     upconn_flush(a->conn);
 }
 
+/*
+ * The attempt's timer: the backoff's end, the call's limit (call_timeout or
+ * the time left, whichever is shorter), or, while waiting for a pooled
+ * connection, the time left.
+ */
 static void
 attempt_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
-    struct attempt *a = &c->req->att;
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
 
     (void)fd;
     (void)what;
-    if (a->state == ATTEMPT_BACKOFF) {
+    switch (a->state) {
+    case ATTEMPT_BACKOFF:
         attempt_set_state(c, ATTEMPT_IDLE);
         attempt_start(c);
         return;
-    }
-    if (a->state == ATTEMPT_BODY) {
+    case ATTEMPT_WAIT_SLOT:
+        /* Waiting for one of our own connection slots is not the upstream's failure. */
+        log_info("request %s: no connection to upstream %s came free in time", r->id,
+                 a->up->name);
+        snprintf(r->fail_cause, sizeof(r->fail_cause),
+                 "upstream %s: its connections stayed busy until the deadline", a->up->name);
+        attempt_abort(c);
+        give_up(c, "deadline", 504, r->fail_cause);
+        return;
+    case ATTEMPT_BODY:
         /* Response under way: too late to retry; cut the connection. */
-        log_warn("request %s: upstream %s: call_timeout while relaying the body", c->req->id,
+        log_warn("request %s: upstream %s: call_timeout while relaying the body", r->id,
                  a->up->name);
         breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
         a->ticket_open = false;
         client_free(c);
         return;
+    default:
+        attempt_failed(c, 504,
+                       util_mono_ms() >= r->upstream_deadline_ms
+                           ? "no answer before the request's deadline"
+                           : "upstream call_timeout reached",
+                       0, false, "timeout");
+        return;
     }
-    attempt_failed(c, 504, "upstream call_timeout reached", 0, false, "timeout");
+}
+
+/* A connection is ours: the call's limit runs from here, never past the deadline. */
+static void
+attempt_arm_call(struct client *c)
+{
+    struct request *r = c->req;
+    struct attempt *a = &r->att;
+    uint64_t now = util_mono_ms();
+    uint64_t left = r->upstream_deadline_ms > now ? r->upstream_deadline_ms - now : 0;
+
+    evtimer_del(a->timer);
+    timer_arm(a->timer, MIN((uint64_t)a->up->cfg->call_timeout_ms, left));
 }
 
 /* Tear down the current attempt's connection and references; no outcome recorded here. */
@@ -1155,15 +1235,20 @@ attempt_start(struct client *c)
     const char *cause = NULL;
     int rc;
 
-    up = upstream_pick(srv->ups, r->tried, r->ntried, now);
+    if (now >= r->upstream_deadline_ms) {
+        give_up(c, "deadline", 504, r->fail_cause);
+        return;
+    }
+    up = upstream_pick(r->ups, r->tried, r->ntried, now);
     if (up != NULL && !breaker_allow(&up->breaker, now, &a->ticket)) {
         up = NULL;
     }
     if (up == NULL) {
         /* Ask every breaker, so each counts the rejected call (or admits it after all). */
-        for (size_t i = 0; i < srv->ups->n && up == NULL; i++) {
-            if (breaker_allow(&srv->ups->ups[i]->breaker, now, &a->ticket)) {
-                up = srv->ups->ups[i];
+        for (size_t i = 0; i < r->ups->n && up == NULL; i++) {
+            struct upstream *u = r->ups->ups[i];
+            if (!upstream_cooling(u, now) && breaker_allow(&u->breaker, now, &a->ticket)) {
+                up = u;
             }
         }
     }
@@ -1200,7 +1285,6 @@ attempt_start(struct client *c)
     } else if (a->timer == NULL) {
         a->timer = evtimer_new(srv->base, attempt_timer_cb, c);
     }
-    timer_arm(a->timer, up->cfg->call_timeout_ms);
     observe_attempt_start(srv, r);
     a->waiter.slot = &a->conn;
     attempt_set_state(c, ATTEMPT_CONNECT);
@@ -1209,13 +1293,26 @@ attempt_start(struct client *c)
         attempt_failed(c, 502, cause, 0, false, "connect_error");
         return;
     }
-    if (rc == 1) {
-        send_request(c);
+    if (a->conn == NULL) {
+        /* Every slot busy: wait, bounded by the deadline alone (attempt_timer_cb). */
+        up->stats.pool_waits++;
+        observe_pool_wait(srv, up);
+        attempt_set_state(c, ATTEMPT_WAIT_SLOT);
+        timer_arm(a->timer, r->upstream_deadline_ms - now);
         return;
     }
-    if (a->conn == NULL) {
-        attempt_set_state(c, ATTEMPT_WAIT_SLOT);
+    attempt_arm_call(c);
+    if (rc == 1) {
+        send_request(c);
     }
+}
+
+/* A Retry-After not waited out: longer than max_retry_after, or than the time left. */
+static bool
+retry_after_too_long(const struct request *r, const struct upstream *up, uint64_t after,
+                     uint64_t now)
+{
+    return after > up->cfg->max_retry_after_ms || now + after >= r->upstream_deadline_ms;
 }
 
 /*
@@ -1245,8 +1342,15 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
     r->fail_status = status;
     snprintf(r->fail_cause, sizeof(r->fail_cause), "upstream %s: %s", a->up->name, cause);
 
-    if (have_after) {
-        delay = MIN(retry_after, uc->max_retry_after_ms);
+    if (have_after && retry_after_too_long(r, a->up, retry_after, now)) {
+        /* A pause we will not wait out: skip this upstream for it and move on at once. */
+        upstream_cooldown(a->up, now + retry_after);
+        log_info("request %s: upstream %s asks for %" PRIu64 " ms (Retry-After); skipped for that "
+                 "long",
+                 r->id, a->up->name, retry_after);
+        delay = 0;
+    } else if (have_after) {
+        delay = retry_after;
     } else {
         delay = retry_backoff_ms(uc->backoff_base_ms, uc->backoff_multiplier, uc->backoff_max_ms,
                                  retry_no, retry_rand(&srv->rng));
@@ -1255,7 +1359,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         const char *why_not = NULL;
         if (r->attempts >= r->max_attempts) {
             why_not = "attempts used up";
-        } else if (now + delay >= r->deadline_ms) {
+        } else if (now + delay >= r->upstream_deadline_ms) {
             why_not = "the retry delay would pass request_timeout";
         } else if (!retry_budget_try_spend(&srv->budget, now)) {
             why_not = "retry budget exhausted";
@@ -1267,7 +1371,8 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         attempt_release(c, false);
         if (why_not != NULL) {
             log_debug("request %s: no retry: %s", r->id, why_not);
-            give_up(c, "attempts_exhausted", status, r->fail_cause);
+            give_up(c, now >= r->upstream_deadline_ms ? "deadline" : "attempts_exhausted", status,
+                    r->fail_cause);
             return;
         }
     }
@@ -1285,7 +1390,7 @@ retry_possible(struct client *c, uint64_t delay)
     struct request *r = c->req;
     uint64_t now = util_mono_ms();
 
-    if (r->attempts >= r->max_attempts || now + delay >= r->deadline_ms) {
+    if (r->attempts >= r->max_attempts || now + delay >= r->upstream_deadline_ms) {
         return false;
     }
     if (retry_budget_available(&c->srv->budget, now) == 0) {
@@ -1499,8 +1604,8 @@ on_response_head(struct client *c)
 
     if (is_failure_status(rh.status)) {
         const struct http_header *ra = NULL;
-        uint64_t after = 0;
-        bool have_after = false;
+        uint64_t after = 0, now;
+        bool have_after = false, too_long;
         if (rh.status == 429 || rh.status == 503) {
             ra = http_find_header(rh.headers, rh.nheaders, "Retry-After");
         }
@@ -1508,15 +1613,19 @@ on_response_head(struct client *c)
             retry_after_parse(ra->value, ra->value_len, util_wall_ms() / 1000, &after) == 0) {
             have_after = true;
         }
-        {
-            uint64_t delay = have_after ? MIN(after, a->up->cfg->max_retry_after_ms) : 0;
-            if (retry_possible(c, delay) || fallback_applies(c)) {
-                char cause_buf[64];
-                snprintf(cause_buf, sizeof(cause_buf), "HTTP %d", rh.status);
-                attempt_failed(c, 502, cause_buf, after, have_after,
-                               rh.status == 429 ? "429" : "5xx");
-                return;
-            }
+        now = util_mono_ms();
+        too_long = have_after && retry_after_too_long(r, a->up, after, now);
+        if (too_long) {
+            upstream_cooldown(a->up, now + after); /* and a retry may only go elsewhere */
+        }
+        /* Embedding routes never relay a failure: a retry, the fallback, or a 503. */
+        if (r->api != EMBED_API_NONE ||
+            (retry_possible(c, have_after && !too_long ? after : 0) &&
+             (!too_long || upstream_any_callable(r->ups, now)))) {
+            char cause_buf[64];
+            snprintf(cause_buf, sizeof(cause_buf), "HTTP %d", rh.status);
+            attempt_failed(c, 502, cause_buf, after, have_after, rh.status == 429 ? "429" : "5xx");
+            return;
         }
         /* Final attempt and no fallback: relay the upstream's own answer, counted as failed. */
         breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
@@ -1581,6 +1690,9 @@ upconn_event(struct upconn *conn, enum upconn_event ev, void *arg)
     switch (ev) {
     case UPCONN_READY:
         a->conn = conn;
+        if (a->state == ATTEMPT_WAIT_SLOT) {
+            attempt_arm_call(c); /* a freed slot came to us: the call starts now */
+        }
         send_request(c);
         return;
     case UPCONN_DRAINED:

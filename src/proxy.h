@@ -71,8 +71,11 @@ struct request {
     bool deny_fallback;
     bool keep_alive;
     bool is_head;
+    struct config *cfg;        /* the config it started with; reference held */
+    struct upstream_set *ups;  /* the upstreams it started with; reference held */
     uint64_t start_us;
-    uint64_t deadline_ms;
+    uint64_t deadline_ms;      /* monotonic: request_timeout from the head, the caller's */
+    uint64_t upstream_deadline_ms; /* attempts end here: the deadline less the fallback reserve */
     unsigned attempts;     /* attempts started */
     unsigned max_attempts; /* 1 + retries of the first upstream */
     struct upstream *tried[16];

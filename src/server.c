@@ -221,6 +221,7 @@ apply_reload(struct server *srv, struct config *cfg)
     if (ups == NULL) {
         goto fail;
     }
+    upstream_set_unref(srv->ups); /* requests in flight keep theirs */
     srv->ups = ups;
     if (nl != NULL) {
         evconnlistener_free(srv->listener);
@@ -500,7 +501,7 @@ server_free(struct server *srv)
         event_free(srv->reload_event);
         close(srv->reload_efd);
     }
-    upstream_set_free(srv->ups);
+    upstream_set_unref(srv->ups);
     config_unref(srv->cfg);
     evdns_base_free(srv->dns, 0);
     event_base_free(srv->base);

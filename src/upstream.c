@@ -65,7 +65,7 @@ upstream_destroy(struct upstream *up)
 static void
 upstream_maybe_free(struct upstream *up)
 {
-    if (up->retired && up->refs == 0 && up->nbusy == 0 && up->nconnecting == 0) {
+    if (up->refs == 0 && up->nbusy == 0 && up->nconnecting == 0) {
         upstream_destroy(up);
     }
 }
@@ -118,15 +118,38 @@ breaker_config_from(const struct upstream_config *uc, struct breaker_config *bc)
     bc->success_threshold = (uint32_t)uc->success_threshold;
 }
 
+/* Not in the current set any more: close its idle connections and pool no others. */
+static void
+upstream_retire(struct upstream *up)
+{
+    up->retired = true;
+    while (!TAILQ_EMPTY(&up->idle)) {
+        struct upconn *c = TAILQ_FIRST(&up->idle);
+        TAILQ_REMOVE(&up->idle, c, link);
+        up->nidle--;
+        c->up = NULL;
+        upconn_free(c);
+    }
+}
+
+static bool
+set_has(const struct upstream_set *set, const struct upstream *up)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        if (set->ups[i] == up) {
+            return true;
+        }
+    }
+    return false;
+}
+
 struct upstream_set *
 upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config *cfg,
                  struct upstream_set *old, char **cause)
 {
-    struct upstream_set *set = xcalloc(1, sizeof(*set));
+    struct upstream_set *set;
     SSL_CTX **ctxs = xcalloc(cfg->nupstreams + 1, sizeof(SSL_CTX *));
 
-    set->base = base;
-    set->dns = dns;
     /* Build every TLS context first so that a failure changes nothing. */
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         if (cfg->upstreams[i].url.tls) {
@@ -138,11 +161,12 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
                     }
                 }
                 free(ctxs);
-                free(set);
                 return NULL;
             }
         }
     }
+    set = xcalloc(1, sizeof(*set));
+    set->refs = 1;
     set->ups = xcalloc(cfg->nupstreams + 1, sizeof(struct upstream *));
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct upstream_config *uc = &cfg->upstreams[i];
@@ -150,15 +174,12 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
         struct breaker_config bc;
 
         breaker_config_from(uc, &bc);
-        if (old != NULL) {
-            for (size_t j = 0; j < old->n; j++) {
-                struct upstream *o = old->ups[j];
-                if (o != NULL && strcmp(o->name, uc->name) == 0 &&
-                    strcmp(o->cfg->url.text, uc->url.text) == 0) {
-                    up = o;
-                    old->ups[j] = NULL;
-                    break;
-                }
+        for (size_t j = 0; old != NULL && j < old->n; j++) {
+            struct upstream *o = old->ups[j];
+            if (strcmp(o->name, uc->name) == 0 && strcmp(o->cfg->url.text, uc->url.text) == 0 &&
+                !set_has(set, o)) {
+                up = o;
+                break;
             }
         }
         if (up != NULL) {
@@ -171,12 +192,14 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
         } else {
             up = xcalloc(1, sizeof(*up));
             up->name = xstrdup(uc->name);
+            up->base = base;
+            up->dns = dns;
             TAILQ_INIT(&up->idle);
             TAILQ_INIT(&up->waiters);
             breaker_init(&up->breaker, uc->name, &bc);
             up->breaker.on_change = breaker_changed;
         }
-        up->set = set;
+        upstream_ref(up); /* the set's */
         up->cfg = uc;
         up->cfg_owner = cfg;
         config_ref(cfg);
@@ -184,34 +207,29 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
         set->ups[set->n++] = up;
     }
     free(ctxs);
-    if (old != NULL) {
-        upstream_set_free(old);
+    for (size_t j = 0; old != NULL && j < old->n; j++) {
+        if (!set_has(set, old->ups[j])) {
+            upstream_retire(old->ups[j]);
+        }
     }
     return set;
 }
 
-void
-upstream_set_free(struct upstream_set *set)
+struct upstream_set *
+upstream_set_ref(struct upstream_set *set)
 {
-    if (set == NULL) {
+    set->refs++;
+    return set;
+}
+
+void
+upstream_set_unref(struct upstream_set *set)
+{
+    if (set == NULL || --set->refs > 0) {
         return;
     }
     for (size_t i = 0; i < set->n; i++) {
-        struct upstream *up = set->ups[i];
-        if (up == NULL) {
-            continue;
-        }
-        up->retired = true;
-        /* Idle connections of a retired upstream have no future. */
-        while (!TAILQ_EMPTY(&up->idle)) {
-            struct upconn *c = TAILQ_FIRST(&up->idle);
-            TAILQ_REMOVE(&up->idle, c, link);
-            up->nidle--;
-            c->up = NULL;
-            upconn_free(c);
-        }
-        up->set = NULL;
-        upstream_maybe_free(up);
+        upstream_unref(set->ups[i]);
     }
     free(set->ups);
     free(set);
@@ -249,7 +267,8 @@ pick_in_priority(struct upstream_set *set, int64_t prio, struct upstream *const 
 
     for (size_t i = 0; i < set->n; i++) {
         struct upstream *up = set->ups[i];
-        if (up->cfg->priority != prio || !breaker_would_allow(&up->breaker, now_ms)) {
+        if (up->cfg->priority != prio || upstream_cooling(up, now_ms) ||
+            !breaker_would_allow(&up->breaker, now_ms)) {
             continue;
         }
         if (skip_tried && was_tried(up, tried, ntried)) {
@@ -303,10 +322,40 @@ upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms)
     uint64_t soonest = UINT64_MAX;
 
     for (size_t i = 0; i < set->n; i++) {
-        uint64_t t = breaker_next_trial_ms(&set->ups[i]->breaker, now_ms);
+        const struct upstream *up = set->ups[i];
+        uint64_t t = breaker_next_trial_ms(&up->breaker, now_ms);
+        if (upstream_cooling(up, now_ms)) {
+            t = MAX(t, up->cooldown_until_ms);
+        }
         soonest = MIN(soonest, t);
     }
     return soonest;
+}
+
+bool
+upstream_any_callable(struct upstream_set *set, uint64_t now_ms)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        struct upstream *up = set->ups[i];
+        if (!upstream_cooling(up, now_ms) && breaker_would_allow(&up->breaker, now_ms)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool
+upstream_cooling(const struct upstream *up, uint64_t now_ms)
+{
+    return now_ms < up->cooldown_until_ms;
+}
+
+void
+upstream_cooldown(struct upstream *up, uint64_t until_ms)
+{
+    if (until_ms > up->cooldown_until_ms) {
+        up->cooldown_until_ms = until_ms;
+    }
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -461,12 +510,12 @@ idle_sweep_arm(struct upstream *up)
 {
     struct timeval tv;
 
-    if (up->set == NULL) {
-        return; /* retired: its connections are not kept */
+    if (up->retired) {
+        return; /* its connections are not kept */
     }
     tv = util_ms_to_tv(MIN(IDLE_SWEEP_MS, up->cfg->idle_timeout_ms));
     if (up->idle_sweep == NULL) {
-        up->idle_sweep = evtimer_new(up->set->base, idle_sweep_cb, up);
+        up->idle_sweep = evtimer_new(up->base, idle_sweep_cb, up);
         if (up->idle_sweep == NULL) {
             fatal("out of memory setting up the idle sweep");
         }
@@ -546,7 +595,7 @@ defer_cb(evutil_socket_t fd, short what, void *arg)
 static void
 plain_takeover(struct upconn *c)
 {
-    struct event_base *base = c->up->set->base;
+    struct event_base *base = c->up->base;
 
     c->fd = bufferevent_getfd(c->bev);
     bufferevent_free(c->bev); /* created without BEV_OPT_CLOSE_ON_FREE: the socket stays */
@@ -689,7 +738,7 @@ static struct upconn *
 start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
 {
     struct upconn *c = xcalloc(1, sizeof(*c));
-    struct event_base *base = up->set->base;
+    struct event_base *base = up->base;
     const struct upstream_config *uc = up->cfg;
     struct timeval tv;
 
@@ -741,7 +790,7 @@ start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
     evtimer_add(c->connect_timer, &tv);
     up->nconnecting++;
     /* Non-blocking: numeric hosts connect at once, names go through evdns. */
-    if (bufferevent_socket_connect_hostname(c->bev, up->set->dns, AF_UNSPEC, uc->url.host,
+    if (bufferevent_socket_connect_hostname(c->bev, up->dns, AF_UNSPEC, uc->url.host,
                                             uc->url.port) < 0) {
         up->nconnecting--;
         upconn_free(c);
@@ -783,6 +832,7 @@ upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, v
     }
     w->cb = cb;
     w->arg = arg;
+    w->queued = true;
     TAILQ_INSERT_TAIL(&up->waiters, w, link);
     up->nwaiters++;
     return 0;
@@ -791,6 +841,10 @@ upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, v
 void
 upstream_cancel_wait(struct upstream *up, struct upstream_waiter *w)
 {
+    if (!w->queued) {
+        return;
+    }
+    w->queued = false;
     TAILQ_REMOVE(&up->waiters, w, link);
     up->nwaiters--;
 }
@@ -804,8 +858,8 @@ serve_waiter(struct upstream *up)
     const char *cause = NULL;
     int rc;
 
-    if (w == NULL || up->retired) {
-        return;
+    if (w == NULL) {
+        return; /* a retired upstream still serves the requests that hold its set */
     }
     upstream_cancel_wait(up, w);
     rc = upstream_acquire(up, w, w->cb, w->arg, &c, &cause);

@@ -69,6 +69,7 @@ struct upstream_waiter {
     upconn_cb cb;
     void *arg;
     struct upconn **slot;
+    bool queued; /* on the upstream's wait list; only upstream.c changes it */
     TAILQ_ENTRY(upstream_waiter) link;
 };
 TAILQ_HEAD(waiter_list, upstream_waiter);
@@ -78,17 +79,25 @@ struct upstream_stats {
     uint64_t successes;
     uint64_t failures;
     uint64_t client_errors;
+    uint64_t pool_waits; /* attempts that waited for a connection slot */
 };
 
+/*
+ * One upstream, shared by every set that names it: a reload keeps an
+ * upstream whose name and url are unchanged (breaker, pool and counters).
+ * refs counts the sets holding it and the attempts and connections using it.
+ */
 struct upstream {
     char *name;
-    struct upstream_set *set;
+    struct event_base *base;
+    struct evdns_base *dns;
     const struct upstream_config *cfg; /* owned by cfg_owner */
     struct config *cfg_owner;          /* reference held (config_ref) */
     struct breaker breaker;
     SSL_CTX *ssl_ctx; /* https only */
-    int refs;         /* attempts and connections using it */
-    bool retired;     /* removed by a reload; freed when refs drop to 0 */
+    int refs;         /* sets holding it, attempts using it */
+    bool retired;     /* not in the current set: its connections are not pooled */
+    uint64_t cooldown_until_ms; /* monotonic: skipped by routing until then (Retry-After) */
     int64_t current_weight;
     unsigned learned_dimensions;
     struct upconn_list idle; /* most recently used first */
@@ -99,34 +108,48 @@ struct upstream {
     struct upstream_stats stats;
 };
 
+/*
+ * The upstreams of one configuration, in config order. Reference counted:
+ * the server holds the current set, and each request holds the set it
+ * started with, so a reload never changes the upstreams a request in flight
+ * chooses from, nor frees one it has tried.
+ */
 struct upstream_set {
-    struct event_base *base;
-    struct evdns_base *dns;
     struct upstream **ups;
     size_t n;
+    int refs;
 };
 
 /*
- * Build the set for cfg. Upstreams of old (may be NULL) whose name and url
- * are unchanged are carried over with their breaker and pool; the rest of old
- * are retired. Returns NULL with *cause on failure (TLS setup); the caller
- * owns the returned set. old is consumed on success.
+ * Build the set for cfg, with one reference for the caller. Upstreams of old
+ * (may be NULL) whose name and url are unchanged are shared with it, breaker
+ * and pool included; the rest of old are retired (their idle connections
+ * closed, none pooled again), though old keeps them for the requests that
+ * hold it. Returns NULL with *cause on failure (TLS setup), old unchanged.
  */
 struct upstream_set *upstream_set_new(struct event_base *base, struct evdns_base *dns,
                                       struct config *cfg, struct upstream_set *old, char **cause);
-void upstream_set_free(struct upstream_set *set);
+struct upstream_set *upstream_set_ref(struct upstream_set *set);
+void upstream_set_unref(struct upstream_set *set);
 struct upstream *upstream_find(struct upstream_set *set, const char *name);
 
 /*
  * Choose the next upstream for an attempt: lowest priority first, smooth
  * weighted round-robin within a priority, skipping upstreams whose breaker
- * would reject and, when possible, those in tried[] (ntried entries). Does
- * not commit the breaker. NULL when no breaker admits a call.
+ * would reject or that are cooling down after a long Retry-After and, when
+ * possible, those in tried[] (ntried entries). Does not commit the breaker.
+ * NULL when no upstream may be called.
  */
 struct upstream *upstream_pick(struct upstream_set *set, struct upstream *const *tried,
                                size_t ntried, uint64_t now_ms);
-/* Soonest monotonic ms at which some breaker admits a call. */
+/* Soonest monotonic ms at which some upstream may be called (breaker and cooldown). */
 uint64_t upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms);
+/* Whether some upstream of set may be called now (breaker and cooldown). */
+bool upstream_any_callable(struct upstream_set *set, uint64_t now_ms);
+/* Whether up is cooling down at now_ms (see upstream_cooldown). */
+bool upstream_cooling(const struct upstream *up, uint64_t now_ms);
+/* Skip up in routing until until_ms (monotonic): it asked for a pause we will not wait out. */
+void upstream_cooldown(struct upstream *up, uint64_t until_ms);
 
 void upstream_ref(struct upstream *up);
 void upstream_unref(struct upstream *up);
@@ -140,6 +163,7 @@ void upstream_unref(struct upstream *up);
  */
 int upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, void *arg,
                      struct upconn **out, const char **cause);
+/* Leave the wait list; nothing when w is not queued (a slot already served it). */
 void upstream_cancel_wait(struct upstream *up, struct upstream_waiter *w);
 /* Give the connection back: reusable → pooled; otherwise closed. */
 void upstream_release(struct upconn *c, bool reusable);
