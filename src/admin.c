@@ -131,6 +131,7 @@ stats(struct admin_conn *a)
     struct server *srv = a->srv;
     struct buf b;
     struct breaker_stats st;
+    uint64_t now = util_mono_ms();
 
     buf_init(&b);
     buf_printf(&b,
@@ -156,11 +157,13 @@ stats(struct admin_conn *a)
         buf_printf(&b,
                    ",\"priority\":%" PRId64 ",\"weight\":%" PRId64 ",\"requests\":%" PRIu64
                    ",\"successes\":%" PRIu64 ",\"failures\":%" PRIu64
-                   ",\"client_errors\":%" PRIu64 ",\"pool\":{\"idle\":%zu,\"active\":%zu,"
+                   ",\"client_errors\":%" PRIu64 ",\"pool_waits\":%" PRIu64
+                   ",\"cooldown_seconds\":%.3f,\"pool\":{\"idle\":%zu,\"active\":%zu,"
                    "\"connecting\":%zu,\"waiting\":%zu,\"max\":%" PRId64 "}}",
                    up->cfg->priority, up->cfg->weight, up->stats.requests, up->stats.successes,
-                   up->stats.failures, up->stats.client_errors, up->nidle, up->nbusy,
-                   up->nconnecting, up->nwaiters, up->cfg->max_connections);
+                   up->stats.failures, up->stats.client_errors, up->stats.pool_waits,
+                   upstream_cooling(up, now) ? (double)(up->cooldown_until_ms - now) / 1000.0 : 0.0,
+                   up->nidle, up->nbusy, up->nconnecting, up->nwaiters, up->cfg->max_connections);
     }
     buf_puts(&b, "],\"breakers\":[");
     for (size_t i = 0; i < srv->ups->n; i++) {
