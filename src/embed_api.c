@@ -1093,7 +1093,6 @@ find_key(const char *p, const char *end, const char *key)
     return NULL;
 }
 
-/* Counts the numbers of the flat array starting at p ('[' after optional blanks). */
 /* Occurrences of c in p[0..n), sixteen bytes at a time: vectors run to tens of KB. */
 static size_t
 count_byte(const char *p, size_t n, unsigned char c)
@@ -1132,88 +1131,151 @@ count_byte(const char *p, size_t n, unsigned char c)
     return count;
 }
 
-static unsigned
-count_array(const char *p, const char *end)
+/*
+ * Where the first vector of an answer starts: its '[' (numbers) or '"'
+ * (OpenAI base64). NULL while these bytes do not reach it yet; *bad when
+ * they show the answer has none (an error body, say).
+ */
+static const char *
+first_vector(enum embed_api api, const char *body, const char *end, bool *bad)
 {
-    const char *close;
-    unsigned count = 1;
+    const char *p = body;
 
-    p = skip_ws(p, end);
-    if (p >= end || *p != '[') {
-        return 0;
+    *bad = false;
+    switch (api) {
+    case EMBED_API_TEI:
+    case EMBED_API_OLLAMA:
+        if (api == EMBED_API_OLLAMA) {
+            p = find_key(body, end, "embeddings");
+            if (p == NULL) {
+                return NULL;
+            }
+        }
+        p = skip_ws(p, end);
+        if (p < end && *p != '[') {
+            *bad = true;
+            return NULL;
+        }
+        p = skip_ws(p + (p < end), end);
+        if (p < end && *p != '[') {
+            *bad = true;
+        }
+        return p < end && *p == '[' ? p : NULL;
+    case EMBED_API_OLLAMA_LEGACY:
+    case EMBED_API_OPENAI:
+        p = find_key(body, end, "embedding");
+        if (p == NULL) {
+            return NULL;
+        }
+        p = skip_ws(p, end);
+        if (p < end && (*p == '[' || (*p == '"' && api == EMBED_API_OPENAI))) {
+            return p;
+        }
+        *bad = p < end;
+        return NULL;
+    case EMBED_API_NONE:
+        break;
     }
-    p++;
-    close = memchr(p, ']', (size_t)(end - p));
-    if (close == NULL) {
-        return 0;
-    }
-    p = skip_ws(p, close);
-    if (p == close) {
-        return 0;
-    }
-    return count + (unsigned)count_byte(p, (size_t)(close - p), ',');
+    *bad = true;
+    return NULL;
 }
 
-/* Decoded float32 count of the base64 string starting at p (the opening quote). */
-static unsigned
-count_base64(const char *p, const char *end)
-{
-    const char *close = memchr(p + 1, '"', (size_t)(end - p - 1));
-    size_t chars, pad = 0;
+enum { DIM_PREFIX, DIM_NUMBERS, DIM_BASE64, DIM_DONE, DIM_FAILED };
 
-    if (close == NULL) {
+void
+embed_dim_scan_init(struct embed_dim_scan *s, enum embed_api api)
+{
+    memset(s, 0, offsetof(struct embed_dim_scan, prefix));
+    s->api = api;
+    s->phase = DIM_PREFIX;
+}
+
+/* Inside the first vector: count as the bytes pass, stop at its end. */
+static int
+dim_count(struct embed_dim_scan *s, const char *p, size_t n, unsigned *dim)
+{
+    const char *stop = memchr(p, s->phase == DIM_NUMBERS ? ']' : '"', n);
+    size_t len = stop != NULL ? (size_t)(stop - p) : n;
+
+    if (s->phase == DIM_NUMBERS) {
+        s->elements += count_byte(p, len, ',');
+        if (!s->any && skip_ws(p, p + len) < p + len) {
+            s->any = true;
+        }
+        if (stop == NULL) {
+            return 0;
+        }
+        s->phase = DIM_DONE;
+        *dim = s->any ? (unsigned)MIN(s->elements + 1, (uint64_t)UINT32_MAX) : 0;
+        return *dim > 0 ? 1 : -1;
+    }
+    {
+        size_t eq = 0;
+        while (eq < len && eq < 2 && p[len - 1 - eq] == '=') {
+            eq++;
+        }
+        /* padding split across reads: "...=" then "=" */
+        s->pad = eq == len ? (uint8_t)MIN((size_t)s->pad + eq, (size_t)2) : (uint8_t)eq;
+        s->elements += len;
+    }
+    if (stop == NULL) {
         return 0;
     }
-    chars = (size_t)(close - p - 1);
-    while (pad < 2 && chars > pad && close[-1 - (ptrdiff_t)pad] == '=') {
-        pad++;
+    s->phase = DIM_DONE;
+    *dim = s->elements >= 4 ? (unsigned)MIN((s->elements / 4 * 3 - s->pad) / 4,
+                                            (uint64_t)UINT32_MAX)
+                            : 0;
+    return *dim > 0 ? 1 : -1;
+}
+
+int
+embed_dim_scan_feed(struct embed_dim_scan *s, const char *p, size_t n, unsigned *dim)
+{
+    *dim = 0;
+    if (s->phase == DIM_DONE || s->phase == DIM_FAILED) {
+        return -1;
     }
-    return (unsigned)((chars / 4 * 3 - pad) / 4);
+    if (s->phase == DIM_PREFIX) {
+        size_t take = MIN(n, sizeof(s->prefix) - s->plen);
+        const char *v;
+        bool bad;
+
+        memcpy(s->prefix + s->plen, p, take);
+        s->plen += take;
+        v = first_vector(s->api, s->prefix, s->prefix + s->plen, &bad);
+        if (v == NULL) {
+            if (bad || s->plen == sizeof(s->prefix)) {
+                s->phase = DIM_FAILED; /* no vector near the start: not an embedding answer */
+                return -1;
+            }
+            return 0;
+        }
+        s->phase = *v == '[' ? DIM_NUMBERS : DIM_BASE64;
+        /* What followed the opening in the prefix, then the rest of these bytes. */
+        {
+            size_t after = (size_t)(s->prefix + s->plen - (v + 1));
+            int rc = after > 0 ? dim_count(s, v + 1, after, dim) : 0;
+            if (rc != 0 || take == n) {
+                return rc;
+            }
+        }
+        p += take;
+        n -= take;
+    }
+    return dim_count(s, p, n, dim);
 }
 
 unsigned
 embed_sniff_dimension(enum embed_api api, const char *body, size_t len)
 {
-    const char *end = body + len;
-    const char *p;
+    struct embed_dim_scan s;
+    unsigned dim = 0;
 
     if (body == NULL) {
         return 0;
     }
-    switch (api) {
-    case EMBED_API_TEI:
-        p = skip_ws(body, end);
-        if (p >= end || *p != '[') {
-            return 0;
-        }
-        return count_array(p + 1, end);
-    case EMBED_API_OLLAMA:
-        p = find_key(body, end, "embeddings");
-        if (p == NULL) {
-            return 0;
-        }
-        p = skip_ws(p, end);
-        if (p >= end || *p != '[') {
-            return 0;
-        }
-        return count_array(p + 1, end);
-    case EMBED_API_OLLAMA_LEGACY:
-        p = find_key(body, end, "embedding");
-        return p != NULL ? count_array(p, end) : 0;
-    case EMBED_API_OPENAI:
-        p = find_key(body, end, "embedding");
-        if (p == NULL) {
-            return 0;
-        }
-        p = skip_ws(p, end);
-        if (p < end && *p == '"') {
-            return count_base64(p, end);
-        }
-        return count_array(p, end);
-    case EMBED_API_NONE:
-        break;
-    }
-    return 0;
+    embed_dim_scan_init(&s, api);
+    return embed_dim_scan_feed(&s, body, len, &dim) == 1 ? dim : 0;
 }
 
 /* ---- quick scan of a request ------------------------------------------- */
@@ -1460,6 +1522,7 @@ embed_request_scan(enum embed_api api, const char *body, size_t len, struct embe
 
     out->ninputs = 0;
     out->model[0] = '\0';
+    out->sized = false;
     if (api == EMBED_API_NONE || body == NULL) {
         return -1;
     }
@@ -1502,8 +1565,13 @@ embed_request_scan(enum embed_api api, const char *body, size_t len, struct embe
             } else {
                 out->model[0] = '\0';
             }
-        } else if (scan_value(&sc, 1) < 0) {
-            return -1;
+        } else {
+            if (kb == 10 && memcmp(k, "dimensions", 10) == 0 && sc.p < sc.end && *sc.p != 'n') {
+                out->sized = true; /* not null: the caller chose the size */
+            }
+            if (scan_value(&sc, 1) < 0) {
+                return -1;
+            }
         }
         scan_ws(&sc);
         if (sc.p >= sc.end) {

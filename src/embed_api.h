@@ -99,6 +99,26 @@ char *embed_render_response(const struct embed_request *r, const float *vectors,
 unsigned embed_sniff_dimension(enum embed_api api, const char *body, size_t len);
 
 /*
+ * The size of an answer's first vector, counted as its body streams past in
+ * pieces of any size: no copy of the body and no second pass over it. The
+ * first vector must start within EMBED_DIM_PREFIX_MAX bytes (the answer's
+ * head: object, model, index); the vector itself may be of any length.
+ */
+#define EMBED_DIM_PREFIX_MAX 1024
+struct embed_dim_scan {
+    enum embed_api api;
+    uint8_t phase;
+    uint8_t pad;       /* base64: trailing '=' seen so far */
+    bool any;          /* numbers: something but blanks inside the brackets */
+    uint64_t elements; /* numbers: commas; base64: characters */
+    size_t plen;
+    char prefix[EMBED_DIM_PREFIX_MAX]; /* the answer's head, until the vector starts */
+};
+void embed_dim_scan_init(struct embed_dim_scan *s, enum embed_api api);
+/* Feed the next bytes: 1 with *dim when known, 0 when more are needed, -1 when none will come. */
+int embed_dim_scan_feed(struct embed_dim_scan *s, const char *p, size_t n, unsigned *dim);
+
+/*
  * What the metrics need from a request that went upstream (inputs, their
  * lengths, the model), found by one pass over the bytes without building a
  * JSON tree: the loop thread runs this for every relayed 2xx answer.
@@ -107,6 +127,7 @@ struct embed_scan {
     size_t ninputs;
     uint32_t chars[EMBED_MAX_INPUTS]; /* characters (token ids for token input) per input */
     char model[128];                  /* "" when absent or longer than 127 bytes */
+    bool sized;                       /* asks for a size ("dimensions"): not the model's own */
 };
 /* 0, or -1 when the body is not a well-formed request of that API (no metrics then). */
 int embed_request_scan(enum embed_api api, const char *body, size_t len, struct embed_scan *out)

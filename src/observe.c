@@ -359,7 +359,8 @@ observe_real_answer(struct server *srv, struct request *r)
     observe_counts(0, scan.ninputs, scan.chars);
     _Static_assert(sizeof(r->model) == sizeof(scan.model), "the model is copied whole");
     memcpy(r->model, scan.model, sizeof(r->model));
-    return server_dim_due(srv, r->model, util_mono_ms());
+    /* An answer cut to the caller's "dimensions" says nothing of the model's own size. */
+    return !scan.sized && server_dim_due(srv, r->model, util_mono_ms());
 }
 
 void

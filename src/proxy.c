@@ -42,7 +42,6 @@
 #include "util.h"
 
 #define STREAM_HIGH_WATER (256 * 1024) /* pause the upstream above this much unsent */
-#define SNIFF_MAX (16 * 1024)          /* body prefix examined to learn dimensions */
 
 /* Scratch for building heads: loop thread only, grown once, never shrunk. */
 static struct buf scratch;
@@ -1188,6 +1187,8 @@ attempt_release(struct client *c, bool reusable)
     if (a->timer != NULL) {
         evtimer_del(a->timer);
     }
+    free(a->dim_scan);
+    a->dim_scan = NULL;
     if (a->state == ATTEMPT_WAIT_SLOT && a->conn == NULL) {
         /* Still queued (a freed slot may already have handed us a connection). */
         upstream_cancel_wait(a->up, &a->waiter);
@@ -1277,7 +1278,6 @@ attempt_start(struct client *c)
     a->bytes_in = 0;
     a->keep_alive = false;
     a->start_us = util_mono_us();
-    a->sniff_pending = false;
     a->paused = false;
     if (a->timer == NULL && c->spare_timer != NULL) {
         a->timer = c->spare_timer;
@@ -1487,15 +1487,35 @@ attempt_complete(struct client *c)
 }
 
 /*
- * Learn the vector size of a real answer from the start of its body, in place:
- * no copy, and only once per answer. A first vector that does not fit in
- * the bytes at hand teaches nothing this time.
+ * Count the first vector of a real answer in the bytes being relayed: no
+ * copy, no second pass, whatever the vector's size. Ends the count once the
+ * size is known or cannot be.
  */
 static void
-sniff_dimension(struct request *r, const char *data, size_t len)
+count_dimension(struct attempt *a, struct request *r, const char *data, size_t len)
 {
-    r->att.sniff_pending = false;
-    r->sniffed_dim = embed_sniff_dimension(r->api, data, MIN(len, (size_t)SNIFF_MAX));
+    unsigned dim;
+    int rc = embed_dim_scan_feed(a->dim_scan, data, len, &dim);
+
+    if (rc != 0) {
+        r->sniffed_dim = rc == 1 ? dim : 0;
+        free(a->dim_scan);
+        a->dim_scan = NULL;
+    }
+}
+
+/* The same over the first n bytes of an evbuffer, extent by extent. */
+static void
+count_dimension_buffer(struct attempt *a, struct request *r, struct evbuffer *in, size_t n)
+{
+    struct evbuffer_iovec v[8];
+    int nv = evbuffer_peek(in, (ssize_t)n, NULL, v, 8);
+
+    for (int i = 0; i < nv && i < 8 && n > 0 && a->dim_scan != NULL; i++) {
+        size_t take = MIN(v[i].iov_len, n);
+        count_dimension(a, r, v[i].iov_base, take);
+        n -= take;
+    }
 }
 
 /* Move response body bytes to the client: 1 body complete, 0 more to come, -1 bad framing. */
@@ -1512,19 +1532,17 @@ relay_body(struct client *c, bool eof)
         return 1;
     case HTTP_BODY_LENGTH: {
         size_t n = MIN(evbuffer_get_length(in), a->remaining);
-        if (a->sniff_pending) {
-            /* Hold back the first bytes (at most SNIFF_MAX) until the first vector is here. */
-            size_t want = (size_t)MIN(a->remaining, (uint64_t)SNIFF_MAX);
-            if (n < want && !eof) {
-                return 0;
-            }
-            sniff_dimension(r, (const char *)evbuffer_pullup(in, (ssize_t)n), MIN(n, want));
+        if (a->dim_scan != NULL) {
+            count_dimension_buffer(a, r, in, n);
         }
         evbuffer_remove_buffer(in, out, n);
         a->remaining -= n;
         return a->remaining == 0;
     }
     case HTTP_BODY_UNTIL_CLOSE:
+        if (a->dim_scan != NULL) {
+            count_dimension_buffer(a, r, in, evbuffer_get_length(in));
+        }
         evbuffer_add_buffer(out, in);
         return eof ? 1 : 0;
     case HTTP_BODY_CHUNKED:
@@ -1539,8 +1557,8 @@ relay_body(struct client *c, bool eof)
             if (rc < 0) {
                 return -1;
             }
-            if (payload > 0 && a->sniff_pending) {
-                sniff_dimension(r, v.iov_base, payload);
+            if (payload > 0 && a->dim_scan != NULL) {
+                count_dimension(a, r, v.iov_base, payload);
             }
             if (r->hd.version_minor == 1 || payload > 0) {
                 evbuffer_remove_buffer(in, out, consumed);
@@ -1633,7 +1651,11 @@ on_response_head(struct client *c)
         a->up->stats.failures++;
         observe_attempt_failed(c->srv, r, rh.status == 429 ? "429" : "5xx", rh.status);
     }
-    a->sniff_pending = rh.status >= 200 && rh.status < 300 && observe_real_answer(c->srv, r);
+    if (rh.status >= 200 && rh.status < 300 && observe_real_answer(c->srv, r)) {
+        /* Once a second per model at most (server_dim_due): a malloc that rarely. */
+        a->dim_scan = xmalloc(sizeof(*a->dim_scan));
+        embed_dim_scan_init(a->dim_scan, r->api);
+    }
     relay_head(c, &rh);
     evbuffer_drain(in, (size_t)rc);
     attempt_set_state(c, ATTEMPT_BODY);

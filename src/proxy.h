@@ -55,7 +55,7 @@ struct attempt {
     size_t bytes_in;
     uint64_t start_us;
     struct trace_span *span;
-    bool sniff_pending; /* a 2xx embedding answer whose vector size is still to learn */
+    struct embed_dim_scan *dim_scan; /* a 2xx embedding answer's first vector, being counted */
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
 };
 

@@ -865,6 +865,101 @@ Test(embed_api, sniff_returns_zero_for_truncated_or_foreign_bodies)
     }
 }
 
+/* Feed body in pieces of piece bytes (piece 0: growing uneven pieces); the size or 0. */
+static unsigned
+dim_in_pieces(enum embed_api api, const char *body, size_t len, size_t piece)
+{
+    struct embed_dim_scan s;
+    unsigned dim = 0;
+    size_t step = piece ? piece : 1;
+
+    embed_dim_scan_init(&s, api);
+    for (size_t off = 0; off < len;) {
+        size_t n = MIN(step, len - off);
+        int rc = embed_dim_scan_feed(&s, body + off, n, &dim);
+        if (rc != 0) {
+            return rc == 1 ? dim : 0;
+        }
+        off += n;
+        if (piece == 0) {
+            step = step * 7 % 1021 + 1;
+        }
+    }
+    return 0;
+}
+
+Test(embed_api, dim_scan_counts_a_large_first_vector_in_any_pieces)
+{
+    enum embed_api apis[] = {EMBED_API_OPENAI, EMBED_API_TEI, EMBED_API_OLLAMA,
+                             EMBED_API_OLLAMA_LEGACY};
+    const char *requests[] = {"{\"input\":[\"a\",\"b\"],\"model\":\"m\"}",
+                              "{\"inputs\":[\"a\",\"b\"]}", "{\"input\":[\"a\",\"b\"]}",
+                              "{\"prompt\":\"a\"}"};
+    static const size_t pieces[] = {0, 1, 2, 3, 7, 64, 1000, 4096, 1 << 20};
+    float *v = calloc(2 * 1536, sizeof(float));
+
+    for (size_t k = 0; k < 2 * 1536; k++) {
+        v[k] = (float)k * -1.2345678e-3f; /* many digits: the vector runs past 16 KB */
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(apis); i++) {
+        struct embed_request r;
+        size_t len;
+        char *body;
+
+        parse_ok(apis[i], requests[i], &r);
+        body = embed_render_response(&r, v, 1536, NULL, &len);
+        cr_assert(len > 16384, "%zu", len);
+        for (size_t p = 0; p < ARRAY_SIZE(pieces); p++) {
+            cr_expect_eq(dim_in_pieces(apis[i], body, len, pieces[p]), 1536, "api %zu piece %zu",
+                         i, pieces[p]);
+        }
+        free(body);
+        if (apis[i] == EMBED_API_OPENAI) {
+            r.base64 = true;
+            body = embed_render_response(&r, v, 1536, NULL, &len);
+            for (size_t p = 0; p < ARRAY_SIZE(pieces); p++) {
+                cr_expect_eq(dim_in_pieces(apis[i], body, len, pieces[p]), 1536, "b64 %zu",
+                             pieces[p]);
+            }
+            free(body);
+        }
+        embed_request_free(&r);
+    }
+    free(v);
+}
+
+Test(embed_api, dim_scan_reads_base64_padding_split_across_pieces)
+{
+    /* 1, 2 and 3 floats: 8 characters ("==" padded), 12 ("=" padded) and 16 */
+    static const char *bodies[] = {"{\"data\":[{\"embedding\":\"AAAAAA==\"}]}",
+                                   "{\"data\":[{\"embedding\":\"AAAAAAAAAAA=\"}]}",
+                                   "{\"data\":[{\"embedding\":\"AAAAAAAAAAAAAAAA\"}]}"};
+
+    for (size_t b = 0; b < ARRAY_SIZE(bodies); b++) {
+        for (size_t piece = 1; piece < 8; piece++) {
+            cr_expect_eq(dim_in_pieces(EMBED_API_OPENAI, bodies[b], strlen(bodies[b]), piece),
+                         b + 1, "body %zu piece %zu", b, piece);
+        }
+    }
+}
+
+Test(embed_api, dim_scan_gives_up_on_a_body_without_a_vector_near_its_start)
+{
+    struct embed_dim_scan s;
+    char pad[EMBED_DIM_PREFIX_MAX + 64];
+    unsigned dim;
+
+    memset(pad, ' ', sizeof(pad));
+    embed_dim_scan_init(&s, EMBED_API_OPENAI);
+    cr_expect_eq(embed_dim_scan_feed(&s, "{\"object\":\"list\",\"x\":\"", 22, &dim), 0);
+    cr_expect_eq(embed_dim_scan_feed(&s, pad, sizeof(pad), &dim), -1);
+    cr_expect_eq(embed_dim_scan_feed(&s, "\"embedding\":[1]", 16, &dim), -1, "stays given up");
+    embed_dim_scan_init(&s, EMBED_API_TEI);
+    cr_expect_eq(embed_dim_scan_feed(&s, "{\"error\":\"x\"}", 13, &dim), -1);
+    embed_dim_scan_init(&s, EMBED_API_OPENAI);
+    cr_expect_eq(embed_dim_scan_feed(&s, "{\"data\":[{\"embedding\":  [  ]", 28, &dim), -1);
+}
+
 /* ---- the quick scan agrees with the full parse ------------------------- */
 
 static size_t
