@@ -69,8 +69,8 @@ admin_close_all(struct server *srv)
 
 /* extra: more header lines, each ending in CRLF, or "". */
 static void
-reply_with(struct admin_conn *a, int status, const char *extra, const char *ctype,
-           const char *body, size_t len)
+reply_with(struct admin_conn *a, int status, const char *extra, const char *ctype, const char *body,
+           size_t len)
 {
     struct evbuffer *out = bufferevent_get_output(a->bev);
 

@@ -91,8 +91,8 @@ bind_listener(struct server *srv, const struct listen_addr *la, int mode, evconn
         return NULL;
     }
     if (la->is_unix && chmod(sun->sun_path, (mode_t)mode) < 0) {
-        *cause = xasprintf("cannot set mode %04o on %s: %s", (unsigned)mode, la->text,
-                           strerror(errno));
+        *cause =
+            xasprintf("cannot set mode %04o on %s: %s", (unsigned)mode, la->text, strerror(errno));
         evconnlistener_free(l);
         return NULL;
     }
@@ -237,15 +237,15 @@ apply_reload(struct server *srv, struct config *cfg)
     struct buf restart;
 
     if (!same_listen(&cfg->proxy.listen, &srv->cfg->proxy.listen)) {
-        nl = bind_listener(srv, &cfg->proxy.listen, cfg->proxy.listen_mode, proxy_accept_cb,
-                           &cause);
+        nl =
+            bind_listener(srv, &cfg->proxy.listen, cfg->proxy.listen_mode, proxy_accept_cb, &cause);
         if (nl == NULL) {
             goto fail;
         }
     }
     if (!same_listen(&cfg->admin.listen, &srv->cfg->admin.listen)) {
-        nadmin = bind_listener(srv, &cfg->admin.listen, cfg->admin.listen_mode, admin_accept_cb,
-                               &cause);
+        nadmin =
+            bind_listener(srv, &cfg->admin.listen, cfg->admin.listen_mode, admin_accept_cb, &cause);
         if (nadmin == NULL) {
             goto fail;
         }

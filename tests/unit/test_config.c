@@ -500,8 +500,7 @@ Test(config, literal_secrets_are_found_expanded_ones_are_not)
     cr_assert(config_literal_secret(cfg, which, sizeof(which)));
     cr_expect_str_eq(which, "[admin] token");
     config_free(cfg);
-    cfg = parse("[upstream a]\nurl = http://h\nheader = A: ${API_KEY}\nheader = X-Key: v\n",
-                &errs);
+    cfg = parse("[upstream a]\nurl = http://h\nheader = A: ${API_KEY}\nheader = X-Key: v\n", &errs);
     cr_assert(config_literal_secret(cfg, which, sizeof(which)));
     cr_expect_str_eq(which, "[upstream a] header");
     config_free(cfg);
