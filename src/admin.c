@@ -5,10 +5,10 @@
  *
  * An admin connection: READ (head) -> WRITE (answer queued) -> closed.
  *
- * Read-only routes are open to whoever reaches the listener. Routes that
- * change behaviour (POST /upstreams/NAME/...) can push every caller onto
- * fallback vectors, so they need the [admin] token when one is set, and
- * otherwise a peer on this host (loopback or the unix socket).
+ * Read-only routes (GET, HEAD) are open to whoever reaches the listener.
+ * Every other method may change behaviour (POST /upstreams/NAME/... can push
+ * every caller onto fallback vectors), so it needs the [admin] token when one
+ * is set, and otherwise a peer on this host (loopback or the unix socket).
  */
 #include "admin.h"
 
@@ -334,13 +334,17 @@ route(struct admin_conn *a, const struct http_request_head *hd)
     bool get = hd->method == HTTP_GET || hd->method == HTTP_HEAD;
     struct buf b;
 
+    /*
+     * Anything but GET and HEAD is taken to change behaviour, so a route
+     * added later is guarded without anyone remembering to.
+     */
+    if (!get && !authorized(a, hd)) {
+        return;
+    }
     if (hd->path_len > 11 && memcmp(hd->path, "/upstreams/", 11) == 0) {
         char path[256];
         if (hd->method != HTTP_POST) {
             reply_error(a, 405, "use POST");
-            return;
-        }
-        if (!authorized(a, hd)) {
             return;
         }
         if (hd->path_len >= sizeof(path)) {

@@ -154,6 +154,9 @@ def test_no_token_non_loopback_peer_gets_403(backend, start_akosha):
     st, _, body = call(addr, port, "POST", "/upstreams/main/open")
     assert st == 403, body
     assert b"loopback" in body
+    # any method but GET/HEAD counts as mutating, whatever the path
+    assert call(addr, port, "DELETE", "/stats")[0] == 403
+    assert call(addr, port, "POST", "/upstreams/nope/open")[0] == 403
     # nothing changed, and read-only endpoints still answer that peer
     stats = json.loads(call(addr, port, "GET", "/stats")[2])
     assert [b for b in stats["breakers"] if b["service_name"] == "main"][0]["state"] == "closed"
