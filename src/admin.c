@@ -4,14 +4,22 @@
  * connection (Connection: close), small heads only.
  *
  * An admin connection: READ (head) -> WRITE (answer queued) -> closed.
+ *
+ * Read-only routes (GET, HEAD) are open to whoever reaches the listener.
+ * Every other method may change behaviour (POST /upstreams/NAME/... can push
+ * every caller onto fallback vectors), so it needs the [admin] token when one
+ * is set, and otherwise a peer on this host (loopback or the unix socket).
  */
 #include "admin.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <event2/bufferevent.h>
 
 #include "breaker.h"
@@ -33,6 +41,7 @@ struct admin_conn {
     struct server *srv;
     struct bufferevent *bev;
     enum admin_state state;
+    bool local_peer; /* loopback or unix socket: see util_peer_is_local */
     TAILQ_ENTRY(admin_conn) link;
 };
 TAILQ_HEAD(admin_list, admin_conn);
@@ -58,18 +67,26 @@ admin_close_all(struct server *srv)
     }
 }
 
+/* extra: more header lines, each ending in CRLF, or "". */
 static void
-reply(struct admin_conn *a, int status, const char *ctype, const char *body, size_t len)
+reply_with(struct admin_conn *a, int status, const char *extra, const char *ctype, const char *body,
+           size_t len)
 {
     struct evbuffer *out = bufferevent_get_output(a->bev);
 
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                        status, http_reason(status), ctype, len);
+                        "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+                        status, http_reason(status), ctype, len, extra);
     evbuffer_add(out, body, len);
     a->state = ADMIN_WRITE;
     bufferevent_disable(a->bev, EV_READ);
+}
+
+static void
+reply(struct admin_conn *a, int status, const char *ctype, const char *body, size_t len)
+{
+    reply_with(a, status, "", ctype, body, len);
 }
 
 static void
@@ -79,7 +96,7 @@ reply_json(struct admin_conn *a, int status, struct buf *b)
 }
 
 static void
-reply_error(struct admin_conn *a, int status, const char *message)
+reply_error_with(struct admin_conn *a, int status, const char *extra, const char *message)
 {
     struct buf b;
 
@@ -87,8 +104,76 @@ reply_error(struct admin_conn *a, int status, const char *message)
     buf_puts(&b, "{\"error\":{\"message\":");
     buf_json_string(&b, message, strlen(message));
     buf_printf(&b, ",\"type\":\"admin_error\",\"param\":null,\"code\":%d}}", status);
-    reply_json(a, status, &b);
+    reply_with(a, status, extra, "application/json", b.data, b.len);
     buf_free(&b);
+}
+
+static void
+reply_error(struct admin_conn *a, int status, const char *message)
+{
+    reply_error_with(a, status, "", message);
+}
+
+/* SHA-256 of s[0..len) into out (32 bytes); false if OpenSSL fails. */
+static bool
+digest(const char *s, size_t len, unsigned char *out)
+{
+    unsigned int n = 0;
+
+    return EVP_Digest(s, len, out, &n, EVP_sha256(), NULL) == 1 && n == 32;
+}
+
+bool
+admin_bearer_matches(const char *value, size_t value_len, const char *token)
+{
+    unsigned char given[EVP_MAX_MD_SIZE], want[EVP_MAX_MD_SIZE];
+    size_t i = 0;
+
+    if (value_len < 7 || strncasecmp(value, "Bearer", 6) != 0 ||
+        (value[6] != ' ' && value[6] != '\t')) {
+        return false;
+    }
+    i = 7;
+    while (i < value_len && (value[i] == ' ' || value[i] == '\t')) {
+        i++;
+    }
+    /*
+     * Equal-length digests make the comparison's time independent of where
+     * the strings differ and of how long either is.
+     */
+    if (!digest(value + i, value_len - i, given) || !digest(token, strlen(token), want)) {
+        return false;
+    }
+    return CRYPTO_memcmp(given, want, 32) == 0 && value_len > i && token[0] != '\0';
+}
+
+/* Whether a request that changes behaviour may go on; if not, answers it. */
+static bool
+authorized(struct admin_conn *a, const struct http_request_head *hd)
+{
+    const char *token = a->srv->cfg->admin.token;
+    const struct http_header *h;
+
+    if (token == NULL || token[0] == '\0') {
+        if (a->local_peer) {
+            return true;
+        }
+        log_warn("admin: refused %.*s %.*s from a non-local peer: no [admin] token is set",
+                 (int)hd->method_len, hd->method_str, (int)hd->path_len, hd->path);
+        reply_error(a, 403,
+                    "without [admin] token, this endpoint accepts only loopback and "
+                    "unix-socket peers");
+        return false;
+    }
+    h = http_find_header(hd->headers, hd->nheaders, "Authorization");
+    if (h != NULL && admin_bearer_matches(h->value, h->value_len, token)) {
+        return true;
+    }
+    log_warn("admin: refused %.*s %.*s: %s bearer token", (int)hd->method_len, hd->method_str,
+             (int)hd->path_len, hd->path, h == NULL ? "no" : "a wrong");
+    reply_error_with(a, 401, "WWW-Authenticate: Bearer realm=\"akosha-admin\"\r\n",
+                     "this endpoint needs Authorization: Bearer with the [admin] token");
+    return false;
 }
 
 static void
@@ -153,7 +238,16 @@ stats(struct admin_conn *a)
         buf_puts(&b, "{\"name\":");
         buf_json_string(&b, up->name, strlen(up->name));
         buf_puts(&b, ",\"url\":");
-        buf_json_string(&b, up->cfg->url.text, strlen(up->cfg->url.text));
+        {
+            /*
+             * As written, like /config: a url built from ${VAR} is not echoed
+             * expanded. config_parse_url refuses userinfo; redact anyway.
+             */
+            const char *raw = up->cfg->raw[config_key_index(SEC_UPSTREAM, "url")];
+            char *shown = util_url_redact(raw != NULL ? raw : up->cfg->url.text);
+            buf_json_string(&b, shown, strlen(shown));
+            free(shown);
+        }
         buf_printf(&b,
                    ",\"priority\":%" PRId64 ",\"weight\":%" PRId64 ",\"requests\":%" PRIu64
                    ",\"successes\":%" PRIu64 ",\"failures\":%" PRIu64
@@ -243,6 +337,13 @@ route(struct admin_conn *a, const struct http_request_head *hd)
     bool get = hd->method == HTTP_GET || hd->method == HTTP_HEAD;
     struct buf b;
 
+    /*
+     * Anything but GET and HEAD is taken to change behaviour, so a route
+     * added later is guarded without anyone remembering to.
+     */
+    if (!get && !authorized(a, hd)) {
+        return;
+    }
     if (hd->path_len > 11 && memcmp(hd->path, "/upstreams/", 11) == 0) {
         char path[256];
         if (hd->method != HTTP_POST) {
@@ -337,7 +438,7 @@ admin_event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 void
-admin_accept(struct server *srv, evutil_socket_t fd)
+admin_accept(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa, socklen_t salen)
 {
     struct admin_conn *a;
     struct timeval tv = {ADMIN_TIMEOUT_S, 0};
@@ -348,6 +449,7 @@ admin_accept(struct server *srv, evutil_socket_t fd)
     }
     a = xcalloc(1, sizeof(*a));
     a->srv = srv;
+    a->local_peer = util_peer_is_local(sa, salen);
     a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (a->bev == NULL) {
         evutil_closesocket(fd);

@@ -33,6 +33,8 @@ const struct config_key config_table[] = {
     /* [proxy] */
     {SEC_PROXY, "listen", CT_LISTEN, "127.0.0.1:8080", NOB, true, false, false, NULL,
      OFF_G(proxy.listen), "traffic listener: host:port, [v6]:port or unix:/path"},
+    {SEC_PROXY, "listen_mode", CT_MODE, "0666", 0, 0777, true, false, false, NULL,
+     OFF_G(proxy.listen_mode), "permissions of a unix: listen socket, whatever the umask"},
     {SEC_PROXY, "max_body_size", CT_SIZE, "16M", 1024, 1073741824.0, true, false, false, NULL,
      OFF_G(proxy.max_body_size), "largest request body accepted (buffered for retries)"},
     {SEC_PROXY, "max_header_size", CT_SIZE, "64K", 1024, 1048576, true, false, false, NULL,
@@ -54,6 +56,10 @@ const struct config_key config_table[] = {
     /* [admin] */
     {SEC_ADMIN, "listen", CT_LISTEN, "127.0.0.1:3002", NOB, true, false, false, NULL,
      OFF_G(admin.listen), "admin listener: /healthz /readyz /stats /config /metrics"},
+    {SEC_ADMIN, "listen_mode", CT_MODE, "0600", 0, 0777, true, false, false, NULL,
+     OFF_G(admin.listen_mode), "permissions of a unix: admin socket, whatever the umask"},
+    {SEC_ADMIN, "token", CT_STRING, "", NOB, true, false, true, NULL, OFF_G(admin.token),
+     "bearer token POST /upstreams/... needs (secret); empty: local peers only"},
     /* [fallback] */
     {SEC_FALLBACK, "mode", CT_ENUM, "auto", NOB, true, false, false, "auto|always|off",
      OFF_G(fallback.mode), "auto: when no upstream can answer; always: never upstream; off: 503"},
@@ -866,6 +872,21 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
         h->lines[h->n++] = xstrdup(text);
         return true;
     }
+    case CT_MODE: {
+        char *end;
+        long v;
+        errno = 0;
+        v = strtol(text, &end, 8);
+        if (*text != '0' || errno != 0 || end == text || *end != '\0') {
+            cause = "expected octal permissions with a leading 0, like 0660";
+            break;
+        }
+        if (!check_bounds(p, k, (double)v, shown)) {
+            return false;
+        }
+        *(int *)field = (int)v;
+        return true;
+    }
     case CT_ENUM: {
         const char *opts = k->enum_values;
         int idx = 0;
@@ -1324,6 +1345,58 @@ config_errors_free(struct config_errors *errs)
     errs->n = 0;
 }
 
+/* Whether raw text (lines joined by '\n' for headers) has a line without ${...}. */
+static bool
+has_literal_line(const char *raw)
+{
+    while (raw != NULL && *raw != '\0') {
+        const char *nl = strchr(raw, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - raw) : strlen(raw);
+        char *line = xstrndup(raw, n);
+        bool literal = strstr(line, "${") == NULL;
+        free(line);
+        if (literal) {
+            return true;
+        }
+        raw += n + (nl != NULL ? 1 : 0);
+    }
+    return false;
+}
+
+static bool
+literal_in(enum config_section_kind sec, const char *name, char **raw, char *out, size_t outlen)
+{
+    for (size_t i = 0; i < config_table_len; i++) {
+        const struct config_key *k = &config_table[i];
+        if (k->section == sec && k->secret && has_literal_line(raw[i])) {
+            if (name != NULL) {
+                snprintf(out, outlen, "[%s %s] %s", section_names[sec], name, k->name);
+            } else {
+                snprintf(out, outlen, "[%s] %s", section_names[sec], k->name);
+            }
+            return true;
+        }
+    }
+    return false;
+}
+
+bool
+config_literal_secret(const struct config *cfg, char *out, size_t outlen)
+{
+    for (int s = 0; s < SEC_COUNT; s++) {
+        if (s != SEC_UPSTREAM && s != SEC_MODEL && literal_in(s, NULL, cfg->raw, out, outlen)) {
+            return true;
+        }
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        if (literal_in(SEC_UPSTREAM, cfg->upstreams[i].name, cfg->upstreams[i].raw, out,
+                       outlen)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* ---- /config dump ------------------------------------------------------ */
 
 /* The value as JSON: raw text as written (before ${} expansion), or the default. */
@@ -1366,6 +1439,13 @@ dump_key(const struct config_key *k, char **raw, struct buf *out)
     }
     if (k->secret && *text != '\0') {
         buf_puts(out, "\"<redacted>\"");
+        return;
+    }
+    if (strstr(text, "://") != NULL) {
+        /* A URL's user:password@ is a credential whatever key holds it. */
+        char *shown = util_url_redact(text);
+        buf_json_string(out, shown, strlen(shown));
+        free(shown);
         return;
     }
     buf_json_string(out, text, strlen(text));

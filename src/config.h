@@ -28,6 +28,7 @@ enum config_type {
     CT_URL,      /* stored as struct upstream_url */
     CT_HEADER,   /* repeatable "Name: value", stored as struct header_list */
     CT_ENUM,     /* stored as int, index into enum_values */
+    CT_MODE,     /* octal file permissions "0660", stored as int */
 };
 
 enum config_section_kind {
@@ -121,6 +122,7 @@ struct config {
     char *path;
     struct {
         struct listen_addr listen;
+        int listen_mode; /* permissions of a unix: socket */
         uint64_t max_body_size;
         uint64_t max_header_size;
         uint64_t request_timeout_ms;
@@ -133,6 +135,8 @@ struct config {
     } proxy;
     struct {
         struct listen_addr listen;
+        int listen_mode;
+        char *token; /* "" when unset; secret */
     } admin;
     struct {
         int mode; /* enum fallback_mode */
@@ -187,6 +191,13 @@ int config_parse_url(const char *s, struct upstream_url *out, const char **cause
 
 /* Index of the key in config_table, or -1. */
 int config_key_index(enum config_section_kind sec, const char *name);
+
+/*
+ * The first secret key (a row marked secret) whose value is written in the
+ * file itself rather than drawn from ${VAR} or ${file:NAME}, as "[section]
+ * key" into out; false when there is none.
+ */
+bool config_literal_secret(const struct config *cfg, char *out, size_t outlen);
 
 /* The effective config as JSON, secrets redacted. Appends to out. */
 void config_dump_json(const struct config *cfg, struct buf *out);

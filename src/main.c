@@ -32,22 +32,26 @@ usage(FILE *f)
             DEFAULT_CONFIG);
 }
 
-/* A file other users can read must not hold credentials. */
+/*
+ * A file other users can read must not hold credentials. The advice fits the
+ * shipped unit: with DynamicUser=yes the service runs as a user made up for
+ * each run, so "chmod o-r" would lock akosha out of its own file; a systemd
+ * credential (LoadCredential= and ${file:NAME}) is readable by the service
+ * alone whoever owns the config.
+ */
 static void
 warn_if_readable(const struct config *cfg)
 {
     struct stat st;
-    bool has_secret = cfg->telemetry.otlp_headers[0] != '\0';
+    char which[192];
 
-    for (size_t i = 0; i < cfg->nupstreams; i++) {
-        if (cfg->upstreams[i].headers.n > 0) {
-            has_secret = true;
-        }
-    }
-    if (has_secret && stat(cfg->path, &st) == 0 && (st.st_mode & S_IROTH)) {
-        log_warn("%s is readable by other users and sets header values; "
-                 "chmod o-r it, or use ${VAR} / ${file:NAME}",
-                 cfg->path);
+    if (config_literal_secret(cfg, which, sizeof(which)) && stat(cfg->path, &st) == 0 &&
+        (st.st_mode & S_IROTH)) {
+        log_warn("%s is readable by other users and %s is written in it; move the secret to a "
+                 "credential: LoadCredential=NAME:/etc/akosha/credentials/NAME in a drop-in for "
+                 "the unit and ${file:NAME} in the file (or ${VAR} from the environment); do not "
+                 "chmod o-r it, the unit's DynamicUser could then not read it",
+                 cfg->path, which);
     }
 }
 

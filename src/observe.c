@@ -201,7 +201,10 @@ observe_init(struct server *srv, const char **cause)
     }
     tracing = srv->otlp != NULL;
     if (tracing) {
-        char *url = telemetry_traces_url(&tele);
+        char *full = telemetry_traces_url(&tele);
+        /* The endpoint may carry user:password@ (curl honours it); never log that part. */
+        char *url = full != NULL ? util_url_redact(full) : NULL;
+        free(full);
         log_info("tracing: sampler %s ratio %.3f, export to %s%s",
                  trace_sampler_kind_name(sampler.kind), sampler.ratio, url ? url : "(none)",
                  tele.console_export ? " and stderr" : "");

@@ -41,9 +41,7 @@ admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *s
                 void *arg)
 {
     (void)l;
-    (void)sa;
-    (void)salen;
-    admin_accept(arg, fd);
+    admin_accept(arg, fd, sa, (socklen_t)salen);
 }
 
 static void
@@ -57,28 +55,61 @@ accept_error_cb(struct evconnlistener *l, void *arg)
     log_error("accept: %s", evutil_socket_error_to_string(err));
 }
 
+/*
+ * Bind a listener. A unix socket is created with no permissions at all (the
+ * umask is 0777 for the bind), then given mode: what callers may do does not
+ * depend on the umask akosha runs under (the unit's UMask=0077 would leave
+ * only the service's own user able to connect).
+ */
 static struct evconnlistener *
-bind_listener(struct server *srv, const struct listen_addr *la, evconnlistener_cb cb, char **cause)
+bind_listener(struct server *srv, const struct listen_addr *la, int mode, evconnlistener_cb cb,
+              char **cause)
 {
     struct evconnlistener *l;
     unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+    const struct sockaddr_un *sun = (const struct sockaddr_un *)&la->ss;
+    mode_t old_umask = 0;
+    int bind_errno;
 
     if (la->is_unix) {
-        const struct sockaddr_un *sun = (const struct sockaddr_un *)&la->ss;
         struct stat st;
         /* Remove a stale socket file, never another kind of file. */
         if (lstat(sun->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
             unlink(sun->sun_path);
         }
+        /* Only the loop thread creates files; the umask is back before anyone else could. */
+        old_umask = umask(0777);
     }
     l = evconnlistener_new_bind(srv->base, cb, srv, flags, 1024, (const struct sockaddr *)&la->ss,
                                 (int)la->sslen);
+    bind_errno = errno;
+    if (la->is_unix) {
+        umask(old_umask);
+    }
     if (l == NULL) {
-        *cause = xasprintf("cannot listen on %s: %s", la->text, strerror(errno));
+        *cause = xasprintf("cannot listen on %s: %s", la->text, strerror(bind_errno));
+        return NULL;
+    }
+    if (la->is_unix && chmod(sun->sun_path, (mode_t)mode) < 0) {
+        *cause =
+            xasprintf("cannot set mode %04o on %s: %s", (unsigned)mode, la->text, strerror(errno));
+        evconnlistener_free(l);
         return NULL;
     }
     evconnlistener_set_error_cb(l, accept_error_cb);
     return l;
+}
+
+/* A reload that keeps a unix listener may still change its mode. */
+static void
+apply_listen_mode(const struct listen_addr *la, int mode)
+{
+    const struct sockaddr_un *sun = (const struct sockaddr_un *)&la->ss;
+
+    if (la->is_unix && chmod(sun->sun_path, (mode_t)mode) < 0) {
+        log_warn("reload: cannot set mode %04o on %s: %s", (unsigned)mode, la->text,
+                 strerror(errno));
+    }
 }
 
 static bool
@@ -206,13 +237,15 @@ apply_reload(struct server *srv, struct config *cfg)
     struct buf restart;
 
     if (!same_listen(&cfg->proxy.listen, &srv->cfg->proxy.listen)) {
-        nl = bind_listener(srv, &cfg->proxy.listen, proxy_accept_cb, &cause);
+        nl =
+            bind_listener(srv, &cfg->proxy.listen, cfg->proxy.listen_mode, proxy_accept_cb, &cause);
         if (nl == NULL) {
             goto fail;
         }
     }
     if (!same_listen(&cfg->admin.listen, &srv->cfg->admin.listen)) {
-        nadmin = bind_listener(srv, &cfg->admin.listen, admin_accept_cb, &cause);
+        nadmin =
+            bind_listener(srv, &cfg->admin.listen, cfg->admin.listen_mode, admin_accept_cb, &cause);
         if (nadmin == NULL) {
             goto fail;
         }
@@ -227,11 +260,15 @@ apply_reload(struct server *srv, struct config *cfg)
         evconnlistener_free(srv->listener);
         srv->listener = nl;
         log_info("now listening on %s", cfg->proxy.listen.text);
+    } else if (cfg->proxy.listen_mode != srv->cfg->proxy.listen_mode) {
+        apply_listen_mode(&cfg->proxy.listen, cfg->proxy.listen_mode);
     }
     if (nadmin != NULL) {
         evconnlistener_free(srv->admin_listener);
         srv->admin_listener = nadmin;
         log_info("admin now listening on %s", cfg->admin.listen.text);
+    } else if (cfg->admin.listen_mode != srv->cfg->admin.listen_mode) {
+        apply_listen_mode(&cfg->admin.listen, cfg->admin.listen_mode);
     }
     buf_init(&restart);
     config_restart_needed(srv->cfg, cfg, &restart);
@@ -426,11 +463,13 @@ server_init(struct server *srv, struct config *cfg)
     if (observe_init(srv, &ocause) < 0) {
         fatal("telemetry: %s", ocause);
     }
-    srv->listener = bind_listener(srv, &cfg->proxy.listen, proxy_accept_cb, &cause);
+    srv->listener =
+        bind_listener(srv, &cfg->proxy.listen, cfg->proxy.listen_mode, proxy_accept_cb, &cause);
     if (srv->listener == NULL) {
         fatal("%s", cause);
     }
-    srv->admin_listener = bind_listener(srv, &cfg->admin.listen, admin_accept_cb, &cause);
+    srv->admin_listener =
+        bind_listener(srv, &cfg->admin.listen, cfg->admin.listen_mode, admin_accept_cb, &cause);
     if (srv->admin_listener == NULL) {
         fatal("%s", cause);
     }

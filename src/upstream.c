@@ -84,8 +84,11 @@ make_ssl_ctx(const struct upstream_config *uc, char **cause)
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
         if (uc->tls_ca_file != NULL) {
             if (SSL_CTX_load_verify_locations(ctx, uc->tls_ca_file, NULL) != 1) {
-                *cause = xasprintf("[upstream %s] tls_ca_file: cannot load %s", uc->name,
-                                   uc->tls_ca_file);
+                /* Name the file as written: a path from ${VAR} may say more than it should. */
+                const char *shown = uc->raw[config_key_index(SEC_UPSTREAM, "tls_ca_file")];
+                *cause = xasprintf("[upstream %s] tls_ca_file: cannot load %s (no PEM "
+                                   "certificate in it?)",
+                                   uc->name, shown != NULL ? shown : "(unset)");
                 SSL_CTX_free(ctx);
                 return NULL;
             }

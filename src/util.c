@@ -3,6 +3,8 @@
  */
 #include "util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -387,4 +389,47 @@ buf_json_string(struct buf *b, const char *s, size_t len)
     *o++ = '"';
     b->len = (size_t)(o - b->data);
     b->data[b->len] = '\0';
+}
+
+char *
+util_url_redact(const char *url)
+{
+    const char *scheme = strstr(url, "://");
+    const char *auth = scheme != NULL ? scheme + 3 : url;
+    size_t auth_len = strcspn(auth, "/?#");
+    const char *at = NULL;
+
+    /* The last '@' of the authority ends the userinfo (a password may hold '@'). */
+    for (size_t i = 0; i < auth_len; i++) {
+        if (auth[i] == '@') {
+            at = auth + i;
+        }
+    }
+    if (at == NULL) {
+        return xstrdup(url);
+    }
+    return xasprintf("%.*s***%s", (int)(auth - url), url, at);
+}
+
+bool
+util_peer_is_local(const struct sockaddr *sa, socklen_t len)
+{
+    if (sa == NULL || len < (socklen_t)sizeof(sa_family_t)) {
+        return false;
+    }
+    if (sa->sa_family == AF_UNIX) {
+        return true;
+    }
+    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a)) {
+            return true;
+        }
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return false;
 }

@@ -6,8 +6,10 @@
 #define AKOSHA_UTIL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -44,6 +46,19 @@ size_t util_utf8_chars(const char *s, size_t len);
 
 /* Format wall-clock milliseconds as ISO 8601 UTC, "2026-01-02T03:04:05.678Z". */
 void util_iso8601(int64_t wall_ms, char *out, size_t outlen);
+
+/*
+ * A copy of url fit to print: any userinfo ("user:pass@" before the host) is
+ * replaced by "***@". Caller owns the result.
+ */
+char *util_url_redact(const char *url);
+
+/*
+ * Whether a connected peer is on this host by construction: a unix-socket
+ * peer, or a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104).
+ * Pure: looks at the address only.
+ */
+bool util_peer_is_local(const struct sockaddr *sa, socklen_t len);
 
 /*
  * A growable byte buffer. buf_* functions abort on out-of-memory.

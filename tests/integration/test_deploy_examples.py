@@ -120,15 +120,20 @@ def test_dockerfile_builds_on_debian_12_and_runs_the_installed_binary():
 def test_dockerfile_config_listens_on_every_address_and_passes_the_check():
     runs = " ".join(rest for word, rest in dockerfile_instructions() if word == "RUN")
     edits = re.findall(r"-e 's\|\^(.*?)\$\|(.*?)\|'", runs)
-    assert len(edits) == 2, runs
+    assert len(edits) == 3, runs
     text = read(os.path.join(CONF, "akosha.conf"))
     for old, new in edits:
         # The sed must match a line of the sample, or the image keeps loopback.
         assert re.search("^" + re.escape(old) + "$", text, re.M), old
         text = re.sub("^" + re.escape(old) + "$", new, text, flags=re.M)
-    s = check_config(text)
+    s = check_config(text, env={"AKOSHA_ADMIN_TOKEN": "t"})
     assert s[("proxy", "listen")] == "0.0.0.0:%d" % PROXY_PORT
     assert s[("admin", "listen")] == "0.0.0.0:%d" % ADMIN_PORT
+    # The admin listener is on every address: the breaker controls need a
+    # token, and the image holds only a reference to it.
+    assert s[("admin", "token")] == "${AKOSHA_ADMIN_TOKEN}"
+    assert "AKOSHA_ADMIN_TOKEN=" not in " ".join(
+        rest for word, rest in dockerfile_instructions() if word in ("ENV", "ARG"))
 
 
 # ---- conf/docker-compose.yml -------------------------------------------------
@@ -147,6 +152,12 @@ def test_compose_builds_akosha_and_publishes_its_ports(compose):
     for p in akosha["ports"]:
         host, container = p.split(":")
         assert host == container, p
+
+
+def test_compose_passes_the_admin_token_from_the_host_never_a_literal(compose):
+    env = compose["services"]["akosha"]["environment"]
+    # ${VAR:?message}: compose interpolates from the shell or .env, or refuses to start.
+    assert re.fullmatch(r"\$\{AKOSHA_ADMIN_TOKEN:\?[^}]*\}", env["AKOSHA_ADMIN_TOKEN"])
 
 
 def test_compose_sends_spans_to_jaeger_over_otlp_http(compose):
@@ -194,11 +205,33 @@ def akosha_container(k8s):
 
 def test_sidecar_config_map_passes_the_check_and_opens_admin_to_the_pod(k8s):
     text = k8s["ConfigMap"]["data"]["akosha.conf"]
-    s = check_config(text)
+    with tempfile.TemporaryDirectory() as cred:
+        with open(os.path.join(cred, "admin_token"), "w") as f:
+            f.write("t\n")
+        s = check_config(text, env={"CREDENTIALS_DIRECTORY": cred})
     proxy = s.get(("proxy", "listen"), DEFAULTS[("proxy", "listen")])
     # The application shares the pod's loopback; nothing else needs the proxy.
     assert proxy == "127.0.0.1:%d" % PROXY_PORT
     assert s[("admin", "listen")] == "0.0.0.0:%d" % ADMIN_PORT
+
+
+def test_sidecar_reads_the_admin_token_from_a_mounted_secret(k8s):
+    text = k8s["ConfigMap"]["data"]["akosha.conf"]
+    token = settings(text)[("admin", "token")]
+    m = re.fullmatch(r"\$\{file:([\w.-]+)\}", token)
+    assert m, token
+    akosha, _ = akosha_container(k8s)
+    env = {e["name"]: e.get("value") for e in akosha["env"]}
+    cred_dir = env["CREDENTIALS_DIRECTORY"]
+    mount = next(v for v in akosha["volumeMounts"] if v["mountPath"] == cred_dir)
+    pod = k8s["Deployment"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "secretName" in volume["secret"]
+    assert "Secret" not in k8s, "the token must not be a literal in this file"
+    # akosha runs as 65534; the secret's files must be readable by it.
+    uid = akosha["securityContext"]["runAsUser"]
+    assert pod["securityContext"]["fsGroup"] == uid
+    assert volume["secret"]["defaultMode"] & 0o040
 
 
 def test_sidecar_mounts_the_config_where_akosha_reads_it(k8s):

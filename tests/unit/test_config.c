@@ -429,3 +429,79 @@ Test(config, enum_and_bound_errors_quote_the_value_as_written)
     }
     config_errors_free(&errs);
 }
+
+Test(config, listen_mode_is_octal_with_a_leading_zero)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[proxy]\nlisten_mode = 0660\n", &errs);
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_expect_eq(cfg->proxy.listen_mode, 0660);
+    cr_expect_eq(cfg->admin.listen_mode, 0600);
+    config_free(cfg);
+    cfg = parse("", &errs);
+    cr_assert_not_null(cfg);
+    cr_expect_eq(cfg->proxy.listen_mode, 0666);
+    config_free(cfg);
+    expect_error("[proxy]\nlisten_mode = 660\n", "leading 0");
+    expect_error("[admin]\nlisten_mode = 0689\n", "octal");
+    expect_error("[admin]\nlisten_mode = 01777\n", "out of range");
+}
+
+Test(config, admin_token_is_secret_in_the_dump)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[admin]\ntoken = ${API_KEY}\n", &errs);
+    struct buf dump;
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_str_eq(cfg->admin.token, "sk-secret");
+    buf_init(&dump);
+    config_dump_json(cfg, &dump);
+    cr_assert_null(strstr(dump.data, "sk-secret"), "%s", dump.data);
+    cr_assert_null(strstr(dump.data, "API_KEY"), "%s", dump.data);
+    cr_assert_not_null(strstr(dump.data, "\"token\":\"<redacted>\""), "%s", dump.data);
+    buf_free(&dump);
+    config_free(cfg);
+    cfg = parse("", &errs);
+    cr_assert_str_eq(cfg->admin.token, "");
+    config_free(cfg);
+}
+
+Test(config, dump_drops_userinfo_from_any_url_value)
+{
+    struct config_errors errs;
+    struct config *cfg =
+        parse("[telemetry]\notlp_endpoint = https://u:pw-123@collector:4318/x\n", &errs);
+    struct buf dump;
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    buf_init(&dump);
+    config_dump_json(cfg, &dump);
+    cr_assert_null(strstr(dump.data, "pw-123"), "%s", dump.data);
+    cr_assert_not_null(strstr(dump.data, "https://***@collector:4318/x"), "%s", dump.data);
+    buf_free(&dump);
+    config_free(cfg);
+}
+
+Test(config, literal_secrets_are_found_expanded_ones_are_not)
+{
+    struct config_errors errs;
+    struct config *cfg;
+    char which[128];
+
+    cfg = parse("[admin]\ntoken = ${API_KEY}\n[upstream a]\nurl = http://h\n"
+                "header = Authorization: Bearer ${API_KEY}\n",
+                &errs);
+    cr_assert_not_null(cfg);
+    cr_expect_not(config_literal_secret(cfg, which, sizeof(which)));
+    config_free(cfg);
+    cfg = parse("[admin]\ntoken = abc\n", &errs);
+    cr_assert(config_literal_secret(cfg, which, sizeof(which)));
+    cr_expect_str_eq(which, "[admin] token");
+    config_free(cfg);
+    cfg = parse("[upstream a]\nurl = http://h\nheader = A: ${API_KEY}\nheader = X-Key: v\n", &errs);
+    cr_assert(config_literal_secret(cfg, which, sizeof(which)));
+    cr_expect_str_eq(which, "[upstream a] header");
+    config_free(cfg);
+}

@@ -293,6 +293,8 @@ type_word(const struct config_key *k)
         return "header";
     case CT_ENUM:
         return k->enum_values;
+    case CT_MODE:
+        return "mode";
     }
     return "?";
 }

@@ -1,12 +1,16 @@
 /*
  * test_util.c - the decimal writer the JSON encoders share, against printf,
- * and the growable buffer around it.
+ * and the growable buffer around it; peer classification and URL redaction.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "util.h"
 
@@ -89,4 +93,60 @@ Test(json_plain_run, stops_at_the_first_special_byte)
     s[9] = '~';
     cr_assert_eq(util_json_plain_run(s, 16), 16);
     cr_assert_eq(util_json_plain_run(s, 10), 10);
+}
+
+static bool
+v4_local(const char *addr)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+
+    cr_assert_eq(inet_pton(AF_INET, addr, &sin.sin_addr), 1);
+    return util_peer_is_local((struct sockaddr *)&sin, sizeof(sin));
+}
+
+static bool
+v6_local(const char *addr)
+{
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+
+    cr_assert_eq(inet_pton(AF_INET6, addr, &sin6.sin6_addr), 1);
+    return util_peer_is_local((struct sockaddr *)&sin6, sizeof(sin6));
+}
+
+Test(peer, loopback_and_unix_peers_are_local_others_are_not)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+
+    cr_expect(v4_local("127.0.0.1"));
+    cr_expect(v4_local("127.255.0.9"));
+    cr_expect(v6_local("::1"));
+    cr_expect(v6_local("::ffff:127.0.0.1"));
+    cr_expect_not(v4_local("10.0.0.1"));
+    cr_expect_not(v4_local("192.0.2.2"));
+    cr_expect_not(v4_local("0.0.0.0"));
+    cr_expect_not(v4_local("128.0.0.1"));
+    cr_expect_not(v6_local("fd00::2"));
+    cr_expect_not(v6_local("::ffff:10.0.0.1"));
+    cr_expect_not(v6_local("::"));
+    /* an unnamed unix peer comes with just the family */
+    cr_expect(util_peer_is_local((struct sockaddr *)&sun, sizeof(sa_family_t)));
+    cr_expect_not(util_peer_is_local(NULL, 0));
+}
+
+Test(url_redact, userinfo_is_replaced_the_rest_kept)
+{
+    static const char *cases[][2] = {
+        {"https://user:pass@host/p", "https://***@host/p"},
+        {"http://u@h:80", "http://***@h:80"},
+        {"https://a:b@c@host:1/x@y", "https://***@host:1/x@y"},
+        {"https://host/x@y", "https://host/x@y"},
+        {"http://127.0.0.1:4318", "http://127.0.0.1:4318"},
+        {"", ""},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = util_url_redact(cases[i][0]);
+        cr_expect_str_eq(got, cases[i][1], "%s", cases[i][0]);
+        free(got);
+    }
 }
