@@ -687,7 +687,8 @@ server_free(struct server *srv)
     proxy_close_all(srv);
     proxy_shutdown();
     admin_close_all(srv);
-    observe_shutdown(srv, 30000);
+    /* Bounded so drain_timeout + shutdown_timeout fits the stop timeouts (see akosha(8)). */
+    observe_shutdown(srv, srv->cfg->telemetry.shutdown_timeout_ms);
     fallback_shutdown(srv);
     notify_shutdown();
     if (srv->listener != NULL) {

@@ -193,3 +193,62 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(start_akosha):
     assert len([line for line in logs.splitlines() if "accept" in line]) <= 8, logs[-2000:]
     # Said at start, before any connection: the limit is below what the config allows.
     assert "open files limit 48 (hard 48) is below" in logs
+
+
+# ---- the final span export is bounded ----------------------------------------
+
+
+class HangingReceiver:
+    """Accepts connections, reads what comes, never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(c)
+
+    def close(self):
+        self.stopped = True
+        self.thread.join(2)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("when", ["queued", "export_in_flight"])
+def test_sigterm_exits_within_the_flush_bound_when_the_collector_hangs(start_akosha, when):
+    receiver = HangingReceiver()
+    try:
+        # Export at once (schedule delay 50ms) so the request hangs before SIGTERM,
+        # or only at shutdown (default 5s delay).
+        env = {"OTEL_BSP_SCHEDULE_DELAY": "50"} if when == "export_in_flight" else {}
+        a = start_akosha("[telemetry]\notlp_endpoint = http://127.0.0.1:{}\n"
+                         "environment = development\nshutdown_timeout = 1s\n"
+                         .format(receiver.port), env=env)
+        status, _, _ = a.post_json("/v1/embeddings", {"input": "x", "model": "m"})
+        assert status == 200
+        time.sleep(0.5)
+        if when == "export_in_flight":
+            assert receiver.conns, "the exporter never connected"
+        t0 = time.time()
+        a.signal(signal.SIGTERM)
+        rc = a.proc.wait(10)
+        took = time.time() - t0
+        assert rc == 0, a.logs()
+        # The documented bound: drain_timeout (nothing in flight: 0) + shutdown_timeout + 1s.
+        assert took < 1 + 1 + 0.5, "%.1fs: %s" % (took, a.logs())
+    finally:
+        receiver.close()
