@@ -451,7 +451,10 @@ reload_done_cb(evutil_socket_t fd, short what, void *arg)
         apply_reload(srv, cfg);
     }
     reload_job_free(job);
-    notify_send("READY=1");
+    if (!srv->draining) {
+        /* Ends RELOADING=1; once STOPPING=1 is sent the service never becomes ready again. */
+        notify_send("READY=1");
+    }
     send_status(srv);
     if (srv->reload_again && !srv->draining) {
         srv->reload_again = false;
@@ -493,7 +496,9 @@ start_reload(struct server *srv)
     srv->reload = job;
 }
 
-/* At shutdown: wait for a finished parse, leave a stuck one to end on its own. */
+#define RELOAD_STOP_WAIT_MS 1000
+
+/* At shutdown: wait for a parse about to finish, leave a stuck one to end on its own. */
 static void
 reload_stop(struct server *srv)
 {
@@ -506,6 +511,13 @@ reload_stop(struct server *srv)
     }
     thread = job->thread;
     srv->reload = NULL;
+    /* A parse of an ordinary file ends in milliseconds; only a stuck one is left behind. */
+    for (int waited_ms = 0; waited_ms < RELOAD_STOP_WAIT_MS; waited_ms++) {
+        if (atomic_load(&job->state) == RELOAD_DONE) {
+            break;
+        }
+        usleep(1000);
+    }
     if (atomic_compare_exchange_strong(&job->state, &running, RELOAD_ABANDONED)) {
         /* From here the thread owns job and may free it at any moment. */
         pthread_detach(thread);

@@ -120,6 +120,18 @@ def test_reload_during_drain_neither_crashes_nor_loses_the_request(backend, star
     assert "now listening" not in logs
 
 
+def test_sigterm_does_not_wait_for_a_reload_stuck_reading_the_file(start_akosha, tmp_path):
+    a = start_akosha("")
+    make_slow_config(a, str(tmp_path))  # never fed: the reload waits for ever
+    a.signal(signal.SIGHUP)
+    time.sleep(0.2)
+    t0 = time.time()
+    a.signal(signal.SIGTERM)
+    assert wait_exit(a, 10) == 0, a.logs()
+    assert time.time() - t0 < 3, a.logs()
+    assert "abandoned" in a.logs()
+
+
 # ---- SIGHUPs during a reload -------------------------------------------------
 
 
