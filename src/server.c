@@ -48,22 +48,25 @@ paused_name(struct accept_pause *p)
     return p->admin ? p->srv->cfg->admin.listen.text : p->srv->cfg->proxy.listen.text;
 }
 
-/* A connection was accepted: a backoff in progress is over. */
+/*
+ * A connection was accepted: a backoff in progress is over. Said at most once
+ * per report interval too, or a limit hovering at the edge would log every
+ * flap; failures meanwhile go into the next report's count.
+ */
 static void
 accept_ok(struct accept_pause *p)
 {
+    uint64_t now;
+
     if (p->pause_ms == 0) {
         return;
     }
-    if (p->failures > 0) {
-        log_info("accept on %s: accepting again after %llu more failure(s)", paused_name(p),
-                 (unsigned long long)p->failures);
-    } else {
-        log_info("accept on %s: accepting again", paused_name(p));
-    }
     p->pause_ms = 0;
-    p->failures = 0;
-    p->reported_ms = 0;
+    now = util_mono_ms();
+    if (p->resumed_ms == 0 || now - p->resumed_ms >= ACCEPT_REPORT_MS) {
+        log_info("accept on %s: accepting again", paused_name(p));
+        p->resumed_ms = now;
+    }
 }
 
 static void
@@ -124,7 +127,8 @@ accept_error_cb(struct evconnlistener *l, void *arg)
     p->pause_ms =
         p->pause_ms == 0 ? ACCEPT_PAUSE_MIN_MS : MIN(p->pause_ms * 2, ACCEPT_PAUSE_MAX_MS);
     if (p->reported_ms == 0 || now - p->reported_ms >= ACCEPT_REPORT_MS) {
-        log_error("accept on %s: %s; %llu failure(s), pausing accepts for %ums at a time",
+        log_error("accept on %s: %s; %llu failure(s) since the last report, pausing accepts "
+                  "for %ums at a time",
                   paused_name(p), evutil_socket_error_to_string(p->last_error),
                   (unsigned long long)p->failures, p->pause_ms);
         p->failures = 0;

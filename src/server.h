@@ -36,7 +36,8 @@ struct accept_pause {
     struct event *resume; /* re-enables the listener */
     unsigned pause_ms;    /* 0: not backing off */
     uint64_t failures;    /* since the last report */
-    uint64_t reported_ms; /* monotonic: last report, 0 before the first */
+    uint64_t reported_ms; /* monotonic: last failure report, 0 before the first */
+    uint64_t resumed_ms;  /* monotonic: last "accepting again", 0 before the first */
     int last_error;
 };
 
