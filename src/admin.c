@@ -32,7 +32,6 @@
 #include "worker.h"
 
 #define ADMIN_MAX_HEAD 8192
-#define ADMIN_MAX_CONNECTIONS 64
 #define ADMIN_TIMEOUT_S 10
 
 enum admin_state { ADMIN_READ, ADMIN_WRITE };

@@ -12,6 +12,9 @@
 
 struct server;
 
+/* Admin connections open at once; more are closed at accept. */
+#define ADMIN_MAX_CONNECTIONS 64
+
 /* Serve one admin request on fd (takes ownership); sa is the peer's address. */
 void admin_accept(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa,
                   socklen_t salen);

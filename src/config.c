@@ -85,6 +85,8 @@ const struct config_key config_table[] = {
      OFF_G(telemetry.sample_rate), "trace ratio; unset: 1.0 in development, else 0.1"},
     {SEC_TELEMETRY, "console_export", CT_BOOL, "no", NOB, false, false, false, NULL,
      OFF_G(telemetry.console_export), "also print each finished span as JSON on stderr"},
+    {SEC_TELEMETRY, "shutdown_timeout", CT_DURATION, "5s", 0, 60000, true, false, false, NULL,
+     OFF_G(telemetry.shutdown_timeout_ms), "after the drain, time left to export queued spans"},
     /* [upstream NAME] */
     {SEC_UPSTREAM, "url", CT_URL, NULL, NOB, true, true, false, NULL, OFF_U(url),
      "http:// or https:// base URL, with an optional path prefix"},

@@ -152,6 +152,7 @@ struct config {
         char *otlp_headers;
         double sample_rate; /* < 0: unset */
         bool console_export;
+        uint64_t shutdown_timeout_ms;
     } telemetry;
     struct upstream_config *upstreams;
     size_t nupstreams;

@@ -13,9 +13,11 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -28,31 +30,111 @@
 #include "proxy.h"
 #include "util.h"
 
+/* ---- accepting ---------------------------------------------------------- */
+
+#define ACCEPT_PAUSE_MIN_MS 100
+#define ACCEPT_PAUSE_MAX_MS 1000
+#define ACCEPT_REPORT_MS 5000
+
+static struct evconnlistener *
+paused_listener(struct accept_pause *p)
+{
+    return p->admin ? p->srv->admin_listener : p->srv->listener;
+}
+
+static const char *
+paused_name(struct accept_pause *p)
+{
+    return p->admin ? p->srv->cfg->admin.listen.text : p->srv->cfg->proxy.listen.text;
+}
+
+/*
+ * A connection was accepted: a backoff in progress is over. Said at most once
+ * per report interval too, or a limit hovering at the edge would log every
+ * flap; failures meanwhile go into the next report's count.
+ */
+static void
+accept_ok(struct accept_pause *p)
+{
+    uint64_t now;
+
+    if (p->pause_ms == 0) {
+        return;
+    }
+    p->pause_ms = 0;
+    now = util_mono_ms();
+    if (p->resumed_ms == 0 || now - p->resumed_ms >= ACCEPT_REPORT_MS) {
+        log_info("accept on %s: accepting again", paused_name(p));
+        p->resumed_ms = now;
+    }
+}
+
+static void
+accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct accept_pause *p = arg;
+    struct evconnlistener *l = paused_listener(p);
+
+    (void)fd;
+    (void)what;
+    /* The listener may have been replaced by a reload or freed by a drain meanwhile. */
+    if (l != NULL) {
+        evconnlistener_enable(l);
+    }
+}
+
 static void
 proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                 void *arg)
 {
+    struct server *srv = arg;
+
     (void)l;
-    proxy_accept(arg, fd, sa, salen);
+    accept_ok(&srv->proxy_pause);
+    proxy_accept(srv, fd, sa, salen);
 }
 
 static void
 admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                 void *arg)
 {
+    struct server *srv = arg;
+
     (void)l;
-    admin_accept(arg, fd, sa, (socklen_t)salen);
+    accept_ok(&srv->admin_pause);
+    admin_accept(srv, fd, sa, (socklen_t)salen);
 }
 
+/*
+ * accept(2) failed with an error libevent does not retry: EMFILE, ENFILE,
+ * ENOBUFS, ENOMEM. The pending connection stays queued and the socket stays
+ * readable, so carrying on would spin the loop and flood the log; pause the
+ * listener instead, longer while the failures go on, and report them at most
+ * once per ACCEPT_REPORT_MS.
+ */
 static void
 accept_error_cb(struct evconnlistener *l, void *arg)
 {
-    int err = EVUTIL_SOCKET_ERROR();
+    struct server *srv = arg;
+    struct accept_pause *p = l == srv->admin_listener ? &srv->admin_pause : &srv->proxy_pause;
+    uint64_t now = util_mono_ms();
+    struct timeval tv;
 
-    (void)arg;
-    (void)l;
-    /* EMFILE and friends: the listener keeps going; say why once per event. */
-    log_error("accept: %s", evutil_socket_error_to_string(err));
+    p->last_error = EVUTIL_SOCKET_ERROR();
+    p->failures++;
+    p->pause_ms =
+        p->pause_ms == 0 ? ACCEPT_PAUSE_MIN_MS : MIN(p->pause_ms * 2, ACCEPT_PAUSE_MAX_MS);
+    if (p->reported_ms == 0 || now - p->reported_ms >= ACCEPT_REPORT_MS) {
+        log_error("accept on %s: %s; %llu failure(s) since the last report, pausing accepts "
+                  "for %ums at a time",
+                  paused_name(p), evutil_socket_error_to_string(p->last_error),
+                  (unsigned long long)p->failures, p->pause_ms);
+        p->failures = 0;
+        p->reported_ms = now;
+    }
+    evconnlistener_disable(l);
+    tv = util_ms_to_tv(p->pause_ms);
+    evtimer_add(p->resume, &tv);
 }
 
 /*
@@ -109,6 +191,54 @@ apply_listen_mode(const struct listen_addr *la, int mode)
     if (la->is_unix && chmod(sun->sun_path, (mode_t)mode) < 0) {
         log_warn("reload: cannot set mode %04o on %s: %s", (unsigned)mode, la->text,
                  strerror(errno));
+    }
+}
+
+/* ---- open files limit --------------------------------------------------- */
+
+/* Listeners, epoll, eventfds, DNS, the OTLP exporter, logs: beyond the connections. */
+#define NOFILE_MARGIN 64
+
+/*
+ * Make room for every connection the config allows: raise the soft
+ * RLIMIT_NOFILE toward the hard limit (as far as needed, no further), and
+ * warn when even that is short. Running out shows as paused accepts and
+ * failed upstream connects, not as a crash; this says why in advance.
+ */
+static void
+check_nofile(struct server *srv)
+{
+    const struct config *cfg = srv->cfg;
+    struct rlimit rl;
+    uint64_t pools = 0, need;
+    const char *why = NULL;
+
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        pools += (uint64_t)cfg->upstreams[i].max_connections;
+    }
+    need = (uint64_t)cfg->proxy.max_connections + ADMIN_MAX_CONNECTIONS + pools + NOFILE_MARGIN;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need) {
+        return;
+    }
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+        struct rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max == RLIM_INFINITY ? need : MIN(rl.rlim_max, need);
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            log_info("open files limit raised from %llu to %llu", (unsigned long long)rl.rlim_cur,
+                     (unsigned long long)raised.rlim_cur);
+            rl = raised;
+        } else {
+            why = strerror(errno);
+        }
+    }
+    if (rl.rlim_cur < need) {
+        log_warn("open files limit %llu (hard %llu) is below the %llu needed: max_connections "
+                 "%lld, admin %d, upstream pools %llu, margin %d%s%s; raise LimitNOFILE= or "
+                 "ulimit -n, or lower max_connections",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+                 (unsigned long long)need, (long long)cfg->proxy.max_connections,
+                 ADMIN_MAX_CONNECTIONS, (unsigned long long)pools, NOFILE_MARGIN,
+                 why ? "; cannot raise it: " : "", why ? why : "");
     }
 }
 
@@ -213,16 +343,46 @@ send_status(struct server *srv)
 
 /* ---- reload ------------------------------------------------------------ */
 
+/*
+ * One parse on its own thread. The job, not the server, holds what the
+ * thread touches, so a shutdown need not wait for a parse stuck on a slow
+ * file: it abandons the job and the thread frees it when (if ever) it ends.
+ */
+enum reload_job_state { RELOAD_RUNNING, RELOAD_DONE, RELOAD_ABANDONED };
+
+struct reload_job {
+    char *path;
+    int efd; /* the server's eventfd; written only by a job still RUNNING at its end */
+    struct config *result;
+    struct config_errors errors;
+    _Atomic int state;
+    pthread_t thread;
+};
+
+static void
+reload_job_free(struct reload_job *job)
+{
+    config_free(job->result);
+    config_errors_free(&job->errors);
+    free(job->path);
+    free(job);
+}
+
 static void *
 reload_thread(void *arg)
 {
-    struct server *srv = arg;
-
+    struct reload_job *job = arg;
+    int running = RELOAD_RUNNING;
     uint64_t one = 1;
 
-    srv->reload_result = config_load(srv->cfg->path, &srv->reload_errors, NULL);
+    job->result = config_load(job->path, &job->errors, NULL);
+    if (!atomic_compare_exchange_strong(&job->state, &running, RELOAD_DONE)) {
+        /* Abandoned by a shutdown, which no longer reads the eventfd. */
+        reload_job_free(job);
+        return NULL;
+    }
     /* Wake the loop; the eventfd keeps libevent free of cross-thread locking. */
-    if (write(srv->reload_efd, &one, sizeof(one)) < 0) {
+    if (write(job->efd, &one, sizeof(one)) < 0) {
         log_error("reload: cannot wake the event loop: %s", strerror(errno));
     }
     return NULL;
@@ -283,6 +443,7 @@ apply_reload(struct server *srv, struct config *cfg)
     srv->reloads_ok++;
     observe_reload(srv, true);
     log_info("reload: %s applied (%zu upstreams)", cfg->path, cfg->nupstreams);
+    check_nofile(srv);
     return;
 
 fail:
@@ -299,55 +460,114 @@ fail:
     observe_reload(srv, false);
 }
 
+static void start_reload(struct server *srv);
+
 static void
 reload_done_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *srv = arg;
-    struct config *cfg = srv->reload_result;
+    struct reload_job *job = srv->reload;
+    struct config *cfg;
     uint64_t n;
 
     (void)what;
-    if (read(fd, &n, sizeof(n)) < 0) {
+    if (read(fd, &n, sizeof(n)) < 0 || job == NULL || atomic_load(&job->state) != RELOAD_DONE) {
         return;
     }
-    srv->reload_running = false;
-    srv->reload_result = NULL;
-    if (cfg == NULL) {
-        for (size_t i = 0; i < srv->reload_errors.n; i++) {
-            log_error("reload: %s", srv->reload_errors.msgs[i]);
+    pthread_join(job->thread, NULL);
+    srv->reload = NULL;
+    cfg = job->result;
+    job->result = NULL;
+    if (srv->draining) {
+        /* The listener a changed address would replace is gone; nothing to apply to. */
+        log_warn("reload: finished while draining; not applied");
+        config_free(cfg);
+    } else if (cfg == NULL) {
+        for (size_t i = 0; i < job->errors.n; i++) {
+            log_error("reload: %s", job->errors.msgs[i]);
         }
-        log_error("reload failed with %zu error(s); keeping the old config", srv->reload_errors.n);
+        log_error("reload failed with %zu error(s); keeping the old config", job->errors.n);
         srv->reloads_failed++;
         observe_reload(srv, false);
     } else {
         apply_reload(srv, cfg);
     }
-    config_errors_free(&srv->reload_errors);
-    notify_send("READY=1");
+    reload_job_free(job);
+    if (!srv->draining) {
+        /* Ends RELOADING=1; once STOPPING=1 is sent the service never becomes ready again. */
+        notify_send("READY=1");
+    }
     send_status(srv);
+    if (srv->reload_again && !srv->draining) {
+        srv->reload_again = false;
+        log_info("reload: once more for the SIGHUP that came during the last one");
+        start_reload(srv);
+    }
 }
 
 static void
 start_reload(struct server *srv)
 {
-    if (srv->reload_running) {
-        log_warn("SIGHUP: a reload is already running; ignored");
+    struct reload_job *job;
+    int rc;
+
+    if (srv->draining) {
+        log_warn("SIGHUP while draining: reload refused");
         return;
     }
-    if (srv->reload_joinable) {
-        /* The previous reload's thread has finished (its result was applied). */
-        pthread_join(srv->reload_thread, NULL);
-        srv->reload_joinable = false;
+    if (srv->reload != NULL) {
+        /* Any number of these coalesce into one more reload, which reads the newest file. */
+        if (!srv->reload_again) {
+            log_info("SIGHUP during a reload: reloading again when it finishes");
+        }
+        srv->reload_again = true;
+        return;
     }
+    job = xcalloc(1, sizeof(*job));
+    job->path = xstrdup(srv->cfg->path);
+    job->efd = srv->reload_efd;
+    atomic_init(&job->state, RELOAD_RUNNING);
     notify_reloading();
-    srv->reload_running = true;
-    if (pthread_create(&srv->reload_thread, NULL, reload_thread, srv) != 0) {
-        srv->reload_running = false;
-        log_error("reload: cannot start a thread: %s", strerror(errno));
+    rc = pthread_create(&job->thread, NULL, reload_thread, job);
+    if (rc != 0) {
+        log_error("reload: cannot start a thread: %s", strerror(rc));
+        reload_job_free(job);
         notify_send("READY=1");
         return;
     }
-    srv->reload_joinable = true;
+    srv->reload = job;
+}
+
+#define RELOAD_STOP_WAIT_MS 1000
+
+/* At shutdown: wait for a parse about to finish, leave a stuck one to end on its own. */
+static void
+reload_stop(struct server *srv)
+{
+    struct reload_job *job = srv->reload;
+    int running = RELOAD_RUNNING;
+    pthread_t thread;
+
+    if (job == NULL) {
+        return;
+    }
+    thread = job->thread;
+    srv->reload = NULL;
+    /* A parse of an ordinary file ends in milliseconds; only a stuck one is left behind. */
+    for (int waited_ms = 0; waited_ms < RELOAD_STOP_WAIT_MS; waited_ms++) {
+        if (atomic_load(&job->state) == RELOAD_DONE) {
+            break;
+        }
+        usleep(1000);
+    }
+    if (atomic_compare_exchange_strong(&job->state, &running, RELOAD_ABANDONED)) {
+        /* From here the thread owns job and may free it at any moment. */
+        pthread_detach(thread);
+        log_warn("reload: a parse still running at shutdown was abandoned");
+        return;
+    }
+    pthread_join(job->thread, NULL);
+    reload_job_free(job);
 }
 
 /* ---- drain and signals ------------------------------------------------- */
@@ -451,6 +671,15 @@ server_init(struct server *srv, struct config *cfg)
         log_warn("no usable /etc/resolv.conf; upstream names resolve from /etc/hosts only");
     }
     log_set_level(cfg->proxy.log_level);
+    check_nofile(srv);
+    srv->proxy_pause.srv = srv;
+    srv->proxy_pause.resume = evtimer_new(srv->base, accept_resume_cb, &srv->proxy_pause);
+    srv->admin_pause.srv = srv;
+    srv->admin_pause.admin = true;
+    srv->admin_pause.resume = evtimer_new(srv->base, accept_resume_cb, &srv->admin_pause);
+    if (srv->proxy_pause.resume == NULL || srv->admin_pause.resume == NULL) {
+        fatal("out of memory");
+    }
     retry_budget_init(&srv->budget, cfg->proxy.retry_budget, cfg->proxy.retry_budget_min,
                       util_mono_ms());
     srv->ups = upstream_set_new(srv->base, srv->dns, cfg, NULL, &cause);
@@ -510,16 +739,12 @@ server_run(struct server *srv)
 void
 server_free(struct server *srv)
 {
-    if (srv->reload_joinable) {
-        /* A SIGHUP raced the shutdown: wait for the parse and drop its result. */
-        pthread_join(srv->reload_thread, NULL);
-        config_free(srv->reload_result);
-        config_errors_free(&srv->reload_errors);
-    }
+    reload_stop(srv);
     proxy_close_all(srv);
     proxy_shutdown();
     admin_close_all(srv);
-    observe_shutdown(srv, 30000);
+    /* Bounded so drain_timeout + shutdown_timeout fits the stop timeouts (see akosha(8)). */
+    observe_shutdown(srv, srv->cfg->telemetry.shutdown_timeout_ms);
     fallback_shutdown(srv);
     notify_shutdown();
     if (srv->listener != NULL) {
@@ -536,6 +761,8 @@ server_free(struct server *srv)
     if (srv->drain_timer != NULL) {
         event_free(srv->drain_timer);
     }
+    event_free(srv->proxy_pause.resume);
+    event_free(srv->admin_pause.resume);
     if (srv->reload_event != NULL) {
         event_free(srv->reload_event);
         close(srv->reload_efd);

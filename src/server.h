@@ -5,8 +5,8 @@
 #ifndef AKOSHA_SERVER_H
 #define AKOSHA_SERVER_H
 
-#include <stdbool.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -22,6 +22,24 @@ struct client;
 TAILQ_HEAD(client_list, client);
 struct worker_pool;
 struct otlp_exporter;
+struct reload_job;
+
+/*
+ * A listener whose accept(2) failed for want of descriptors or memory is
+ * paused for pause_ms (doubling while it keeps failing, up to a second)
+ * instead of spinning on a socket that stays readable; failures are counted
+ * and reported at most once per report interval.
+ */
+struct accept_pause {
+    struct server *srv;
+    bool admin;           /* which listener: srv->admin_listener, else srv->listener */
+    struct event *resume; /* re-enables the listener */
+    unsigned pause_ms;    /* 0: not backing off */
+    uint64_t failures;    /* since the last report */
+    uint64_t reported_ms; /* monotonic: last failure report, 0 before the first */
+    uint64_t resumed_ms;  /* monotonic: last "accepting again", 0 before the first */
+    int last_error;
+};
 
 #define LEARNED_DIMS_MAX 256
 
@@ -45,11 +63,9 @@ struct server {
     struct event *drain_timer;
     struct event *reload_event; /* the reload thread's result is ready */
     int reload_efd;             /* eventfd the reload thread writes */
-    struct config *reload_result;
-    struct config_errors reload_errors;
-    bool reload_running;  /* parse under way; the result not yet applied */
-    bool reload_joinable; /* reload_thread not yet joined */
-    pthread_t reload_thread;
+    struct reload_job *reload;  /* the parse under way, or NULL */
+    bool reload_again;          /* a SIGHUP came during it: reload once more after */
+    struct accept_pause proxy_pause, admin_pause;
     struct client_list clients;
     size_t nclients;
     size_t in_flight; /* requests between head and answer */

@@ -152,6 +152,11 @@ def test_compose_builds_akosha_and_publishes_its_ports(compose):
     for p in akosha["ports"]:
         host, container = p.split(":")
         assert host == container, p
+    # akosha(8), STOPPING: drain_timeout + shutdown_timeout + 5s at least.
+    grace = akosha["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) >= (int(DEFAULTS[("proxy", "drain_timeout")][:-1]) +
+                               int(DEFAULTS[("telemetry", "shutdown_timeout")][:-1]) + 5)
 
 
 def test_compose_passes_the_admin_token_from_the_host_never_a_literal(compose):
@@ -258,9 +263,11 @@ def test_sidecar_probes_and_scrape_annotations_use_the_admin_port(k8s):
     assert notes["prometheus.io/port"] == str(ADMIN_PORT)
     assert notes["prometheus.io/path"] == "/metrics"
     drain = DEFAULTS[("proxy", "drain_timeout")]
-    assert drain.endswith("s")
+    flush = DEFAULTS[("telemetry", "shutdown_timeout")]
+    assert drain.endswith("s") and flush.endswith("s")
     grace = k8s["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > int(drain[:-1])
+    # akosha(8), STOPPING: drain_timeout + shutdown_timeout + 5s at least.
+    assert grace >= int(drain[:-1]) + int(flush[:-1]) + 5
     app = next(c for c in containers if c["name"] != "akosha")
     urls = [e["value"] for e in app.get("env", []) if "value" in e]
     assert any(u.startswith("http://127.0.0.1:%d/" % PROXY_PORT) for u in urls), urls

@@ -203,8 +203,27 @@ def test_unit_is_type_notify_with_check_reload_restart_and_watchdog(unit_dir):
     assert s["DynamicUser"] == ["yes"]
     assert s["WatchdogSec"] and s["WatchdogSec"][0] != "0"
     assert " -t " in s["ExecStartPre"][0]
-    # The stop timeout leaves room for the drain ([proxy] drain_timeout = 30s).
-    assert int(s["TimeoutStopSec"][0].rstrip("s")) > 30
+    # akosha(8), STOPPING: TimeoutStopSec >= drain_timeout + shutdown_timeout + 5s.
+    drain = sample_default_seconds("proxy", "drain_timeout")
+    flush = sample_default_seconds("telemetry", "shutdown_timeout")
+    assert int(s["TimeoutStopSec"][0].rstrip("s")) >= drain + flush + 5
+    # Room for the default max_connections, admin, one upstream pool and the margin.
+    assert int(s["LimitNOFILE"][0]) >= 4096 + 64 + 64 + 64
+
+
+def sample_default_seconds(section, key):
+    """A duration in seconds from the '# key = Ns' line of the sample file's section."""
+    current = None
+    with open(os.path.join(SRCDIR, "conf", "akosha.conf")) as f:
+        for line in f:
+            text = line.lstrip("#").strip()
+            m = re.match(r"\[(\w+)", text)
+            if m:
+                current = m.group(1)
+            m = re.match(r"%s = (\d+)s$" % key, text)
+            if m and current == section:
+                return int(m.group(1))
+    raise KeyError((section, key))
 
 
 def test_unit_start_pre_check_accepts_the_installed_sample(unit_dir):

@@ -70,6 +70,7 @@ Test(config, empty_file_gives_every_default)
     cr_assert_eq(cfg->fallback.dimensions, 384);
     cr_assert_str_eq(cfg->telemetry.service_name, "akosha");
     cr_assert(cfg->telemetry.sample_rate < 0, "unset sample_rate is negative");
+    cr_assert_eq(cfg->telemetry.shutdown_timeout_ms, 5000);
     cr_assert_eq(cfg->nupstreams, 0);
     config_free(cfg);
 }
