@@ -110,6 +110,8 @@ const struct config_key config_table[] = {
      OFF_U(tls_ca_file), "PEM file of trusted CAs instead of the system store"},
     {SEC_UPSTREAM, "tls_server_name", CT_STRING, NULL, NOB, true, false, false, NULL,
      OFF_U(tls_server_name), "SNI and verified name instead of the URL's host"},
+    {SEC_UPSTREAM, "host", CT_STRING, NULL, NOB, true, false, false, NULL, OFF_U(host),
+     "Host header instead of tls_server_name, else the URL's host"},
     {SEC_UPSTREAM, "failure_threshold", CT_INT, "5", 1, 1000000, true, false, false, NULL,
      OFF_U(failure_threshold), "consecutive failures that open the breaker"},
     {SEC_UPSTREAM, "open_timeout", CT_DURATION, "60s", 1, 86400000, true, false, false, NULL,
@@ -1139,6 +1141,21 @@ default_getenv(const char *name)
     return getenv(name);
 }
 
+/* A Host field value: visible ASCII, no blanks, commas or slashes (RFC 9110 7.2). */
+static bool
+valid_host_value(const char *v)
+{
+    if (*v == '\0') {
+        return false;
+    }
+    for (; *v != '\0'; v++) {
+        if (*v <= ' ' || *v >= 127 || *v == ',' || *v == '/' || *v == '@') {
+            return false;
+        }
+    }
+    return true;
+}
+
 static void
 validate(struct parser *p)
 {
@@ -1149,6 +1166,20 @@ validate(struct parser *p)
         struct upstream_config *u = &cfg->upstreams[i];
         if (u->url.text == NULL) {
             add_error(p->errs, "%s:%d: [upstream %s] url: required key is missing", p->name,
+                      u->line, u->name);
+        } else if (u->host != NULL) {
+            u->host_header = xstrdup(u->host);
+        } else if (u->tls_server_name != NULL) {
+            /* Virtual hosts route by the name the certificate is for: Host follows SNI. */
+            bool default_port = u->url.port == (u->url.tls ? 443 : 80);
+            u->host_header = default_port
+                                 ? xstrdup(u->tls_server_name)
+                                 : xasprintf("%s:%u", u->tls_server_name, (unsigned)u->url.port);
+        } else {
+            u->host_header = xstrdup(u->url.authority);
+        }
+        if (u->host != NULL && !valid_host_value(u->host)) {
+            add_error(p->errs, "%s:%d: [upstream %s] host: not a valid Host value", p->name,
                       u->line, u->name);
         }
         if (u->tls_ca_file != NULL && access(u->tls_ca_file, R_OK) != 0) {
@@ -1310,6 +1341,7 @@ config_free(struct config *cfg)
         free_section(SEC_UPSTREAM, &cfg->upstreams[i], cfg->upstreams[i].raw);
         free(cfg->upstreams[i].raw);
         free(cfg->upstreams[i].name);
+        free(cfg->upstreams[i].host_header);
     }
     free(cfg->upstreams);
     for (size_t i = 0; i < cfg->nmodels; i++) {

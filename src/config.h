@@ -96,6 +96,8 @@ struct upstream_config {
     bool tls_verify;
     char *tls_ca_file;
     char *tls_server_name;
+    char *host;        /* the Host key as set, NULL when not */
+    char *host_header; /* derived: host, else tls_server_name (and port), else url.authority */
     /* breaker */
     int64_t failure_threshold;
     uint64_t open_timeout_ms;

@@ -242,13 +242,6 @@ parse_content_length(struct fields *f, const char *v, size_t n, const char **why
     return 0;
 }
 
-static bool
-known_coding(const char *t, size_t n)
-{
-    return EQUALS_LIT(t, n, "gzip") || EQUALS_LIT(t, n, "x-gzip") || EQUALS_LIT(t, n, "deflate") ||
-           EQUALS_LIT(t, n, "compress") || EQUALS_LIT(t, n, "x-compress");
-}
-
 /* Several Transfer-Encoding lines form one list, so finality is judged after the last line. */
 static int
 parse_transfer_encoding(struct fields *f, const char *v, size_t n, const char **why)
@@ -281,10 +274,14 @@ parse_transfer_encoding(struct fields *f, const char *v, size_t n, const char **
             }
             f->chunked_seen = true;
             f->chunked_final = true;
-        } else if (known_coding(tok, tok_len)) {
-            f->chunked_final = false;
         } else {
-            FAIL(501, "unsupported transfer coding");
+            /*
+             * gzip and the like: akosha forwards bodies de-chunked with a
+             * Content-Length, which cannot carry another coding, and does
+             * not decode them. Refused (501; a malformed 502 upstream)
+             * rather than passed on mislabelled.
+             */
+            FAIL(501, "transfer coding other than chunked unsupported");
         }
     }
     if (!any) {
@@ -903,8 +900,7 @@ parse_response(const char *buf, size_t len, struct http_response_head *out, cons
     out->content_length = f.content_length;
     out->has_transfer_encoding = f.te_seen;
     out->chunked = f.chunked_final;
-    /* RFC 9112 6.3: TE without chunked final means the body ends at close. */
-    out->keep_alive = fields_keep_alive(&f) && (!f.te_seen || f.chunked_final);
+    out->keep_alive = fields_keep_alive(&f);
     out->head_len = (size_t)rc;
     return rc;
 }
@@ -932,10 +928,7 @@ http_response_body_kind(const struct http_response_head *h, bool request_was_hea
         return HTTP_BODY_NONE;
     }
     if (h->chunked) {
-        return HTTP_BODY_CHUNKED;
-    }
-    if (h->has_transfer_encoding) {
-        return HTTP_BODY_UNTIL_CLOSE;
+        return HTTP_BODY_CHUNKED; /* the only transfer coding the parser accepts */
     }
     if (h->content_length >= 0) {
         return HTTP_BODY_LENGTH;

@@ -459,10 +459,10 @@ start_request(struct client *c, size_t head_len)
     rc = http_parse_request_head(r->head, head_len, &r->hd, &cause);
     if (rc <= 0) {
         int status = rc == 0 ? 400 : -rc;
-        respond_early_error(c, status, cause);
+        respond_early_error(c, status, cause != NULL ? cause : "incomplete request head");
         return;
     }
-    r->keep_alive = r->hd.keep_alive;
+    r->keep_alive = r->hd.keep_alive && !c->read_eof;
     r->is_head = r->hd.method == HTTP_HEAD;
     h = http_find_header(r->hd.headers, r->hd.nheaders, "X-Request-Id");
     if (h != NULL && valid_request_id(h->value, h->value_len)) {
@@ -554,6 +554,23 @@ read_body(struct client *c)
 
 /* ---- the connection machine ------------------------------------------- */
 
+/* RFC 9112 2.2: empty lines before a request line are ignored, however many. */
+static void
+skip_empty_lines(struct client *c)
+{
+    size_t len = evbuffer_get_length(c->in);
+
+    while (len >= 2) {
+        const unsigned char *p = evbuffer_pullup(c->in, 2);
+        if (p[0] != '\r' || p[1] != '\n') {
+            return;
+        }
+        evbuffer_drain(c->in, 2);
+        len -= 2;
+        c->head_scan = 0;
+    }
+}
+
 static void
 client_drive(struct client *c)
 {
@@ -567,6 +584,7 @@ client_drive(struct client *c)
                 client_set_state(c, CLIENT_CLOSING);
                 continue;
             }
+            skip_empty_lines(c);
             rc = find_head(c, &head_len, &cause);
             if (rc == 0) {
                 if (evbuffer_get_length(c->in) > 0) {
@@ -648,7 +666,24 @@ client_sock_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (n == 0) {
-        client_gone(c, "closed the connection");
+        /*
+         * A read EOF after a whole request means no more requests, not that
+         * nobody listens: answer the request under way, then close. Only a
+         * write error says the client is gone.
+         */
+        bool whole = c->state == CLIENT_DISPATCH || c->state == CLIENT_STREAM ||
+                     c->state == CLIENT_WRITE ||
+                     (c->state == CLIENT_READ_HEAD && evbuffer_get_length(in) > 0);
+        if (!whole) {
+            client_gone(c, "closed the connection");
+            return;
+        }
+        c->read_eof = true;
+        client_reading(c, false);
+        if (c->req != NULL) {
+            c->req->keep_alive = false;
+        }
+        client_drive(c);
         return;
     }
     if (n < 0) {
@@ -1020,7 +1055,7 @@ append_upstream_head(struct client *c, struct evbuffer *out)
     struct request *r = c->req;
     struct attempt *a = &r->att;
     const struct upstream_config *uc = a->up->cfg;
-    const struct http_header *xff = NULL;
+    const struct http_header *xff = NULL, *caller_tp = NULL, *caller_ts = NULL;
     size_t body_len = evbuffer_get_length(r->body);
     struct buf *b = &scratch;
     char tp[64];
@@ -1031,12 +1066,17 @@ append_upstream_head(struct client *c, struct evbuffer *out)
     put_str(b, uc->url.prefix);
     put(b, r->hd.target, r->hd.target_len);
     PUT_LIT(b, " HTTP/1.1\r\nHost: ");
-    put_str(b, uc->url.authority);
+    put_str(b, uc->host_header);
     PUT_LIT(b, "\r\n");
     for (int i = 0; i < r->hd.nheaders; i++) {
         const struct http_header *h = &r->hd.headers[i];
         bool replaced = false;
         if (is_replaced_request_header(h) || http_is_hop_by_hop(h, r->hd.headers, r->hd.nheaders)) {
+            if (h->name_len == 11 && http_header_is(h, "traceparent")) {
+                caller_tp = h;
+            } else if (h->name_len == 10 && http_header_is(h, "tracestate")) {
+                caller_ts = h;
+            }
             continue;
         }
         if (h->name_len == 15 && http_header_is(h, "X-Forwarded-For")) {
@@ -1090,6 +1130,17 @@ append_upstream_head(struct client *c, struct evbuffer *out)
             PUT_LIT(b, "tracestate: ");
             put_str(b, r->ctx.tracestate);
             PUT_LIT(b, "\r\n");
+        }
+    } else {
+        /* Not tracing: akosha is no hop of the trace; the caller's context goes on unchanged. */
+        const struct http_header *ctx[] = {caller_tp, caller_ts};
+        for (size_t i = 0; i < ARRAY_SIZE(ctx); i++) {
+            if (ctx[i] != NULL) {
+                put(b, ctx[i]->name, ctx[i]->name_len);
+                PUT_LIT(b, ": ");
+                put(b, ctx[i]->value, ctx[i]->value_len);
+                PUT_LIT(b, "\r\n");
+            }
         }
     }
     if (body_len > 0 || r->hd.content_length >= 0 || r->hd.chunked) {

@@ -104,6 +104,7 @@ struct client {
     struct event *drive_ev;  /* moves the machine on after a flush, outside the caller */
     bool reading;
     bool write_failed;
+    bool read_eof; /* the client half-closed: answer what it sent, then close */
     enum client_state state;
     char addr[64]; /* peer address, for X-Forwarded-For and logs */
     struct event *timer; /* head-read deadline, then the request deadline */

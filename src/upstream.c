@@ -121,11 +121,9 @@ breaker_config_from(const struct upstream_config *uc, struct breaker_config *bc)
     bc->success_threshold = (uint32_t)uc->success_threshold;
 }
 
-/* Not in the current set any more: close its idle connections and pool no others. */
 static void
-upstream_retire(struct upstream *up)
+close_idle(struct upstream *up)
 {
-    up->retired = true;
     while (!TAILQ_EMPTY(&up->idle)) {
         struct upconn *c = TAILQ_FIRST(&up->idle);
         TAILQ_REMOVE(&up->idle, c, link);
@@ -133,6 +131,33 @@ upstream_retire(struct upstream *up)
         c->up = NULL;
         upconn_free(c);
     }
+}
+
+/* Not in the current set any more: close its idle connections and pool no others. */
+static void
+upstream_retire(struct upstream *up)
+{
+    up->retired = true;
+    close_idle(up);
+}
+
+static bool
+str_same(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/*
+ * Whether connections made under a would be wrong under b: the peer they
+ * reach or how it is verified. Tightened TLS must not ride a warm
+ * connection made without it.
+ */
+static bool
+connection_settings_differ(const struct upstream_config *a, const struct upstream_config *b)
+{
+    return a->tls_verify != b->tls_verify || !str_same(a->tls_ca_file, b->tls_ca_file) ||
+           !str_same(a->tls_server_name, b->tls_server_name) ||
+           strcmp(a->url.text, b->url.text) != 0;
 }
 
 static bool
@@ -187,6 +212,16 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
         }
         if (up != NULL) {
             /* Carried over: keep breaker state, counters and pooled connections. */
+            if (connection_settings_differ(up->cfg, uc)) {
+                /* Idle ones close now; busy ones close when they come back. */
+                log_info("upstream %s: connection settings changed; not reusing its "
+                         "connections",
+                         up->name);
+                close_idle(up);
+                up->generation++;
+            } else if (uc->max_connections < up->cfg->max_connections) {
+                close_idle(up); /* busy ones beyond the new limit close as they return */
+            }
             config_unref(up->cfg_owner);
             if (up->ssl_ctx != NULL) {
                 SSL_CTX_free(up->ssl_ctx);
@@ -620,10 +655,14 @@ plain_takeover(struct upconn *c)
     plain_read_on(c);
 }
 
+/*
+ * Name why a TLS connection failed: the certificate, a peer that does not
+ * speak TLS, the peer closing or resetting mid-handshake, or OpenSSL's own
+ * reason. e is the first error taken from the connection's queue (0: none).
+ */
 static void
-fill_ssl_error(struct upconn *c)
+fill_ssl_error(struct upconn *c, unsigned long e, int sock_err, bool eof)
 {
-    unsigned long e = bufferevent_get_openssl_error(c->bev);
     long verify = X509_V_OK;
     SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
 
@@ -633,10 +672,19 @@ fill_ssl_error(struct upconn *c)
     if (verify != X509_V_OK) {
         snprintf(c->error, sizeof(c->error), "TLS: certificate verify failed: %s",
                  X509_verify_cert_error_string(verify));
-    } else if (e != 0) {
-        char ebuf[120];
-        ERR_error_string_n(e, ebuf, sizeof(ebuf));
-        snprintf(c->error, sizeof(c->error), "TLS: %s", ebuf);
+    } else if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+               (ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER ||
+                ERR_GET_REASON(e) == SSL_R_PACKET_LENGTH_TOO_LONG ||
+                ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST)) {
+        snprintf(c->error, sizeof(c->error), "TLS: the upstream does not speak TLS (%s)",
+                 ERR_reason_error_string(e));
+    } else if (e != 0 && ERR_reason_error_string(e) != NULL) {
+        snprintf(c->error, sizeof(c->error), "TLS handshake: %s", ERR_reason_error_string(e));
+    } else if (eof) {
+        snprintf(c->error, sizeof(c->error), "TLS handshake: closed by the upstream");
+    } else if (sock_err != 0) {
+        snprintf(c->error, sizeof(c->error), "TLS handshake: %s",
+                 evutil_socket_error_to_string(sock_err));
     } else {
         snprintf(c->error, sizeof(c->error), "TLS handshake failed");
     }
@@ -644,6 +692,15 @@ fill_ssl_error(struct upconn *c)
     while (bufferevent_get_openssl_error(c->bev) != 0) {
         /* drain the queue so errors never leak into the next connection */
     }
+}
+
+/* A TLS connection whose TCP connect is done: OpenSSL has left its initial state. */
+static bool
+handshake_started(struct upconn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+
+    return ssl != NULL && !SSL_in_before(ssl);
 }
 
 static void
@@ -703,6 +760,14 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
         c->cb(c, UPCONN_READY, c->arg);
         return;
     }
+    if (c->up_tls && c->state == UPCONN_CONNECTING && handshake_started(c) &&
+        (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
+        /* TCP is up and the handshake under way: whatever ends it is a TLS failure. */
+        unsigned long e = bufferevent_get_openssl_error(c->bev);
+        fill_ssl_error(c, e, EVUTIL_SOCKET_ERROR(), (what & BEV_EVENT_EOF) != 0);
+        c->cb(c, UPCONN_ERROR, c->arg);
+        return;
+    }
     if (what & BEV_EVENT_EOF) {
         snprintf(c->error, sizeof(c->error), "connection closed by upstream");
         c->cb(c, UPCONN_EOF, c->arg);
@@ -710,15 +775,16 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     if (what & BEV_EVENT_ERROR) {
         int dns_err = bufferevent_socket_get_dns_error(c->bev);
+        unsigned long e = c->up_tls ? bufferevent_get_openssl_error(c->bev) : 0;
         if (dns_err != 0) {
             snprintf(c->error, sizeof(c->error), "DNS: %s", evutil_gai_strerror(dns_err));
-        } else if (up->cfg->url.tls && bufferevent_get_openssl_error(c->bev) != 0) {
-            fill_ssl_error(c);
+        } else if (e != 0) {
+            fill_ssl_error(c, e, EVUTIL_SOCKET_ERROR(), false);
         } else if (EVUTIL_SOCKET_ERROR() != 0) {
             snprintf(c->error, sizeof(c->error), "%s",
                      evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-        } else if (up->cfg->url.tls) {
-            fill_ssl_error(c);
+        } else if (c->up_tls) {
+            fill_ssl_error(c, 0, 0, false);
         } else {
             snprintf(c->error, sizeof(c->error), "socket error");
         }
@@ -749,6 +815,7 @@ start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
     c->cb = cb;
     c->arg = arg;
     c->state = UPCONN_CONNECTING;
+    c->generation = up->generation;
     c->up_tls = uc->url.tls;
     c->fd = -1;
     if (uc->url.tls) {
@@ -808,9 +875,11 @@ upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, v
                  struct upconn **out, const char **cause)
 {
     struct upconn *c = TAILQ_FIRST(&up->idle);
+    /* max_connections may have been lowered by a reload: busy ones count first. */
+    bool room = (int64_t)(up->nbusy + up->nconnecting) < up->cfg->max_connections;
 
     *out = NULL;
-    if (c != NULL) {
+    if (c != NULL && room) {
         TAILQ_REMOVE(&up->idle, c, link);
         up->nidle--;
         up->nbusy++;
@@ -825,7 +894,7 @@ upstream_acquire(struct upstream *up, struct upstream_waiter *w, upconn_cb cb, v
         *out = c;
         return 1;
     }
-    if ((int64_t)(up->nbusy + up->nconnecting) < up->cfg->max_connections) {
+    if (room) {
         c = start_connect(up, cb, arg, cause);
         if (c == NULL) {
             return -1;
@@ -893,7 +962,10 @@ upstream_release(struct upconn *c, bool reusable)
         event_free(c->connect_timer);
         c->connect_timer = NULL;
     }
-    if (reusable && !up->retired && evbuffer_get_length(upconn_input(c)) == 0) {
+    /* Pool it only within max_connections (a reload may have lowered it) and if made as now. */
+    if (reusable && !up->retired && c->generation == up->generation &&
+        (int64_t)(up->nbusy + up->nconnecting + up->nidle) < up->cfg->max_connections &&
+        evbuffer_get_length(upconn_input(c)) == 0) {
         c->state = UPCONN_IDLE;
         c->reused = true;
         c->cb = NULL;

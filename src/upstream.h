@@ -55,6 +55,7 @@ struct upconn {
     bool read_armed;        /* plain: rev is added (reads on, no timeout) */
     uint64_t idle_since_ms; /* when it joined the idle list (idle_sweep) */
     bool reused; /* served a request before */
+    unsigned generation; /* the upstream's connection settings it was made with */
     bool tls_failed;
     char error[128];
     upconn_cb cb;
@@ -98,6 +99,7 @@ struct upstream {
     int refs;         /* sets holding it, attempts using it */
     bool retired;     /* not in the current set: its connections are not pooled */
     uint64_t cooldown_until_ms; /* monotonic: skipped by routing until then (Retry-After) */
+    unsigned generation; /* bumped when a reload changes how connections are made */
     int64_t current_weight;
     unsigned learned_dimensions;
     struct upconn_list idle; /* most recently used first */
