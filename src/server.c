@@ -265,14 +265,38 @@ learned_find(struct server *srv, const char *model)
 unsigned
 server_learned_dim(struct server *srv, const char *model)
 {
-    const struct learned_dim *l;
+    struct learned_dim *l;
     unsigned d;
 
     pthread_mutex_lock(&srv->learned_lock);
     l = learned_find(srv, model);
-    d = l != NULL ? l->dimensions : 0;
+    d = 0;
+    if (l != NULL) {
+        d = l->dimensions;
+        l->uses++;
+        l->used_ms = util_mono_ms();
+    }
     pthread_mutex_unlock(&srv->learned_lock);
     return d;
+}
+
+/*
+ * The slot a new model takes when the table is full: the least used, the
+ * longest unused among equals. A flood of made-up names (one answer each)
+ * then evicts its own kind, never a model callers keep using.
+ */
+static struct learned_dim *
+learned_victim(struct server *srv)
+{
+    struct learned_dim *victim = &srv->learned[0];
+
+    for (size_t i = 1; i < srv->nlearned; i++) {
+        struct learned_dim *l = &srv->learned[i];
+        if (l->uses < victim->uses || (l->uses == victim->uses && l->used_ms < victim->used_ms)) {
+            victim = l;
+        }
+    }
+    return victim;
 }
 
 void
@@ -287,18 +311,21 @@ server_learn_dim(struct server *srv, const char *model, unsigned dim)
     l = learned_find(srv, model);
     if (l == NULL) {
         if (srv->nlearned == LEARNED_DIMS_MAX) {
-            /* bounded: the newest model replaces the last slot */
-            l = &srv->learned[srv->nlearned - 1];
+            l = learned_victim(srv); /* bounded */
         } else {
             l = &srv->learned[srv->nlearned++];
         }
         snprintf(l->model, sizeof(l->model), "%s", model);
+        l->dimensions = 0;
+        l->uses = 0;
     }
     if (l->dimensions != dim) {
         log_info("model '%s': learned %u dimensions from an upstream answer", model, dim);
     }
     l->dimensions = dim;
     l->checked_ms = util_mono_ms();
+    l->uses++;
+    l->used_ms = l->checked_ms;
     pthread_mutex_unlock(&srv->learned_lock);
 }
 

@@ -47,6 +47,8 @@ struct learned_dim {
     char model[128];
     unsigned dimensions;
     uint64_t checked_ms; /* monotonic: when an answer was last sniffed (or claimed to be) */
+    uint64_t uses;       /* answers it was learned from and fallback answers it sized */
+    uint64_t used_ms;    /* monotonic: the last of those */
 };
 
 /* A model's learned size is checked against a real answer at most this often. */

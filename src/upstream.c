@@ -680,7 +680,7 @@ fill_ssl_error(struct upconn *c, unsigned long e, int sock_err, bool eof)
                  ERR_reason_error_string(e));
     } else if (e != 0 && ERR_reason_error_string(e) != NULL) {
         snprintf(c->error, sizeof(c->error), "TLS handshake: %s", ERR_reason_error_string(e));
-    } else if (eof) {
+    } else if (eof && sock_err != ECONNRESET) {
         snprintf(c->error, sizeof(c->error), "TLS handshake: closed by the upstream");
     } else if (sock_err != 0) {
         snprintf(c->error, sizeof(c->error), "TLS handshake: %s",
