@@ -525,8 +525,9 @@ make_room(void)
     }
     now = util_mono_ms();
     if (full_reported_ms == 0 || now - full_reported_ms >= ADMIN_FULL_REPORT_MS) {
-        log_warn("admin: %d connections open: closed %" PRIu64 " still reading a head, refused "
-                 "%" PRIu64 " new while all were being answered",
+        log_warn("admin: all %d connection slots taken: closed %" PRIu64
+                 " still reading a head to make room, refused %" PRIu64
+                 " while every slot was being answered",
                  ADMIN_MAX_CONNECTIONS, full_evicted, full_refused);
         full_evicted = full_refused = 0;
         full_reported_ms = now;
