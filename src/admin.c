@@ -83,8 +83,7 @@ admin_set_state(struct admin_conn *a, enum admin_state to)
     struct timeval tv = {to == ADMIN_READ ? ADMIN_HEAD_TIMEOUT_S : ADMIN_WRITE_TIMEOUT_S, 0};
 
     if (a->state != to) {
-        log_debug("admin: connection %s -> %s", admin_state_names[a->state],
-                  admin_state_names[to]);
+        log_debug("admin: connection %s -> %s", admin_state_names[a->state], admin_state_names[to]);
     }
     a->state = to;
     evtimer_add(a->deadline, &tv);
@@ -493,7 +492,7 @@ oldest_reading(void)
 {
     struct admin_conn *a;
 
-    TAILQ_FOREACH(a, &conns, link) {
+    for (a = TAILQ_FIRST(&conns); a != NULL; a = TAILQ_NEXT(a, link)) {
         if (a->state == ADMIN_READ) {
             return a;
         }
