@@ -4,6 +4,14 @@
  * connection (Connection: close), small heads only.
  *
  * An admin connection: READ (head) -> WRITE (answer queued) -> closed.
+ * Each state has one deadline counted from entering it, never restarted by
+ * traffic: ADMIN_HEAD_TIMEOUT_S for the head (a peer sending a byte now and
+ * then is cut off all the same), ADMIN_WRITE_TIMEOUT_S for the answer. With
+ * the table full, accept evicts the connection that has been reading its head
+ * longest, so trickling peers cannot lock probes and scrapes out; one being
+ * answered is never evicted.
+ *
+ * HEAD is answered like GET, with the GET body's Content-Length and no body.
  *
  * Read-only routes (GET, HEAD) are open to whoever reaches the listener.
  * Every other method may change behaviour (POST /upstreams/NAME/... can push
@@ -18,9 +26,10 @@
 #include <strings.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <event2/bufferevent.h>
 
 #include "breaker.h"
 #include "http.h"
@@ -32,29 +41,52 @@
 #include "worker.h"
 
 #define ADMIN_MAX_HEAD 8192
-#define ADMIN_TIMEOUT_S 10
+/* Evictions and refusals at the connection limit are logged this often. */
+#define ADMIN_FULL_REPORT_MS 5000
 
 enum admin_state { ADMIN_READ, ADMIN_WRITE };
+
+static const char *const admin_state_names[] = {"read", "write"};
 
 struct admin_conn {
     struct server *srv;
     struct bufferevent *bev;
+    struct event *deadline; /* the current state's deadline */
     enum admin_state state;
     bool local_peer; /* loopback or unix socket: see util_peer_is_local */
+    bool head_only;  /* a HEAD request: headers of the GET answer, no body */
     TAILQ_ENTRY(admin_conn) link;
 };
 TAILQ_HEAD(admin_list, admin_conn);
 
+/* In accept order, so the first connection still reading is the oldest. */
 static struct admin_list conns = TAILQ_HEAD_INITIALIZER(conns);
 static size_t nconns;
+
+/* Connection-limit events since the last report, and when that was. */
+static uint64_t full_evicted, full_refused, full_reported_ms;
 
 static void
 admin_free(struct admin_conn *a)
 {
     TAILQ_REMOVE(&conns, a, link);
     nconns--;
+    event_free(a->deadline);
     bufferevent_free(a->bev);
     free(a);
+}
+
+/* The one place a connection changes state; starts the new state's deadline. */
+static void
+admin_set_state(struct admin_conn *a, enum admin_state to)
+{
+    struct timeval tv = {to == ADMIN_READ ? ADMIN_HEAD_TIMEOUT_S : ADMIN_WRITE_TIMEOUT_S, 0};
+
+    if (a->state != to) {
+        log_debug("admin: connection %s -> %s", admin_state_names[a->state], admin_state_names[to]);
+    }
+    a->state = to;
+    evtimer_add(a->deadline, &tv);
 }
 
 void
@@ -77,8 +109,10 @@ reply_with(struct admin_conn *a, int status, const char *extra, const char *ctyp
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                         "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
                         status, http_reason(status), ctype, len, extra);
-    evbuffer_add(out, body, len);
-    a->state = ADMIN_WRITE;
+    if (!a->head_only) {
+        evbuffer_add(out, body, len);
+    }
+    admin_set_state(a, ADMIN_WRITE);
     bufferevent_disable(a->bev, EV_READ);
 }
 
@@ -415,6 +449,7 @@ admin_read_cb(struct bufferevent *bev, void *arg)
         reply_error(a, rc == 0 ? 431 : -rc, rc == 0 ? "request head too large" : cause);
         return;
     }
+    a->head_only = hd.method == HTTP_HEAD;
     route(a, &hd);
 }
 
@@ -436,13 +471,75 @@ admin_event_cb(struct bufferevent *bev, short what, void *arg)
     admin_free(arg);
 }
 
+static void
+admin_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct admin_conn *a = arg;
+
+    (void)fd;
+    (void)what;
+    if (a->state == ADMIN_READ && evbuffer_get_length(bufferevent_get_input(a->bev)) > 0) {
+        reply_error(a, 408, "request head not received within the admin head timeout");
+        return;
+    }
+    /* Silent in READ, or an answer the peer would not take in time. */
+    admin_free(a);
+}
+
+/* The connection that has been reading its head the longest, or NULL. */
+static struct admin_conn *
+oldest_reading(void)
+{
+    struct admin_conn *a;
+
+    for (a = TAILQ_FIRST(&conns); a != NULL; a = TAILQ_NEXT(a, link)) {
+        if (a->state == ADMIN_READ) {
+            return a;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Makes room for one more connection when the table is full. False when
+ * every open connection is being answered; those are left to finish.
+ */
+static bool
+make_room(void)
+{
+    struct admin_conn *victim;
+    uint64_t now;
+    bool room;
+
+    if (nconns < ADMIN_MAX_CONNECTIONS) {
+        return true;
+    }
+    victim = oldest_reading();
+    room = victim != NULL;
+    if (room) {
+        admin_free(victim);
+        full_evicted++;
+    } else {
+        full_refused++;
+    }
+    now = util_mono_ms();
+    if (full_reported_ms == 0 || now - full_reported_ms >= ADMIN_FULL_REPORT_MS) {
+        log_warn("admin: all %d connection slots taken: closed %" PRIu64
+                 " still reading a head to make room, refused %" PRIu64
+                 " while every slot was being answered",
+                 ADMIN_MAX_CONNECTIONS, full_evicted, full_refused);
+        full_evicted = full_refused = 0;
+        full_reported_ms = now;
+    }
+    return room;
+}
+
 void
 admin_accept(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa, socklen_t salen)
 {
     struct admin_conn *a;
-    struct timeval tv = {ADMIN_TIMEOUT_S, 0};
 
-    if (nconns >= ADMIN_MAX_CONNECTIONS) {
+    if (!make_room()) {
         evutil_closesocket(fd);
         return;
     }
@@ -450,8 +547,16 @@ admin_accept(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa, 
     a->srv = srv;
     a->local_peer = util_peer_is_local(sa, salen);
     a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (a->bev == NULL) {
-        evutil_closesocket(fd);
+    a->deadline = evtimer_new(srv->base, admin_deadline_cb, a);
+    if (a->bev == NULL || a->deadline == NULL) {
+        if (a->deadline != NULL) {
+            event_free(a->deadline);
+        }
+        if (a->bev != NULL) {
+            bufferevent_free(a->bev);
+        } else {
+            evutil_closesocket(fd);
+        }
         free(a);
         return;
     }
@@ -459,6 +564,7 @@ admin_accept(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa, 
     TAILQ_INSERT_TAIL(&conns, a, link);
     nconns++;
     bufferevent_setcb(a->bev, admin_read_cb, admin_write_cb, admin_event_cb, a);
-    bufferevent_set_timeouts(a->bev, &tv, &tv);
+    a->state = ADMIN_READ;
+    admin_set_state(a, ADMIN_READ);
     bufferevent_enable(a->bev, EV_READ | EV_WRITE);
 }

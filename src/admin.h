@@ -12,8 +12,21 @@
 
 struct server;
 
-/* Admin connections open at once; more are closed at accept. */
+/*
+ * Admin connections open at once. When the table is full, a new connection
+ * closes the one that has been reading its head the longest; it is refused
+ * only when every open connection is being answered.
+ */
 #define ADMIN_MAX_CONNECTIONS 64
+
+/*
+ * Seconds from accept for the whole request head to arrive. A total, not an
+ * idle timeout: bytes trickling in do not extend it.
+ */
+#define ADMIN_HEAD_TIMEOUT_S 5
+
+/* Seconds from the answer being queued for it to be written out. */
+#define ADMIN_WRITE_TIMEOUT_S 10
 
 /* Serve one admin request on fd (takes ownership); sa is the peer's address. */
 void admin_accept(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa,
