@@ -119,13 +119,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf_free(&restart);
         config_free(cfg);
     }
-    /*
-     * Defining FUZZ_CONFIG_SKIP_ERROR_SECRETS lets a local run fuzz past a known leak of this
-     * kind until it is fixed; the checked-in build always checks.
-     */
-#ifdef FUZZ_CONFIG_SKIP_ERROR_SECRETS
-    env_secret = file_secret = false;
-#endif
     for (size_t i = 0; i < errs.n; i++) {
         size_t n = strlen(errs.msgs[i]);
         FUZZ_CHECK(!(env_secret && holds(errs.msgs[i], n, ENV_SECRET)),

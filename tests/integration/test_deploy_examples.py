@@ -1,19 +1,47 @@
-"""Issue 7: the deployment examples cannot run here (no docker, no cluster), so
-this parses each one and checks the ports, paths and configs it names against
-akosha's own defaults and the daemon's config check.
+"""Issue 7: the deployment examples, checked as far as this machine allows.
+
+There is no container engine or cluster here, so nothing below runs docker,
+docker compose or kubectl. What does run:
+
+- conf/Dockerfile: the build context is a copy of the tree filtered by
+  .dockerignore (docker's pattern rules), and the build stage's RUN steps
+  (autoreconf, configure, make, make install, the listen edits and akosha -t)
+  run in it as written, with /out redirected to a scratch directory and with
+  Criterion hidden from pkg-config (the stage does not install it). The
+  runtime stage's COPY --from=build sources must exist; the installed binary is
+  started as the image would start it (ENTRYPOINT + CMD, USER 65534 when the
+  tests run as root) with only the ports moved to free ones, and the
+  HEALTHCHECK command itself is run against it.
+- conf/docker-compose.yml: the image's binary and config run with the akosha
+  service's environment; the fallback answers and the scrape path serves.
+- conf/kubernetes/sidecar.yaml: the ConfigMap's akosha.conf is checked with -t
+  and run with the container's env, args and mount path; the liveness and
+  readiness probe paths must answer 200 on the port the config listens on.
+
+Only parsed, never executed: the apt-get steps and the debian:12 base images;
+FROM, EXPOSE, STOPSIGNAL and USER as a container runtime applies them;
+compose's networking (network_mode: service:akosha), port publishing and
+depends_on, and the Prometheus and Jaeger images; Kubernetes scheduling,
+the kubelet's probes, securityContext and the ConfigMap volume itself.
 
 Defaults come from conf/akosha.conf, which tests/unit/test_docs.c ties to the
 key table in src/config.c.
 """
+import fnmatch
+import http.client
+import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 import yaml
 
-from conftest import AKOSHA_BIN
+from conftest import AKOSHA_BIN, free_port
 
 SRCDIR = os.environ.get("AKOSHA_SRCDIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -136,6 +164,288 @@ def test_dockerfile_config_listens_on_every_address_and_passes_the_check():
         rest for word, rest in dockerfile_instructions() if word in ("ENV", "ARG"))
 
 
+# ---- conf/Dockerfile, run: the build stage's steps and the runtime stage ------
+
+def dockerignore_patterns():
+    """[(regex, is_exception)] from .dockerignore, in order (docker's rules: paths
+    from the context root, * and ? stay within a directory, ** spans directories)."""
+    out = []
+    for line in read(os.path.join(SRCDIR, ".dockerignore")).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pat = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        rx, i = "", 0
+        while i < len(pat):
+            if pat.startswith("**/", i):
+                rx, i = rx + "(?:.*/)?", i + 3
+            elif pat.startswith("**", i):
+                rx, i = rx + ".*", i + 2
+            elif pat[i] == "*":
+                rx, i = rx + "[^/]*", i + 1
+            elif pat[i] == "?":
+                rx, i = rx + "[^/]", i + 1
+            else:
+                rx, i = rx + re.escape(pat[i]), i + 1
+        out.append((re.compile(rx + r"\Z"), exception))
+    return out
+
+
+def docker_excludes(patterns, rel):
+    """True when .dockerignore keeps rel (or a directory above it) out of the context."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for rx, exception in patterns:
+        if any(rx.match(c) for c in candidates):
+            excluded = not exception
+    return excluded
+
+
+def copy_build_context(dest):
+    """Copy SRCDIR to dest as docker build would send it; return the relative paths."""
+    patterns = dockerignore_patterns()
+    reopened = [rx for rx, exception in patterns if exception]
+    sent = set()
+    for root, dirs, files in os.walk(SRCDIR):
+        rel_root = os.path.relpath(root, SRCDIR)
+        rel_root = "" if rel_root == "." else rel_root + "/"
+        # Skip an excluded directory unless an exception could reopen something in it.
+        dirs[:] = [d for d in dirs if not docker_excludes(patterns, rel_root + d)
+                   or any(rx.pattern.startswith(re.escape(rel_root + d + "/")) for rx in reopened)]
+        for name in files:
+            rel = rel_root + name
+            if docker_excludes(patterns, rel) or not os.path.isfile(os.path.join(root, name)):
+                continue
+            os.makedirs(os.path.join(dest, rel_root), exist_ok=True)
+            shutil.copy2(os.path.join(root, name), os.path.join(dest, rel))
+            sent.add(rel)
+    return sent
+
+
+def git_paths(*args):
+    r = subprocess.run(["git", "-C", SRCDIR, "ls-files", "-z"] + list(args),
+                       capture_output=True, text=True)
+    return None if r.returncode != 0 else set(p for p in r.stdout.split("\0") if p)
+
+
+def pkg_config_without(package, dest):
+    """A pkg-config search directory holding every .pc file but package's."""
+    r = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
+    hidden = {os.path.basename(f) for f in r.stdout.split() if f.endswith(".pc")}
+    assert hidden, "%s ships no .pc file: is it installed?" % package
+    path = subprocess.run(["pkg-config", "--variable", "pc_path", "pkg-config"],
+                          capture_output=True, text=True).stdout.strip()
+    os.makedirs(dest)
+    for d in path.split(":"):
+        for pc in (os.listdir(d) if os.path.isdir(d) else []):
+            if pc.endswith(".pc") and pc not in hidden and not os.path.exists(
+                    os.path.join(dest, pc)):
+                os.symlink(os.path.join(d, pc), os.path.join(dest, pc))
+    return dest
+
+
+def build_env(**extra):
+    env = dict(os.environ)
+    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(k, None)  # make check's jobserver is not ours
+    env.update(extra)
+    return env
+
+
+def stages():
+    """[(FROM line, [(instruction, rest)])] of the Dockerfile."""
+    out = []
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            out.append((rest, []))
+        else:
+            out[-1][1].append((word, rest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def image():
+    """The Dockerfile's build stage run on this machine; the runtime stage's files
+    laid out under a root directory. Returns (root, runtime instructions)."""
+    tmp = tempfile.mkdtemp(prefix="akosha-image-")
+    os.chmod(tmp, 0o755)  # the image's USER 65534 must reach the files
+    try:
+        (build_from, build), (run_from, runtime) = stages()
+        assert " AS build" in build_from
+        assert dict(build)["WORKDIR"] == "/src" and ("COPY", ". .") in build
+        ctx, out, root = (os.path.join(tmp, d) for d in ("src", "out", "root"))
+        sent = copy_build_context(ctx)
+        tracked = git_paths()
+        if tracked is not None:
+            ignored = git_paths("--others", "--ignored", "--exclude-standard")
+            # Build outputs and backups git ignores must not reach the image build...
+            assert sorted(sent & ignored) == []
+            # ...and every tracked file must, but for CI plumbing.
+            assert sorted(p for p in tracked - sent if not p.startswith(".ci/")) == []
+        assert ".git" not in sent and "Makefile" not in sent and "m4/.keep" in sent
+        steps = [rest for word, rest in build if word == "RUN"]
+        assert "apt-get install" in steps[0] and "libcriterion-dev" not in steps[0]
+        env = build_env(PKG_CONFIG_LIBDIR=pkg_config_without("libcriterion-dev",
+                                                             os.path.join(tmp, "pc")))
+        for step in steps[1:]:
+            assert "apt-get" not in step
+            cmd = re.sub(r"(?<![\w/])/out\b", out, step)
+            r = subprocess.run(["/bin/sh", "-c", cmd], cwd=ctx, env=env, capture_output=True,
+                               text=True, timeout=900)
+            assert r.returncode == 0, step + "\n" + r.stdout[-3000:] + r.stderr[-3000:]
+        for word, rest in runtime:
+            if word == "COPY":
+                m = re.match(r"--from=build (\S+) (\S+)$", rest)
+                assert m, rest
+                # The build stage's /out and /src are out and ctx here.
+                src = re.sub(r"^/(out|src)(?=/)", lambda d: {"out": out, "src": ctx}[d.group(1)],
+                             m.group(1))
+                dst = root + m.group(2)
+                assert os.path.isfile(src), m.group(1)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copy2(src, dst)
+        for d, _, files in os.walk(root):
+            os.chmod(d, 0o755)
+        yield root, runtime
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def admin_get(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status
+
+
+class Container:
+    """The image's binary run as its entrypoint would run it, on free ports."""
+
+    def __init__(self, root, argv, config_text, config_path, env, listens, admin=ADMIN_PORT):
+        self.ports = {}
+        for old, addr in listens.items():
+            self.ports[old] = free_port()
+            listen = "%s:%d" % (addr, old)
+            assert listen in config_text, listen
+            config_text = config_text.replace(listen, "%s:%d" % (addr, self.ports[old]))
+        # The config as mounted at config_path (a volume: the image's own file stays).
+        self.mount = tempfile.mkdtemp(prefix="akosha-mount-")
+        os.chmod(self.mount, 0o755)
+        host_config = os.path.join(self.mount, os.path.basename(config_path))
+        with open(host_config, "w") as f:
+            f.write(config_text)
+        os.chmod(host_config, 0o644)
+        argv = [root + argv[0]] + [host_config if a == config_path else a for a in argv[1:]]
+        user = {}
+        if os.geteuid() == 0:
+            user = {"user": 65534, "group": 65534, "extra_groups": []}
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        full_env.update(env)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, env=full_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, **user)
+        started = time.time()
+        last = None
+        while True:
+            assert self.proc.poll() is None, "exited:\n" + self.logs()
+            try:
+                last = admin_get(self.port(admin), "/readyz")
+                if last == 200:
+                    break
+            except OSError as e:
+                last = e
+            if time.time() > started + 30:
+                self.stop_quietly()  # never leave a daemon behind
+                raise AssertionError("not ready after 30s (%r):\n%s" % (last, self.logs()))
+            time.sleep(0.05)
+
+    def stop_quietly(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def port(self, old):
+        return self.ports[old]
+
+    def logs(self):
+        # pread: the daemon shares this file's offset, which a seek would move.
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.mount, ignore_errors=True)
+        return self.proc.returncode
+
+
+def image_command(runtime):
+    ins = dict(runtime)
+    return json.loads(ins["ENTRYPOINT"]) + json.loads(ins["CMD"])
+
+
+def test_dockerfile_image_runs_as_its_user_and_passes_its_healthcheck(image):
+    root, runtime = image
+    ins = dict(runtime)
+    assert ins["USER"] == "65534:65534" and ins["STOPSIGNAL"] == "SIGTERM"
+    argv = image_command(runtime)
+    config_path = argv[argv.index("-c") + 1]
+    with open(root + config_path) as f:
+        config = f.read()
+    c = Container(root, argv, config, config_path, {},
+                  {PROXY_PORT: "0.0.0.0", ADMIN_PORT: "0.0.0.0"})
+    try:
+        health = json.loads(ins["HEALTHCHECK"][ins["HEALTHCHECK"].index("CMD ") + 4:])
+        probe = [a.replace("/dev/tcp/127.0.0.1/%d" % ADMIN_PORT,
+                           "/dev/tcp/127.0.0.1/%d" % c.port(ADMIN_PORT)) for a in health]
+        assert probe != health, "the HEALTHCHECK does not name the admin port"
+        r = subprocess.run(probe, capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stdout + r.stderr + c.logs()
+        conn = http.client.HTTPConnection("127.0.0.1", c.port(PROXY_PORT), timeout=10)
+        conn.request("POST", "/v1/embeddings", json.dumps({"input": "hello"}),
+                     {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200 and resp.getheader("X-Akosha-Mode") == "fallback"
+    finally:
+        assert c.stop() == 0, c.logs()
+
+
+def test_compose_environment_runs_the_image(image, compose):
+    root, runtime = image
+    argv = image_command(runtime)
+    config_path = argv[argv.index("-c") + 1]
+    with open(root + config_path) as f:
+        config = f.read()
+    env = {k: str(v) for k, v in compose["services"]["akosha"]["environment"].items()}
+    # Not the example's: jaeger does not resolve here, and SIGTERM would wait the
+    # default export timeout for the request's spans.
+    env["OTEL_BSP_EXPORT_TIMEOUT"] = "1000"
+    c = Container(root, argv, config, config_path, env,
+                  {PROXY_PORT: "0.0.0.0", ADMIN_PORT: "0.0.0.0"})
+    try:
+        # prometheus.yml's job scrapes /metrics on the admin port it shares.
+        assert admin_get(c.port(ADMIN_PORT), "/metrics") == 200
+        assert "export to http://jaeger:4318/v1/traces" in c.logs()
+        conn = http.client.HTTPConnection("127.0.0.1", c.port(PROXY_PORT), timeout=10)
+        conn.request("POST", "/v1/embeddings", json.dumps({"input": "hello"}))
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        assert c.stop() == 0, c.logs()
+
+
 # ---- conf/docker-compose.yml -------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -249,6 +559,43 @@ def test_sidecar_mounts_the_config_where_akosha_reads_it(k8s):
     volume = next(v for v in volumes if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == k8s["ConfigMap"]["metadata"]["name"]
     assert os.path.basename(config_path) in k8s["ConfigMap"]["data"]
+
+
+def test_sidecar_runs_with_its_env_and_answers_its_probes(image, k8s):
+    root, _ = image
+    akosha, containers = akosha_container(k8s)
+    env = {e["name"]: e["value"] for e in akosha.get("env", [])}
+    text = k8s["ConfigMap"]["data"]["akosha.conf"]
+    check_config(text, env)
+    s = settings(text)
+    admin_port = port_of(s[("admin", "listen")])
+    proxy_addr, proxy_port = s.get(("proxy", "listen"),
+                                   DEFAULTS[("proxy", "listen")]).rsplit(":", 1)
+    # The image's ENTRYPOINT with the container's args; the ConfigMap mounted at mountPath.
+    argv = ["/usr/sbin/akosha"] + akosha["args"]
+    config_path = akosha["args"][akosha["args"].index("-c") + 1]
+    c = Container(root, argv, text, config_path, env,
+                  {int(proxy_port): proxy_addr, admin_port: "0.0.0.0"}, admin=admin_port)
+    try:
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = akosha[probe]["httpGet"]
+            assert get["port"] == admin_port, probe
+            assert admin_get(c.port(admin_port), get["path"]) == 200, probe
+        # The application's base URL reaches the proxy; the upstream does not
+        # resolve here, so the fallback answers.
+        app = next(x for x in containers if x["name"] != "akosha")
+        base = next(e["value"] for e in app["env"] if e["name"] == "EMBEDDINGS_BASE_URL")
+        m = re.match(r"http://127\.0\.0\.1:(\d+)(/.*)$", base)
+        assert m and int(m.group(1)) == int(proxy_port), base
+        conn = http.client.HTTPConnection("127.0.0.1", c.port(int(proxy_port)), timeout=15)
+        conn.request("POST", m.group(2) + "/embeddings", json.dumps({"input": "x"}))
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200 and resp.getheader("X-Akosha-Mode") == "fallback"
+        assert "export to %s/v1/traces" % env["OTEL_EXPORTER_OTLP_ENDPOINT"] in c.logs()
+    finally:
+        assert c.stop() == 0, c.logs()
 
 
 def test_sidecar_probes_and_scrape_annotations_use_the_admin_port(k8s):

@@ -109,10 +109,34 @@ def test_mode_always_with_no_upstream_serves(start_akosha):
     assert status == 503
 
 
+def check_no_upstream_answer(status, headers, data):
+    """The documented answer when fallback is refused: 503, Retry-After, OpenAI error shape."""
+    assert status == 503, (status, data)
+    assert int(headers["Retry-After"]) >= 1
+    assert json.loads(data)["error"]["type"] == "service_unavailable"
+    assert headers.get("X-Akosha-Mode") != "fallback"
+
+
 def test_mode_off_gives_503(start_akosha):
+    # man akosha.conf(5), [fallback] mode off: "answer 503 instead" (not the upstream's 502).
     a = start_akosha("[fallback]\nmode = off\n" + dead_upstream())
-    status, _, _ = a.post_json("/v1/embeddings", {"input": "x"})
-    assert status == 502  # the upstream's own failure, no fallback
+    check_no_upstream_answer(*a.post_json("/v1/embeddings", {"input": "x"}))
+
+
+def test_mode_off_gives_503_after_an_upstream_5xx(backend, start_akosha):
+    backend.default = {"status": 500}
+    a = start_akosha("[fallback]\nmode = off\n[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     "retries = 0\n" % backend.port)
+    check_no_upstream_answer(*a.post_json("/v1/embeddings", {"input": "x"}))
+    assert backend.count() == 1
+
+
+def test_deny_header_gives_503_after_an_upstream_5xx(backend, start_akosha):
+    backend.default = {"status": 500}
+    a = start_akosha("[upstream b]\nurl = http://127.0.0.1:%d\nretries = 0\n" % backend.port)
+    check_no_upstream_answer(*a.post_json("/v1/embeddings", {"input": "x"},
+                                          headers={"X-Akosha-Fallback": "deny"}))
+    assert backend.count() == 1
 
 
 def test_mode_always_never_contacts_upstreams(backend, start_akosha):

@@ -115,3 +115,35 @@ def test_uninstall_removes_an_unedited_config(dirs, destdir):
     make("uninstall", "DESTDIR=" + destdir)
     leftovers = [os.path.join(r, n) for r, _, files in os.walk(destdir) for n in files]
     assert leftovers == []
+
+
+# ---- the dist tarball ----------------------------------------------------------
+
+def git_files():
+    """Files git tracks in SRCDIR, or None when it is not a git checkout (a tarball)."""
+    r = subprocess.run(["git", "-C", SRCDIR, "ls-files"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    return set(r.stdout.split())
+
+
+def test_dist_ships_every_tracked_file_and_no_build_output():
+    with tempfile.TemporaryDirectory() as tmp:
+        dist = os.path.join(tmp, "akosha-dist")
+        make("distdir", "distdir=" + dist)
+        shipped = set()
+        for root, dirs, files in os.walk(dist):
+            for name in dirs + files:
+                shipped.add(os.path.relpath(os.path.join(root, name), dist))
+    for needed in ("doc/HARDENING.md", "doc/BENCHMARK.md", ".dockerignore", "m4/.keep",
+                   "configure", "tests/bench/http_parse_bench.c"):
+        assert needed in shipped, needed
+    junk = [f for f in shipped
+            if f.endswith((".o", ".a", ".log", ".trs", ".pyc", "~"))
+            or os.path.basename(f) in ("__pycache__", ".pytest_cache", "config.status")]
+    assert junk == []
+    tracked = git_files()
+    if tracked is not None:
+        # Repository plumbing only; everything else belongs in the tarball.
+        not_shipped = {".gitignore", ".ci/run"}
+        assert sorted(tracked - shipped - not_shipped) == []

@@ -288,14 +288,24 @@ def test_json_and_protobuf_carry_the_same_spans(backend, start_akosha):
     assert sorted(kinds) == [2, 3, 3]
 
 
-def test_invalid_traceparent_starts_a_new_trace(backend, receiver, start_akosha):
+@pytest.mark.parametrize("traceparent", [
+    "ff-%s-%s-01" % (TRACE, PARENT),                    # version ff is never valid
+    "00-%s-%s-01" % (TRACE.upper(), PARENT),            # ids are lower-case hex only
+    "00-%s-%s-01" % (TRACE, "0" * 16),                  # all-zero parent id
+    "00-%s-%s-01" % (TRACE, PARENT[:-1]),               # parent id one digit short
+], ids=["version-ff", "upper-case", "zero-parent", "short-parent"])
+def test_invalid_traceparent_starts_a_new_trace(backend, receiver, start_akosha, traceparent):
     a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
                      % backend.port, env=FAST_EXPORT)
-    a.request("GET", "/x", headers={"traceparent": "ff-%s-%s-01" % (TRACE, PARENT)})
+    a.request("GET", "/x", headers={"traceparent": traceparent})
     spans = receiver.wait_spans(2)
     server = [s for s in spans if s["kind"] == 2][0]
-    assert server["traceId"] != TRACE and "parentSpanId" not in server or \
-        server.get("parentSpanId", "") == ""
+    # Neither the caller's trace id nor its parent span may be adopted: a new root.
+    assert server["traceId"].lower() != TRACE, server
+    assert server.get("parentSpanId", "") == "", server
+    assert all(s["traceId"] == server["traceId"] for s in spans), spans
+    sent = {k.lower(): v for k, v in backend.requests[-1][2].items()}
+    assert TRACE not in sent.get("traceparent", "").lower(), sent
 
 
 def test_retried_request_has_one_client_span_per_attempt(backend, receiver, start_akosha):

@@ -4,8 +4,17 @@
 Runs for SOAK_SECONDS (default 100) against the real binary on 127.0.0.1 and
 then checks that every request got exactly one complete answer in time, that
 breakers opened and closed, that memory and descriptors came back, and that
-/stats and /metrics agree with what the client saw. Exits non-zero on any
-violation and prints a summary line "N passed, N failed".
+/stats and /metrics agree with what the client saw.
+
+Every few seconds it rewrites the config and sends SIGHUP: a valid file
+alternates [upstream one] backoff_base between two values, and every
+INVALID_EVERY-th file is deliberately broken. A valid reload counts as applied
+only when the admin /config shows the new value; a broken one counts as refused
+only when /stats counts a failure and /config still shows the old value. The
+summary reports applied and refused reloads as observed, not as requested.
+
+Exits non-zero on any violation and prints a summary line
+"N passed, N failed, N skipped in Ts" (pytest's shape, which tools/dev counts).
 """
 import http.client
 import json
@@ -24,6 +33,9 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", "100"))
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "8"))
 MAX_REQUESTS = int(os.environ.get("SOAK_MAX_REQUESTS", "200000"))
 REQUEST_TIMEOUT = 3.0
+RELOAD_EVERY = 3.0          # seconds between SIGHUPs
+INVALID_EVERY = 4           # every 4th rewritten file is broken and must be refused
+BACKOFF_VALUES = ("20ms", "25ms")
 
 PHASES = [
     ("healthy", {"status": 200, "body": embedding_body(dim=16)}),
@@ -64,6 +76,64 @@ class Results:
             self.max_latency = max(self.max_latency, latency)
             if problem:
                 self.problems.append(problem)
+
+
+def soak_config(backoff_base):
+    return ("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = %ds\n"
+            "[admin]\nlisten = 127.0.0.1:{admin}\n"
+            "[upstream one]\nurl = http://127.0.0.1:{b1}\ncall_timeout = 500ms\n"
+            "failure_threshold = 3\nopen_timeout = 1s\nretries = 1\nbackoff_base = %s\n"
+            "[upstream two]\nurl = http://127.0.0.1:{b2}\ncall_timeout = 500ms\n"
+            "failure_threshold = 3\nopen_timeout = 1s\npriority = 2\n"
+            % (int(REQUEST_TIMEOUT), backoff_base))
+
+
+class Reloads:
+    """Rewrites the file, sends SIGHUP and records what akosha actually did with it."""
+
+    def __init__(self, a, ports):
+        self.a = a
+        self.ports = ports
+        self.current = BACKOFF_VALUES[0]   # the value akosha is serving
+        self.sent = 0
+        self.applied = 0                   # valid files seen in /config after the SIGHUP
+        self.refused = 0                   # broken files refused with the old config kept
+        self.problems = []
+
+    def served_backoff(self):
+        cfg = json.loads(self.a.admin("GET", "/config")[2])
+        return cfg["upstreams"]["one"]["backoff_base"]
+
+    def failures(self):
+        return self.a.stats()["config_reloads"]["failure"]
+
+    def write(self, text):
+        self.a.write_config(text.replace("{b1}", str(self.ports[0]))
+                            .replace("{b2}", str(self.ports[1])))
+
+    def once(self):
+        self.sent += 1
+        broken = self.sent % INVALID_EVERY == 0
+        want = BACKOFF_VALUES[1] if self.current == BACKOFF_VALUES[0] else BACKOFF_VALUES[0]
+        failures_before = self.failures()
+        # A broken file: "soon" is not a duration, so the whole file must be refused.
+        self.write(soak_config("soon" if broken else want))
+        self.a.signal(signal.SIGHUP)
+        deadline = time.time() + 2.0
+        while time.time() < deadline:
+            if broken and self.failures() > failures_before:
+                if self.served_backoff() == self.current:
+                    self.refused += 1
+                else:
+                    self.problems.append("reload %d: broken file changed the config" % self.sent)
+                return
+            if not broken and self.served_backoff() == want:
+                self.current = want
+                self.applied += 1
+                return
+            time.sleep(0.05)
+        self.problems.append("reload %d (%s): no effect seen within 2s" %
+                             (self.sent, "broken" if broken else "backoff_base " + want))
 
 
 def client(a, stop, res, seed):
@@ -120,21 +190,23 @@ def client(a, stop, res, seed):
 def main():
     import tempfile
     checks = []
+    skipped = []
+    started = time.time()
 
     def check(name, ok, detail=""):
         checks.append((name, ok))
         print("%s %s %s" % ("ok  " if ok else "FAIL", name, detail), flush=True)
 
+    def skip(name, why):
+        skipped.append(name)
+        print("skip %s: %s" % (name, why), flush=True)
+
     b1, b2 = Backend(), Backend()
     tmp = tempfile.TemporaryDirectory()
-    config = ("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = %ds\n"
-              "[admin]\nlisten = 127.0.0.1:{admin}\n"
-              "[upstream one]\nurl = http://127.0.0.1:%d\ncall_timeout = 500ms\n"
-              "failure_threshold = 3\nopen_timeout = 1s\nretries = 1\nbackoff_base = 20ms\n"
-              "[upstream two]\nurl = http://127.0.0.1:%d\ncall_timeout = 500ms\n"
-              "failure_threshold = 3\nopen_timeout = 1s\npriority = 2\n"
-              % (int(REQUEST_TIMEOUT), b1.port, b2.port))
+    config = (soak_config(BACKOFF_VALUES[0]).replace("{b1}", str(b1.port))
+              .replace("{b2}", str(b2.port)))
     a = Akosha(tmp.name, config)
+    reloads = Reloads(a, (b1.port, b2.port))
     pid = a.proc.pid
     # warm up, then take the baseline
     for _ in range(200):
@@ -149,7 +221,7 @@ def main():
         t.start()
     t_end = time.time() + SECONDS
     phase = 0
-    next_hup = time.time() + 3
+    next_hup = time.time() + RELOAD_EVERY
     restarted = False
     while time.time() < t_end:
         name, beh = PHASES[phase % len(PHASES)]
@@ -159,8 +231,8 @@ def main():
         step_end = min(t_end, time.time() + SECONDS / (2 * len(PHASES)))
         while time.time() < step_end:
             if time.time() >= next_hup:
-                a.signal(signal.SIGHUP)
-                next_hup = time.time() + 3
+                reloads.once()
+                next_hup = time.time() + RELOAD_EVERY
             time.sleep(0.1)
         if not restarted and phase == len(PHASES):
             # a backend restart: its connections vanish, it comes back on the same port
@@ -192,7 +264,7 @@ def main():
     end_rss, end_fds = rss_kb(pid), nfds(pid)
     if os.environ.get("AKOSHA_SANITIZERS"):
         # ASan's quarantine and shadow memory grow by design; the plain build enforces this.
-        print("skip RSS check under sanitizers: %d kB -> %d kB" % (base_rss, end_rss))
+        skip("RSS grew by less than 10%", "ASan build, %d kB -> %d kB" % (base_rss, end_rss))
     else:
         check("RSS grew by less than 10%", end_rss < base_rss * 1.10,
               "%d kB -> %d kB" % (base_rss, end_rss))
@@ -211,15 +283,28 @@ def main():
           "stats %d client %d" % (stats["requests_total"], client_total))
     check("/metrics counts equal the client's", int(metric_total) == client_total,
           "metrics %d client %d" % (metric_total, client_total))
-    print("soak: %d requests in %.0fs, answers %s, reloads %s" %
+    expect_refused = reloads.sent // INVALID_EVERY
+    check("every valid reload applied (seen in /config)",
+          reloads.applied == reloads.sent - expect_refused and not reloads.problems,
+          "applied %d of %d %s" % (reloads.applied, reloads.sent - expect_refused,
+                                   reloads.problems[:3]))
+    check("every broken reload refused, old config kept", reloads.refused == expect_refused,
+          "refused %d of %d" % (reloads.refused, expect_refused))
+    check("/stats reload counts equal what was observed",
+          stats["config_reloads"] == {"success": reloads.applied, "failure": reloads.refused},
+          "stats %s" % stats["config_reloads"])
+    check("at least two reloads applied", reloads.applied >= 2, "applied %d" % reloads.applied)
+    print("soak: %d requests in %.0fs, answers %s, reloads: %d sent, %d applied, %d refused "
+          "(%d broken on purpose)" %
           (res.sent, SECONDS, dict(sorted((str(k), v) for k, v in res.answers.items())),
-           stats["config_reloads"]))
+           reloads.sent, reloads.applied, reloads.refused, expect_refused))
     a.stop()
     b1.stop()
     b2.stop()
     tmp.cleanup()
     passed = sum(1 for _, ok in checks if ok)
-    print("%d passed, %d failed" % (passed, len(checks) - passed))
+    print("%d passed, %d failed, %d skipped in %.1fs" %
+          (passed, len(checks) - passed, len(skipped), time.time() - started))
     return 0 if passed == len(checks) else 1
 
 

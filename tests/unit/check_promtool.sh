@@ -4,15 +4,16 @@
 # PromQL expression of the dashboard (parsed as recording rules). The metrics
 # page itself is checked by test_metrics (promtool check metrics).
 #
-# Exit 77 (automake's "skipped") when promtool or jq is missing.
+# A missing promtool or jq is a failure naming the Debian package, not a skip:
+# make check must not pass without having checked these files.
 set -eu
 
 top=${srcdir:-.}
 if [ -f "$top/tests/unit/check_promtool.sh" ]; then :; else top=$(dirname "$0")/../..; fi
-for tool in promtool jq; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "check_promtool: $tool not installed, skipping"
-        exit 77
+for tool in promtool:prometheus jq:jq; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+        echo "check_promtool: ${tool%%:*} not installed (Debian: apt-get install ${tool#*:})" >&2
+        exit 1
     fi
 done
 
