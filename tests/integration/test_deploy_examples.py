@@ -402,7 +402,8 @@ def test_dockerfile_image_runs_as_its_user_and_passes_its_healthcheck(image):
     config_path = argv[argv.index("-c") + 1]
     with open(root + config_path) as f:
         config = f.read()
-    c = Container(root, argv, config, config_path, {},
+    # As the Dockerfile's usage says: docker run -e AKOSHA_ADMIN_TOKEN=...
+    c = Container(root, argv, config, config_path, {"AKOSHA_ADMIN_TOKEN": "image-test-token"},
                   {PROXY_PORT: "0.0.0.0", ADMIN_PORT: "0.0.0.0"})
     try:
         health = json.loads(ins["HEALTHCHECK"][ins["HEALTHCHECK"].index("CMD ") + 4:])
@@ -566,6 +567,14 @@ def test_sidecar_runs_with_its_env_and_answers_its_probes(image, k8s):
     akosha, containers = akosha_container(k8s)
     env = {e["name"]: e["value"] for e in akosha.get("env", [])}
     text = k8s["ConfigMap"]["data"]["akosha.conf"]
+    # The kubelet mounts the Secret at CREDENTIALS_DIRECTORY; here, a directory
+    # the container's user (65534) can read stands in for it.
+    cred = tempfile.mkdtemp(prefix="akosha-secret-")
+    os.chmod(cred, 0o755)
+    with open(os.path.join(cred, "admin_token"), "w") as f:
+        f.write("k8s-test-token\n")
+    os.chmod(os.path.join(cred, "admin_token"), 0o644)
+    env["CREDENTIALS_DIRECTORY"] = cred
     check_config(text, env)
     s = settings(text)
     admin_port = port_of(s[("admin", "listen")])
@@ -596,6 +605,7 @@ def test_sidecar_runs_with_its_env_and_answers_its_probes(image, k8s):
         assert "export to %s/v1/traces" % env["OTEL_EXPORTER_OTLP_ENDPOINT"] in c.logs()
     finally:
         assert c.stop() == 0, c.logs()
+        shutil.rmtree(cred, ignore_errors=True)
 
 
 def test_sidecar_probes_and_scrape_annotations_use_the_admin_port(k8s):
