@@ -24,6 +24,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "model.h"
+
 #define OFF_G(field) offsetof(struct config, field)
 #define OFF_U(field) offsetof(struct upstream_config, field)
 #define OFF_M(field) offsetof(struct model_config, field)
@@ -45,6 +47,8 @@ const struct config_key config_table[] = {
      OFF_G(proxy.client_timeout_ms), "idle keep-alive and header read limit"},
     {SEC_PROXY, "max_connections", CT_INT, "4096", 1, 1000000, true, false, false, NULL,
      OFF_G(proxy.max_connections), "client connections accepted at once"},
+    {SEC_PROXY, "default_model", CT_STRING, NULL, NOB, true, false, false, NULL,
+     OFF_G(proxy.default_model), "model of requests that name none (TEI, a missing field)"},
     {SEC_PROXY, "drain_timeout", CT_DURATION, "30s", 0, 3600000, true, false, false, NULL,
      OFF_G(proxy.drain_timeout_ms), "on SIGTERM, how long requests in flight may finish"},
     {SEC_PROXY, "retry_budget", CT_PERCENT, "20%", 0, 10, true, false, false, NULL,
@@ -112,6 +116,8 @@ const struct config_key config_table[] = {
      OFF_U(tls_server_name), "SNI and verified name instead of the URL's host"},
     {SEC_UPSTREAM, "host", CT_STRING, NULL, NOB, true, false, false, NULL, OFF_U(host),
      "Host header instead of tls_server_name, else the URL's host"},
+    {SEC_UPSTREAM, "models", CT_LIST, NULL, NOB, true, false, false, NULL, OFF_U(models),
+     "models served, as callers name them (NAME=REMOTE renames); none: any model"},
     {SEC_UPSTREAM, "failure_threshold", CT_INT, "5", 1, 1000000, true, false, false, NULL,
      OFF_U(failure_threshold), "consecutive failures that open the breaker"},
     {SEC_UPSTREAM, "open_timeout", CT_DURATION, "60s", 1, 86400000, true, false, false, NULL,
@@ -131,8 +137,10 @@ const struct config_key config_table[] = {
     {SEC_UPSTREAM, "max_retry_after", CT_DURATION, "30s", 0, 3600000, true, false, false, NULL,
      OFF_U(max_retry_after_ms), "longest Retry-After waited out; longer ones skip the upstream"},
     /* [model NAME] */
-    {SEC_MODEL, "dimensions", CT_INT, NULL, 1, 4096, true, true, false, NULL, OFF_M(dimensions),
+    {SEC_MODEL, "dimensions", CT_INT, NULL, 1, 4096, true, false, false, NULL, OFF_M(dimensions),
      "fallback vector size for requests naming this model"},
+    {SEC_MODEL, "aliases", CT_LIST, NULL, NOB, true, false, false, NULL, OFF_M(aliases),
+     "other names callers use for this model"},
 };
 const size_t config_table_len = ARRAY_SIZE(config_table);
 
@@ -686,6 +694,80 @@ check_bounds(struct parser *p, const struct config_key *k, double v, const char 
 }
 
 static void
+name_list_free(struct name_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->names[i]);
+        free(l->remotes[i]);
+    }
+    free(l->names);
+    free(l->remotes);
+    memset(l, 0, sizeof(*l));
+}
+
+/* A model name as callers send it: printable, no blanks, quotes, commas or '='. */
+bool
+config_valid_model_name(const char *s, size_t n)
+{
+    if (n == 0 || n > 127) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= ' ' || ch == 127 || ch == '"' || ch == '\\' || ch == ',' || ch == '=') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* "a, b=c": names separated by commas (blanks around them ignored), each NAME or NAME=REMOTE. */
+static int
+parse_name_list(const char *text, struct name_list *l, const char **cause)
+{
+    const char *p = text;
+
+    while (*p != '\0') {
+        const char *start, *end, *eq;
+        while (*p == ' ' || *p == '\t') {
+            p++;
+        }
+        start = p;
+        while (*p != '\0' && *p != ',') {
+            p++;
+        }
+        end = p;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) {
+            end--;
+        }
+        if (*p == ',') {
+            p++;
+        }
+        if (end == start) {
+            *cause = "empty name in the list";
+            return -1;
+        }
+        eq = memchr(start, '=', (size_t)(end - start));
+        if (!config_valid_model_name(start, (size_t)((eq ? eq : end) - start)) ||
+            (eq != NULL && !config_valid_model_name(eq + 1, (size_t)(end - eq - 1)))) {
+            *cause = "a name must be 1-127 printable bytes without blanks, quotes, '\\', "
+                     "',' or '=' (NAME=REMOTE renames)";
+            return -1;
+        }
+        l->names = xrealloc(l->names, (l->n + 1) * sizeof(char *));
+        l->remotes = xrealloc(l->remotes, (l->n + 1) * sizeof(char *));
+        l->names[l->n] = xstrndup(start, (size_t)((eq ? eq : end) - start));
+        l->remotes[l->n] = eq ? xstrndup(eq + 1, (size_t)(end - eq - 1)) : NULL;
+        l->n++;
+    }
+    if (l->n == 0) {
+        *cause = "empty list";
+        return -1;
+    }
+    return 0;
+}
+
+static void
 free_value(const struct config_key *k, void *base)
 {
     void *field = (char *)base + k->offset;
@@ -718,6 +800,9 @@ free_value(const struct config_key *k, void *base)
         h->n = 0;
         break;
     }
+    case CT_LIST:
+        name_list_free(field);
+        break;
     default:
         break;
     }
@@ -874,6 +959,16 @@ set_value(struct parser *p, const struct config_key *k, void *base, const char *
         }
         h->lines = xrealloc(h->lines, (h->n + 1) * sizeof(char *));
         h->lines[h->n++] = xstrdup(text);
+        return true;
+    }
+    case CT_LIST: {
+        struct name_list l = {0};
+        if (parse_name_list(text, &l, &cause) < 0) {
+            name_list_free(&l);
+            break;
+        }
+        free_value(k, base);
+        *(struct name_list *)field = l;
         return true;
     }
     case CT_MODE: {
@@ -1156,6 +1251,60 @@ valid_host_value(const char *v)
     return true;
 }
 
+/* Model names: one meaning per name, one name per model in a list, a default that exists. */
+static void
+validate_models(struct parser *p)
+{
+    const struct config *cfg = p->cfg;
+
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        const struct model_config *m = &cfg->models[i];
+        if (!config_valid_model_name(m->name, strlen(m->name))) {
+            add_error(p->errs, "%s:%d: [model %s]: not a valid model name", p->name, m->line,
+                      m->name);
+        }
+        for (size_t j = 0; j < m->aliases.n; j++) {
+            const char *alias = m->aliases.names[j];
+            if (m->aliases.remotes[j] != NULL) {
+                add_error(p->errs, "%s:%d: [model %s] aliases: %s=%s: an alias takes no '='",
+                          p->name, m->line, m->name, alias, m->aliases.remotes[j]);
+                continue;
+            }
+            /* The first model owning the name, by section or alias order. */
+            const char *owner = model_canonical(cfg, alias);
+            if (strcmp(alias, m->name) == 0 || owner != m->name ||
+                (model_section(cfg, alias) != NULL && model_section(cfg, alias) != m)) {
+                add_error(p->errs,
+                          "%s:%d: [model %s] aliases: %s already names %s; an alias names one "
+                          "model",
+                          p->name, m->line, m->name, alias,
+                          model_section(cfg, alias) != NULL ? alias : owner);
+            }
+        }
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct upstream_config *u = &cfg->upstreams[i];
+        for (size_t j = 0; j < u->models.n; j++) {
+            const char *cj = model_canonical(cfg, u->models.names[j]);
+            for (size_t k = 0; k < j; k++) {
+                if (strcmp(model_canonical(cfg, u->models.names[k]), cj) == 0) {
+                    add_error(p->errs,
+                              "%s:%d: [upstream %s] models: %s and %s are the same model (%s); "
+                              "list it once",
+                              p->name, u->line, u->name, u->models.names[k], u->models.names[j],
+                              cj);
+                }
+            }
+        }
+    }
+    if (cfg->proxy.default_model != NULL && model_canonical(cfg, cfg->proxy.default_model) == NULL) {
+        add_error(p->errs,
+                  "%s:%d: [proxy] default_model: %s is named by no upstream's models and no "
+                  "[model] section",
+                  p->name, p->section_line[SEC_PROXY], cfg->proxy.default_model);
+    }
+}
+
 static void
 validate(struct parser *p)
 {
@@ -1192,13 +1341,7 @@ validate(struct parser *p)
                       p->name, u->line, u->name);
         }
     }
-    for (size_t i = 0; i < cfg->nmodels; i++) {
-        struct model_config *m = &cfg->models[i];
-        if (m->raw[config_key_index(SEC_MODEL, "dimensions")] == NULL) {
-            add_error(p->errs, "%s:%d: [model %s] dimensions: required key is missing", p->name,
-                      m->line, m->name);
-        }
-    }
+    validate_models(p);
     if (cfg->proxy.listen.text != NULL && cfg->admin.listen.text != NULL &&
         cfg->proxy.listen.sslen == cfg->admin.listen.sslen &&
         memcmp(&cfg->proxy.listen.ss, &cfg->admin.listen.ss, cfg->proxy.listen.sslen) == 0) {

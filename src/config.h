@@ -29,6 +29,7 @@ enum config_type {
     CT_HEADER,   /* repeatable "Name: value", stored as struct header_list */
     CT_ENUM,     /* stored as int, index into enum_values */
     CT_MODE,     /* octal file permissions "0660", stored as int */
+    CT_LIST,     /* "a, b=c, d": model names, stored as struct name_list */
 };
 
 enum config_section_kind {
@@ -75,6 +76,13 @@ struct upstream_url {
     char *prefix;    /* path prefix without trailing slash, "" when none */
 };
 
+/* A list of model names; remote[i] is what one upstream calls names[i], NULL when the same. */
+struct name_list {
+    char **names;
+    char **remotes;
+    size_t n;
+};
+
 struct header_list {
     char **lines; /* "Name: value" with ${VAR} expanded; secret */
     size_t n;
@@ -97,6 +105,7 @@ struct upstream_config {
     char *tls_ca_file;
     char *tls_server_name;
     char *host;        /* the Host key as set, NULL when not */
+    struct name_list models; /* models served (n == 0: any), with their remote names */
     char *host_header; /* derived: host, else tls_server_name (and port), else url.authority */
     /* breaker */
     int64_t failure_threshold;
@@ -115,7 +124,8 @@ struct upstream_config {
 struct model_config {
     char *name;
     int line;
-    int64_t dimensions;
+    int64_t dimensions; /* 0 when not set */
+    struct name_list aliases;
     char **raw;
 };
 
@@ -131,6 +141,7 @@ struct config {
         uint64_t client_timeout_ms;
         int64_t max_connections;
         uint64_t drain_timeout_ms;
+        char *default_model; /* model of requests that name none; NULL: none */
         double retry_budget;
         double retry_budget_min;
         int log_level;
@@ -191,6 +202,8 @@ int config_parse_size(const char *s, uint64_t *bytes, const char **cause);
 int config_parse_bool(const char *s, bool *out, const char **cause);
 int config_parse_listen(const char *s, struct listen_addr *out, const char **cause);
 int config_parse_url(const char *s, struct upstream_url *out, const char **cause);
+/* A model name as callers send it: 1-127 printable bytes, no blanks, quotes, ',', '\\' or '='. */
+bool config_valid_model_name(const char *s, size_t n);
 
 /* Index of the key in config_table, or -1. */
 int config_key_index(enum config_section_kind sec, const char *name);

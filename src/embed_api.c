@@ -1344,6 +1344,111 @@ scan_string(struct scanner *sc, const char **start, size_t *bytes, size_t *chars
 static int scan_value(struct scanner *sc, int depth);
 
 static int
+hex4(const char *p)
+{
+    int v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        int c = (unsigned char)p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') {
+            v |= c - '0';
+        } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
+            v |= (c | 0x20) - 'a' + 10;
+        } else {
+            return -1;
+        }
+    }
+    return v;
+}
+
+/*
+ * The text of a JSON string's raw bytes s[0..n) (quotes excluded, already
+ * checked by scan_string) into out, NUL-terminated. -1 when it does not
+ * fit, or holds a NUL or a lone surrogate: no model is named that.
+ */
+static int
+json_unescape(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        if (s[i] != '\\') {
+            if (o + 1 >= cap) {
+                return -1;
+            }
+            out[o++] = s[i++];
+            continue;
+        }
+        if (i + 1 >= n) {
+            return -1;
+        }
+        switch (s[i + 1]) {
+        case '"': case '\\': case '/':
+            cp = (unsigned char)s[i + 1];
+            i += 2;
+            break;
+        case 'b': cp = '\b'; i += 2; break;
+        case 'f': cp = '\f'; i += 2; break;
+        case 'n': cp = '\n'; i += 2; break;
+        case 'r': cp = '\r'; i += 2; break;
+        case 't': cp = '\t'; i += 2; break;
+        case 'u': {
+            int hi = i + 6 <= n ? hex4(s + i + 2) : -1;
+            if (hi < 0) {
+                return -1;
+            }
+            i += 6;
+            cp = (uint32_t)hi;
+            if (hi >= 0xD800 && hi <= 0xDBFF) {
+                int lo = i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u' ? hex4(s + i + 2) : -1;
+                if (lo < 0xDC00 || lo > 0xDFFF) {
+                    return -1;
+                }
+                i += 6;
+                cp = 0x10000 + (((uint32_t)hi - 0xD800) << 10) + ((uint32_t)lo - 0xDC00);
+            } else if (hi >= 0xDC00 && hi <= 0xDFFF) {
+                return -1;
+            }
+            break;
+        }
+        default:
+            return -1;
+        }
+        if (cp == 0) {
+            return -1;
+        }
+        {
+            char u[4];
+            size_t k = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+            if (k == 1) {
+                u[0] = (char)cp;
+            } else if (k == 2) {
+                u[0] = (char)(0xC0 | (cp >> 6));
+                u[1] = (char)(0x80 | (cp & 0x3F));
+            } else if (k == 3) {
+                u[0] = (char)(0xE0 | (cp >> 12));
+                u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                u[2] = (char)(0x80 | (cp & 0x3F));
+            } else {
+                u[0] = (char)(0xF0 | (cp >> 18));
+                u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                u[3] = (char)(0x80 | (cp & 0x3F));
+            }
+            if (o + k >= cap) {
+                return -1;
+            }
+            memcpy(out + o, u, k);
+            o += k;
+        }
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+static int
 scan_container(struct scanner *sc, int depth, char close)
 {
     sc->p++;
@@ -1522,6 +1627,7 @@ embed_request_scan(enum embed_api api, const char *body, size_t len, struct embe
 
     out->ninputs = 0;
     out->model[0] = '\0';
+    out->model_at = out->model_len = 0;
     out->sized = false;
     if (api == EMBED_API_NONE || body == NULL) {
         return -1;
@@ -1559,11 +1665,10 @@ embed_request_scan(enum embed_api api, const char *body, size_t len, struct embe
             if (scan_string(&sc, &m, &mb, NULL) < 0) {
                 return -1;
             }
-            if (mb < sizeof(out->model) && memchr(m, '\\', mb) == NULL) {
-                memcpy(out->model, m, mb);
-                out->model[mb] = '\0';
-            } else {
-                out->model[0] = '\0';
+            out->model_at = (size_t)(m - body);
+            out->model_len = mb;
+            if (json_unescape(m, mb, out->model, sizeof(out->model)) < 0) {
+                out->model[0] = '\0'; /* too long, or an escape we will not route by */
             }
         } else {
             if (kb == 10 && memcmp(k, "dimensions", 10) == 0 && sc.p < sc.end && *sc.p != 'n') {

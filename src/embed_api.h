@@ -126,7 +126,8 @@ int embed_dim_scan_feed(struct embed_dim_scan *s, const char *p, size_t n, unsig
 struct embed_scan {
     size_t ninputs;
     uint32_t chars[EMBED_MAX_INPUTS]; /* characters (token ids for token input) per input */
-    char model[128];                  /* "" when absent or longer than 127 bytes */
+    char model[128];                  /* decoded; "" when absent or longer than 127 bytes */
+    size_t model_at, model_len;       /* the model string's raw bytes in the body; 0: absent */
     bool sized;                       /* asks for a size ("dimensions"): not the model's own */
 };
 /* 0, or -1 when the body is not a well-formed request of that API (no metrics then). */

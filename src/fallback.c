@@ -17,6 +17,7 @@
 #include "embed_api.h"
 #include "embedder_hash.h"
 #include "log.h"
+#include "model.h"
 #include "observe.h"
 #include "otlp.h"
 #include "proxy.h"
@@ -28,6 +29,8 @@ struct fallback_job {
     struct server *srv;
     struct client *client; /* NULL once detached */
     struct config *cfg;    /* reference held: [model] sizes and defaults */
+    const char *model;     /* canonical, owned by cfg; NULL when the request names none known */
+    char model_key[128];   /* what learned sizes go by ("" : the parsed request's model) */
     enum embed_api api;
     struct evbuffer *body; /* owned */
     /* results, written by the worker */
@@ -47,21 +50,17 @@ pick_dimensions(struct fallback_job *j)
 {
     const struct config *cfg = j->cfg;
 
+    const struct model_config *m = j->model != NULL ? model_section(cfg, j->model) : NULL;
+    unsigned learned;
+
     if (j->er.dimensions > 0) {
         return j->er.dimensions;
     }
-    for (size_t i = 0; i < cfg->nmodels; i++) {
-        if (strcmp(cfg->models[i].name, j->er.model) == 0) {
-            return (unsigned)cfg->models[i].dimensions;
-        }
+    if (m != NULL && m->dimensions > 0) {
+        return (unsigned)m->dimensions;
     }
-    {
-        unsigned learned = server_learned_dim(j->srv, j->er.model);
-        if (learned > 0) {
-            return learned;
-        }
-    }
-    return (unsigned)cfg->fallback.dimensions;
+    learned = model_learned_dim(j->model_key[0] ? j->model_key : j->er.model, util_mono_ms());
+    return learned > 0 ? learned : (unsigned)cfg->fallback.dimensions;
 }
 
 static void
@@ -173,8 +172,14 @@ job_done(struct worker_job *wj)
         c->req->mode = "fallback";
     }
     job_span(j, c->req);
-    proxy_respond(c, j->status, "application/json", j->answer, j->answer_len,
-                  "X-Akosha-Mode: fallback\r\nX-Akosha-Upstream: local\r\n");
+    {
+        char extra[256];
+        snprintf(extra, sizeof(extra),
+                 "X-Akosha-Mode: fallback\r\nX-Akosha-Upstream: local\r\n%s%s%s",
+                 j->model ? "X-Akosha-Model: " : "", j->model ? j->model : "",
+                 j->model ? "\r\n" : "");
+        proxy_respond(c, j->status, "application/json", j->answer, j->answer_len, extra);
+    }
     job_free(j);
     /* proxy_respond queued the answer; the write callback finishes the request. */
 }
@@ -192,6 +197,8 @@ fallback_start(struct client *c, const char *reason)
     j->client = c;
     j->cfg = r->cfg; /* the request's: a reload does not change its answer */
     config_ref(j->cfg);
+    j->model = r->model;
+    snprintf(j->model_key, sizeof(j->model_key), "%s", observe_model_key(r));
     j->api = r->api;
     j->body = evbuffer_new();
     /* Moved, not copied: from here only the worker reads the body. */

@@ -484,6 +484,32 @@ metrics_observe(struct metric_series *s, double value)
     atomic_double_add(&s->sum_bits, value);
 }
 
+size_t
+metrics_bucket_of(enum metric_id id, double value)
+{
+    const struct metric_family *f = &metrics_families[id];
+    size_t i;
+
+    assert(f->type == METRIC_HISTOGRAM);
+    for (i = 0; i < f->nbuckets && value > f->buckets[i]; i++) {
+    }
+    return i;
+}
+
+void
+metrics_observe_folded(struct metric_series *s, const uint32_t *counts, double sum)
+{
+    const struct metric_family *f = &metrics_families[s->id];
+
+    assert(f->type == METRIC_HISTOGRAM);
+    for (size_t i = 0; i <= f->nbuckets; i++) {
+        if (counts[i] != 0) {
+            atomic_fetch_add_explicit(&s->buckets[i], counts[i], memory_order_relaxed);
+        }
+    }
+    atomic_double_add(&s->sum_bits, sum);
+}
+
 uint64_t
 metrics_counter_value(const struct metric_series *s)
 {

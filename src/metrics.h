@@ -165,6 +165,12 @@ void metrics_gauge_set(struct metric_series *s, double value);
 void metrics_gauge_add(struct metric_series *s, int64_t delta);
 /* Histograms. */
 void metrics_observe(struct metric_series *s, double value);
+/*
+ * Observations gathered ahead, before the series was known: counts[i] per
+ * bucket (indexes from metrics_bucket_of, nbuckets + 1 of them) and their sum.
+ */
+size_t metrics_bucket_of(enum metric_id id, double value);
+void metrics_observe_folded(struct metric_series *s, const uint32_t *counts, double sum);
 
 /* Current values, for tests and the admin /stats page. */
 uint64_t metrics_counter_value(const struct metric_series *s);

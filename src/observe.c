@@ -8,6 +8,7 @@
  */
 #include "observe.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "fallback.h"
 #include "log.h"
 #include "metrics.h"
+#include "model.h"
 #include "otlp.h"
 #include "proxy.h"
 #include "trace.h"
@@ -56,7 +58,8 @@ static struct trace_sampler sampler;
 static bool tracing;
 static struct telemetry_settings tele;
 
-static void observe_counts(int m, size_t ninputs, const uint32_t *chars);
+
+static void observe_batch(int m, size_t ninputs);
 
 static int
 route_index(const char *route)
@@ -169,6 +172,9 @@ observe_init(struct server *srv, const char **cause)
         m_generated[i] = metrics_series(METRIC_EMBEDDING_GENERATED, lv);
         m_batch[i] = metrics_series(METRIC_EMBEDDING_BATCH_GENERATED, lv);
         m_textlen[i] = metrics_series(METRIC_EMBEDDING_TEXT_LENGTH, lv);
+        /* requests fold their input sizes into OBSERVE_TEXTLEN_SLOTS counts */
+        assert(metrics_families[METRIC_EMBEDDING_TEXT_LENGTH].nbuckets + 1 ==
+               OBSERVE_TEXTLEN_SLOTS);
         m_batchsize[i] = metrics_series(METRIC_EMBEDDING_BATCH_SIZE, lv);
     }
     m_in_flight = metrics_series(METRIC_REQUESTS_IN_FLIGHT, NULL);
@@ -339,31 +345,37 @@ observe_request_done(struct server *srv, struct request *r)
     }
     metrics_observe(m_duration[ri], secs);
     if (r->sniffed_dim > 0) {
-        server_learn_dim(srv, r->model, r->sniffed_dim);
+        model_learn_dim(observe_model_key(r), r->sniffed_dim, util_mono_ms());
+    }
+}
+
+const char *
+observe_model_key(const struct request *r)
+{
+    return r->model != NULL ? r->model : r->model_sent;
+}
+
+void
+observe_request_scan(struct request *r, const struct embed_scan *scan)
+{
+    r->ninputs = (uint32_t)scan->ninputs;
+    for (size_t i = 0; i < scan->ninputs; i++) {
+        r->textlen[metrics_bucket_of(METRIC_EMBEDDING_TEXT_LENGTH, (double)scan->chars[i])]++;
+        r->textlen_sum += (double)scan->chars[i];
     }
 }
 
 bool
 observe_real_answer(struct server *srv, struct request *r)
 {
-    static struct embed_scan scan; /* loop thread only; 8 KB kept off the stack */
-    size_t n;
-    const char *body;
-
-    r->model[0] = '\0';
-    if (r->api == EMBED_API_NONE || r->body == NULL) {
+    (void)srv;
+    if (!r->scanned) {
         return false;
     }
-    n = evbuffer_get_length(r->body);
-    body = n > 0 ? (const char *)evbuffer_pullup(r->body, -1) : "";
-    if (embed_request_scan(r->api, body, n, &scan) != 0) {
-        return false;
-    }
-    observe_counts(0, scan.ninputs, scan.chars);
-    _Static_assert(sizeof(r->model) == sizeof(scan.model), "the model is copied whole");
-    memcpy(r->model, scan.model, sizeof(r->model));
+    observe_batch(0, r->ninputs);
+    metrics_observe_folded(m_textlen[0], r->textlen, r->textlen_sum);
     /* An answer cut to the caller's "dimensions" says nothing of the model's own size. */
-    return !scan.sized && server_dim_due(srv, r->model, util_mono_ms());
+    return !r->sized && model_dim_due(observe_model_key(r), util_mono_ms());
 }
 
 void
@@ -540,16 +552,6 @@ observe_batch(int m, size_t ninputs)
         metrics_inc(m_batch[m]);
     }
     metrics_observe(m_batchsize[m], (double)ninputs);
-}
-
-/* Embedding counters for mode m (0 real, 1 fallback): atomics only, any thread. */
-static void
-observe_counts(int m, size_t ninputs, const uint32_t *chars)
-{
-    observe_batch(m, ninputs);
-    for (size_t i = 0; i < ninputs; i++) {
-        metrics_observe(m_textlen[m], (double)chars[i]);
-    }
 }
 
 void

@@ -17,6 +17,7 @@
 struct server;
 struct request;
 struct upstream;
+struct embed_scan;
 
 /* Start-up and reload: tracing settings from cfg plus the environment. */
 int observe_init(struct server *srv, const char **cause);
@@ -27,12 +28,18 @@ void observe_reload(struct server *srv, bool ok);
 void observe_in_flight(int delta);
 void observe_request_start(struct server *srv, struct request *r);
 void observe_request_done(struct server *srv, struct request *r);
+/* Buckets of the embedding_text_length histogram, its +Inf included. */
+#define OBSERVE_TEXTLEN_SLOTS 11
+/* The request's body was scanned: keep its input sizes until its answer's mode is known. */
+void observe_request_scan(struct request *r, const struct embed_scan *scan);
 /*
- * A real 2xx embedding answer is about to be relayed: count its inputs (read
- * from the request body) as real embeddings, keep the model in r->model, and
- * return whether the answer's vector size should be sniffed (server_dim_due).
+ * A real 2xx embedding answer is about to be relayed: count its inputs as
+ * real embeddings, and return whether the answer's vector size should be
+ * counted (model_dim_due).
  */
 bool observe_real_answer(struct server *srv, struct request *r);
+/* The model key learned sizes go by: the canonical name, else the name as sent. */
+const char *observe_model_key(const struct request *r);
 void observe_server_span_end(struct server *srv, struct request *r);
 void observe_connection_refused(struct server *srv);
 

@@ -36,6 +36,7 @@
 
 #include "fallback.h"
 #include "log.h"
+#include "model.h"
 #include "observe.h"
 #include "retry.h"
 #include "sockio.h"
@@ -973,12 +974,78 @@ give_up(struct client *c, const char *fallback_reason, int status, const char *m
     client_drive(c);
 }
 
+/*
+ * Read the body's model (one pass, no JSON tree) and resolve it: the
+ * canonical name, the upstreams it allows, the input sizes for metrics.
+ * False when the request was answered (a model the config does not serve).
+ */
+static bool
+resolve_model(struct client *c)
+{
+    static struct embed_scan scan; /* loop thread only; 8 KB kept off the stack */
+    struct request *r = c->req;
+    const struct config *cfg = cfg_of(c);
+    size_t n = evbuffer_get_length(r->body);
+    const char *body = n > 0 ? (const char *)evbuffer_pullup(r->body, -1) : "";
+    const char *name;
+
+    if (embed_request_scan(r->api, body, n, &scan) == 0) {
+        r->scanned = true;
+        _Static_assert(sizeof(r->model_sent) == sizeof(scan.model), "the model is copied whole");
+        memcpy(r->model_sent, scan.model, sizeof(r->model_sent));
+        r->model_at = scan.model_at;
+        r->model_len = scan.model_len;
+        r->sized = scan.sized;
+        observe_request_scan(r, &scan);
+    }
+    name = r->model_sent[0] != '\0' ? r->model_sent : cfg->proxy.default_model;
+    r->model = model_canonical(cfg, name);
+    r->want.by_model = true;
+    r->want.model = r->model;
+    /* With no upstream at all akosha is the embedding server: every model is served. */
+    if (r->model == NULL && name != NULL && cfg->nupstreams > 0 && model_names_configured(cfg) &&
+        !model_open_upstream(cfg)) {
+        char msg[200];
+        size_t len;
+        char *err;
+        snprintf(msg, sizeof(msg), "The model '%s' is not served here", name);
+        err = embed_render_error(r->api, msg, "invalid_request_error", "model", "model_not_found",
+                                 &len);
+        log_info("request %s: model '%s' is not configured: 404", r->id, name);
+        proxy_respond(c, 404, "application/json", err, len, NULL);
+        free(err);
+        client_drive(c);
+        return false;
+    }
+    return true;
+}
+
+/* Whether any upstream of the request's set may serve it at all. */
+static bool
+any_upstream_serves(struct request *r)
+{
+    for (size_t i = 0; i < r->ups->n; i++) {
+        if (upstream_serves(r->ups->ups[i], &r->want)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void
 dispatch(struct client *c)
 {
     struct request *r = c->req;
     uint64_t now = util_mono_ms();
 
+    if (r->api != EMBED_API_NONE && !resolve_model(c)) {
+        return;
+    }
+    if (r->ups->n > 0 && cfg_of(c)->fallback.mode != FALLBACK_ALWAYS && !any_upstream_serves(r)) {
+        /* Another model's upstream would answer in another vector space: never. */
+        give_up(c, "no_upstream_for_model", 503, "no upstream serves this model");
+        return;
+    }
     if (r->ups->n == 0 || cfg_of(c)->fallback.mode == FALLBACK_ALWAYS) {
         if (r->api != EMBED_API_NONE && cfg_of(c)->fallback.mode != FALLBACK_OFF) {
             if (r->deny_fallback) {
@@ -1050,13 +1117,12 @@ is_replaced_request_header(const struct http_header *h)
 }
 
 static void
-append_upstream_head(struct client *c, struct evbuffer *out)
+append_upstream_head(struct client *c, struct evbuffer *out, size_t body_len)
 {
     struct request *r = c->req;
     struct attempt *a = &r->att;
     const struct upstream_config *uc = a->up->cfg;
     const struct http_header *xff = NULL, *caller_tp = NULL, *caller_ts = NULL;
-    size_t body_len = evbuffer_get_length(r->body);
     struct buf *b = &scratch;
     char tp[64];
 
@@ -1159,11 +1225,26 @@ send_request(struct client *c)
     struct attempt *a = &r->att;
     struct evbuffer *out = upconn_output(a->conn);
     size_t n = evbuffer_get_length(r->body);
+    const char *remote = NULL;
+    const char *body;
 
-    append_upstream_head(c, out);
-    if (n > 0) {
-        /* The body stays in the request: a retry replays the same bytes. */
-        evbuffer_add(out, evbuffer_pullup(r->body, -1), n);
+    if (r->model != NULL && r->model_len > 0) {
+        /* NAME=REMOTE: this upstream calls the model by another name. */
+        model_upstream_serves(a->up->cfg_owner, a->up->cfg, r->model, &remote);
+    }
+    if (remote == NULL) {
+        append_upstream_head(c, out, n);
+        if (n > 0) {
+            /* The body stays in the request: a retry replays the same bytes. */
+            evbuffer_add(out, evbuffer_pullup(r->body, -1), n);
+        }
+    } else {
+        size_t rl = strlen(remote);
+        append_upstream_head(c, out, n - r->model_len + rl);
+        body = (const char *)evbuffer_pullup(r->body, -1);
+        evbuffer_add(out, body, r->model_at);
+        evbuffer_add(out, remote, rl);
+        evbuffer_add(out, body + r->model_at + r->model_len, n - r->model_at - r->model_len);
     }
     attempt_set_state(c, ATTEMPT_HEAD);
     upconn_pause_read(a->conn, false);
@@ -1291,7 +1372,7 @@ attempt_start(struct client *c)
         give_up(c, "deadline", 504, r->fail_cause);
         return;
     }
-    up = upstream_pick(r->ups, r->tried, r->ntried, now);
+    up = upstream_pick(r->ups, &r->want, r->tried, r->ntried, now);
     if (up != NULL && !breaker_allow(&up->breaker, now, &a->ticket)) {
         up = NULL;
     }
@@ -1299,7 +1380,8 @@ attempt_start(struct client *c)
         /* Ask every breaker, so each counts the rejected call (or admits it after all). */
         for (size_t i = 0; i < r->ups->n && up == NULL; i++) {
             struct upstream *u = r->ups->ups[i];
-            if (!upstream_cooling(u, now) && breaker_allow(&u->breaker, now, &a->ticket)) {
+            if (upstream_serves(u, &r->want) && !upstream_cooling(u, now) &&
+                breaker_allow(&u->breaker, now, &a->ticket)) {
                 up = u;
             }
         }
@@ -1487,7 +1569,8 @@ relay_head(struct client *c, const struct http_response_head *rh)
         if (http_is_hop_by_hop(h, rh->headers, rh->nheaders) ||
             (h->name_len == 12 && http_header_is(h, "X-Request-Id")) ||
             (h->name_len == 17 && http_header_is(h, "X-Akosha-Upstream")) ||
-            (h->name_len == 13 && http_header_is(h, "X-Akosha-Mode"))) {
+            (h->name_len == 13 && http_header_is(h, "X-Akosha-Mode")) ||
+            (h->name_len == 14 && http_header_is(h, "X-Akosha-Model"))) {
             continue;
         }
         put(b, h->name, h->name_len);
@@ -1500,7 +1583,13 @@ relay_head(struct client *c, const struct http_response_head *rh)
     }
     PUT_LIT(b, "X-Akosha-Upstream: ");
     put_str(b, a->up->name);
-    PUT_LIT(b, "\r\nX-Akosha-Mode: real\r\nX-Request-Id: ");
+    PUT_LIT(b, "\r\nX-Akosha-Mode: real\r\n");
+    if (r->model != NULL) {
+        PUT_LIT(b, "X-Akosha-Model: ");
+        put_str(b, r->model);
+        PUT_LIT(b, "\r\n");
+    }
+    PUT_LIT(b, "X-Request-Id: ");
     put_str(b, r->id);
     PUT_LIT(b, "\r\n");
     if (close) {
@@ -1690,7 +1779,7 @@ on_response_head(struct client *c)
         /* Embedding routes never relay a failure: a retry, the fallback, or a 503. */
         if (r->api != EMBED_API_NONE ||
             (retry_possible(c, have_after && !too_long ? after : 0) &&
-             (!too_long || upstream_any_callable(r->ups, now)))) {
+             (!too_long || upstream_any_callable(r->ups, &r->want, now)))) {
             char cause_buf[64];
             snprintf(cause_buf, sizeof(cause_buf), "HTTP %d", rh.status);
             attempt_failed(c, 502, cause_buf, after, have_after, rh.status == 429 ? "429" : "5xx");

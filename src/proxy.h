@@ -17,6 +17,7 @@
 #include "breaker.h"
 #include "embed_api.h"
 #include "http.h"
+#include "observe.h"
 #include "server.h"
 #include "trace.h"
 #include "upstream.h"
@@ -72,6 +73,7 @@ struct request {
     bool keep_alive;
     bool is_head;
     struct config *cfg;        /* the config it started with; reference held */
+    struct upstream_want want; /* the upstreams its model allows */
     struct upstream_set *ups;  /* the upstreams it started with; reference held */
     uint64_t start_us;
     uint64_t deadline_ms;      /* monotonic: request_timeout from the head, the caller's */
@@ -91,7 +93,15 @@ struct request {
     struct trace_span *span; /* SERVER span, NULL when unsampled */
     struct trace_context ctx; /* this request's context (server span) */
     unsigned sniffed_dim;    /* vector size seen in a real 2xx answer, 0 if none */
-    char model[128];         /* the request's model, read when a real 2xx answer starts */
+    /* What the body says, scanned once at dispatch (embedding routes). */
+    const char *model;          /* canonical (owned by cfg); NULL when none is named or known */
+    char model_sent[128];       /* the model the body names, decoded; "" when none */
+    size_t model_at, model_len; /* its raw bytes in the body, rewritten per upstream; 0: absent */
+    bool sized;                 /* the body sets "dimensions" */
+    bool scanned;               /* the body is a well-formed request of its API */
+    uint32_t ninputs;
+    uint32_t textlen[OBSERVE_TEXTLEN_SLOTS]; /* input sizes by histogram bucket */
+    double textlen_sum;
     struct http_request_head hd; /* last: only its scalars are cleared per request */
 };
 

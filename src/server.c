@@ -248,103 +248,6 @@ same_listen(const struct listen_addr *a, const struct listen_addr *b)
     return strcmp(a->text, b->text) == 0;
 }
 
-/* ---- learned dimensions ------------------------------------------------ */
-
-/* The model's entry, or NULL. Call with learned_lock held. */
-static struct learned_dim *
-learned_find(struct server *srv, const char *model)
-{
-    for (size_t i = 0; i < srv->nlearned; i++) {
-        if (strcmp(srv->learned[i].model, model) == 0) {
-            return &srv->learned[i];
-        }
-    }
-    return NULL;
-}
-
-unsigned
-server_learned_dim(struct server *srv, const char *model)
-{
-    struct learned_dim *l;
-    unsigned d;
-
-    pthread_mutex_lock(&srv->learned_lock);
-    l = learned_find(srv, model);
-    d = 0;
-    if (l != NULL) {
-        d = l->dimensions;
-        l->uses++;
-        l->used_ms = util_mono_ms();
-    }
-    pthread_mutex_unlock(&srv->learned_lock);
-    return d;
-}
-
-/*
- * The slot a new model takes when the table is full: the least used, the
- * longest unused among equals. A flood of made-up names (one answer each)
- * then evicts its own kind, never a model callers keep using.
- */
-static struct learned_dim *
-learned_victim(struct server *srv)
-{
-    struct learned_dim *victim = &srv->learned[0];
-
-    for (size_t i = 1; i < srv->nlearned; i++) {
-        struct learned_dim *l = &srv->learned[i];
-        if (l->uses < victim->uses || (l->uses == victim->uses && l->used_ms < victim->used_ms)) {
-            victim = l;
-        }
-    }
-    return victim;
-}
-
-void
-server_learn_dim(struct server *srv, const char *model, unsigned dim)
-{
-    struct learned_dim *l;
-
-    if (strlen(model) >= sizeof(srv->learned[0].model) || dim == 0 || dim > 65536) {
-        return;
-    }
-    pthread_mutex_lock(&srv->learned_lock);
-    l = learned_find(srv, model);
-    if (l == NULL) {
-        if (srv->nlearned == LEARNED_DIMS_MAX) {
-            l = learned_victim(srv); /* bounded */
-        } else {
-            l = &srv->learned[srv->nlearned++];
-        }
-        snprintf(l->model, sizeof(l->model), "%s", model);
-        l->dimensions = 0;
-        l->uses = 0;
-    }
-    if (l->dimensions != dim) {
-        log_info("model '%s': learned %u dimensions from an upstream answer", model, dim);
-    }
-    l->dimensions = dim;
-    l->checked_ms = util_mono_ms();
-    l->uses++;
-    l->used_ms = l->checked_ms;
-    pthread_mutex_unlock(&srv->learned_lock);
-}
-
-bool
-server_dim_due(struct server *srv, const char *model, uint64_t now_ms)
-{
-    struct learned_dim *l;
-    bool due;
-
-    pthread_mutex_lock(&srv->learned_lock);
-    l = learned_find(srv, model);
-    due = l == NULL || now_ms - l->checked_ms >= LEARNED_DIM_REFRESH_MS;
-    if (l != NULL && due) {
-        l->checked_ms = now_ms;
-    }
-    pthread_mutex_unlock(&srv->learned_lock);
-    return due;
-}
-
 /* ---- status ------------------------------------------------------------ */
 
 static void
@@ -677,7 +580,6 @@ server_init(struct server *srv, struct config *cfg)
 
     memset(srv, 0, sizeof(*srv));
     TAILQ_INIT(&srv->clients);
-    pthread_mutex_init(&srv->learned_lock, NULL);
     srv->cfg = cfg;
     srv->started_mono_ms = util_mono_ms();
     srv->started_wall_ms = util_wall_ms();
@@ -798,5 +700,4 @@ server_free(struct server *srv)
     config_unref(srv->cfg);
     evdns_base_free(srv->dns, 0);
     event_base_free(srv->base);
-    pthread_mutex_destroy(&srv->learned_lock);
 }

@@ -41,19 +41,6 @@ struct accept_pause {
     int last_error;
 };
 
-#define LEARNED_DIMS_MAX 256
-
-struct learned_dim {
-    char model[128];
-    unsigned dimensions;
-    uint64_t checked_ms; /* monotonic: when an answer was last sniffed (or claimed to be) */
-    uint64_t uses;       /* answers it was learned from and fallback answers it sized */
-    uint64_t used_ms;    /* monotonic: the last of those */
-};
-
-/* A model's learned size is checked against a real answer at most this often. */
-#define LEARNED_DIM_REFRESH_MS 1000
-
 struct server {
     struct event_base *base;
     struct evdns_base *dns;
@@ -77,9 +64,6 @@ struct server {
     struct retry_budget budget;
     struct worker_pool *workers;
     struct otlp_exporter *otlp;
-    struct learned_dim learned[LEARNED_DIMS_MAX]; /* under learned_lock: workers read it */
-    size_t nlearned;
-    pthread_mutex_t learned_lock;
     uint64_t started_mono_ms;
     int64_t started_wall_ms;
     uint64_t rng;
@@ -95,18 +79,5 @@ void server_free(struct server *srv);
 
 /* Called by proxy.c when a client goes away, to finish a drain. */
 void server_client_gone(struct server *srv);
-
-/* Learned embedding dimensions per model, from real upstream answers; any thread. */
-unsigned server_learned_dim(struct server *srv, const char *model);
-void server_learn_dim(struct server *srv, const char *model, unsigned dim);
-/*
- * Whether a real answer for model should be sniffed now: its size is not
- * known yet, or was last checked LEARNED_DIM_REFRESH_MS or more ago (then
- * this call claims the check, so concurrent answers do not all sniff).
- * Counting a vector's numbers costs about as much as the rest of relaying a
- * small answer; once a second per model keeps "the last answer's size" true
- * within that second.
- */
-bool server_dim_due(struct server *srv, const char *model, uint64_t now_ms);
 
 #endif

@@ -20,6 +20,7 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
+#include "model.h"
 #include "sockio.h"
 #include "util.h"
 
@@ -284,6 +285,12 @@ upstream_find(struct upstream_set *set, const char *name)
     return NULL;
 }
 
+bool
+upstream_serves(const struct upstream *up, const struct upstream_want *want)
+{
+    return !want->by_model || model_upstream_serves(up->cfg_owner, up->cfg, want->model, NULL);
+}
+
 static bool
 was_tried(struct upstream *up, struct upstream *const *tried, size_t ntried)
 {
@@ -297,8 +304,8 @@ was_tried(struct upstream *up, struct upstream *const *tried, size_t ntried)
 
 /* Smooth weighted round-robin (as nginx): even spread, no bursts. */
 static struct upstream *
-pick_in_priority(struct upstream_set *set, int64_t prio, struct upstream *const *tried,
-                 size_t ntried, bool skip_tried, uint64_t now_ms)
+pick_in_priority(struct upstream_set *set, const struct upstream_want *want, int64_t prio,
+                 struct upstream *const *tried, size_t ntried, bool skip_tried, uint64_t now_ms)
 {
     struct upstream *best = NULL;
     int64_t total = 0;
@@ -306,7 +313,7 @@ pick_in_priority(struct upstream_set *set, int64_t prio, struct upstream *const 
     for (size_t i = 0; i < set->n; i++) {
         struct upstream *up = set->ups[i];
         if (up->cfg->priority != prio || upstream_cooling(up, now_ms) ||
-            !breaker_would_allow(&up->breaker, now_ms)) {
+            !upstream_serves(up, want) || !breaker_would_allow(&up->breaker, now_ms)) {
             continue;
         }
         if (skip_tried && was_tried(up, tried, ntried)) {
@@ -325,8 +332,8 @@ pick_in_priority(struct upstream_set *set, int64_t prio, struct upstream *const 
 }
 
 struct upstream *
-upstream_pick(struct upstream_set *set, struct upstream *const *tried, size_t ntried,
-              uint64_t now_ms)
+upstream_pick(struct upstream_set *set, const struct upstream_want *want,
+              struct upstream *const *tried, size_t ntried, uint64_t now_ms)
 {
     for (int pass = 0; pass < 2; pass++) {
         bool skip_tried = pass == 0;
@@ -345,7 +352,7 @@ upstream_pick(struct upstream_set *set, struct upstream *const *tried, size_t nt
                 break;
             }
             prio = next;
-            up = pick_in_priority(set, prio, tried, ntried, skip_tried, now_ms);
+            up = pick_in_priority(set, want, prio, tried, ntried, skip_tried, now_ms);
             if (up != NULL) {
                 return up;
             }
@@ -371,11 +378,13 @@ upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms)
 }
 
 bool
-upstream_any_callable(struct upstream_set *set, uint64_t now_ms)
+upstream_any_callable(struct upstream_set *set, const struct upstream_want *want,
+                      uint64_t now_ms)
 {
     for (size_t i = 0; i < set->n; i++) {
         struct upstream *up = set->ups[i];
-        if (!upstream_cooling(up, now_ms) && breaker_would_allow(&up->breaker, now_ms)) {
+        if (upstream_serves(up, want) && !upstream_cooling(up, now_ms) &&
+            breaker_would_allow(&up->breaker, now_ms)) {
             return true;
         }
     }

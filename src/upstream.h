@@ -101,7 +101,6 @@ struct upstream {
     uint64_t cooldown_until_ms; /* monotonic: skipped by routing until then (Retry-After) */
     unsigned generation; /* bumped when a reload changes how connections are made */
     int64_t current_weight;
-    unsigned learned_dimensions;
     struct upconn_list idle; /* most recently used first */
     struct event *idle_sweep; /* closes plain connections idle past the limit */
     size_t nidle, nbusy, nconnecting;
@@ -135,19 +134,27 @@ struct upstream_set *upstream_set_ref(struct upstream_set *set);
 void upstream_set_unref(struct upstream_set *set);
 struct upstream *upstream_find(struct upstream_set *set, const char *name);
 
+/* Which upstreams a request may use: any (by_model false), or those serving model. */
+struct upstream_want {
+    bool by_model;
+    const char *model; /* canonical; NULL: only upstreams serving any model */
+};
+bool upstream_serves(const struct upstream *up, const struct upstream_want *want);
+
 /*
- * Choose the next upstream for an attempt: lowest priority first, smooth
+ * Choose the next upstream for an attempt, among those want allows: lowest priority first, smooth
  * weighted round-robin within a priority, skipping upstreams whose breaker
  * would reject or that are cooling down after a long Retry-After and, when
  * possible, those in tried[] (ntried entries). Does not commit the breaker.
  * NULL when no upstream may be called.
  */
-struct upstream *upstream_pick(struct upstream_set *set, struct upstream *const *tried,
-                               size_t ntried, uint64_t now_ms);
+struct upstream *upstream_pick(struct upstream_set *set, const struct upstream_want *want,
+                               struct upstream *const *tried, size_t ntried, uint64_t now_ms);
 /* Soonest monotonic ms at which some upstream may be called (breaker and cooldown). */
 uint64_t upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms);
-/* Whether some upstream of set may be called now (breaker and cooldown). */
-bool upstream_any_callable(struct upstream_set *set, uint64_t now_ms);
+/* Whether some upstream of set that want allows may be called now (breaker and cooldown). */
+bool upstream_any_callable(struct upstream_set *set, const struct upstream_want *want,
+                           uint64_t now_ms);
 /* Whether up is cooling down at now_ms (see upstream_cooldown). */
 bool upstream_cooling(const struct upstream *up, uint64_t now_ms);
 /* Skip up in routing until until_ms (monotonic): it asked for a pause we will not wait out. */

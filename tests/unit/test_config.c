@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "model.h"
 
 static const char *fake_env_dir;
 
@@ -372,7 +373,129 @@ Test(config, every_default_in_the_table_parses)
     cr_assert_eq(errs.n, 0);
     cr_assert_eq(cfg->models[0].dimensions, 8);
     config_free(cfg);
-    expect_error("[model m]\n", "dimensions: required");
+    /* A [model] section may only give aliases: its size is then learned, or the default. */
+    cfg = parse("[model m]\naliases = mm\n", &errs);
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_eq(cfg->models[0].dimensions, 0);
+    config_free(cfg);
+}
+
+/* ---- model names (issue 15) ------------------------------------------------ */
+
+Test(config, model_lists_parse_names_and_renames)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[upstream a]\nurl = http://h\nmodels = bge-small , "
+                               "text-embedding-3-small=openai/te3s,nomic:latest\n"
+                               "[model bge-small]\naliases = bge, BAAI/bge-small-en-v1.5\n",
+                               &errs);
+    const struct name_list *l;
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    l = &cfg->upstreams[0].models;
+    cr_assert_eq(l->n, 3);
+    cr_expect_str_eq(l->names[0], "bge-small");
+    cr_expect_null(l->remotes[0]);
+    cr_expect_str_eq(l->names[1], "text-embedding-3-small");
+    cr_expect_str_eq(l->remotes[1], "openai/te3s");
+    cr_expect_str_eq(l->names[2], "nomic:latest");
+    cr_expect_eq(cfg->models[0].aliases.n, 2);
+    cr_expect_str_eq(cfg->models[0].aliases.names[1], "BAAI/bge-small-en-v1.5");
+    config_free(cfg);
+}
+
+Test(config, model_lists_refuse_bad_names)
+{
+    expect_error("[upstream a]\nurl = http://h\nmodels = a,,b\n", "empty name");
+    expect_error("[upstream a]\nurl = http://h\nmodels = a b\n", "a name must be");
+    expect_error("[upstream a]\nurl = http://h\nmodels = a=\n", "a name must be");
+    expect_error("[upstream a]\nurl = http://h\nmodels = \"a\"\n", "a name must be");
+    expect_error("[model m]\naliases = x=y\n", "an alias takes no '='");
+}
+
+Test(config, model_check_reports_collisions_repeats_and_an_unknown_default)
+{
+    /* an alias naming another model, or another model's alias */
+    expect_error("[model a]\n[model b]\naliases = a\n", "aliases: a already names a");
+    expect_error("[model a]\naliases = x\n[model b]\naliases = x\n", "aliases: x already names a");
+    expect_error("[model a]\naliases = a\n", "aliases: a already names a");
+    /* an upstream listing one model twice, by two names or with two renames */
+    expect_error("[upstream u]\nurl = http://h\nmodels = a=x, a=y\n", "are the same model (a)");
+    expect_error("[model a]\naliases = b\n[upstream u]\nurl = http://h\nmodels = a, b=z\n",
+                 "a and b are the same model (a)");
+    /* a default nobody serves */
+    expect_error("[proxy]\ndefault_model = ghost\n[upstream u]\nurl = http://h\nmodels = a\n",
+                 "default_model: ghost is named by no upstream");
+}
+
+Test(model, canonical_names_aliases_and_what_each_upstream_serves)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[proxy]\ndefault_model = small\n"
+                               "[upstream tei]\nurl = http://h\nmodels = bge\n"
+                               "[upstream openai]\nurl = https://o\nmodels = te3=text-embedding-3-small\n"
+                               "[upstream any]\nurl = http://a\n"
+                               "[model bge-small]\naliases = bge, small\ndimensions = 384\n",
+                               &errs);
+    const char *remote = "unset";
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_expect_str_eq(model_canonical(cfg, "bge"), "bge-small");
+    cr_expect_str_eq(model_canonical(cfg, "small"), "bge-small");
+    cr_expect_str_eq(model_canonical(cfg, "bge-small"), "bge-small");
+    cr_expect_str_eq(model_canonical(cfg, "te3"), "te3");
+    cr_expect_null(model_canonical(cfg, "text-embedding-3-small"), "a remote name is no caller's");
+    cr_expect_null(model_canonical(cfg, "nope"));
+    cr_expect_null(model_canonical(cfg, ""));
+    cr_expect(model_names_configured(cfg));
+    cr_expect(model_open_upstream(cfg));
+    cr_expect_eq(model_section(cfg, "bge-small")->dimensions, 384);
+    cr_expect_null(model_section(cfg, "te3"));
+
+    cr_expect(model_upstream_serves(cfg, &cfg->upstreams[0], "bge-small", &remote));
+    cr_expect_null(remote);
+    cr_expect_not(model_upstream_serves(cfg, &cfg->upstreams[0], "te3", NULL));
+    cr_expect_not(model_upstream_serves(cfg, &cfg->upstreams[0], NULL, NULL));
+    cr_expect(model_upstream_serves(cfg, &cfg->upstreams[1], "te3", &remote));
+    cr_expect_str_eq(remote, "text-embedding-3-small");
+    cr_expect_not(model_upstream_serves(cfg, &cfg->upstreams[1], "bge-small", NULL));
+    /* an upstream without a list serves every model, and requests naming none */
+    cr_expect(model_upstream_serves(cfg, &cfg->upstreams[2], "bge-small", &remote));
+    cr_expect_null(remote);
+    cr_expect(model_upstream_serves(cfg, &cfg->upstreams[2], NULL, NULL));
+    config_free(cfg);
+
+    cfg = parse("[upstream a]\nurl = http://h\n", &errs);
+    cr_assert_not_null(cfg);
+    cr_expect_not(model_names_configured(cfg), "the embedded default names no model");
+    cr_expect(model_open_upstream(cfg));
+    config_free(cfg);
+}
+
+Test(model, learned_sizes_evict_the_least_used)
+{
+    char name[32];
+
+    model_learned_reset();
+    for (int i = 0; i < MODEL_LEARNED_MAX; i++) {
+        snprintf(name, sizeof(name), "made-up-%d", i);
+        model_learn_dim(name, 8, 1000 + (uint64_t)i);
+    }
+    model_learn_dim("real", 1536, 5000);
+    cr_expect_eq(model_learned_dim("made-up-0", 5001), 0, "the oldest made-up name gave way");
+    cr_expect_eq(model_learned_dim("real", 5002), 1536);
+    for (int i = MODEL_LEARNED_MAX; i < 2 * MODEL_LEARNED_MAX; i++) {
+        snprintf(name, sizeof(name), "made-up-%d", i);
+        model_learn_dim(name, 8, 6000 + (uint64_t)i);
+    }
+    cr_expect_eq(model_learned_dim("real", 9000), 1536, "a model in use outlives the flood");
+    /* due: unknown, then claimed once per MODEL_LEARNED_REFRESH_MS */
+    cr_expect(model_dim_due("new", 100));
+    model_learn_dim("new", 4, 100);
+    cr_expect_not(model_dim_due("new", 100 + MODEL_LEARNED_REFRESH_MS - 1));
+    cr_expect(model_dim_due("new", 100 + MODEL_LEARNED_REFRESH_MS));
+    cr_expect_not(model_dim_due("new", 100 + MODEL_LEARNED_REFRESH_MS + 1));
+    model_learned_reset();
 }
 
 Test(config, restart_needed_lists_non_reloadable_changes)

@@ -295,6 +295,8 @@ type_word(const struct config_key *k)
         return k->enum_values;
     case CT_MODE:
         return "mode";
+    case CT_LIST:
+        return "list";
     }
     return "?";
 }

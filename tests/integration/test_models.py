@@ -1,0 +1,149 @@
+"""Issue 15: requests are routed by model; failover never crosses vector spaces."""
+import json
+
+from conftest import embedding_body
+
+
+def up(name, backend, extra=""):
+    return "[upstream %s]\nurl = http://127.0.0.1:%d\nretries = 1\n%s" % (name, backend.port, extra)
+
+
+def sent_model(backend, i=-1):
+    return json.loads(backend.requests[i][3])["model"]
+
+
+def test_a_request_goes_only_to_upstreams_serving_its_model(backend, backend2, start_akosha):
+    backend.default = {"status": 200, "body": embedding_body(model="bge-small")}
+    backend2.default = {"status": 200, "body": embedding_body(model="te3")}
+    a = start_akosha(up("tei", backend, "priority = 0\nmodels = bge-small\n") +
+                     up("openai", backend2, "priority = 1\nmodels = te3\n"))
+    for model, name, b in (("bge-small", "tei", backend), ("te3", "openai", backend2)):
+        status, headers, body = a.post_json("/v1/embeddings", {"input": "x", "model": model})
+        assert status == 200 and headers["X-Akosha-Upstream"] == name
+        assert headers["X-Akosha-Model"] == model
+        assert json.loads(body)["model"] == model
+    assert backend.count() == 1 and backend2.count() == 1
+
+
+def test_when_its_upstream_is_down_the_fallback_answers_never_another_model(backend, backend2,
+                                                                          start_akosha):
+    backend.default = {"status": 500}
+    backend2.default = {"status": 200, "body": embedding_body(model="te3")}
+    a = start_akosha(up("tei", backend, "priority = 0\nmodels = bge-small\n") +
+                     up("openai", backend2, "priority = 1\nmodels = te3\n"))
+    status, headers, _ = a.post_json("/v1/embeddings", {"input": "x", "model": "bge-small"})
+    assert status == 200 and headers["X-Akosha-Mode"] == "fallback"
+    assert headers["X-Akosha-Model"] == "bge-small"
+    assert backend2.count() == 0, "bge-small must never be answered from te3's upstream"
+    a.admin("POST", "/upstreams/tei/open")
+    status, headers, _ = a.post_json("/v1/embeddings", {"input": "x", "model": "bge-small"},
+                                     headers={"X-Akosha-Fallback": "deny"})
+    assert status == 503 and "Retry-After" in headers
+    assert backend2.count() == 0
+
+
+def test_names_are_rewritten_per_upstream(backend, backend2, start_akosha):
+    backend.default = {"status": 500}
+    backend2.default = {"status": 200, "body": embedding_body(model="remote-name")}
+    a = start_akosha(up("a", backend, "priority = 0\nmodels = small=local-name\n") +
+                     up("b", backend2, "priority = 1\nmodels = small=remote-name\n"))
+    status, headers, body = a.post_json("/v1/embeddings", {"input": "x", "model": "small"})
+    assert status == 200 and headers["X-Akosha-Upstream"] == "b"
+    assert headers["X-Akosha-Model"] == "small"
+    assert json.loads(body)["model"] == "remote-name", "the answer says what the upstream said"
+    assert sent_model(backend) == "local-name"
+    assert sent_model(backend2) == "remote-name"
+    # The rest of the body is untouched, and Content-Length follows the new length.
+    sent = json.loads(backend2.requests[-1][3])
+    assert sent == {"input": "x", "model": "remote-name"}
+
+
+def test_an_escaped_model_after_a_large_input_array_is_routed_and_rewritten(backend,
+                                                                             start_akosha):
+    backend.default = {"status": 200, "body": embedding_body(n=2000)}
+    a = start_akosha(up("a", backend, "models = bge-small=BAAI/bge-small-en-v1.5\n"))
+    inputs = json.dumps(["text number %d with \"quotes\" and \\ slashes" % i
+                         for i in range(2000)])
+    body = ('{"input":%s,"model":"bge\\u002dsmall","encoding_format":"float"}' % inputs).encode()
+    status, headers, _ = a.request("POST", "/v1/embeddings", body,
+                                   {"Content-Type": "application/json"})
+    assert status == 200 and headers["X-Akosha-Model"] == "bge-small"
+    sent = json.loads(backend.requests[-1][3])
+    assert sent["model"] == "BAAI/bge-small-en-v1.5"
+    assert sent["input"] == json.loads(inputs) and sent["encoding_format"] == "float"
+
+
+def test_an_alias_is_the_same_model(backend, start_akosha):
+    backend.default = {"status": 200, "body": embedding_body(model="bge-small")}
+    a = start_akosha(up("a", backend, "models = bge-small\n") +
+                     "[model bge-small]\naliases = bge, BAAI/bge-small-en-v1.5\n")
+    for name in ("bge", "BAAI/bge-small-en-v1.5", "bge-small"):
+        status, headers, _ = a.post_json("/v1/embeddings", {"input": "x", "model": name})
+        assert status == 200 and headers["X-Akosha-Model"] == "bge-small"
+        assert sent_model(backend) == name  # listed without a rename: sent as the caller said
+
+
+def test_tei_requests_follow_default_model(backend, backend2, start_akosha):
+    backend.default = {"status": 200, "body": b"[[0.1,0.2]]"}
+    backend2.default = {"status": 200, "body": b"[[0.3,0.4]]"}
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\ndefault_model = bge-small\n" +
+                     up("other", backend2, "priority = 0\nmodels = e5\n") +
+                     up("tei", backend, "priority = 1\nmodels = bge-small\n"))
+    status, headers, body = a.post_json("/embed", {"inputs": "x"})
+    assert status == 200 and headers["X-Akosha-Upstream"] == "tei"
+    assert headers["X-Akosha-Model"] == "bge-small"
+    assert backend2.count() == 0
+
+
+def test_an_unknown_model_is_a_404_in_each_apis_shape(backend, start_akosha):
+    a = start_akosha(up("a", backend, "models = bge-small\n"))
+    status, _, body = a.post_json("/v1/embeddings", {"input": "x", "model": "gpt-9"})
+    assert status == 404
+    err = json.loads(body)["error"]
+    assert err["code"] == "model_not_found" and "gpt-9" in err["message"]
+    status, _, body = a.post_json("/api/embed", {"input": "x", "model": "gpt-9"})
+    assert status == 404 and "gpt-9" in json.loads(body)["error"]
+    status, _, body = a.post_json("/api/embeddings", {"prompt": "x", "model": "gpt-9"})
+    assert status == 404 and "gpt-9" in json.loads(body)["error"]
+    assert backend.count() == 0
+
+
+def test_with_an_upstream_serving_any_model_unknown_models_go_there(backend, backend2,
+                                                                  start_akosha):
+    backend2.default = {"status": 200, "body": embedding_body(model="whatever")}
+    a = start_akosha(up("listed", backend, "priority = 0\nmodels = bge-small\n") +
+                     up("any", backend2, "priority = 1\n"))
+    status, headers, _ = a.post_json("/v1/embeddings", {"input": "x", "model": "whatever"})
+    assert status == 200 and headers["X-Akosha-Upstream"] == "any"
+    assert "X-Akosha-Model" not in headers
+    assert backend.count() == 0
+
+
+def test_the_embedded_default_serves_every_model(start_akosha):
+    a = start_akosha("")
+    for model in ("a", "b/c", None):
+        req = {"input": "x"} if model is None else {"input": "x", "model": model}
+        status, headers, _ = a.post_json("/v1/embeddings", req)
+        assert status == 200 and headers["X-Akosha-Mode"] == "fallback"
+
+
+def test_fallback_sizes_follow_aliases(backend, start_akosha):
+    a = start_akosha("[fallback]\nmode = always\n[model bge-small]\ndimensions = 48\n"
+                     "aliases = bge\n")
+    status, headers, body = a.post_json("/v1/embeddings", {"input": "x", "model": "bge"})
+    assert status == 200 and headers["X-Akosha-Model"] == "bge-small"
+    assert len(json.loads(body)["data"][0]["embedding"]) == 48
+
+
+def test_check_reports_model_name_mistakes(tmp_path):
+    import subprocess
+    from conftest import AKOSHA_BIN
+    path = tmp_path / "bad.conf"
+    path.write_text("[proxy]\ndefault_model = ghost\n"
+                    "[upstream u]\nurl = http://127.0.0.1:9\nmodels = a=x, a=y\n"
+                    "[model a]\n[model b]\naliases = a\n")
+    r = subprocess.run([AKOSHA_BIN, "-t", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "default_model: ghost is named by no upstream" in r.stderr
+    assert "are the same model (a)" in r.stderr
+    assert "aliases: a already names a" in r.stderr
