@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "util.h"
@@ -102,6 +103,69 @@ model_upstream_serves(const struct config *cfg, const struct upstream_config *uc
         }
     }
     return false;
+}
+
+/* ---- the model list ---------------------------------------------------------- */
+
+static void
+list_entry(enum model_list_shape shape, const char *name, const char *canonical,
+           const char *when, int64_t created_unix, bool first, struct buf *out)
+{
+    if (!first) {
+        buf_putc(out, ',');
+    }
+    if (shape == MODEL_LIST_OPENAI) {
+        buf_puts(out, "{\"id\":");
+        buf_json_string(out, name, strlen(name));
+        buf_printf(out, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"akosha\"}",
+                   (long long)created_unix);
+        return;
+    }
+    buf_puts(out, "{\"name\":");
+    buf_json_string(out, name, strlen(name));
+    buf_puts(out, ",\"model\":");
+    buf_json_string(out, name, strlen(name));
+    buf_printf(out, ",\"modified_at\":\"%s\",\"size\":0,\"digest\":\"\",\"details\":"
+                    "{\"parent_model\":",
+               when);
+    buf_json_string(out, canonical, strlen(canonical));
+    buf_puts(out, ",\"format\":\"\",\"family\":\"\",\"families\":null,\"parameter_size\":\"\","
+                  "\"quantization_level\":\"\"}}");
+}
+
+void
+model_list_json(const struct config *cfg, enum model_list_shape shape, int64_t created_unix,
+                struct buf *out)
+{
+    char when[32];
+    bool first = true;
+    time_t t = (time_t)created_unix;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    buf_puts(out, shape == MODEL_LIST_OPENAI ? "{\"object\":\"list\",\"data\":[" : "{\"models\":[");
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        const struct model_config *m = &cfg->models[i];
+        list_entry(shape, m->name, m->name, when, created_unix, first, out);
+        first = false;
+        for (size_t j = 0; j < m->aliases.n; j++) {
+            if (model_canonical(cfg, m->aliases.names[j]) == m->name) {
+                list_entry(shape, m->aliases.names[j], m->name, when, created_unix, false, out);
+            }
+        }
+    }
+    /* Models only upstreams name: each canonical name once, where it first appears. */
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct name_list *l = &cfg->upstreams[i].models;
+        for (size_t j = 0; j < l->n; j++) {
+            if (model_canonical(cfg, l->names[j]) == l->names[j]) {
+                list_entry(shape, l->names[j], l->names[j], when, created_unix, first, out);
+                first = false;
+            }
+        }
+    }
+    buf_puts(out, "]}");
 }
 
 /* ---- learned dimensions ---------------------------------------------------- */

@@ -39,6 +39,19 @@ bool model_open_upstream(const struct config *cfg);
 bool model_upstream_serves(const struct config *cfg, const struct upstream_config *uc,
                            const char *canonical, const char **remote);
 
+/* The model lists akosha answers itself, from the config. */
+enum model_list_shape {
+    MODEL_LIST_OPENAI, /* GET /v1/models */
+    MODEL_LIST_OLLAMA, /* GET /api/tags */
+};
+/*
+ * Every model callers may name (canonical names, then their aliases, each
+ * once) as a JSON body of that API's list call into out. created_unix is
+ * the time shown as the models' creation.
+ */
+void model_list_json(const struct config *cfg, enum model_list_shape shape, int64_t created_unix,
+                     struct buf *out);
+
 /* ---- learned dimensions (any thread) ------------------------------------ */
 
 /* Models whose learned size is kept at most; the least used gives way. */

@@ -1032,12 +1032,48 @@ any_upstream_serves(struct request *r)
     return false;
 }
 
+/*
+ * GET /v1/models (and /models) or /api/tags, when the config names models:
+ * answered from the config, so that clients listing models see what akosha
+ * routes. Without named models these pass through to the upstreams.
+ */
+static bool
+answer_model_list(struct client *c)
+{
+    struct request *r = c->req;
+    const struct config *cfg = cfg_of(c);
+    enum model_list_shape shape;
+    struct buf b;
+
+#define PATH_IS(lit) (r->hd.path_len == sizeof(lit) - 1 && memcmp(r->hd.path, lit, r->hd.path_len) == 0)
+    if ((r->hd.method != HTTP_GET && r->hd.method != HTTP_HEAD) || !model_names_configured(cfg)) {
+        return false;
+    }
+    if (PATH_IS("/v1/models") || PATH_IS("/models")) {
+        shape = MODEL_LIST_OPENAI;
+    } else if (PATH_IS("/api/tags")) {
+        shape = MODEL_LIST_OLLAMA;
+    } else {
+        return false;
+    }
+#undef PATH_IS
+    buf_init(&b);
+    model_list_json(cfg, shape, c->srv->started_wall_ms / 1000, &b);
+    proxy_respond(c, 200, "application/json", b.data, b.len, "X-Akosha-Upstream: local\r\n");
+    buf_free(&b);
+    client_drive(c);
+    return true;
+}
+
 static void
 dispatch(struct client *c)
 {
     struct request *r = c->req;
     uint64_t now = util_mono_ms();
 
+    if (r->api == EMBED_API_NONE && answer_model_list(c)) {
+        return;
+    }
     if (r->api != EMBED_API_NONE && !resolve_model(c)) {
         return;
     }

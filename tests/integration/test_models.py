@@ -147,3 +147,29 @@ def test_check_reports_model_name_mistakes(tmp_path):
     assert "default_model: ghost is named by no upstream" in r.stderr
     assert "are the same model (a)" in r.stderr
     assert "aliases: a already names a" in r.stderr
+
+
+def test_model_lists_are_answered_from_the_config(backend, start_akosha):
+    a = start_akosha(up("a", backend, "models = bge-small, te3=text-embedding-3-small\n") +
+                     "[model bge-small]\naliases = bge\n")
+    status, headers, body = a.request("GET", "/v1/models")
+    assert status == 200 and headers["X-Akosha-Upstream"] == "local"
+    listing = json.loads(body)
+    assert listing["object"] == "list"
+    assert [m["id"] for m in listing["data"]] == ["bge-small", "bge", "te3"]
+    assert all(m["object"] == "model" and isinstance(m["created"], int) for m in listing["data"])
+    status, _, body = a.request("GET", "/api/tags")
+    assert status == 200
+    tags = json.loads(body)["models"]
+    assert [m["name"] for m in tags] == ["bge-small", "bge", "te3"]
+    assert tags[1]["details"]["parent_model"] == "bge-small"
+    assert all(m["modified_at"].endswith("Z") for m in tags)
+    assert backend.count() == 0
+
+
+def test_without_named_models_the_list_passes_through(backend, start_akosha):
+    backend.default = {"status": 200, "body": b'{"object":"list","data":[{"id":"up"}]}'}
+    a = start_akosha(up("a", backend))
+    status, headers, body = a.request("GET", "/v1/models")
+    assert status == 200 and headers["X-Akosha-Upstream"] == "a"
+    assert json.loads(body)["data"][0]["id"] == "up"
