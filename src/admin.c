@@ -35,6 +35,8 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "model.h"
+#include "observe.h"
 #include "otlp.h"
 #include "server.h"
 #include "util.h"
@@ -243,6 +245,70 @@ breaker_json(struct buf *b, struct server *srv, const char *name, const struct b
     buf_putc(b, '}');
 }
 
+/* One object a canonical model: names, upstreams, answers, sizes. */
+static void
+stats_model(struct server *srv, const char *name, const struct model_config *m, bool first,
+            struct buf *b)
+{
+    const struct config *cfg = srv->cfg;
+    struct observe_model_counts n = observe_model_counts(name);
+    bool any = false;
+
+    if (!first) {
+        buf_putc(b, ',');
+    }
+    buf_puts(b, "{\"name\":");
+    buf_json_string(b, name, strlen(name));
+    buf_puts(b, ",\"aliases\":[");
+    for (size_t j = 0; m != NULL && j < m->aliases.n; j++) {
+        if (j > 0) {
+            buf_putc(b, ',');
+        }
+        buf_json_string(b, m->aliases.names[j], strlen(m->aliases.names[j]));
+    }
+    buf_puts(b, "],\"upstreams\":[");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const char *remote = NULL;
+        if (model_upstream_serves(cfg, &cfg->upstreams[i], name, &remote)) {
+            if (any) {
+                buf_putc(b, ',');
+            }
+            any = true;
+            buf_puts(b, "{\"name\":");
+            buf_json_string(b, cfg->upstreams[i].name, strlen(cfg->upstreams[i].name));
+            buf_puts(b, ",\"calls_it\":");
+            buf_json_string(b, remote ? remote : name, strlen(remote ? remote : name));
+            buf_putc(b, '}');
+        }
+    }
+    buf_printf(b,
+               "],\"requests\":%" PRIu64 ",\"real\":%" PRIu64 ",\"fallback\":%" PRIu64
+               ",\"dimensions\":%lld,\"learned_dimensions\":%u}",
+               n.requests, n.real, n.fallback, m != NULL ? (long long)m->dimensions : 0LL,
+               model_learned_peek(name));
+}
+
+static void
+stats_models(struct server *srv, struct buf *b)
+{
+    const struct config *cfg = srv->cfg;
+    bool first = true;
+
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        stats_model(srv, cfg->models[i].name, &cfg->models[i], first, b);
+        first = false;
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct name_list *l = &cfg->upstreams[i].models;
+        for (size_t j = 0; j < l->n; j++) {
+            if (model_canonical(cfg, l->names[j]) == l->names[j]) {
+                stats_model(srv, l->names[j], NULL, first, b);
+                first = false;
+            }
+        }
+    }
+}
+
 static void
 stats(struct admin_conn *a)
 {
@@ -292,6 +358,8 @@ stats(struct admin_conn *a)
                    upstream_cooling(up, now) ? (double)(up->cooldown_until_ms - now) / 1000.0 : 0.0,
                    up->nidle, up->nbusy, up->nconnecting, up->nwaiters, up->cfg->max_connections);
     }
+    buf_puts(&b, "],\"models\":[");
+    stats_models(srv, &b);
     buf_puts(&b, "],\"breakers\":[");
     for (size_t i = 0; i < srv->ups->n; i++) {
         struct upstream *up = srv->ups->ups[i];

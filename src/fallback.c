@@ -209,7 +209,7 @@ fallback_start(struct client *c, const char *reason)
         job_free(j);
         log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
                  (long long)r->cfg->fallback.queue_size);
-        observe_fallback(srv, "queue_full");
+        observe_fallback(srv, "queue_full", r->model);
         body = embed_render_error(r->api, "fallback queue is full; retry shortly", "overloaded",
                                   NULL, "queue_full", &len);
         proxy_respond(c, 503, "application/json", body, len,
@@ -218,7 +218,7 @@ fallback_start(struct client *c, const char *reason)
         return;
     }
     r->job = j;
-    observe_fallback(srv, reason);
+    observe_fallback(srv, reason, r->model);
     log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
 }
 

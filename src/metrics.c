@@ -79,8 +79,9 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
                                      "window, 0 to 1 (1 when the window is empty).",
                                      {"service_name", NULL}, NO_BUCKETS},
     [METRIC_REQUESTS] = {"akosha_requests_total", METRIC_COUNTER, false,
-                         "Client requests answered, by route and HTTP status code.",
-                         {"route", "code", NULL}, NO_BUCKETS},
+                         "Client requests answered, by route, HTTP status code and model "
+                         "(configured models by name, the rest as other).",
+                         {"route", "code", "model", NULL}, NO_BUCKETS},
     [METRIC_REQUEST_DURATION] = {"akosha_request_duration_seconds", METRIC_HISTOGRAM, false,
                                  "Time from a client request's head to its last response byte, "
                                  "retries and fallback included, by route.",
@@ -105,8 +106,9 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
                                        "Retries not sent because the retry budget was spent.",
                                        {NULL}, NO_BUCKETS},
     [METRIC_FALLBACK] = {"akosha_fallback_total", METRIC_COUNTER, false,
-                         "Requests answered by the fallback hash worker, by reason.",
-                         {"reason", NULL}, NO_BUCKETS},
+                         "Requests answered by the fallback hash worker, by reason and model "
+                         "(configured models by name, the rest as other).",
+                         {"reason", "model", NULL}, NO_BUCKETS},
     [METRIC_FALLBACK_QUEUE_DEPTH] = {"akosha_fallback_queue_depth", METRIC_GAUGE, true,
                                      "Jobs waiting for a fallback worker thread.", {NULL},
                                      NO_BUCKETS},

@@ -271,6 +271,19 @@ model_dim_due(const char *model, uint64_t now_ms)
     return due;
 }
 
+unsigned
+model_learned_peek(const char *model)
+{
+    struct learned *l;
+    unsigned d;
+
+    pthread_mutex_lock(&learned_lock);
+    l = learned_find(model);
+    d = l != NULL ? l->dimensions : 0;
+    pthread_mutex_unlock(&learned_lock);
+    return d;
+}
+
 void
 model_learned_reset(void)
 {

@@ -68,6 +68,8 @@ void model_learn_dim(const char *model, unsigned dim, uint64_t now_ms);
  * this call claims the check, so concurrent answers do not all count).
  */
 bool model_dim_due(const char *model, uint64_t now_ms);
+/* The size learned for model, 0 when none; no use counted (status pages). */
+unsigned model_learned_peek(const char *model);
 /* Forget every learned size (tests). */
 void model_learned_reset(void);
 

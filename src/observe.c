@@ -38,7 +38,18 @@ static const char *outcomes[] = {"success", "client_error",  "failure",
 enum { OUT_SUCCESS, OUT_CLIENT_ERROR, OUT_FAILURE, OUT_TIMEOUT, OUT_CONNECT, OUT_REJECTED };
 
 /* Cached handles; created on first use on the loop thread. */
-static struct metric_series *m_requests[NROUTES][600];
+/*
+ * Model label values: configured models' canonical names, each kept once;
+ * index 0 is "other", for every other name and past MODEL_LABELS_MAX, so a
+ * caller cannot grow the series without bound.
+ */
+#define MODEL_LABELS_MAX 64
+static char *model_labels[MODEL_LABELS_MAX] = {"other"};
+static size_t nmodel_labels = 1;
+/* answers by model label, for /stats: loop thread only */
+static struct observe_model_counts model_counts[MODEL_LABELS_MAX];
+/* per route and status: the series by model label index, allocated on first use */
+static struct metric_series **m_requests[NROUTES][600];
 static struct metric_series *m_duration[NROUTES];
 static struct metric_series *m_in_flight;
 static struct metric_series *m_generated[2], *m_batch[2], *m_textlen[2], *m_batchsize[2];
@@ -60,6 +71,25 @@ static struct telemetry_settings tele;
 
 
 static void observe_batch(int m, size_t ninputs);
+
+/* The label index of a canonical model name (NULL: none known): see model_labels. */
+static size_t
+model_label(const char *model)
+{
+    if (model == NULL) {
+        return 0;
+    }
+    for (size_t i = 1; i < nmodel_labels; i++) {
+        if (strcmp(model_labels[i], model) == 0) {
+            return i;
+        }
+    }
+    if (nmodel_labels == MODEL_LABELS_MAX) {
+        return 0;
+    }
+    model_labels[nmodel_labels] = xstrdup(model);
+    return nmodel_labels++;
+}
 
 static int
 route_index(const char *route)
@@ -228,6 +258,17 @@ observe_shutdown(struct server *srv, unsigned long timeout_ms)
     }
     tracing = false;
     telemetry_settings_free(&tele);
+    for (int ri = 0; ri < NROUTES; ri++) {
+        for (int code = 0; code < 600; code++) {
+            free(m_requests[ri][code]);
+            m_requests[ri][code] = NULL;
+        }
+    }
+    for (size_t i = 1; i < nmodel_labels; i++) {
+        free(model_labels[i]);
+    }
+    nmodel_labels = 1;
+    memset(model_counts, 0, sizeof(model_counts));
 }
 
 void
@@ -335,13 +376,25 @@ observe_request_done(struct server *srv, struct request *r)
 
     srv->requests_total++;
     if (code != 0) {
+        size_t mi = model_label(r->model);
         if (m_requests[ri][code] == NULL) {
+            m_requests[ri][code] = xcalloc(MODEL_LABELS_MAX, sizeof(struct metric_series *));
+        }
+        if (m_requests[ri][code][mi] == NULL) {
             char cs[8];
             snprintf(cs, sizeof(cs), "%d", code);
-            const char *lv[] = {routes[ri], cs};
-            m_requests[ri][code] = metrics_series(METRIC_REQUESTS, lv);
+            const char *lv[] = {routes[ri], cs, model_labels[mi]};
+            m_requests[ri][code][mi] = metrics_series(METRIC_REQUESTS, lv);
         }
-        metrics_inc(m_requests[ri][code]);
+        metrics_inc(m_requests[ri][code][mi]);
+        model_counts[mi].requests++;
+        if (r->mode != NULL) {
+            if (strcmp(r->mode, "real") == 0) {
+                model_counts[mi].real++;
+            } else {
+                model_counts[mi].fallback++;
+            }
+        }
     }
     metrics_observe(m_duration[ri], secs);
     if (r->sniffed_dim > 0) {
@@ -535,10 +588,23 @@ observe_budget_exhausted(struct server *srv)
     metrics_inc(metrics_series(METRIC_RETRY_BUDGET_EXHAUSTED, NULL));
 }
 
-void
-observe_fallback(struct server *srv, const char *reason)
+struct observe_model_counts
+observe_model_counts(const char *model)
 {
-    const char *lv[] = {reason};
+    struct observe_model_counts none = {0};
+
+    for (size_t i = 1; i < nmodel_labels; i++) {
+        if (strcmp(model_labels[i], model) == 0) {
+            return model_counts[i];
+        }
+    }
+    return none;
+}
+
+void
+observe_fallback(struct server *srv, const char *reason, const char *model)
+{
+    const char *lv[] = {reason, model_labels[model_label(model)]};
 
     srv->fallback_total++;
     metrics_inc(metrics_series(METRIC_FALLBACK, lv));

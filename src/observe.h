@@ -57,7 +57,13 @@ void observe_retry(struct server *srv, struct request *r, const char *reason);
 void observe_pool_wait(struct server *srv, struct upstream *up);
 void observe_budget_exhausted(struct server *srv);
 
-void observe_fallback(struct server *srv, const char *reason);
+/* Answers for one configured model (canonical name) since start, for /stats. */
+struct observe_model_counts {
+    uint64_t requests, real, fallback;
+};
+struct observe_model_counts observe_model_counts(const char *model);
+/* model: the request's canonical model, NULL when none is known. */
+void observe_fallback(struct server *srv, const char *reason, const char *model);
 /* Embeddings produced: mode "real" or "fallback". */
 void observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er);
 

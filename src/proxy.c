@@ -1325,9 +1325,8 @@ attempt_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     default:
         attempt_failed(c, 504,
-                       util_mono_ms() >= r->upstream_deadline_ms
-                           ? "no answer before the request's deadline"
-                           : "upstream call_timeout reached",
+                       a->deadline_cut ? "no answer before the request's deadline"
+                                       : "upstream call_timeout reached",
                        0, false, "timeout");
         return;
     }
@@ -1343,6 +1342,7 @@ attempt_arm_call(struct client *c)
     uint64_t left = r->upstream_deadline_ms > now ? r->upstream_deadline_ms - now : 0;
 
     evtimer_del(a->timer);
+    a->deadline_cut = left < a->up->cfg->call_timeout_ms;
     timer_arm(a->timer, MIN((uint64_t)a->up->cfg->call_timeout_ms, left));
 }
 
@@ -1448,6 +1448,7 @@ attempt_start(struct client *c)
     a->keep_alive = false;
     a->start_us = util_mono_us();
     a->paused = false;
+    a->deadline_cut = false;
     if (a->timer == NULL && c->spare_timer != NULL) {
         a->timer = c->spare_timer;
         c->spare_timer = NULL;
@@ -1499,6 +1500,8 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
     const struct upstream_config *uc = a->up->cfg;
     uint64_t delay;
     unsigned retry_no = r->attempts - 1;
+    /* libevent may fire the deadline's timer a millisecond before the clock says so */
+    bool out_of_time = now >= r->upstream_deadline_ms || (status == 504 && a->deadline_cut);
 
     log_info("request %s: upstream %s attempt %u failed: %s", r->id, a->up->name, r->attempts,
              cause);
@@ -1528,7 +1531,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         const char *why_not = NULL;
         if (r->attempts >= r->max_attempts) {
             why_not = "attempts used up";
-        } else if (now + delay >= r->upstream_deadline_ms) {
+        } else if (out_of_time || now + delay >= r->upstream_deadline_ms) {
             why_not = "the retry delay would pass request_timeout";
         } else if (!retry_budget_try_spend(&srv->budget, now)) {
             why_not = "retry budget exhausted";
@@ -1540,8 +1543,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         attempt_release(c, false);
         if (why_not != NULL) {
             log_debug("request %s: no retry: %s", r->id, why_not);
-            give_up(c, now >= r->upstream_deadline_ms ? "deadline" : "attempts_exhausted", status,
-                    r->fail_cause);
+            give_up(c, out_of_time ? "deadline" : "attempts_exhausted", status, r->fail_cause);
             return;
         }
     }

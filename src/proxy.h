@@ -58,6 +58,7 @@ struct attempt {
     struct trace_span *span;
     struct embed_dim_scan *dim_scan; /* a 2xx embedding answer's first vector, being counted */
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
+    bool deadline_cut;  /* its timer is the time left, shorter than call_timeout */
 };
 
 struct fallback_job;

@@ -46,7 +46,7 @@ def test_hung_backend_is_answered_by_fallback_inside_request_timeout(backend, st
     # The reserve is 50 ms here: the upstream had the rest of the second.
     assert took >= 0.9, took
     assert backend.count() == 1
-    assert metric(a, "akosha_fallback_total", '{reason="deadline"}') == 1
+    assert metric(a, "akosha_fallback_total", '{reason="deadline",model="other"}') == 1
 
 
 def test_hung_backend_with_deny_gets_504_at_the_deadline(backend, start_akosha):

@@ -160,8 +160,8 @@ def test_open_breaker_goes_straight_to_fallback(backend, start_akosha):
     assert status == 200 and headers["X-Akosha-Mode"] == "fallback"
     assert backend.count() == 2
     _, _, metrics = a.admin("GET", "/metrics")
-    assert b'akosha_fallback_total{reason="all_open"} 1' in metrics
-    assert b'akosha_fallback_total{reason="attempts_exhausted"} 2' in metrics
+    assert b'akosha_fallback_total{reason="all_open",model="other"} 1' in metrics
+    assert b'akosha_fallback_total{reason="attempts_exhausted",model="other"} 2' in metrics
 
 
 def test_bad_requests_get_400_in_each_api_shape(start_akosha):
@@ -266,4 +266,4 @@ def test_fallback_metrics_count_inputs(backend, start_akosha):
     assert b'embedding_generated_total{mode="fallback"} 4' in metrics
     assert b'embedding_batch_generated_total{mode="fallback"} 1' in metrics
     assert b'embedding_batch_size_count{mode="fallback"} 2' in metrics
-    assert b'akosha_requests_total{route="embeddings",code="200"} 2' in metrics
+    assert b'akosha_requests_total{route="embeddings",code="200",model="other"} 2' in metrics

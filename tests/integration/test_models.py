@@ -1,5 +1,7 @@
 """Issue 15: requests are routed by model; failover never crosses vector spaces."""
+import http.client
 import json
+import socket
 
 from conftest import embedding_body
 
@@ -173,3 +175,47 @@ def test_without_named_models_the_list_passes_through(backend, start_akosha):
     status, headers, body = a.request("GET", "/v1/models")
     assert status == 200 and headers["X-Akosha-Upstream"] == "a"
     assert json.loads(body)["data"][0]["id"] == "up"
+
+
+def test_metric_labels_stay_bounded_under_1000_unknown_model_names(backend, start_akosha):
+    backend.default = {"status": 200, "body": embedding_body()}
+    a = start_akosha(up("listed", backend, "models = bge-small\n") +
+                     up("any", backend, "priority = 2\n"))
+    # One keep-alive connection, each request in one write (no Nagle stalls): 1,000 in seconds.
+    conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(1000):
+        body = json.dumps({"input": "x", "model": "made-up-%d" % i}).encode()
+        conn.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+    conn.close()
+    a.post_json("/v1/embeddings", {"input": "x", "model": "bge-small"})
+    text = a.admin("GET", "/metrics")[2].decode()
+    series = [l for l in text.splitlines() if l.startswith("akosha_requests_total{")]
+    assert series == ['akosha_requests_total{route="embeddings",code="200",model="other"} 1000',
+                      'akosha_requests_total{route="embeddings",code="200",model="bge-small"} 1']
+    assert "made-up" not in text
+
+
+def test_stats_show_each_model(backend, backend2, start_akosha):
+    backend.default = {"status": 200, "body": embedding_body(dim=8, model="bge-small")}
+    backend2.default = {"status": 500}
+    a = start_akosha(up("tei", backend, "models = bge\n") +
+                     up("openai", backend2, "models = te3=text-embedding-3-small\n") +
+                     "[model bge-small]\naliases = bge\n")
+    a.post_json("/v1/embeddings", {"input": "x", "model": "bge"})
+    a.post_json("/v1/embeddings", {"input": "x", "model": "te3"})
+    models = {m["name"]: m for m in a.stats()["models"]}
+    assert set(models) == {"bge-small", "te3"}
+    bge, te3 = models["bge-small"], models["te3"]
+    assert bge["aliases"] == ["bge"]
+    assert bge["upstreams"] == [{"name": "tei", "calls_it": "bge-small"}]
+    assert (bge["requests"], bge["real"], bge["fallback"]) == (1, 1, 0)
+    assert bge["learned_dimensions"] == 8
+    assert te3["upstreams"] == [{"name": "openai", "calls_it": "text-embedding-3-small"}]
+    assert (te3["requests"], te3["real"], te3["fallback"]) == (1, 0, 1)
+    status, _, body = a.admin("GET", "/metrics")
+    assert b'akosha_fallback_total{reason="attempts_exhausted",model="te3"} 1' in body

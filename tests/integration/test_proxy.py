@@ -427,8 +427,8 @@ def test_refused_requests_are_counted_once(backend, start_akosha):
     a.raw(b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
     a.request("GET", "/fine")
     _, _, m = a.admin("GET", "/metrics")
-    assert b'akosha_requests_total{route="other",code="400"} 2' in m
-    assert b'akosha_requests_total{route="other",code="200"} 1' in m
+    assert b'akosha_requests_total{route="other",code="400",model="other"} 2' in m
+    assert b'akosha_requests_total{route="other",code="200",model="other"} 1' in m
     assert a.stats()["requests_total"] == 3
 
 
