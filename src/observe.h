@@ -51,6 +51,8 @@ void observe_pool_wait(struct server *srv, struct upstream *up);
 void observe_budget_exhausted(struct server *srv);
 
 void observe_fallback(struct server *srv, const char *reason);
+/* A fallback job dropped: "stale", "deadline" or "cancelled". Loop thread. */
+void observe_fallback_shed(struct server *srv, const char *reason);
 /* Embeddings produced: mode "real" or "fallback". */
 void observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er);
 
