@@ -315,6 +315,7 @@ job_done(struct worker_job *wj)
     }
     if (!j->streaming) {
         j->streaming = true;
+        j->job.urgent = true; /* the head is out: finish what was started before new work */
         c->req->mode = "fallback";
         proxy_stream_begin(c, 200, "application/json", ANSWER_HEADERS);
     }
@@ -332,8 +333,7 @@ job_done(struct worker_job *wj)
     buf_free(&j->piece);
     buf_init(&j->piece);
     if (j->want_more && submit(j) < 0) {
-        log_warn("request %s: the worker pool is stopping; the answer stays unfinished",
-                 c->req->id);
+        log_warn("request %s: the worker pool refused the next piece (stopping)", c->req->id);
     }
 }
 
@@ -381,7 +381,6 @@ fallback_stream_drained(struct fallback_job *j)
         j->want_more = true; /* job_done submits once it has let go of the piece */
         return 0;
     }
-    j->job.urgent = true; /* the head is out: finish what was started before new work */
     return submit(j);
 }
 
