@@ -1037,8 +1037,9 @@ embed_render_vector(const struct embed_request *r, size_t index, const float *v,
         break;
     case EMBED_API_OPENAI:
     case EMBED_API_NONE:
-        buf_printf(b, "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":",
-                   index > 0 ? "," : "", index);
+        buf_printf(b,
+                   "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":", index > 0 ? "," : "",
+                   index);
         if (r->base64) {
             put_base64_floats(b, v, dim);
         } else {

@@ -60,12 +60,12 @@ struct fallback_job {
     struct embed_request er;
     bool parsed;
     unsigned runs;
-    int status;               /* 0 until known: 200, 400, or 503 when shed for the deadline */
-    struct buf piece;         /* rendered and not yet handed to the client */
-    bool complete;            /* piece ends the answer */
-    size_t next_input;        /* inputs rendered so far */
-    size_t units;             /* the whole job's work, for the estimate */
-    float *vector;            /* one input's vector */
+    int status;        /* 0 until known: 200, 400, or 503 when shed for the deadline */
+    struct buf piece;  /* rendered and not yet handed to the client */
+    bool complete;     /* piece ends the answer */
+    size_t next_input; /* inputs rendered so far */
+    size_t units;      /* the whole job's work, for the estimate */
+    float *vector;     /* one input's vector */
     char model_name[64];
     unsigned dim;
     uint64_t start_ns, end_ns;
@@ -98,8 +98,8 @@ static void
 job_error(struct fallback_job *j, const char *message, const char *param)
 {
     size_t len;
-    char *text = embed_render_error(j->api, message, "invalid_request_error", param,
-                                    "invalid_input", &len);
+    char *text =
+        embed_render_error(j->api, message, "invalid_request_error", param, "invalid_input", &len);
 
     j->status = 400;
     j->piece.len = 0;
@@ -142,8 +142,8 @@ job_prepare(struct fallback_job *j)
     j->dim = pick_dimensions(j);
     for (size_t i = 0; i < j->er.ninputs; i++) {
         const struct embed_input *in = &j->er.inputs[i];
-        bool empty = in->text != NULL ? embedder_hash_is_blank(in->text, in->len)
-                                      : in->ntokens == 0;
+        bool empty =
+            in->text != NULL ? embedder_hash_is_blank(in->text, in->len) : in->ntokens == 0;
         if (empty || j->dim == 0 || j->dim > EMBEDDER_HASH_MAX_DIM) {
             snprintf(err, sizeof(err), "input %zu is empty or whitespace only", i);
             job_error(j, err, j->api == EMBED_API_TEI ? "inputs" : "input");

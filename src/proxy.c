@@ -233,12 +233,10 @@ proxy_stream_begin(struct client *c, int status, const char *content_type,
     if (!chunked || c->srv->draining) {
         r->keep_alive = false; /* HTTP/1.0: the end of the answer is the end of the connection */
     }
-    evbuffer_add_printf(c->out,
-                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sX-Request-Id: %s\r\n%s%s\r\n",
-                        status, http_reason(status), content_type,
-                        chunked ? "Transfer-Encoding: chunked\r\n" : "", r->id,
-                        extra_headers ? extra_headers : "",
-                        r->keep_alive ? "" : "Connection: close\r\n");
+    evbuffer_add_printf(
+        c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sX-Request-Id: %s\r\n%s%s\r\n", status,
+        http_reason(status), content_type, chunked ? "Transfer-Encoding: chunked\r\n" : "", r->id,
+        extra_headers ? extra_headers : "", r->keep_alive ? "" : "Connection: close\r\n");
     client_set_state(c, CLIENT_STREAM);
     body_timeout(c, false);
 }

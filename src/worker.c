@@ -52,7 +52,7 @@ struct worker_pool {
     size_t waiting;                               /* both lists */
     size_t nurgent;
     uint64_t max_wait_ns; /* 0: never shed, always oldest first */
-    unsigned idle; /* threads blocked waiting for a job */
+    unsigned idle;        /* threads blocked waiting for a job */
     bool stopping;
     atomic_size_t depth; /* mirror of waiting for lock-free reads */
 
@@ -345,8 +345,7 @@ worker_pool_submit(struct worker_pool *p, struct worker_job *job)
     pthread_mutex_lock(&p->queue_lock);
     shed_stale(p, now, &shed);
     /* jobs beyond what idle threads will take at once must fit in the queue */
-    if (p->stopping ||
-        (!job->urgent && p->waiting - p->nurgent >= p->queue_size + p->idle)) {
+    if (p->stopping || (!job->urgent && p->waiting - p->nurgent >= p->queue_size + p->idle)) {
         pthread_mutex_unlock(&p->queue_lock);
         complete(p, shed);
         return -1;

@@ -261,3 +261,22 @@ def test_big_base64_answer_over_http_1_0_ends_with_the_connection(start_akosha):
     assert len(data) == n
     floats = struct.unpack("<%df" % dims, base64.b64decode(data[5]["embedding"]))
     assert abs(sum(x * x for x in floats) - 1.0) < 1e-4
+
+
+def test_work_that_cannot_finish_in_time_is_refused_at_once(start_akosha):
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 200ms\n"
+                     "[fallback]\nmode = always\n")
+    heavy = heavy_body()
+    for _ in range(5):  # teaches the pool what a unit of work costs
+        assert post(a.port, heavy, 10)[0] == 200
+    # a 10 KB request for 2048 x 4096 floats: estimated well past 200 ms
+    start = time.monotonic()
+    status, headers, data = a.request("POST", "/v1/embeddings", big_request(2048, 4096),
+                                      {"Content-Type": "application/json"}, timeout=10)
+    took = time.monotonic() - start
+    assert status == 503, data[:200]
+    assert headers["Retry-After"] == "1"
+    assert json.loads(data)["error"]["code"] == "deadline"
+    assert took < 0.2, "refused after %.3fs, not before the deadline" % took
+    _, _, metrics = a.admin("GET", "/metrics")
+    assert b'akosha_fallback_shed_total{reason="deadline"} 1' in metrics
