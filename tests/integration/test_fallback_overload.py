@@ -48,14 +48,14 @@ def post(port, body, timeout):
 
 
 def heavy_body():
-    # about 470 KB of words into an 8-dimension vector: tens of milliseconds of
+    # about 1 MB of words into an 8-dimension vector: tens of milliseconds of
     # hashing for a 250-byte answer, so the worker, not the client, is the limit
-    text = " ".join("w%dx" % i for i in range(60000))
+    text = " ".join("w%dx" % i for i in range(120000))
     return json.dumps({"input": text, "model": "m", "dimensions": 8}).encode()
 
 
 def measure_capacity(port, body, seconds):
-    """Answers per second of the single worker, kept busy by two closed-loop callers."""
+    """Answers per second of the single worker, kept busy by four closed-loop callers."""
     done = []
     stop = time.monotonic() + seconds
 
@@ -65,7 +65,7 @@ def measure_capacity(port, body, seconds):
             if status == 200:
                 done.append(time.monotonic())
 
-    threads = [threading.Thread(target=caller) for _ in range(2)]
+    threads = [threading.Thread(target=caller) for _ in range(4)]
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -185,7 +185,10 @@ def test_unread_big_answers_stay_small_in_memory(start_akosha):
         time.sleep(0.05)
     assert a.stats()["requests_in_flight"] == 0
     _, _, metrics = a.admin("GET", "/metrics")
-    assert b'akosha_fallback_shed_total{reason="cancelled"} 30' in metrics
+    # (a slow build may shed some as stale first: they waited queue_timeout behind the others)
+    shed = {l.split('"')[1]: float(l.split()[-1]) for l in metrics.decode().split("\n")
+            if l.startswith("akosha_fallback_shed_total{")}
+    assert shed.get("cancelled", 0) + shed.get("stale", 0) == 30, shed
 
 
 def read_chunked_slowly(sock, first):
