@@ -73,6 +73,8 @@ const struct config_key config_table[] = {
      OFF_G(fallback.queue_size), "fallback jobs waiting at most; beyond it 503"},
     {SEC_FALLBACK, "dimensions", CT_INT, "384", 1, 4096, true, false, false, NULL,
      OFF_G(fallback.dimensions), "vector size when neither request nor model names one"},
+    {SEC_FALLBACK, "queue_timeout", CT_DURATION, "1s", 0, 3600000, false, false, false, NULL,
+     OFF_G(fallback.queue_timeout_ms), "a job waiting longer is answered 503; 0: never"},
     /* [telemetry] */
     {SEC_TELEMETRY, "service_name", CT_STRING, "akosha", NOB, false, false, false, NULL,
      OFF_G(telemetry.service_name), "service.name of exported spans"},

@@ -156,6 +156,7 @@ struct config {
         int64_t workers;
         int64_t queue_size;
         int64_t dimensions;
+        uint64_t queue_timeout_ms; /* 0: never shed for waiting */
     } fallback;
     struct {
         char *service_name;

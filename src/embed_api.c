@@ -988,62 +988,109 @@ count_usage(const struct embed_request *r)
     return total;
 }
 
+static const char *
+answer_model(const struct embed_request *r, const char *model_name)
+{
+    return model_name != NULL ? model_name : (r->model != NULL ? r->model : "");
+}
+
+void
+embed_render_open(const struct embed_request *r, const char *model_name, struct buf *b)
+{
+    const char *model = answer_model(r, model_name);
+
+    switch (r->api) {
+    case EMBED_API_TEI:
+        buf_putc(b, '[');
+        break;
+    case EMBED_API_OLLAMA:
+        buf_puts(b, "{\"model\":");
+        buf_json_string(b, model, strlen(model));
+        buf_puts(b, ",\"embeddings\":[");
+        break;
+    case EMBED_API_OLLAMA_LEGACY:
+        buf_puts(b, "{\"embedding\":");
+        break;
+    case EMBED_API_OPENAI:
+    case EMBED_API_NONE:
+        buf_puts(b, "{\"object\":\"list\",\"data\":[");
+        break;
+    }
+}
+
+void
+embed_render_vector(const struct embed_request *r, size_t index, const float *v, size_t dim,
+                    struct buf *b)
+{
+    switch (r->api) {
+    case EMBED_API_TEI:
+    case EMBED_API_OLLAMA:
+        if (index > 0) {
+            buf_putc(b, ',');
+        }
+        put_float_array(b, v, dim);
+        break;
+    case EMBED_API_OLLAMA_LEGACY:
+        if (index == 0) { /* one prompt, one vector */
+            put_float_array(b, v, dim);
+        }
+        break;
+    case EMBED_API_OPENAI:
+    case EMBED_API_NONE:
+        buf_printf(b,
+                   "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":", index > 0 ? "," : "",
+                   index);
+        if (r->base64) {
+            put_base64_floats(b, v, dim);
+        } else {
+            put_float_array(b, v, dim);
+        }
+        buf_putc(b, '}');
+        break;
+    }
+}
+
+void
+embed_render_close(const struct embed_request *r, const char *model_name, struct buf *b)
+{
+    const char *model = answer_model(r, model_name);
+    size_t usage;
+
+    switch (r->api) {
+    case EMBED_API_TEI:
+        buf_putc(b, ']');
+        break;
+    case EMBED_API_OLLAMA:
+        buf_printf(b, "],\"prompt_eval_count\":%zu}", count_usage(r));
+        break;
+    case EMBED_API_OLLAMA_LEGACY:
+        if (r->ninputs == 0) {
+            put_float_array(b, NULL, 0);
+        }
+        buf_putc(b, '}');
+        break;
+    case EMBED_API_OPENAI:
+    case EMBED_API_NONE:
+        usage = count_usage(r);
+        buf_puts(b, "],\"model\":");
+        buf_json_string(b, model, strlen(model));
+        buf_printf(b, ",\"usage\":{\"prompt_tokens\":%zu,\"total_tokens\":%zu}}", usage, usage);
+        break;
+    }
+}
+
 char *
 embed_render_response(const struct embed_request *r, const float *vectors, size_t dim,
                       const char *model_name, size_t *len_out)
 {
-    const char *model = model_name != NULL ? model_name : (r->model != NULL ? r->model : "");
-    size_t usage = count_usage(r);
     struct buf b;
 
     buf_init(&b);
-    switch (r->api) {
-    case EMBED_API_TEI:
-        buf_putc(&b, '[');
-        for (size_t i = 0; i < r->ninputs; i++) {
-            if (i > 0) {
-                buf_putc(&b, ',');
-            }
-            put_float_array(&b, vectors + i * dim, dim);
-        }
-        buf_putc(&b, ']');
-        break;
-    case EMBED_API_OLLAMA:
-        buf_puts(&b, "{\"model\":");
-        buf_json_string(&b, model, strlen(model));
-        buf_puts(&b, ",\"embeddings\":[");
-        for (size_t i = 0; i < r->ninputs; i++) {
-            if (i > 0) {
-                buf_putc(&b, ',');
-            }
-            put_float_array(&b, vectors + i * dim, dim);
-        }
-        buf_printf(&b, "],\"prompt_eval_count\":%zu}", usage);
-        break;
-    case EMBED_API_OLLAMA_LEGACY:
-        buf_puts(&b, "{\"embedding\":");
-        put_float_array(&b, vectors, r->ninputs > 0 ? dim : 0);
-        buf_putc(&b, '}');
-        break;
-    case EMBED_API_OPENAI:
-    case EMBED_API_NONE:
-        buf_puts(&b, "{\"object\":\"list\",\"data\":[");
-        for (size_t i = 0; i < r->ninputs; i++) {
-            buf_printf(&b,
-                       "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":", i > 0 ? "," : "",
-                       i);
-            if (r->base64) {
-                put_base64_floats(&b, vectors + i * dim, dim);
-            } else {
-                put_float_array(&b, vectors + i * dim, dim);
-            }
-            buf_putc(&b, '}');
-        }
-        buf_puts(&b, "],\"model\":");
-        buf_json_string(&b, model, strlen(model));
-        buf_printf(&b, ",\"usage\":{\"prompt_tokens\":%zu,\"total_tokens\":%zu}}", usage, usage);
-        break;
+    embed_render_open(r, model_name, &b);
+    for (size_t i = 0; i < r->ninputs; i++) {
+        embed_render_vector(r, i, vectors + i * dim, dim, &b);
     }
+    embed_render_close(r, model_name, &b);
     return finish(&b, len_out);
 }
 

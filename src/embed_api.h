@@ -92,6 +92,18 @@ char *embed_render_response(const struct embed_request *r, const float *vectors,
                             const char *model_name, size_t *len_out);
 
 /*
+ * The same answer in pieces, appended to b: open, then each vector in index
+ * order (any number per call), then close. Concatenated they are byte for byte
+ * what embed_render_response gives, so an answer can go out while the rest is
+ * still being computed, and only the vectors of one piece are ever held.
+ */
+struct buf;
+void embed_render_open(const struct embed_request *r, const char *model_name, struct buf *b);
+void embed_render_vector(const struct embed_request *r, size_t index, const float *v, size_t dim,
+                         struct buf *b);
+void embed_render_close(const struct embed_request *r, const char *model_name, struct buf *b);
+
+/*
  * Dimension of the first embedding in a successful upstream response body (or
  * a prefix of it) for api, or 0 when these bytes do not hold a whole first
  * vector. Scans without building a JSON tree.

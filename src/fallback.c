@@ -2,13 +2,26 @@
  * fallback.c - embedding requests answered locally.
  *
  * The loop thread hands the request body to a job and never looks inside:
- * parsing, embedding and rendering all run on a worker thread, and the
- * finished body comes back to the loop in done(). A job whose client went
- * away is detached: it still runs, and done() frees it.
+ * parsing, embedding and rendering all run on a worker thread. An answer
+ * comes back in pieces of about PIECE_BYTES: a small one whole (sent with a
+ * Content-Length, as before), a big one as a chunked stream whose next piece
+ * is computed only once the client has taken the previous one, so a client
+ * that does not read pins one piece, not the whole answer.
+ *
+ * Who owns the job: while it is submitted (queued, running, or finished and
+ * waiting for done()) the worker side reads and writes its work fields; at
+ * every other moment, and always for client, submitted and streaming, the
+ * loop thread does. When the client goes (fallback_detach), a job the loop
+ * holds or the pool hands back unstarted is freed at once, body and all; a
+ * running one sees the cancelled flag before its next input and done() frees
+ * it. Under overload the pool sheds jobs that waited queue_timeout, and a job
+ * whose estimated work would end past the request's deadline is answered 503
+ * right after parsing instead of being computed for nobody.
  */
 #include "fallback.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,21 +37,46 @@
 #include "util.h"
 #include "worker.h"
 
+/* A piece of answer: rendering stops after the input that passes it. */
+#define PIECE_BYTES (256 * 1024)
+
+/* What every answer of the fallback says of itself; model: canonical, or NULL. */
+static const char *
+answer_headers(const char *model, bool retry_after, char out[256])
+{
+    snprintf(out, 256, "%sX-Akosha-Mode: fallback\r\nX-Akosha-Upstream: local\r\n%s%s%s",
+             retry_after ? "Retry-After: 1\r\n" : "", model ? "X-Akosha-Model: " : "",
+             model ? model : "", model ? "\r\n" : "");
+    return out;
+}
+
 struct fallback_job {
     struct worker_job job; /* first: the pool sees only this */
     struct server *srv;
-    struct client *client; /* NULL once detached */
+    struct worker_pool *pool;
+    struct client *client; /* NULL once detached; loop thread */
     struct config *cfg;    /* reference held: [model] sizes and defaults */
     const char *model;     /* canonical, owned by cfg; NULL when the request names none known */
     char model_key[128];   /* what learned sizes go by ("" : the parsed request's model) */
     enum embed_api api;
-    struct evbuffer *body; /* owned */
-    /* results, written by the worker */
+    uint64_t deadline_ms;  /* monotonic: the request's request_timeout */
+    atomic_bool cancelled; /* set by detach: a running job stops before its next input */
+    /* loop thread only */
+    bool submitted; /* in the pool: queued, running, or done() still to come */
+    bool streaming; /* the head is out; the rest goes as chunks */
+    bool in_done;   /* inside done(): a drained client asks for more through want_more */
+    bool want_more;
+    /* the worker's while submitted, the loop's otherwise */
+    struct evbuffer *body; /* until parsed; then freed */
     struct embed_request er;
     bool parsed;
-    int status;
-    char *answer;
-    size_t answer_len;
+    unsigned runs;
+    int status;        /* 0 until known: 200, 400, or 503 when shed for the deadline */
+    struct buf piece;  /* rendered and not yet handed to the client */
+    bool complete;     /* piece ends the answer */
+    size_t next_input; /* inputs rendered so far */
+    size_t units;      /* the whole job's work, for the estimate */
+    float *vector;     /* one input's vector */
     char model_name[64];
     unsigned dim;
     uint64_t start_ns, end_ns;
@@ -66,54 +104,113 @@ pick_dimensions(struct fallback_job *j)
 static void
 job_error(struct fallback_job *j, const char *message, const char *param)
 {
+    size_t len;
+    char *text =
+        embed_render_error(j->api, message, "invalid_request_error", param, "invalid_input", &len);
+
     j->status = 400;
-    j->answer = embed_render_error(j->api, message, "invalid_request_error", param,
-                                   "invalid_input", &j->answer_len);
+    j->piece.len = 0;
+    buf_append(&j->piece, text, len);
+    j->complete = true;
+    free(text);
 }
 
-/* Worker thread: parse, embed, render. Touches nothing but the job. */
-static void
-job_run(struct worker_job *wj)
+/* Work of one input, in the pool's estimate unit: its text (or ids) and its vector. */
+static size_t
+input_units(const struct fallback_job *j, const struct embed_input *in)
 {
-    struct fallback_job *j = (struct fallback_job *)wj;
+    return (in->text != NULL ? in->len : in->ntokens) + j->dim;
+}
+
+/*
+ * First run: parse, free the body, refuse what the embedder would refuse
+ * (before anything is sent, so it can still be a 400), and drop work that
+ * cannot end before the deadline. false when the job is answered already.
+ */
+static bool
+job_prepare(struct fallback_job *j)
+{
     char err[256];
     const char *param = NULL;
     size_t len = evbuffer_get_length(j->body);
     const char *body = len ? (const char *)evbuffer_pullup(j->body, -1) : "";
-    float *vectors;
+    int rc;
+    uint64_t estimate;
 
     j->start_ns = otlp_now_unix_ns();
-    if (embed_request_parse(j->api, body, len, &j->er, err, sizeof(err), &param) < 0) {
+    rc = embed_request_parse(j->api, body, len, &j->er, err, sizeof(err), &param);
+    evbuffer_free(j->body);
+    j->body = NULL;
+    if (rc < 0) {
         job_error(j, err, param);
-        j->end_ns = otlp_now_unix_ns();
-        return;
+        return false;
     }
     j->parsed = true;
     j->dim = pick_dimensions(j);
-    vectors = xmalloc(j->er.ninputs * j->dim * sizeof(float));
     for (size_t i = 0; i < j->er.ninputs; i++) {
         const struct embed_input *in = &j->er.inputs[i];
-        float *v = vectors + i * j->dim;
+        bool empty =
+            in->text != NULL ? embedder_hash_is_blank(in->text, in->len) : in->ntokens == 0;
+        if (empty || j->dim == 0 || j->dim > EMBEDDER_HASH_MAX_DIM) {
+            snprintf(err, sizeof(err), "input %zu is empty or whitespace only", i);
+            job_error(j, err, j->api == EMBED_API_TEI ? "inputs" : "input");
+            return false;
+        }
+        j->units += input_units(j, in);
+    }
+    estimate = worker_pool_estimate_ns(j->pool, j->units);
+    if (j->deadline_ms > 0 && util_mono_ms() + estimate / 1000000u > j->deadline_ms) {
+        j->status = 503; /* done() answers: the caller would be gone before the answer */
+        return false;
+    }
+    embedder_hash_model_name(j->dim, j->model_name, sizeof(j->model_name));
+    j->vector = xmalloc(j->dim * sizeof(float));
+    embed_render_open(&j->er, j->model_name, &j->piece);
+    return true;
+}
+
+/* Worker thread: the next piece of the answer. Touches nothing but the job. */
+static void
+job_run(struct worker_job *wj)
+{
+    struct fallback_job *j = (struct fallback_job *)wj;
+
+    if (atomic_load_explicit(&j->cancelled, memory_order_acquire)) {
+        return;
+    }
+    if (j->runs++ == 0 && !job_prepare(j)) {
+        j->end_ns = otlp_now_unix_ns();
+        return;
+    }
+    while (j->next_input < j->er.ninputs) {
+        const struct embed_input *in = &j->er.inputs[j->next_input];
         int rc;
+
+        if (atomic_load_explicit(&j->cancelled, memory_order_relaxed)) {
+            return; /* nobody reads the rest: done() frees the job */
+        }
         if (in->text != NULL) {
-            rc = embedder_hash_text(in->text, in->len, v, j->dim);
+            rc = embedder_hash_text(in->text, in->len, j->vector, j->dim);
             j->text_chars += util_utf8_chars(in->text, in->len);
         } else {
-            rc = embedder_hash_tokens(in->tokens, in->ntokens, v, j->dim);
+            rc = embedder_hash_tokens(in->tokens, in->ntokens, j->vector, j->dim);
             j->text_chars += in->ntokens;
         }
         if (rc < 0) {
-            snprintf(err, sizeof(err), "input %zu is empty or whitespace only", i);
-            job_error(j, err, j->api == EMBED_API_TEI ? "inputs" : "input");
-            free(vectors);
+            /* job_prepare refused every input the embedder refuses: cannot happen */
+            memset(j->vector, 0, j->dim * sizeof(float));
+        }
+        embed_render_vector(&j->er, j->next_input, j->vector, j->dim, &j->piece);
+        wj->units += input_units(j, in);
+        j->next_input++;
+        if (j->piece.len >= PIECE_BYTES && j->next_input < j->er.ninputs) {
             j->end_ns = otlp_now_unix_ns();
             return;
         }
     }
-    embedder_hash_model_name(j->dim, j->model_name, sizeof(j->model_name));
-    j->answer = embed_render_response(&j->er, vectors, j->dim, j->model_name, &j->answer_len);
+    embed_render_close(&j->er, j->model_name, &j->piece);
     j->status = 200;
-    free(vectors);
+    j->complete = true;
     j->end_ns = otlp_now_unix_ns();
 }
 
@@ -127,7 +224,8 @@ job_free(struct fallback_job *j)
         evbuffer_free(j->body);
     }
     config_unref(j->cfg);
-    free(j->answer);
+    buf_free(&j->piece);
+    free(j->vector);
     free(j);
 }
 
@@ -149,39 +247,104 @@ job_span(struct fallback_job *j, struct request *r)
     trace_span_attr_int(s, "batch.size", (int64_t)j->er.ninputs);
     trace_span_attr_int(s, "embedding.dimensions", j->dim);
     if (j->status != 200) {
-        trace_span_set_status(s, TRACE_STATUS_ERROR, "invalid input");
+        trace_span_set_status(s, TRACE_STATUS_ERROR,
+                              j->status == 503 ? "shed: past the deadline" : "invalid input");
     }
     trace_span_end(s, j->end_ns);
     otlp_submit(j->srv->otlp, s);
 }
 
-/* Loop thread: answer the client, if it is still there. */
+static int
+submit(struct fallback_job *j)
+{
+    if (worker_pool_submit(j->pool, &j->job) < 0) {
+        return -1;
+    }
+    j->submitted = true;
+    return 0;
+}
+
+/* 503 with Retry-After: queue full, waited too long, or would end past the deadline. */
+static void
+answer_overloaded(struct client *c, const char *message, const char *code)
+{
+    size_t len;
+    char *body = embed_render_error(c->req->api, message, "overloaded", NULL, code, &len);
+
+    char hb[256];
+
+    proxy_respond(c, 503, "application/json", body, len, answer_headers(c->req->model, true, hb));
+    free(body);
+}
+
+/* The answer is complete: account for it. */
+static void
+job_finished(struct fallback_job *j, struct request *r)
+{
+    r->job = NULL;
+    if (j->status == 200) {
+        observe_embeddings(j->srv, "fallback", &j->er);
+        r->mode = "fallback";
+    }
+    job_span(j, r);
+}
+
+/* Loop thread: hand the client what the worker made, if the client is still there. */
 static void
 job_done(struct worker_job *wj)
 {
     struct fallback_job *j = (struct fallback_job *)wj;
     struct client *c = j->client;
+    char hb[256];
 
+    j->submitted = false;
     if (c == NULL) {
         job_free(j);
         return;
     }
-    c->req->job = NULL;
-    if (j->status == 200) {
-        observe_embeddings(j->srv, "fallback", &j->er);
+    if (wj->shed || (j->status == 503 && !j->streaming)) {
+        const char *reason = wj->shed ? "stale" : "deadline";
+        log_info("request %s: fallback job shed (%s); answering 503", c->req->id, reason);
+        observe_fallback_shed(j->srv, reason);
+        job_finished(j, c->req);
+        answer_overloaded(c,
+                          wj->shed ? "the fallback is overloaded: the job waited queue_timeout"
+                                   : "the fallback is overloaded: the answer would come after "
+                                     "request_timeout",
+                          wj->shed ? "queue_timeout" : "deadline");
+        job_free(j);
+        return;
+    }
+    if (j->complete && !j->streaming) {
+        job_finished(j, c->req);
+        proxy_respond(c, j->status, "application/json", j->piece.data, j->piece.len,
+                      answer_headers(j->model, false, hb));
+        job_free(j);
+        /* proxy_respond queued the answer; the write callback finishes the request. */
+        return;
+    }
+    if (!j->streaming) {
+        j->streaming = true;
+        j->job.urgent = true; /* the head is out: finish what was started before new work */
         c->req->mode = "fallback";
+        proxy_stream_begin(c, 200, "application/json", answer_headers(j->model, false, hb));
     }
-    job_span(j, c->req);
-    {
-        char extra[256];
-        snprintf(extra, sizeof(extra),
-                 "X-Akosha-Mode: fallback\r\nX-Akosha-Upstream: local\r\n%s%s%s",
-                 j->model ? "X-Akosha-Model: " : "", j->model ? j->model : "",
-                 j->model ? "\r\n" : "");
-        proxy_respond(c, j->status, "application/json", j->answer, j->answer_len, extra);
+    if (j->complete) {
+        job_finished(j, c->req);
+        proxy_stream_piece(c, j->piece.data, j->piece.len, true);
+        job_free(j);
+        return;
     }
-    job_free(j);
-    /* proxy_respond queued the answer; the write callback finishes the request. */
+    j->in_done = true;
+    j->want_more = false;
+    proxy_stream_piece(c, j->piece.data, j->piece.len, false);
+    j->in_done = false;
+    /* The client has the bytes: the job holds nothing until the next piece. */
+    buf_free(&j->piece);
+    buf_init(&j->piece);
+    if (j->want_more && submit(j) < 0) {
+        log_warn("request %s: the worker pool refused the next piece (stopping)", c->req->id);
+    }
 }
 
 void
@@ -194,27 +357,25 @@ fallback_start(struct client *c, const char *reason)
     j->job.run = job_run;
     j->job.done = job_done;
     j->srv = srv;
+    j->pool = srv->workers;
     j->client = c;
     j->cfg = r->cfg; /* the request's: a reload does not change its answer */
     config_ref(j->cfg);
     j->model = r->model;
     snprintf(j->model_key, sizeof(j->model_key), "%s", observe_model_key(r));
     j->api = r->api;
+    j->deadline_ms = r->deadline_ms;
+    atomic_init(&j->cancelled, false);
+    buf_init(&j->piece);
     j->body = evbuffer_new();
     /* Moved, not copied: from here only the worker reads the body. */
     evbuffer_add_buffer(j->body, r->body);
-    if (worker_pool_submit(srv->workers, &j->job) < 0) {
-        size_t len;
-        char *body;
+    if (submit(j) < 0) {
         job_free(j);
         log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
                  (long long)r->cfg->fallback.queue_size);
         observe_fallback(srv, "queue_full", r->model);
-        body = embed_render_error(r->api, "fallback queue is full; retry shortly", "overloaded",
-                                  NULL, "queue_full", &len);
-        proxy_respond(c, 503, "application/json", body, len,
-                      "Retry-After: 1\r\nX-Akosha-Mode: fallback\r\nX-Akosha-Upstream: local\r\n");
-        free(body);
+        answer_overloaded(c, "fallback queue is full; retry shortly", "queue_full");
         return;
     }
     r->job = j;
@@ -222,10 +383,29 @@ fallback_start(struct client *c, const char *reason)
     log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
 }
 
-void
-fallback_detach(struct fallback_job *job)
+int
+fallback_stream_drained(struct fallback_job *j)
 {
-    job->client = NULL;
+    if (j->submitted) {
+        return 0;
+    }
+    if (j->in_done) {
+        j->want_more = true; /* job_done submits once it has let go of the piece */
+        return 0;
+    }
+    return submit(j);
+}
+
+void
+fallback_detach(struct fallback_job *j)
+{
+    j->client = NULL;
+    observe_fallback_shed(j->srv, "cancelled");
+    if (!j->submitted || worker_pool_cancel(j->pool, &j->job)) {
+        job_free(j); /* between pieces, or never started: ours to free now */
+        return;
+    }
+    atomic_store_explicit(&j->cancelled, true, memory_order_release);
 }
 
 int
@@ -233,7 +413,11 @@ fallback_init(struct server *srv, char **cause)
 {
     srv->workers = worker_pool_new(srv->base, (unsigned)srv->cfg->fallback.workers,
                                    (size_t)srv->cfg->fallback.queue_size, cause);
-    return srv->workers == NULL ? -1 : 0;
+    if (srv->workers == NULL) {
+        return -1;
+    }
+    worker_pool_set_max_wait(srv->workers, srv->cfg->fallback.queue_timeout_ms * 1000000u);
+    return 0;
 }
 
 void

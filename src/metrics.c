@@ -112,6 +112,12 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
     [METRIC_FALLBACK_QUEUE_DEPTH] = {"akosha_fallback_queue_depth", METRIC_GAUGE, true,
                                      "Jobs waiting for a fallback worker thread.", {NULL},
                                      NO_BUCKETS},
+    [METRIC_FALLBACK_SHED] = {"akosha_fallback_shed_total", METRIC_COUNTER, false,
+                              "Fallback jobs dropped before their answer was complete, by "
+                              "reason (stale: answered 503 after waiting queue_timeout; "
+                              "deadline: answered 503, would end past request_timeout; "
+                              "cancelled: the client left or timed out).",
+                              {"reason", NULL}, NO_BUCKETS},
     [METRIC_REQUESTS_IN_FLIGHT] = {"akosha_requests_in_flight", METRIC_GAUGE, false,
                                    "Client requests received and not yet answered.", {NULL},
                                    NO_BUCKETS},

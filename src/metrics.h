@@ -42,7 +42,10 @@
  *             attempt was made)
  *   reason    akosha_retries_total: "failure" | "timeout" | "connect_error";
  *             akosha_fallback_total: "all_open" | "attempts_exhausted" |
- *             "no_upstreams" | "mode_always" | "retry_budget"
+ *             "no_upstreams" | "mode_always" | "retry_budget";
+ *             akosha_fallback_shed_total: "stale" (waited queue_timeout) |
+ *             "deadline" (its work would end past request_timeout) |
+ *             "cancelled" (the client left or timed out first)
  *   state     akosha_upstream_connections: "idle" | "active"
  *   result    akosha_config_reloads_total: "success" | "failure"
  *   service_name, upstream   the upstream's name from the config
@@ -102,6 +105,7 @@ enum metric_id {
     METRIC_RETRY_BUDGET_EXHAUSTED,
     METRIC_FALLBACK,
     METRIC_FALLBACK_QUEUE_DEPTH,
+    METRIC_FALLBACK_SHED,
     METRIC_REQUESTS_IN_FLIGHT,
     METRIC_UPSTREAM_CONNECTIONS,
     METRIC_CONFIG_RELOADS,

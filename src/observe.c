@@ -610,6 +610,15 @@ observe_fallback(struct server *srv, const char *reason, const char *model)
     metrics_inc(metrics_series(METRIC_FALLBACK, lv));
 }
 
+void
+observe_fallback_shed(struct server *srv, const char *reason)
+{
+    const char *lv[] = {reason};
+
+    (void)srv;
+    metrics_inc(metrics_series(METRIC_FALLBACK_SHED, lv));
+}
+
 static void
 observe_batch(int m, size_t ninputs)
 {

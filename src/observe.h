@@ -64,6 +64,8 @@ struct observe_model_counts {
 struct observe_model_counts observe_model_counts(const char *model);
 /* model: the request's canonical model, NULL when none is known. */
 void observe_fallback(struct server *srv, const char *reason, const char *model);
+/* A fallback job dropped: "stale", "deadline" or "cancelled". Loop thread. */
+void observe_fallback_shed(struct server *srv, const char *reason);
 /* Embeddings produced: mode "real" or "fallback". */
 void observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er);
 

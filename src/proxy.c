@@ -138,6 +138,14 @@ stream_resume(struct client *c)
 {
     struct attempt *a;
 
+    if (c->state == CLIENT_STREAM && c->req != NULL && c->req->job != NULL) {
+        /* a streamed fallback answer: its next piece is computed only now */
+        if (fallback_stream_drained(c->req->job) < 0) {
+            c->write_failed = true;
+            event_active(c->drive_ev, 0, 0);
+        }
+        return true;
+    }
     if (c->state != CLIENT_STREAM || c->req == NULL || c->req->att.conn == NULL) {
         return false;
     }
@@ -212,6 +220,46 @@ proxy_respond(struct client *c, int status, const char *content_type, const char
     }
     client_set_state(c, close ? CLIENT_CLOSING : CLIENT_WRITE);
     body_timeout(c, false);
+    client_flush(c);
+}
+
+void
+proxy_stream_begin(struct client *c, int status, const char *content_type,
+                   const char *extra_headers)
+{
+    struct request *r = c->req;
+    bool chunked = r->hd.version_minor == 1;
+
+    r->status = status;
+    if (!chunked || c->srv->draining) {
+        r->keep_alive = false; /* HTTP/1.0: the end of the answer is the end of the connection */
+    }
+    evbuffer_add_printf(
+        c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sX-Request-Id: %s\r\n%s%s\r\n", status,
+        http_reason(status), content_type, chunked ? "Transfer-Encoding: chunked\r\n" : "", r->id,
+        extra_headers ? extra_headers : "", r->keep_alive ? "" : "Connection: close\r\n");
+    client_set_state(c, CLIENT_STREAM);
+    body_timeout(c, false);
+}
+
+void
+proxy_stream_piece(struct client *c, const char *data, size_t len, bool last)
+{
+    bool chunked = c->req->hd.version_minor == 1;
+
+    if (chunked && len > 0) {
+        evbuffer_add_printf(c->out, "%zx\r\n", len);
+    }
+    evbuffer_add(c->out, data, len);
+    if (chunked && len > 0) {
+        evbuffer_add(c->out, "\r\n", 2);
+    }
+    if (last) {
+        if (chunked) {
+            evbuffer_add(c->out, "0\r\n\r\n", 5);
+        }
+        client_set_state(c, c->req->keep_alive ? CLIENT_WRITE : CLIENT_CLOSING);
+    }
     client_flush(c);
 }
 

@@ -145,6 +145,16 @@ void proxy_shutdown(void);
  */
 void proxy_respond(struct client *c, int status, const char *content_type, const char *body,
                    size_t len, const char *extra_headers);
+/*
+ * Answer with a body of unknown length, in pieces: the head now (chunked for
+ * HTTP/1.1; for HTTP/1.0 the connection closes after the body), then each
+ * piece, the last one with last set. While the connection waits in STREAM,
+ * fallback_stream_drained() is called each time the client has taken every
+ * queued byte. Used by fallback.c.
+ */
+void proxy_stream_begin(struct client *c, int status, const char *content_type,
+                        const char *extra_headers);
+void proxy_stream_piece(struct client *c, const char *data, size_t len, bool last);
 /* Answer in the request's API error shape (OpenAI shape off embedding routes). */
 void proxy_respond_error(struct client *c, int status, const char *type, const char *message,
                          const char *extra_headers);

@@ -11,6 +11,13 @@
  * buffer operation of the whole proxy. The eventfd's read event is added
  * only while jobs are outstanding, so the loop stays alive exactly as long
  * as the pool has work, like a referenced handle in libuv.
+ *
+ * Under overload the queue is a deque: oldest at the head, newest at the
+ * tail. Urgent jobs (the continuation of an answer already started) have a
+ * list of their own and go first. With max_wait set, jobs that waited too long
+ * are shed onto the completion list unrun, and a standing queue is served
+ * newest first: a job taken fresh finishes while its caller still waits,
+ * where first-in-first-out would finish only jobs whose callers gave up.
  */
 #define _GNU_SOURCE
 #include "worker.h"
@@ -24,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -37,16 +45,20 @@ struct worker_pool {
     unsigned nthreads; /* started successfully */
     size_t queue_size;
 
-    pthread_mutex_t queue_lock; /* guards queue_*, waiting, idle, stopping */
+    pthread_mutex_t queue_lock; /* guards queue_*, urgent_*, waiting, idle, stopping, max_wait */
     pthread_cond_t queue_cond;
-    struct worker_job *queue_head, *queue_tail;
-    size_t waiting;
-    unsigned idle; /* threads blocked waiting for a job */
+    struct worker_job *queue_head, *queue_tail;   /* oldest first */
+    struct worker_job *urgent_head, *urgent_tail; /* continuations: first served */
+    size_t waiting;                               /* both lists */
+    size_t nurgent;
+    uint64_t max_wait_ns; /* 0: never shed, always oldest first */
+    unsigned idle;        /* threads blocked waiting for a job */
     bool stopping;
     atomic_size_t depth; /* mirror of waiting for lock-free reads */
 
-    pthread_mutex_t done_lock; /* guards done_* */
+    pthread_mutex_t done_lock; /* guards done_*, ns_per_unit */
     struct worker_job *done_head, *done_tail;
+    double ns_per_unit; /* moving average of finished runs; 0 before the first */
 
     size_t outstanding; /* submitted, done() not yet called; loop thread only */
 };
@@ -55,12 +67,121 @@ static void
 append(struct worker_job **head, struct worker_job **tail, struct worker_job *job)
 {
     job->next = NULL;
+    job->prev = *tail;
     if (*tail != NULL) {
         (*tail)->next = job;
     } else {
         *head = job;
     }
     *tail = job;
+}
+
+static void
+unlink_job(struct worker_job **head, struct worker_job **tail, struct worker_job *job)
+{
+    if (job->prev != NULL) {
+        job->prev->next = job->next;
+    } else {
+        *head = job->next;
+    }
+    if (job->next != NULL) {
+        job->next->prev = job->prev;
+    } else {
+        *tail = job->prev;
+    }
+    job->next = job->prev = NULL;
+}
+
+static uint64_t
+now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Under queue_lock: job leaves whichever list holds it. */
+static void
+dequeue(struct worker_pool *p, struct worker_job *job)
+{
+    if (job->urgent) {
+        unlink_job(&p->urgent_head, &p->urgent_tail, job);
+        p->nurgent--;
+    } else {
+        unlink_job(&p->queue_head, &p->queue_tail, job);
+    }
+    job->queued = false;
+    p->waiting--;
+    atomic_store_explicit(&p->depth, p->waiting, memory_order_relaxed);
+}
+
+/* Under queue_lock: moves jobs that waited past max_wait onto *shed (a list by next). */
+static void
+shed_stale(struct worker_pool *p, uint64_t now, struct worker_job **shed)
+{
+    while (p->max_wait_ns > 0 && p->queue_head != NULL &&
+           now - p->queue_head->enqueued_ns >= p->max_wait_ns) {
+        struct worker_job *job = p->queue_head;
+        dequeue(p, job);
+        job->shed = true;
+        job->next = *shed;
+        *shed = job;
+    }
+}
+
+/* Under queue_lock: the next job to run, or NULL. */
+static struct worker_job *
+pick(struct worker_pool *p, uint64_t now)
+{
+    struct worker_job *job = p->urgent_head;
+
+    if (job == NULL && p->queue_head != NULL) {
+        bool standing =
+            p->max_wait_ns > 0 && now - p->queue_head->enqueued_ns >= p->max_wait_ns / 4;
+        job = standing ? p->queue_tail : p->queue_head;
+    }
+    if (job != NULL) {
+        dequeue(p, job);
+    }
+    return job;
+}
+
+/* Hands finished (or shed) jobs to the loop. Takes done_lock; call without queue_lock. */
+static void
+complete(struct worker_pool *p, struct worker_job *list)
+{
+    uint64_t one = 1;
+
+    if (list == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&p->done_lock);
+    while (list != NULL) {
+        struct worker_job *next = list->next;
+        append(&p->done_head, &p->done_tail, list);
+        list = next;
+    }
+    pthread_mutex_unlock(&p->done_lock);
+    /* Cannot fail short of a counter overflow; the loop drains everything anyway. */
+    if (write(p->efd, &one, sizeof(one)) < 0) {
+        log_warn("worker pool: eventfd write: %s", strerror(errno));
+    }
+}
+
+static void
+learn(struct worker_pool *p, size_t units, uint64_t ns)
+{
+    double sample;
+
+    if (units == 0) {
+        return;
+    }
+    sample = (double)ns / (double)units;
+    pthread_mutex_lock(&p->done_lock);
+    /* weight 1/8: a few jobs of a new kind move it, one odd job does not */
+    p->ns_per_unit = p->ns_per_unit == 0 ? sample : p->ns_per_unit + (sample - p->ns_per_unit) / 8;
+    pthread_mutex_unlock(&p->done_lock);
 }
 
 static void
@@ -102,36 +223,29 @@ worker_main(void *arg)
 
     pthread_mutex_lock(&p->queue_lock);
     for (;;) {
-        struct worker_job *job;
+        struct worker_job *job, *shed = NULL;
+        uint64_t start;
 
-        while (p->queue_head == NULL && !p->stopping) {
+        while (p->waiting == 0 && !p->stopping) {
             p->idle++;
             pthread_cond_wait(&p->queue_cond, &p->queue_lock);
             p->idle--;
         }
-        if (p->queue_head == NULL) {
+        if (p->waiting == 0) {
             break; /* stopping, and the queue is drained */
         }
-        job = p->queue_head;
-        p->queue_head = job->next;
-        if (p->queue_head == NULL) {
-            p->queue_tail = NULL;
-        }
-        p->waiting--;
-        atomic_store_explicit(&p->depth, p->waiting, memory_order_relaxed);
+        start = now_ns();
+        shed_stale(p, start, &shed);
+        job = pick(p, start);
         pthread_mutex_unlock(&p->queue_lock);
+        complete(p, shed);
 
-        job->run(job);
-
-        pthread_mutex_lock(&p->done_lock);
-        append(&p->done_head, &p->done_tail, job);
-        pthread_mutex_unlock(&p->done_lock);
-        {
-            uint64_t one = 1;
-            /* Cannot fail short of a counter overflow; the loop drains everything anyway. */
-            if (write(p->efd, &one, sizeof(one)) < 0) {
-                log_warn("worker pool: eventfd write: %s", strerror(errno));
-            }
+        if (job != NULL) {
+            job->units = 0;
+            job->run(job);
+            learn(p, job->units, now_ns() - start);
+            job->next = NULL;
+            complete(p, job);
         }
 
         pthread_mutex_lock(&p->queue_lock);
@@ -225,21 +339,71 @@ worker_pool_new(struct event_base *base, unsigned nthreads, size_t queue_size, c
 int
 worker_pool_submit(struct worker_pool *p, struct worker_job *job)
 {
+    struct worker_job *shed = NULL;
+    uint64_t now = now_ns();
+
     pthread_mutex_lock(&p->queue_lock);
+    shed_stale(p, now, &shed);
     /* jobs beyond what idle threads will take at once must fit in the queue */
-    if (p->stopping || p->waiting >= p->queue_size + p->idle) {
+    if (p->stopping || (!job->urgent && p->waiting - p->nurgent >= p->queue_size + p->idle)) {
         pthread_mutex_unlock(&p->queue_lock);
+        complete(p, shed);
         return -1;
     }
-    append(&p->queue_head, &p->queue_tail, job);
+    job->shed = false;
+    job->queued = true;
+    job->enqueued_ns = now;
+    if (job->urgent) {
+        append(&p->urgent_head, &p->urgent_tail, job);
+        p->nurgent++;
+    } else {
+        append(&p->queue_head, &p->queue_tail, job);
+    }
     p->waiting++;
     atomic_store_explicit(&p->depth, p->waiting, memory_order_relaxed);
     pthread_cond_signal(&p->queue_cond);
     pthread_mutex_unlock(&p->queue_lock);
+    complete(p, shed);
     if (p->outstanding++ == 0) {
         event_add(p->wakeup, NULL);
     }
     return 0;
+}
+
+void
+worker_pool_set_max_wait(struct worker_pool *p, uint64_t max_wait_ns)
+{
+    pthread_mutex_lock(&p->queue_lock);
+    p->max_wait_ns = max_wait_ns;
+    pthread_mutex_unlock(&p->queue_lock);
+}
+
+bool
+worker_pool_cancel(struct worker_pool *p, struct worker_job *job)
+{
+    bool removed = false;
+
+    pthread_mutex_lock(&p->queue_lock);
+    if (job->queued) {
+        dequeue(p, job);
+        removed = true;
+    }
+    pthread_mutex_unlock(&p->queue_lock);
+    if (removed && --p->outstanding == 0) {
+        event_del(p->wakeup);
+    }
+    return removed;
+}
+
+uint64_t
+worker_pool_estimate_ns(struct worker_pool *p, size_t units)
+{
+    double per;
+
+    pthread_mutex_lock(&p->done_lock);
+    per = p->ns_per_unit;
+    pthread_mutex_unlock(&p->done_lock);
+    return (uint64_t)(per * (double)units);
 }
 
 size_t

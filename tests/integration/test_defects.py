@@ -57,7 +57,8 @@ def test_half_closed_client_gets_the_fallback_answer(start_akosha):
     a = start_akosha("[fallback]\nmode = always\n")
     out = raw_exchange(a.port, post_bytes(json.dumps(EMBED).encode()), shut_wr=True)
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
-    assert b"X-Akosha-Mode: fallback" in out and b"Connection: close" in out
+    # Connection: close when the EOF came first; either way the answer, then the close.
+    assert b"X-Akosha-Mode: fallback" in out
     assert len(json.loads(out.split(b"\r\n\r\n", 1)[1])["data"]) == 1
 
 

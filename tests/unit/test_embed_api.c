@@ -1082,3 +1082,59 @@ Test(embed_scan, counts_long_token_arrays)
     n += (size_t)sprintf(body + n, "],[7]]}");
     scan_agrees(EMBED_API_OPENAI, body);
 }
+
+/* Open, one vector per call, close: what embed_render_response gives, byte for byte. */
+static void
+expect_pieces_match_whole(enum embed_api api, const char *request, size_t n, size_t dim)
+{
+    struct embed_request r;
+    float *v = make_vectors(n, dim);
+    size_t len;
+    char *whole;
+    struct buf b;
+
+    parse_ok(api, request, &r);
+    whole = embed_render_response(&r, v, dim, "akosha-hash-x", &len);
+    buf_init(&b);
+    embed_render_open(&r, "akosha-hash-x", &b);
+    for (size_t i = 0; i < r.ninputs; i++) {
+        struct buf piece;
+        buf_init(&piece);
+        embed_render_vector(&r, i, v + i * dim, dim, &piece);
+        buf_append(&b, piece.data, piece.len);
+        buf_free(&piece);
+    }
+    embed_render_close(&r, "akosha-hash-x", &b);
+    cr_assert_eq(b.len, len, "%s: pieces give %zu bytes, whole %zu", request, b.len, len);
+    cr_expect_eq(memcmp(b.data, whole, len), 0, "%s", request);
+    buf_free(&b);
+    free(whole);
+    embed_request_free(&r);
+    free(v);
+}
+
+Test(embed_api, answer_rendered_in_pieces_equals_the_whole_answer)
+{
+    expect_pieces_match_whole(EMBED_API_OPENAI, "{\"input\":[\"a b\",\"c\",\"d\"]}", 3, 9);
+    expect_pieces_match_whole(EMBED_API_OPENAI,
+                              "{\"input\":[\"a\",\"b\"],\"encoding_format\":\"base64\"}", 2, 7);
+    expect_pieces_match_whole(EMBED_API_TEI, "{\"inputs\":[\"a\",\"b c\"]}", 2, 5);
+    expect_pieces_match_whole(EMBED_API_OLLAMA, "{\"model\":\"m\",\"input\":[\"a\",\"b\"]}", 2, 4);
+    expect_pieces_match_whole(EMBED_API_OLLAMA_LEGACY, "{\"model\":\"m\",\"prompt\":\"hi\"}", 1, 6);
+}
+
+Test(embed_api, openai_answer_bytes_are_stable)
+{
+    struct embed_request r;
+    float v[4] = {0.5f, -0.25f, 0.0f, 1.0f};
+    char *body;
+
+    parse_ok(EMBED_API_OPENAI, "{\"input\":[\"one\",\"two three\"],\"model\":\"m\"}", &r);
+    body = embed_render_response(&r, v, 2, NULL, NULL);
+    cr_expect_str_eq(body, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,"
+                           "\"embedding\":[0.5,-0.25]},{\"object\":\"embedding\",\"index\":1,"
+                           "\"embedding\":[0.0,1.0]}],\"model\":\"m\",\"usage\":{\"prompt_tokens\":"
+                           "3,\"total_tokens\":3}}");
+    free(body);
+    embed_request_free(&r);
+}

@@ -264,7 +264,7 @@ Test(metrics, removed_series_is_hidden_until_looked_up_again)
 
 Test(metrics, label_values_are_escaped)
 {
-    const char *labels[] = {"back\\slash \"quoted\"\nnext"};
+    const char *labels[] = {"back\\slash \"quoted\"\nnext", "m"};
     struct buf b;
     char *page;
 
@@ -276,7 +276,8 @@ Test(metrics, label_values_are_escaped)
     metrics_inc(metrics_series(METRIC_FALLBACK, labels));
     page = render();
     cr_assert_not_null(
-        strstr(page, "\nakosha_fallback_total{reason=\"back\\\\slash \\\"quoted\\\"\\nnext\"} 1\n"),
+        strstr(page, "\nakosha_fallback_total{reason=\"back\\\\slash \\\"quoted\\\"\\nnext\","
+                     "model=\"m\"} 1\n"),
         "%s", page);
     free(page);
 }
@@ -421,9 +422,9 @@ Test(metrics, samples_of_a_family_are_never_split)
     populate_every_direct_family();
     metrics_add_collector(fill_collected, NULL);
     /* Series created in interleaved order across families must still render grouped. */
-    metrics_inc(metrics_series(METRIC_REQUESTS, (const char *[]){"embed", "503"}));
-    metrics_inc(metrics_series(METRIC_FALLBACK, (const char *[]){"all_open"}));
-    metrics_inc(metrics_series(METRIC_REQUESTS, (const char *[]){"embeddings", "200"}));
+    metrics_inc(metrics_series(METRIC_REQUESTS, (const char *[]){"embed", "503", "other"}));
+    metrics_inc(metrics_series(METRIC_FALLBACK, (const char *[]){"all_open", "other"}));
+    metrics_inc(metrics_series(METRIC_REQUESTS, (const char *[]){"embeddings", "200", "m"}));
     page = render();
     for (line = page; *line != '\0'; line = strchr(line, '\n') + 1) {
         size_t len = (size_t)(strchr(line, '\n') - line);
@@ -472,7 +473,7 @@ static void
 misdirected_collector(struct metrics_writer *w, void *arg)
 {
     (void)arg;
-    metrics_writer_sample(w, METRIC_FALLBACK, (const char *[]){"from_collector"}, 5);
+    metrics_writer_sample(w, METRIC_FALLBACK, (const char *[]){"from_collector", "other"}, 5);
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL, 3);
 }
 

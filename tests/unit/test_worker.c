@@ -364,3 +364,119 @@ Test(worker, free_of_idle_pool_joins_and_null_is_ignored)
     worker_pool_free(NULL);
     cr_expect_eq(H.completed, 0);
 }
+
+Test(worker, cancel_takes_a_queued_job_back_and_leaves_a_running_one)
+{
+    struct test_job blocker, queued, after;
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, 4, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    init_job(&blocker, 0, run_blocked);
+    cr_assert_eq(worker_pool_submit(p, &blocker.job), 0);
+    wait_for_blocker();
+    init_job(&queued, 1, run_count);
+    init_job(&after, 2, run_count);
+    cr_assert_eq(worker_pool_submit(p, &queued.job), 0);
+    cr_assert_eq(worker_pool_submit(p, &after.job), 0);
+    cr_expect(worker_pool_cancel(p, &queued.job));
+    cr_expect_not(worker_pool_cancel(p, &queued.job), "cancelled twice");
+    cr_expect_not(worker_pool_cancel(p, &blocker.job), "a running job cannot be taken back");
+    cr_expect_eq(worker_pool_depth(p), 1);
+    H.expected = 2;
+    open_gate();
+    run_loop_until_done();
+    cr_expect_eq(atomic_load(&queued.runs), 0);
+    cr_expect_eq(queued.dones, 0, "a cancelled job gets no done()");
+    cr_expect_eq(blocker.dones, 1);
+    cr_expect_eq(after.dones, 1);
+    worker_pool_free(p);
+}
+
+Test(worker, urgent_jobs_go_first_and_ignore_queue_size)
+{
+    struct test_job blocker, normal, urgent;
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, 1, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    init_job(&blocker, 0, run_blocked);
+    cr_assert_eq(worker_pool_submit(p, &blocker.job), 0);
+    wait_for_blocker();
+    init_job(&normal, 1, run_count);
+    init_job(&urgent, 2, run_count);
+    urgent.job.urgent = true;
+    cr_assert_eq(worker_pool_submit(p, &normal.job), 0);
+    cr_expect_eq(worker_pool_submit(p, &urgent.job), 0, "urgent work is refused when full");
+    H.expected = 3;
+    H.order = calloc(3, sizeof(int));
+    open_gate();
+    run_loop_until_done();
+    cr_expect_eq(H.order[1], 2, "the urgent job ran after job %d", H.order[1]);
+    cr_expect_eq(H.order[2], 1);
+    worker_pool_free(p);
+}
+
+static void
+done_record_shed(struct worker_job *job)
+{
+    struct test_job *t = (struct test_job *)job;
+
+    if (job->shed) {
+        t->index = -100 - t->index;
+    }
+    done_count(job);
+}
+
+Test(worker, standing_queue_is_served_newest_first_and_old_jobs_are_shed)
+{
+    enum { N = 4 };
+    struct test_job blocker, jobs[N], late;
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, 16, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    worker_pool_set_max_wait(p, 200 * 1000000ull);
+    init_job(&blocker, 0, run_blocked);
+    cr_assert_eq(worker_pool_submit(p, &blocker.job), 0);
+    wait_for_blocker();
+    for (int i = 0; i < N; i++) {
+        init_job(&jobs[i], i + 1, run_count);
+        jobs[i].job.done = done_record_shed;
+        cr_assert_eq(worker_pool_submit(p, &jobs[i].job), 0);
+    }
+    sleep_ms(120); /* past a quarter of max_wait: standing, newest first */
+    init_job(&late, 9, run_count);
+    cr_assert_eq(worker_pool_submit(p, &late.job), 0);
+    sleep_ms(100); /* the first four have now waited past max_wait */
+    H.expected = N + 2;
+    H.order = calloc(N + 2, sizeof(int));
+    open_gate();
+    run_loop_until_done();
+    cr_expect_eq(atomic_load(&late.runs), 1, "the newest job must run");
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(atomic_load(&jobs[i].runs), 0, "stale job %d ran", i);
+        cr_expect_eq(jobs[i].dones, 1);
+        cr_expect_eq(jobs[i].index, -100 - (i + 1), "job %d not marked shed", i);
+    }
+    cr_expect_eq(worker_pool_depth(p), 0);
+    worker_pool_free(p);
+}
+
+Test(worker, estimate_follows_the_measured_cost_per_unit)
+{
+    struct test_job t;
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, 4, &cause);
+
+    cr_assert_not_null(p, "%s", cause);
+    cr_expect_eq(worker_pool_estimate_ns(p, 1000), 0, "no estimate before any job");
+    init_job(&t, 0, run_blocked);
+    H.gate_open = true; /* runs through */
+    H.expected = 1;
+    cr_assert_eq(worker_pool_submit(p, &t.job), 0);
+    run_loop_until_done();
+    /* the job reported no units: still nothing learned */
+    cr_expect_eq(worker_pool_estimate_ns(p, 1000), 0);
+    worker_pool_free(p);
+}
