@@ -1312,6 +1312,55 @@ embed_dim_scan_feed(struct embed_dim_scan *s, const char *p, size_t n, unsigned 
     return dim_count(s, p, n, dim);
 }
 
+static int json_unescape(const char *s, size_t n, char *out, size_t cap);
+
+/* The string value after a key's ':' at p (blanks allowed), decoded into out. */
+static size_t
+string_value(const char *p, const char *end, char *out, size_t cap)
+{
+    const char *q;
+    int n;
+
+    p = skip_ws(p, end);
+    if (p >= end || *p != '"') {
+        return 0;
+    }
+    for (q = p + 1; q < end && *q != '"'; q += *q == '\\' ? 2 : 1) {
+    }
+    if (q >= end) {
+        return 0;
+    }
+    n = json_unescape(p + 1, (size_t)(q - p - 1), out, cap);
+    return n > 0 ? (size_t)n : 0;
+}
+
+size_t
+embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen, char *out,
+                   size_t cap)
+{
+    static const char key[] = "\"model\"";
+    const char *v = find_key(head, head + hlen, "model");
+    size_t n = v != NULL ? string_value(v, head + hlen, out, cap) : 0;
+
+    /* The tail starts anywhere, strings included: look for the last key from the end. */
+    for (size_t i = tlen; n == 0 && i >= sizeof(key) - 1; i--) {
+        const char *k = tail + i - (sizeof(key) - 1);
+        const char *c;
+        if (memcmp(k, key, sizeof(key) - 1) != 0) {
+            continue;
+        }
+        c = skip_ws(k + sizeof(key) - 1, tail + tlen);
+        if (c < tail + tlen && *c == ':') {
+            n = string_value(c + 1, tail + tlen, out, cap);
+            break;
+        }
+    }
+    if (n == 0 && cap > 0) {
+        out[0] = '\0';
+    }
+    return n;
+}
+
 unsigned
 embed_sniff_dimension(enum embed_api api, const char *body, size_t len)
 {

@@ -127,6 +127,15 @@ struct embed_dim_scan {
     char prefix[EMBED_DIM_PREFIX_MAX]; /* the answer's head, until the vector starts */
 };
 void embed_dim_scan_init(struct embed_dim_scan *s, enum embed_api api);
+
+/*
+ * The "model" an answer names, from its first and last bytes (the field
+ * comes before the vectors in Ollama's and vLLM's answers, after them in
+ * OpenAI's). Decoded into out (cap bytes, NUL-terminated); 0 when neither
+ * piece holds it whole.
+ */
+size_t embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen, char *out,
+                          size_t cap);
 /* Feed the next bytes: 1 with *dim when known, 0 when more are needed, -1 when none will come. */
 int embed_dim_scan_feed(struct embed_dim_scan *s, const char *p, size_t n, unsigned *dim);
 

@@ -285,6 +285,7 @@ job_finished(struct fallback_job *j, struct request *r)
     if (j->status == 200) {
         observe_embeddings(j->srv, "fallback", &j->er);
         r->mode = "fallback";
+        snprintf(r->response_model, sizeof(r->response_model), "%s", j->model_name);
     }
     job_span(j, r);
 }

@@ -359,6 +359,16 @@ observe_server_span_end(struct server *srv, struct request *r)
     if (r->mode != NULL) {
         trace_span_attr_str(s, "embedding.mode", r->mode);
     }
+    /* OpenTelemetry's GenAI conventions: what the caller asked for, what answered. */
+    if (r->model_sent[0] != '\0') {
+        trace_span_attr_str(s, "gen_ai.request.model", r->model_sent);
+    }
+    if (r->response_model[0] != '\0') {
+        trace_span_attr_str(s, "gen_ai.response.model", r->response_model);
+    }
+    if (r->model != NULL) {
+        trace_span_attr_str(s, "akosha.model", r->model);
+    }
     trace_span_end(s, otlp_now_unix_ns());
     if (srv->otlp != NULL) {
         otlp_submit(srv->otlp, s);
@@ -466,6 +476,13 @@ observe_attempt_start(struct server *srv, struct request *r)
     trace_span_attr_str(a->span, "akosha.circuit_state", breaker_state_name(a->up->breaker.state));
     if (r->attempts > 1) {
         trace_span_attr_int(a->span, "http.request.resend_count", r->attempts - 1);
+    }
+    if (r->model_sent[0] != '\0') {
+        const char *remote = NULL;
+        if (r->model != NULL) {
+            model_upstream_serves(a->up->cfg_owner, a->up->cfg, r->model, &remote);
+        }
+        trace_span_attr_str(a->span, "gen_ai.request.model", remote ? remote : r->model_sent);
     }
 }
 

@@ -1405,6 +1405,8 @@ attempt_release(struct client *c, bool reusable)
     }
     free(a->dim_scan);
     a->dim_scan = NULL;
+    free(a->edges);
+    a->edges = NULL;
     if (a->state == ATTEMPT_WAIT_SLOT && a->conn == NULL) {
         /* Still queued (a freed slot may already have handed us a connection). */
         upstream_cancel_wait(a->up, &a->waiter);
@@ -1695,6 +1697,10 @@ attempt_complete(struct client *c)
     struct attempt *a = &r->att;
     uint64_t now = util_mono_ms();
 
+    if (a->edges != NULL) {
+        embed_answer_model(a->edges->head, a->edges->hlen, a->edges->tail, a->edges->tlen,
+                           r->response_model, sizeof(r->response_model));
+    }
     if (a->ticket_open) {
         enum breaker_outcome o = a->status >= 400 ? BREAKER_NEUTRAL : BREAKER_SUCCESS;
         breaker_record(&a->up->breaker, &a->ticket, o, now);
@@ -1713,34 +1719,59 @@ attempt_complete(struct client *c)
 }
 
 /*
- * Count the first vector of a real answer in the bytes being relayed: no
- * copy, no second pass, whatever the vector's size. Ends the count once the
- * size is known or cannot be.
+ * Watch a real answer's bytes as they are relayed, with no copy of the body
+ * and no second pass: count its first vector (learned dimensions) and, for
+ * a traced request, keep its first and last bytes, where its "model" is.
  */
 static void
-count_dimension(struct attempt *a, struct request *r, const char *data, size_t len)
+watch_answer(struct attempt *a, struct request *r, const char *data, size_t len)
 {
-    unsigned dim;
-    int rc = embed_dim_scan_feed(a->dim_scan, data, len, &dim);
+    struct answer_edges *e = a->edges;
 
-    if (rc != 0) {
-        r->sniffed_dim = rc == 1 ? dim : 0;
-        free(a->dim_scan);
-        a->dim_scan = NULL;
+    if (a->dim_scan != NULL) {
+        unsigned dim;
+        int rc = embed_dim_scan_feed(a->dim_scan, data, len, &dim);
+        if (rc != 0) {
+            r->sniffed_dim = rc == 1 ? dim : 0;
+            free(a->dim_scan);
+            a->dim_scan = NULL;
+        }
+    }
+    if (e != NULL) {
+        size_t take = MIN(len, sizeof(e->head) - e->hlen);
+        memcpy(e->head + e->hlen, data, take);
+        e->hlen += take;
+        if (len >= sizeof(e->tail)) {
+            memcpy(e->tail, data + len - sizeof(e->tail), sizeof(e->tail));
+            e->tlen = sizeof(e->tail);
+        } else {
+            size_t keep = MIN(e->tlen, sizeof(e->tail) - len);
+            memmove(e->tail, e->tail + e->tlen - keep, keep);
+            memcpy(e->tail + keep, data, len);
+            e->tlen = keep + len;
+        }
     }
 }
 
 /* The same over the first n bytes of an evbuffer, extent by extent. */
 static void
-count_dimension_buffer(struct attempt *a, struct request *r, struct evbuffer *in, size_t n)
+watch_answer_buffer(struct attempt *a, struct request *r, struct evbuffer *in, size_t n)
 {
-    struct evbuffer_iovec v[8];
-    int nv = evbuffer_peek(in, (ssize_t)n, NULL, v, 8);
+    struct evbuffer_ptr at;
 
-    for (int i = 0; i < nv && i < 8 && n > 0 && a->dim_scan != NULL; i++) {
-        size_t take = MIN(v[i].iov_len, n);
-        count_dimension(a, r, v[i].iov_base, take);
-        n -= take;
+    evbuffer_ptr_set(in, &at, 0, EVBUFFER_PTR_SET);
+    while (n > 0) {
+        struct evbuffer_iovec v[8];
+        int nv = evbuffer_peek(in, (ssize_t)n, &at, v, 8);
+        if (nv <= 0) {
+            return;
+        }
+        for (int i = 0; i < nv && i < 8 && n > 0; i++) {
+            size_t take = MIN(v[i].iov_len, n);
+            watch_answer(a, r, v[i].iov_base, take);
+            n -= take;
+            evbuffer_ptr_set(in, &at, take, EVBUFFER_PTR_ADD);
+        }
     }
 }
 
@@ -1758,16 +1789,16 @@ relay_body(struct client *c, bool eof)
         return 1;
     case HTTP_BODY_LENGTH: {
         size_t n = MIN(evbuffer_get_length(in), a->remaining);
-        if (a->dim_scan != NULL) {
-            count_dimension_buffer(a, r, in, n);
+        if (a->dim_scan != NULL || a->edges != NULL) {
+            watch_answer_buffer(a, r, in, n);
         }
         evbuffer_remove_buffer(in, out, n);
         a->remaining -= n;
         return a->remaining == 0;
     }
     case HTTP_BODY_UNTIL_CLOSE:
-        if (a->dim_scan != NULL) {
-            count_dimension_buffer(a, r, in, evbuffer_get_length(in));
+        if (a->dim_scan != NULL || a->edges != NULL) {
+            watch_answer_buffer(a, r, in, evbuffer_get_length(in));
         }
         evbuffer_add_buffer(out, in);
         return eof ? 1 : 0;
@@ -1783,8 +1814,8 @@ relay_body(struct client *c, bool eof)
             if (rc < 0) {
                 return -1;
             }
-            if (payload > 0 && a->dim_scan != NULL) {
-                count_dimension(a, r, v.iov_base, payload);
+            if (payload > 0 && (a->dim_scan != NULL || a->edges != NULL)) {
+                watch_answer(a, r, v.iov_base, payload);
             }
             if (r->hd.version_minor == 1 || payload > 0) {
                 evbuffer_remove_buffer(in, out, consumed);
@@ -1881,6 +1912,9 @@ on_response_head(struct client *c)
         /* Once a second per model at most (server_dim_due): a malloc that rarely. */
         a->dim_scan = xmalloc(sizeof(*a->dim_scan));
         embed_dim_scan_init(a->dim_scan, r->api);
+    }
+    if (r->span != NULL && r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300) {
+        a->edges = xcalloc(1, sizeof(*a->edges));
     }
     relay_head(c, &rh);
     evbuffer_drain(in, (size_t)rc);

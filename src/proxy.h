@@ -40,6 +40,12 @@ enum attempt_state {
     ATTEMPT_BACKOFF,   /* waiting before the next attempt */
 };
 
+/* A traced real answer's first and last bytes: where its "model" field is. */
+struct answer_edges {
+    char head[512], tail[256];
+    size_t hlen, tlen;
+};
+
 struct attempt {
     enum attempt_state state;
     struct upstream *up; /* reference held while set */
@@ -57,6 +63,7 @@ struct attempt {
     uint64_t start_us;
     struct trace_span *span;
     struct embed_dim_scan *dim_scan; /* a 2xx embedding answer's first vector, being counted */
+    struct answer_edges *edges;      /* a traced 2xx embedding answer's edges, or NULL */
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
     bool deadline_cut;  /* its timer is the time left, shorter than call_timeout */
 };
@@ -97,6 +104,7 @@ struct request {
     /* What the body says, scanned once at dispatch (embedding routes). */
     const char *model;          /* canonical (owned by cfg); NULL when none is named or known */
     char model_sent[128];       /* the model the body names, decoded; "" when none */
+    char response_model[64];    /* the model the answer names (traced requests); "" if unknown */
     size_t model_at, model_len; /* its raw bytes in the body, rewritten per upstream; 0: absent */
     bool sized;                 /* the body sets "dimensions" */
     bool scanned;               /* the body is a well-formed request of its API */

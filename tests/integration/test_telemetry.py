@@ -428,3 +428,30 @@ def test_exact_metrics_for_a_known_mix(backend, start_akosha):
         assert line in text, line
     assert "# TYPE akosha_request_duration_seconds histogram" in text
     assert "process_resident_memory_bytes " in text
+
+
+def test_spans_carry_the_genai_model_attributes(backend, receiver, start_akosha):
+    """gen_ai.request.model is what was asked (the CLIENT span: what that upstream was
+    sent), gen_ai.response.model what answered; OpenAI puts it after the vectors."""
+    body = ('{"object":"list","data":[{"object":"embedding","index":0,"embedding":[%s]}],'
+            '"model":"text-embedding-3-small","usage":{"prompt_tokens":1,"total_tokens":1}}'
+            % ",".join(["0.25"] * 3000))
+    backend.default = {"status": 200, "body": body.encode()}
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     "models = te3=text-embedding-3-small\n" % backend.port, env=FAST_EXPORT)
+    assert a.post_json("/v1/embeddings", {"input": "x", "model": "te3"})[0] == 200
+    spans = receiver.wait_spans(2)
+    server = [s for s in spans if s["kind"] == 2][0]
+    client = [s for s in spans if s["kind"] == 3][0]
+    assert attr(server, "gen_ai.request.model") == "te3"
+    assert attr(server, "gen_ai.response.model") == "text-embedding-3-small"
+    assert attr(server, "akosha.model") == "te3"
+    assert attr(client, "gen_ai.request.model") == "text-embedding-3-small"
+
+
+def test_fallback_spans_name_the_hash_model_as_the_response_model(receiver, start_akosha):
+    a = start_akosha(telemetry(receiver) + "[fallback]\nmode = always\n", env=FAST_EXPORT)
+    a.post_json("/v1/embeddings", {"input": "x", "model": "m"})
+    server = [s for s in receiver.wait_spans(2) if s["kind"] == 2][0]
+    assert attr(server, "gen_ai.request.model") == "m"
+    assert attr(server, "gen_ai.response.model") == "akosha-hash-384"
