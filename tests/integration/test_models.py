@@ -219,3 +219,20 @@ def test_stats_show_each_model(backend, backend2, start_akosha):
     assert (te3["requests"], te3["real"], te3["fallback"]) == (1, 0, 1)
     status, _, body = a.admin("GET", "/metrics")
     assert b'akosha_fallback_total{reason="attempts_exhausted",model="te3"} 1' in body
+
+
+def test_the_readme_models_example_passes_the_check(tmp_path):
+    import os
+    import re
+    import subprocess
+    from conftest import AKOSHA_BIN
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    section = readme[readme.index("### Models"):]
+    block = re.search(r"```ini\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "openai_key").write_text("sk-test\n")
+    path = tmp_path / "models.conf"
+    path.write_text(block)
+    env = dict(os.environ, CREDENTIALS_DIRECTORY=str(tmp_path))
+    r = subprocess.run([AKOSHA_BIN, "-t", "-c", str(path)], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
