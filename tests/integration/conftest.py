@@ -137,6 +137,39 @@ class Backend:
         self.server.server_close()
 
 
+class RawBackend:
+    """A loopback listener whose handle(conn) speaks raw bytes, one thread a connection:
+    for answers the scripted Backend cannot give (chunked, odd codings, resets)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        with conn:
+            try:
+                self.handle(conn)
+            except OSError:
+                pass
+
+    def handle(self, conn):
+        raise NotImplementedError
+
+    def stop(self):
+        self.sock.close()
+
+
 class Akosha:
     def __init__(self, tmpdir, config, env=None, wait=True, wrapper=None):
         self.port = free_port()
@@ -210,10 +243,13 @@ class Akosha:
                 return b
         raise KeyError(name)
 
-    def raw(self, data, timeout=5):
-        """Send raw bytes; return everything the server sent until it closed or went quiet."""
+    def raw(self, data, timeout=5, shut_wr=False):
+        """Send raw bytes (then half-close if shut_wr); return everything the server
+        sent until it closed or went quiet."""
         s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
         s.sendall(data)
+        if shut_wr:
+            s.shutdown(socket.SHUT_WR)
         chunks = []
         try:
             while True:

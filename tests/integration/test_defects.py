@@ -9,32 +9,13 @@ import socket
 import threading
 import time
 
-from conftest import embedding_body
+from conftest import RawBackend, embedding_body
 
 EMBED = {"input": "hello", "model": "m"}
 
 
 def up(name, backend, extra=""):
     return "[upstream %s]\nurl = http://127.0.0.1:%d\n%s" % (name, backend.port, extra)
-
-
-def raw_exchange(port, data, shut_wr=False, timeout=5):
-    """Send data, optionally half-close, and read until the server closes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(data)
-    if shut_wr:
-        s.shutdown(socket.SHUT_WR)
-    chunks = []
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except socket.timeout:
-        pass
-    s.close()
-    return b"".join(chunks)
 
 
 def post_bytes(body, path="/v1/embeddings", extra=b""):
@@ -47,7 +28,7 @@ def post_bytes(body, path="/v1/embeddings", extra=b""):
 def test_half_closed_client_gets_the_upstream_answer(backend, start_akosha):
     backend.default = {"status": 200, "body": embedding_body(), "delay": 0.2}
     a = start_akosha(up("b", backend))
-    out = raw_exchange(a.port, post_bytes(json.dumps(EMBED).encode()), shut_wr=True)
+    out = a.raw(post_bytes(json.dumps(EMBED).encode()), shut_wr=True)
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
     assert b"X-Akosha-Mode: real" in out
     assert out.endswith(embedding_body())
@@ -55,7 +36,7 @@ def test_half_closed_client_gets_the_upstream_answer(backend, start_akosha):
 
 def test_half_closed_client_gets_the_fallback_answer(start_akosha):
     a = start_akosha("[fallback]\nmode = always\n")
-    out = raw_exchange(a.port, post_bytes(json.dumps(EMBED).encode()), shut_wr=True)
+    out = a.raw(post_bytes(json.dumps(EMBED).encode()), shut_wr=True)
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
     # Connection: close when the EOF came first; either way the answer, then the close.
     assert b"X-Akosha-Mode: fallback" in out
@@ -65,7 +46,7 @@ def test_half_closed_client_gets_the_fallback_answer(start_akosha):
 def test_half_close_before_the_request_is_whole_closes_quietly(start_akosha):
     a = start_akosha("[fallback]\nmode = always\n")
     partial = post_bytes(json.dumps(EMBED).encode())[:-5]
-    assert raw_exchange(a.port, partial, shut_wr=True) == b""
+    assert a.raw(partial, shut_wr=True) == b""
     assert a.request("GET", "/healthz")[0] in (200, 404, 503)  # still serving
 
 
@@ -126,43 +107,25 @@ def test_lowered_max_connections_is_honoured_under_load(backend, start_akosha):
 
 def test_request_with_gzip_transfer_coding_gets_501(start_akosha):
     a = start_akosha("[fallback]\nmode = always\n")
-    out = raw_exchange(a.port, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+    out = a.raw(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
                                b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 501 "), out[:100]
 
 
-class CodingBackend:
+class CodingBackend(RawBackend):
     """Answers with a gzip-then-chunked body, as a misconfigured backend would."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.count = 0
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    def handle(self, conn):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = conn.recv(65536)
+            if not chunk:
                 return
-            with conn:
-                buf = b""
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                self.count += 1
-                payload = b"\x1f\x8b\x08\x00gzip-bytes"
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
-                             + b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n")
-
-    def stop(self):
-        self.sock.close()
+            buf += chunk
+        payload = b"\x1f\x8b\x08\x00gzip-bytes"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+                     + b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n")
 
 
 def test_response_with_gzip_transfer_coding_is_never_relayed(start_akosha):
@@ -183,7 +146,7 @@ def test_response_with_gzip_transfer_coding_is_never_relayed(start_akosha):
 
 def test_empty_lines_before_the_request_line_are_ignored(start_akosha):
     a = start_akosha("[fallback]\nmode = always\n")
-    out = raw_exchange(a.port, b"\r\n\r\n\r\n" + post_bytes(json.dumps(EMBED).encode(),
+    out = a.raw(b"\r\n\r\n\r\n" + post_bytes(json.dumps(EMBED).encode(),
                                                           extra=b"Connection: close\r\n"))
     assert out.startswith(b"HTTP/1.1 200 "), out[:100]
     assert "(null)" not in a.logs()

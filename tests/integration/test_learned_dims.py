@@ -10,7 +10,8 @@ import json
 import random
 import socket
 import struct
-import threading
+
+from conftest import RawBackend
 
 EMBED = {"input": "hello", "model": "big"}
 
@@ -71,57 +72,40 @@ def test_an_answer_to_a_request_with_dimensions_teaches_nothing(backend, start_a
     assert fallback_dim(a, "b") == 1024
 
 
-class ChunkedBackend:
+class ChunkedBackend(RawBackend):
     """Answers every request with one body sent chunked, in small uneven chunks."""
 
     def __init__(self, body):
         self.body = body
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
-
-    def one(self, conn):
+    def handle(self, conn):
         buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    k, _, v = line.partition(b":")
-                    if k.strip().lower() == b"content-length":
-                        length = int(v)
-                while len(buf) < length:
-                    buf += conn.recv(65536)
-                buf = buf[length:]
-                out = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                       b"Transfer-Encoding: chunked\r\n\r\n"]
-                i, step = 0, 1
-                while i < len(self.body):
-                    piece = self.body[i:i + step]
-                    out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    i += step
-                    step = step * 3 % 4093 + 1
-                out.append(b"0\r\n\r\n")
-                conn.sendall(b"".join(out))
-
-    def stop(self):
-        self.sock.close()
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            while len(buf) < length:
+                buf += conn.recv(65536)
+            buf = buf[length:]
+            out = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n"]
+            i, step = 0, 1
+            while i < len(self.body):
+                piece = self.body[i:i + step]
+                out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+                i += step
+                step = step * 3 % 4093 + 1
+            out.append(b"0\r\n\r\n")
+            conn.sendall(b"".join(out))
 
 
 def test_a_chunked_answer_teaches_the_dimension(start_akosha):
