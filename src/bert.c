@@ -9,7 +9,6 @@
  */
 #include "bert.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -17,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "safetensors.h"
 #include "util.h"
 #include "wordpiece.h"
@@ -424,9 +424,15 @@ bert_load(const char *dir, struct bert **out, char **cause)
     char *path = NULL;
     size_t h, layer_floats;
 
+    const char *blas_error;
+
     *cause = NULL;
-    /* One BLAS thread per caller: the worker pool is the parallelism. */
-    openblas_set_num_threads(1);
+    if (blas_init(&blas_error) != 0) {
+        *cause = xstrdup(blas_error);
+        bert_free(m);
+        return -1;
+    }
+    m->info.blas_core = blas_core();
     if (load_config(m, dir, cause) != 0 || load_modules(m, dir, cause) != 0) {
         goto fail;
     }
@@ -563,8 +569,7 @@ dense(const float *in, size_t rows, size_t k, const float *w, const float *bias,
             memcpy(o, bias, n * sizeof(float));
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)n, (blasint)k,
-                1.0f, in, (blasint)k, w, (blasint)k, 1.0f, out, (blasint)n);
+    blas_gemm_nt(rows, n, k, 1.0f, in, k, w, k, 1.0f, out, n);
 }
 
 static void
@@ -584,9 +589,7 @@ attention(const struct bert *m, const float *qkv, float *ctx, size_t len, float 
 
     for (size_t hd = 0; hd < heads; hd++) {
         const float *q = qkv + hd * d, *k = qkv + h + hd * d, *v = qkv + 2 * h + hd * d;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)len, (blasint)len,
-                    (blasint)d, scale, q, (blasint)(3 * h), k, (blasint)(3 * h), 0.0f, scores,
-                    (blasint)len);
+        blas_gemm_nt(len, len, d, scale, q, 3 * h, k, 3 * h, 0.0f, scores, len);
         for (size_t r = 0; r < len; r++) {
             float *row = scores + r * len, max = row[0], sum = 0;
             for (size_t c = 1; c < len; c++) {
@@ -601,9 +604,7 @@ attention(const struct bert *m, const float *qkv, float *ctx, size_t len, float 
                 row[c] *= inv;
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)len, (blasint)d,
-                    (blasint)len, 1.0f, scores, (blasint)len, v, (blasint)(3 * h), 0.0f,
-                    ctx + hd * d, (blasint)h);
+        blas_gemm_nn(len, d, len, 1.0f, scores, len, v, 3 * h, 0.0f, ctx + hd * d, h);
     }
 }
 

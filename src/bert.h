@@ -13,7 +13,7 @@
  *
  * A loaded model is immutable: any number of threads may call bert_embed on
  * it at once, each with its own scratch. Matrix products go to OpenBLAS,
- * single-threaded (the worker pool is the parallelism). bert_load does
+ * single-threaded (the worker pool is the parallelism; see blas.h). bert_load does
  * blocking file I/O: call it from a start-up or reload thread.
  */
 #ifndef AKOSHA_BERT_H
@@ -43,6 +43,7 @@ struct bert_info {
     enum bert_pooling pooling;
     bool normalize;
     size_t weight_bytes; /* float32 weights held in memory */
+    const char *blas_core; /* OpenBLAS's kernel set, for the start-up log */
 };
 
 /*
