@@ -180,6 +180,25 @@ static const char *words[] = {"the",     "quick",   "brown",    "fox",     "jump
                               "lazy",    "dog",     "embedding", "vector", "search",  "model",
                               "service", "latency", "request",  "circuit", "breaker", "answer"};
 
+/* VmRSS of this process in MiB, from /proc/self/status. */
+static double
+rss_mib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = 0;
+
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "VmRSS: %lf kB", &kib) == 1) {
+            break;
+        }
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+    return kib / 1024;
+}
+
 static double
 cpu_seconds(void)
 {
@@ -287,6 +306,8 @@ main(int argc, char **argv)
                (unsigned long long)tokens, rate, ms, cpu_ms, rate * (double)tokens / 32);
     }
 
+    printf("RSS %.1f MiB (weights as float32: %.1f MiB)\n", rss_mib(),
+           (double)bert_info(m)->weight_bytes / (1 << 20));
     buf_free(&long_text);
     bert_scratch_free(s);
     bert_free(m);
