@@ -8,8 +8,10 @@
  *   tests/bench/bert_bench [seconds per figure, default 3] [one|batch]
  *
  * It writes the model (F32 safetensors, about 90 MB) into a temporary
- * directory and removes it afterwards. The vocabulary is
- * tests/data/bert-base-uncased-vocab.txt (under $AKOSHA_SRCDIR if set).
+ * directory and removes it afterwards, or into $BERT_BENCH_DIR, which it
+ * keeps (tests/bench/bert_vs_ort runs ONNX Runtime on those same weights).
+ * The vocabulary is tests/data/bert-base-uncased-vocab.txt (under
+ * $AKOSHA_SRCDIR if set).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,7 +253,9 @@ main(int argc, char **argv)
     const char *only = argc > 2 ? argv[2] : "";
     const char *src = getenv("AKOSHA_SRCDIR");
     char *vocab = xasprintf("%s/tests/data/bert-base-uncased-vocab.txt", src ? src : ".");
-    char dir[] = "/tmp/akosha-bert-bench-XXXXXX";
+    char tmpdir[] = "/tmp/akosha-bert-bench-XXXXXX";
+    const char *keep = getenv("BERT_BENCH_DIR");
+    const char *dir = keep;
     struct bert *m = NULL;
     struct bert_scratch *s = bert_scratch_new();
     char *cause = NULL, *cmd;
@@ -260,7 +264,9 @@ main(int argc, char **argv)
     size_t lens[32];
     struct buf long_text;
 
-    if (mkdtemp(dir) == NULL) {
+    if (keep != NULL) {
+        mkdir(keep, 0755);
+    } else if ((dir = mkdtemp(tmpdir)) == NULL) {
         perror("mkdtemp");
         return 1;
     }
@@ -274,11 +280,13 @@ main(int argc, char **argv)
            "loaded in %.0f ms; 1 thread, OpenBLAS %s kernels\n",
            (double)bert_info(m)->weight_bytes / (1 << 20), (double)(util_mono_us() - t0) / 1e3,
            bert_info(m)->blas_core);
-    cmd = xasprintf("rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "cannot remove %s\n", dir);
+    if (keep == NULL) {
+        cmd = xasprintf("rm -rf '%s'", dir);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "cannot remove %s\n", dir);
+        }
+        free(cmd);
     }
-    free(cmd);
 
     /* 10 words, 12 tokens with [CLS] and [SEP]. */
     const char *short_text = "the quick brown fox jumps over the lazy dog today";
