@@ -562,6 +562,46 @@ read_file(const char *path, size_t *len, char **cause)
     return b.data;
 }
 
+/*
+ * With a bare vocab.txt, transformers builds the normalizer from
+ * tokenizer_config.json when there is one (a cased model says
+ * "do_lower_case": false there); without it the uncased defaults stand.
+ */
+static int
+apply_tokenizer_config(struct wordpiece *wp, const char *dir, char **cause)
+{
+    char *path = xasprintf("%s/tokenizer_config.json", dir);
+    json_error_t jerr;
+    json_t *cfg, *v;
+    FILE *f = fopen(path, "rb");
+
+    if (f == NULL) {
+        free(path);
+        return 0;
+    }
+    cfg = json_loadf(f, 0, &jerr);
+    fclose(f);
+    if (!json_is_object(cfg)) {
+        *cause = xasprintf("%s: not a JSON object", path);
+        json_decref(cfg);
+        free(path);
+        return -1;
+    }
+    if (json_is_boolean(v = json_object_get(cfg, "do_lower_case"))) {
+        wp->lowercase = json_is_true(v);
+    }
+    wp->strip_accents = wp->lowercase;
+    if (json_is_boolean(v = json_object_get(cfg, "strip_accents"))) {
+        wp->strip_accents = json_is_true(v);
+    }
+    if (json_is_boolean(v = json_object_get(cfg, "tokenize_chinese_chars"))) {
+        wp->chinese = json_is_true(v);
+    }
+    json_decref(cfg);
+    free(path);
+    return 0;
+}
+
 int
 wordpiece_load(const char *dir, struct wordpiece **out, char **cause)
 {
@@ -589,6 +629,12 @@ wordpiece_load(const char *dir, struct wordpiece **out, char **cause)
     if (rc != 0) {
         *cause = xasprintf("%s: %s", path, why);
         free(why);
+    } else if (!json) {
+        rc = apply_tokenizer_config(*out, dir, cause);
+        if (rc != 0) {
+            wordpiece_free(*out);
+            *out = NULL;
+        }
     }
     free(data);
     free(path);

@@ -7,7 +7,9 @@
  * normalizer, pre-tokenizer, model or post-processor is refused by name) or
  * from a vocab.txt with bert-base-uncased's defaults (clean_text,
  * handle_chinese_chars, lowercase, accents stripped, "##", "[UNK]", 100
- * characters a word, [PAD] [UNK] [CLS] [SEP] [MASK] as added tokens).
+ * characters a word, [PAD] [UNK] [CLS] [SEP] [MASK] as added tokens), as
+ * changed by do_lower_case, strip_accents and tokenize_chinese_chars in a
+ * tokenizer_config.json beside it.
  *
  * The rules follow the Rust implementation, which differs from Google's
  * original and from the JavaScript port in places (see wordpiece.c):
@@ -25,7 +27,8 @@
 struct wordpiece;
 
 /*
- * Load DIR/tokenizer.json, or DIR/vocab.txt when there is no tokenizer.json.
+ * Load DIR/tokenizer.json, or DIR/vocab.txt (and DIR/tokenizer_config.json
+ * if present) when there is no tokenizer.json.
  * Returns 0 with *out set (free with wordpiece_free), or -1 with *cause set
  * (caller frees) naming the file and the problem.
  */

@@ -286,7 +286,27 @@ Test(wordpiece, load_prefers_tokenizer_json_and_names_the_file)
     fclose(f);
     cr_assert_eq(wordpiece_load(dir, &wp, &cause), 0, "%s", cause);
     cr_assert_eq(wordpiece_vocab_size(wp), 5);
+    int32_t ids[8];
+    cr_assert_eq(wordpiece_encode(wp, "HELLO", 5, ids, 8), 3);
+    cr_assert_eq(ids[1], 4, "uncased by default: HELLO is hello");
     wordpiece_free(wp);
+    free(path);
+    /* A cased model says so in tokenizer_config.json. */
+    path = xasprintf("%s/tokenizer_config.json", dir);
+    f = fopen(path, "w");
+    fputs("{\"do_lower_case\": false, \"model_max_length\": 512}", f);
+    fclose(f);
+    cr_assert_eq(wordpiece_load(dir, &wp, &cause), 0, "%s", cause);
+    cr_assert_eq(wordpiece_encode(wp, "HELLO", 5, ids, 8), 3);
+    cr_assert_eq(ids[1], 1, "cased: HELLO is [UNK]");
+    wordpiece_free(wp);
+    f = fopen(path, "w");
+    fputs("[]", f);
+    fclose(f);
+    cr_assert_eq(wordpiece_load(dir, &wp, &cause), -1);
+    cr_assert_not_null(strstr(cause, "tokenizer_config.json: not a JSON object"), "%s", cause);
+    free(cause);
+    unlink(path);
     free(path);
     path = xasprintf("%s/tokenizer.json", dir);
     f = fopen(path, "w");
