@@ -16,6 +16,7 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,6 +257,66 @@ Test(bert, matryoshka_dimensions_truncate_and_renormalise)
     free(cause);
     cr_assert_eq(bert_embed(m, &text, &len, 1, full, 0, &usage, s, &cause), -1);
     free(cause);
+    bert_scratch_free(s);
+    bert_free(m);
+    remove_model(dir);
+}
+
+struct worker_arg {
+    const struct bert *m;
+    const char **texts;
+    size_t *lens;
+    size_t n;
+    float *out;
+};
+
+static void *
+embed_repeatedly(void *p)
+{
+    struct worker_arg *w = p;
+    struct bert_scratch *s = bert_scratch_new();
+    uint64_t usage;
+    char *cause = NULL;
+
+    for (int round = 0; round < 20; round++) {
+        if (bert_embed(w->m, w->texts, w->lens, w->n, w->out, 32, &usage, s, &cause) != 0) {
+            free(cause);
+            bert_scratch_free(s);
+            return (void *)1;
+        }
+    }
+    bert_scratch_free(s);
+    return NULL;
+}
+
+Test(bert, threads_share_one_model_with_their_own_scratch)
+{
+    char *dir = make_model("--no-reference"), *cause = NULL;
+    static const char *texts[] = {"one short text", "another, somewhat longer text to embed here",
+                                  "x", ""};
+    size_t lens[4];
+    struct bert *m = NULL;
+    struct bert_scratch *s = bert_scratch_new();
+    float want[4 * 32], got[4][4 * 32];
+    struct worker_arg args[4];
+    pthread_t tid[4];
+    uint64_t usage;
+
+    for (size_t i = 0; i < 4; i++) {
+        lens[i] = strlen(texts[i]);
+    }
+    cr_assert_eq(bert_load(dir, &m, &cause), 0, "%s", cause);
+    cr_assert_eq(bert_embed(m, texts, lens, 4, want, 32, &usage, s, &cause), 0);
+    for (size_t t = 0; t < 4; t++) {
+        args[t] = (struct worker_arg){m, texts, lens, 4, got[t]};
+        cr_assert_eq(pthread_create(&tid[t], NULL, embed_repeatedly, &args[t]), 0);
+    }
+    for (size_t t = 0; t < 4; t++) {
+        void *rc;
+        cr_assert_eq(pthread_join(tid[t], &rc), 0);
+        cr_assert_null(rc);
+        cr_assert_arr_eq(got[t], want, sizeof(want), "thread %zu differs", t);
+    }
     bert_scratch_free(s);
     bert_free(m);
     remove_model(dir);
