@@ -178,6 +178,43 @@ write_model(const char *dir, const char *vocab_path)
     free(cmd);
 }
 
+/*
+ * DIR/check.json: the short text's token ids and its vector, so that
+ * ort_bench.mjs can show that ONNX Runtime computes the same embedding.
+ */
+static void
+write_check(const struct bert *m, const char *dir, const char *text, size_t len)
+{
+    struct wordpiece *wp = NULL;
+    struct bert_scratch *s = bert_scratch_new();
+    int32_t ids[MAX_SEQ];
+    float v[HIDDEN];
+    uint64_t usage;
+    char *cause = NULL, *path = xasprintf("%s/check.json", dir);
+    FILE *f = fopen(path, "w");
+    size_t n;
+
+    if (f == NULL || wordpiece_load(dir, &wp, &cause) != 0 ||
+        bert_embed(m, &text, &len, 1, v, HIDDEN, &usage, s, &cause) != 0) {
+        fprintf(stderr, "cannot write %s: %s\n", path, cause ? cause : "open failed");
+        exit(1);
+    }
+    n = wordpiece_encode(wp, text, len, ids, MAX_SEQ);
+    fputs("{\"ids\":[", f);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(f, "%s%d", i ? "," : "", ids[i]);
+    }
+    fputs("],\"embedding\":[", f);
+    for (size_t i = 0; i < HIDDEN; i++) {
+        fprintf(f, "%s%.9g", i ? "," : "", v[i]);
+    }
+    fputs("]}\n", f);
+    fclose(f);
+    free(path);
+    wordpiece_free(wp);
+    bert_scratch_free(s);
+}
+
 static const char *words[] = {"the",     "quick",   "brown",    "fox",     "jumps",   "over",
                               "lazy",    "dog",     "embedding", "vector", "search",  "model",
                               "service", "latency", "request",  "circuit", "breaker", "answer"};
@@ -291,6 +328,9 @@ main(int argc, char **argv)
     /* 10 words, 12 tokens with [CLS] and [SEP]. */
     const char *short_text = "the quick brown fox jumps over the lazy dog today";
     size_t short_len = strlen(short_text);
+    if (keep != NULL) {
+        write_check(m, dir, short_text, short_len);
+    }
     double rate;
     if (strcmp(only, "batch") != 0) {
         rate = measure(m, s, &short_text, &short_len, 1, seconds, &ms, &cpu_ms, &tokens);

@@ -3,6 +3,7 @@
 // bert_bench measures: one 12-token text, and a batch of 32 texts of 128 tokens.
 // Prints wall and CPU time per call like bert_bench. Needs onnxruntime-node
 // (npm; NODE_PATH pointing at its node_modules). Run by tests/bench/bert_vs_ort.
+import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 
@@ -18,6 +19,20 @@ const session = await ort.InferenceSession.create(join(dir, "model.onnx"), {
   executionMode: "sequential",
   graphOptimizationLevel: "all",
 });
+
+// Same weights, same answer: bert_bench leaves the short text's ids and vector in check.json.
+if (existsSync(join(dir, "check.json"))) {
+  const check = JSON.parse(readFileSync(join(dir, "check.json"), "utf8"));
+  const n = check.ids.length;
+  const out = await session.run({
+    input_ids: new ort.Tensor("int64", BigInt64Array.from(check.ids.map(BigInt)), [1, n]),
+    attention_mask: new ort.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]),
+  });
+  const v = out.sentence_embedding.data;
+  let worst = 0;
+  for (let i = 0; i < v.length; i++) worst = Math.max(worst, Math.abs(v[i] - check.embedding[i]));
+  console.log(`same text in both: largest difference ${worst.toExponential(2)} over ${v.length} values`);
+}
 
 function feeds(batch, len) {
   const ids = new BigInt64Array(batch * len);
