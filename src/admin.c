@@ -282,10 +282,12 @@ stats_model(struct server *srv, const char *name, const struct model_config *m, 
         }
     }
     buf_printf(b,
-               "],\"requests\":%" PRIu64 ",\"real\":%" PRIu64 ",\"fallback\":%" PRIu64
-               ",\"dimensions\":%lld,\"learned_dimensions\":%u}",
-               n.requests, n.real, n.fallback, m != NULL ? (long long)m->dimensions : 0LL,
-               model_learned_peek(name));
+               "],\"requests\":%" PRIu64 ",\"real\":%" PRIu64 ",\"local\":%" PRIu64
+               ",\"fallback\":%" PRIu64 ",\"dimensions\":%lld,\"learned_dimensions\":%u,"
+               "\"local_model\":%s}",
+               n.requests, n.real, n.local, n.fallback,
+               m != NULL ? (long long)m->dimensions : 0LL, model_learned_peek(name),
+               m != NULL && m->bert != NULL ? "true" : "false");
 }
 
 static void

@@ -24,6 +24,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "bert.h"
 #include "model.h"
 
 #define OFF_G(field) offsetof(struct config, field)
@@ -143,6 +144,8 @@ const struct config_key config_table[] = {
      "fallback vector size for requests naming this model"},
     {SEC_MODEL, "aliases", CT_LIST, NULL, NOB, true, false, false, NULL, OFF_M(aliases),
      "other names callers use for this model"},
+    {SEC_MODEL, "local", CT_STRING, NULL, NOB, true, false, false, NULL, OFF_M(local),
+     "this model's sentence-transformers directory, run locally when upstreams fail"},
 };
 const size_t config_table_len = ARRAY_SIZE(config_table);
 
@@ -1260,7 +1263,22 @@ validate_models(struct parser *p)
     const struct config *cfg = p->cfg;
 
     for (size_t i = 0; i < cfg->nmodels; i++) {
-        const struct model_config *m = &cfg->models[i];
+        struct model_config *m = &p->cfg->models[i];
+        if (m->local != NULL) {
+            /* Blocking file I/O: config loads run at start-up, on the reload thread, or for -t. */
+            char *cause = NULL;
+            if (bert_load(m->local, &m->bert, &cause) < 0) {
+                add_error(p->errs, "%s:%d: [model %s] local: %s", p->name, m->line, m->name,
+                          cause);
+                free(cause);
+            } else if (m->dimensions > 0 &&
+                       (size_t)m->dimensions != bert_info(m->bert)->hidden) {
+                add_error(p->errs,
+                          "%s:%d: [model %s] dimensions: %lld, but the local model makes %zu",
+                          p->name, m->line, m->name, (long long)m->dimensions,
+                          bert_info(m->bert)->hidden);
+            }
+        }
         if (!config_valid_model_name(m->name, strlen(m->name))) {
             add_error(p->errs, "%s:%d: [model %s]: not a valid model name", p->name, m->line,
                       m->name);
@@ -1493,6 +1511,7 @@ config_free(struct config *cfg)
         free_section(SEC_MODEL, &cfg->models[i], cfg->models[i].raw);
         free(cfg->models[i].raw);
         free(cfg->models[i].name);
+        bert_free(cfg->models[i].bert);
     }
     free(cfg->models);
     free(cfg->path);

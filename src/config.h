@@ -121,11 +121,15 @@ struct upstream_config {
     char **raw; /* raw text per key index as written, NULL when defaulted */
 };
 
+struct bert;
+
 struct model_config {
     char *name;
     int line;
     int64_t dimensions; /* 0 when not set */
     struct name_list aliases;
+    char *local;        /* a sentence-transformers directory run on the CPU, or NULL */
+    struct bert *bert;  /* derived: local loaded (by the loading thread), owned */
     char **raw;
 };
 

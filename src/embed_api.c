@@ -968,6 +968,9 @@ count_usage(const struct embed_request *r)
 {
     size_t total = 0;
 
+    if (r->usage_tokens > 0) {
+        return r->usage_tokens;
+    }
     for (size_t i = 0; i < r->ninputs; i++) {
         const struct embed_input *in = &r->inputs[i];
         bool in_word = false;

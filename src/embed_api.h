@@ -55,6 +55,7 @@ struct embed_request {
     bool truncate;       /* TEI/Ollama "truncate" */
     bool single;         /* input was a scalar (a string or one flat token list), not a list */
     char *storage;       /* texts and token ids, one allocation */
+    size_t usage_tokens; /* the usage reported when set (a model's own tokens); 0: counted */
 };
 
 /*

@@ -27,6 +27,7 @@
 
 #include <event2/buffer.h>
 
+#include "bert.h"
 #include "embed_api.h"
 #include "embedder_hash.h"
 #include "log.h"
@@ -41,13 +42,46 @@
 #define PIECE_BYTES (256 * 1024)
 
 /* What every answer of the fallback says of itself; model: canonical, or NULL. */
+/* mode: "local" (the model's own, run here) or "fallback" (the hash, another space). */
 static const char *
-answer_headers(const char *model, bool retry_after, char out[256])
+answer_headers(const char *mode, const char *model, bool retry_after, char out[256])
 {
-    snprintf(out, 256, "%sX-Akosha-Mode: fallback\r\nX-Akosha-Upstream: local\r\n%s%s%s",
-             retry_after ? "Retry-After: 1\r\n" : "", model ? "X-Akosha-Model: " : "",
+    snprintf(out, 256, "%sX-Akosha-Mode: %s\r\nX-Akosha-Upstream: local\r\n%s%s%s",
+             retry_after ? "Retry-After: 1\r\n" : "", mode, model ? "X-Akosha-Model: " : "",
              model ? model : "", model ? "\r\n" : "");
     return out;
+}
+
+/* Each worker thread's working memory for local models, freed when the thread ends. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void
+scratch_destroy(void *s)
+{
+    bert_scratch_free(s);
+}
+
+static void
+scratch_key_create(void)
+{
+    if (pthread_key_create(&scratch_key, scratch_destroy) != 0) {
+        fatal("cannot create the local model's per-thread key");
+    }
+}
+
+static struct bert_scratch *
+thread_scratch(void)
+{
+    struct bert_scratch *s;
+
+    pthread_once(&scratch_once, scratch_key_create);
+    s = pthread_getspecific(scratch_key);
+    if (s == NULL) {
+        s = bert_scratch_new();
+        pthread_setspecific(scratch_key, s);
+    }
+    return s;
 }
 
 struct fallback_job {
@@ -75,6 +109,8 @@ struct fallback_job {
     struct buf piece;  /* rendered and not yet handed to the client */
     bool complete;     /* piece ends the answer */
     size_t next_input; /* inputs rendered so far */
+    const struct bert *bert; /* the model's own, run here (owned by cfg); NULL: the hash */
+    const char *mode;        /* "local" with bert, else "fallback" */
     size_t units;      /* the whole job's work, for the estimate */
     float *vector;     /* one input's vector */
     char model_name[64];
@@ -123,6 +159,39 @@ input_units(const struct fallback_job *j, const struct embed_input *in)
 }
 
 /*
+ * The model's own (its [model] local directory, for text inputs) or the
+ * hash, and the vector size. false when the request is answered (400).
+ */
+static bool
+choose_embedder(struct fallback_job *j)
+{
+    const struct model_config *m = j->model != NULL ? model_section(j->cfg, j->model) : NULL;
+    bool texts = true;
+
+    for (size_t i = 0; i < j->er.ninputs; i++) {
+        texts = texts && j->er.inputs[i].text != NULL;
+    }
+    /* Token ids are the upstream's tokenizer's: only the hash reads them as they are. */
+    j->bert = m != NULL && m->bert != NULL && texts ? m->bert : NULL;
+    j->mode = j->bert != NULL ? "local" : "fallback";
+    if (j->bert == NULL) {
+        j->dim = pick_dimensions(j);
+        return true;
+    }
+    j->dim = (unsigned)bert_info(j->bert)->hidden;
+    if (j->er.dimensions > j->dim) {
+        char err[128];
+        snprintf(err, sizeof(err), "dimensions must be at most %u for this model", j->dim);
+        job_error(j, err, "dimensions");
+        return false;
+    }
+    if (j->er.dimensions > 0) {
+        j->dim = j->er.dimensions; /* Matryoshka: the first dims, renormalised */
+    }
+    return true;
+}
+
+/*
  * First run: parse, free the body, refuse what the embedder would refuse
  * (before anything is sent, so it can still be a 400), and drop work that
  * cannot end before the deadline. false when the job is answered already.
@@ -146,24 +215,31 @@ job_prepare(struct fallback_job *j)
         return false;
     }
     j->parsed = true;
-    j->dim = pick_dimensions(j);
+    if (!choose_embedder(j)) {
+        return false;
+    }
     for (size_t i = 0; i < j->er.ninputs; i++) {
         const struct embed_input *in = &j->er.inputs[i];
         bool empty =
             in->text != NULL ? embedder_hash_is_blank(in->text, in->len) : in->ntokens == 0;
-        if (empty || j->dim == 0 || j->dim > EMBEDDER_HASH_MAX_DIM) {
+        if (empty || j->dim == 0 || (j->bert == NULL && j->dim > EMBEDDER_HASH_MAX_DIM)) {
             snprintf(err, sizeof(err), "input %zu is empty or whitespace only", i);
             job_error(j, err, j->api == EMBED_API_TEI ? "inputs" : "input");
             return false;
         }
         j->units += input_units(j, in);
     }
-    estimate = worker_pool_estimate_ns(j->pool, j->units);
+    /* The pool's cost per unit is the hash's; a local model's work is not on that scale. */
+    estimate = j->bert == NULL ? worker_pool_estimate_ns(j->pool, j->units) : 0;
     if (j->deadline_ms > 0 && util_mono_ms() + estimate / 1000000u > j->deadline_ms) {
         j->status = 503; /* done() answers: the caller would be gone before the answer */
         return false;
     }
-    embedder_hash_model_name(j->dim, j->model_name, sizeof(j->model_name));
+    if (j->bert != NULL) {
+        snprintf(j->model_name, sizeof(j->model_name), "%s", j->model); /* the same model */
+    } else {
+        embedder_hash_model_name(j->dim, j->model_name, sizeof(j->model_name));
+    }
     j->vector = xmalloc(j->dim * sizeof(float));
     embed_render_open(&j->er, j->model_name, &j->piece);
     return true;
@@ -189,7 +265,15 @@ job_run(struct worker_job *wj)
         if (atomic_load_explicit(&j->cancelled, memory_order_relaxed)) {
             return; /* nobody reads the rest: done() frees the job */
         }
-        if (in->text != NULL) {
+        if (j->bert != NULL) {
+            uint64_t tokens = 0;
+            char *cause = NULL;
+            rc = bert_embed(j->bert, &in->text, &in->len, 1, j->vector, j->dim, &tokens,
+                            thread_scratch(), &cause);
+            free(cause); /* dimensions were checked in choose_embedder */
+            j->er.usage_tokens += (size_t)tokens;
+            j->text_chars += util_utf8_chars(in->text, in->len);
+        } else if (in->text != NULL) {
             rc = embedder_hash_text(in->text, in->len, j->vector, j->dim);
             j->text_chars += util_utf8_chars(in->text, in->len);
         } else {
@@ -242,7 +326,7 @@ job_span(struct fallback_job *j, struct request *r)
     s = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_INTERNAL,
                        j->er.ninputs > 1 ? "generate_batch_embeddings" : "generate_embedding",
                        j->start_ns);
-    trace_span_attr_str(s, "embedding.mode", "fallback");
+    trace_span_attr_str(s, "embedding.mode", j->mode ? j->mode : "fallback");
     trace_span_attr_int(s, "embedding.text_length", (int64_t)j->text_chars);
     trace_span_attr_int(s, "batch.size", (int64_t)j->er.ninputs);
     trace_span_attr_int(s, "embedding.dimensions", j->dim);
@@ -273,7 +357,8 @@ answer_overloaded(struct client *c, const char *message, const char *code)
 
     char hb[256];
 
-    proxy_respond(c, 503, "application/json", body, len, answer_headers(c->req->model, true, hb));
+    proxy_respond(c, 503, "application/json", body, len,
+                  answer_headers("fallback", c->req->model, true, hb));
     free(body);
 }
 
@@ -283,8 +368,8 @@ job_finished(struct fallback_job *j, struct request *r)
 {
     r->job = NULL;
     if (j->status == 200) {
-        observe_embeddings(j->srv, "fallback", &j->er);
-        r->mode = "fallback";
+        observe_embeddings(j->srv, j->mode, &j->er);
+        r->mode = j->mode;
         snprintf(r->response_model, sizeof(r->response_model), "%s", j->model_name);
     }
     job_span(j, r);
@@ -319,7 +404,7 @@ job_done(struct worker_job *wj)
     if (j->complete && !j->streaming) {
         job_finished(j, c->req);
         proxy_respond(c, j->status, "application/json", j->piece.data, j->piece.len,
-                      answer_headers(j->model, false, hb));
+                      answer_headers(j->mode, j->model, false, hb));
         job_free(j);
         /* proxy_respond queued the answer; the write callback finishes the request. */
         return;
@@ -327,8 +412,9 @@ job_done(struct worker_job *wj)
     if (!j->streaming) {
         j->streaming = true;
         j->job.urgent = true; /* the head is out: finish what was started before new work */
-        c->req->mode = "fallback";
-        proxy_stream_begin(c, 200, "application/json", answer_headers(j->model, false, hb));
+        c->req->mode = j->mode;
+        proxy_stream_begin(c, 200, "application/json",
+                           answer_headers(j->mode, j->model, false, hb));
     }
     if (j->complete) {
         job_finished(j, c->req);
@@ -363,6 +449,7 @@ fallback_start(struct client *c, const char *reason)
     j->cfg = r->cfg; /* the request's: a reload does not change its answer */
     config_ref(j->cfg);
     j->model = r->model;
+    j->mode = "fallback"; /* until the worker chooses the embedder */
     snprintf(j->model_key, sizeof(j->model_key), "%s", observe_model_key(r));
     j->api = r->api;
     j->deadline_ms = r->deadline_ms;

@@ -52,7 +52,9 @@ static struct observe_model_counts model_counts[MODEL_LABELS_MAX];
 static struct metric_series **m_requests[NROUTES][600];
 static struct metric_series *m_duration[NROUTES];
 static struct metric_series *m_in_flight;
-static struct metric_series *m_generated[2], *m_batch[2], *m_textlen[2], *m_batchsize[2];
+/* by mode: 0 real, 1 fallback (the hash), 2 local (the model's own, run here) */
+static const char *modes[] = {"real", "fallback", "local"};
+static struct metric_series *m_generated[3], *m_batch[3], *m_textlen[3], *m_batchsize[3];
 
 struct upstream_series {
     char name[64];
@@ -197,8 +199,8 @@ observe_init(struct server *srv, const char **cause)
 
     metrics_set_build_info(PACKAGE_VERSION);
     metrics_add_collector(collect_breakers, srv);
-    for (int i = 0; i < 2; i++) {
-        const char *lv[] = {i == 0 ? "real" : "fallback"};
+    for (int i = 0; i < 3; i++) {
+        const char *lv[] = {modes[i]};
         m_generated[i] = metrics_series(METRIC_EMBEDDING_GENERATED, lv);
         m_batch[i] = metrics_series(METRIC_EMBEDDING_BATCH_GENERATED, lv);
         m_textlen[i] = metrics_series(METRIC_EMBEDDING_TEXT_LENGTH, lv);
@@ -401,6 +403,8 @@ observe_request_done(struct server *srv, struct request *r)
         if (r->mode != NULL) {
             if (strcmp(r->mode, "real") == 0) {
                 model_counts[mi].real++;
+            } else if (strcmp(r->mode, "local") == 0) {
+                model_counts[mi].local++;
             } else {
                 model_counts[mi].fallback++;
             }
@@ -649,7 +653,7 @@ observe_batch(int m, size_t ninputs)
 void
 observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er)
 {
-    int m = strcmp(mode, "real") == 0 ? 0 : 1;
+    int m = strcmp(mode, "real") == 0 ? 0 : strcmp(mode, "local") == 0 ? 2 : 1;
 
     (void)srv;
     observe_batch(m, er->ninputs);

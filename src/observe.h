@@ -59,7 +59,7 @@ void observe_budget_exhausted(struct server *srv);
 
 /* Answers for one configured model (canonical name) since start, for /stats. */
 struct observe_model_counts {
-    uint64_t requests, real, fallback;
+    uint64_t requests, real, local, fallback;
 };
 struct observe_model_counts observe_model_counts(const char *model);
 /* model: the request's canonical model, NULL when none is known. */
