@@ -22,6 +22,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,9 +33,7 @@
 #include "embedder_hash.h"
 #include "log.h"
 #include "model.h"
-#include "observe.h"
 #include "otlp.h"
-#include "proxy.h"
 #include "util.h"
 #include "worker.h"
 
@@ -43,8 +42,8 @@
 
 /* What every answer of the fallback says of itself; model: canonical, or NULL. */
 /* mode: "local" (the model's own, run here) or "fallback" (the hash, another space). */
-static const char *
-answer_headers(const char *mode, const char *model, bool retry_after, char out[256])
+const char *
+fallback_answer_headers(const char *mode, const char *model, bool retry_after, char out[256])
 {
     snprintf(out, 256, "%sX-Akosha-Mode: %s\r\nX-Akosha-Upstream: local\r\n%s%s%s",
              retry_after ? "Retry-After: 1\r\n" : "", mode, model ? "X-Akosha-Model: " : "",
@@ -86,9 +85,9 @@ thread_scratch(void)
 
 struct fallback_job {
     struct worker_job job; /* first: the pool sees only this */
-    struct server *srv;
     struct worker_pool *pool;
-    struct client *client; /* NULL once detached; loop thread */
+    const struct fallback_sink *sink;
+    void *arg;             /* the sink's; NULL once detached; loop thread */
     struct config *cfg;    /* reference held: [model] sizes and defaults */
     const char *model;     /* canonical, owned by cfg; NULL when the request names none known */
     char model_key[128];   /* what learned sizes go by ("" : the parsed request's model) */
@@ -313,31 +312,6 @@ job_free(struct fallback_job *j)
     free(j);
 }
 
-static void
-job_span(struct fallback_job *j, struct request *r)
-{
-    struct trace_context child;
-    struct trace_span *s;
-
-    if (r->span == NULL || j->srv->otlp == NULL || !j->parsed) {
-        return;
-    }
-    trace_child_context(&r->ctx, &child);
-    s = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_INTERNAL,
-                       j->er.ninputs > 1 ? "generate_batch_embeddings" : "generate_embedding",
-                       j->start_ns);
-    trace_span_attr_str(s, "embedding.mode", j->mode ? j->mode : "fallback");
-    trace_span_attr_int(s, "embedding.text_length", (int64_t)j->text_chars);
-    trace_span_attr_int(s, "batch.size", (int64_t)j->er.ninputs);
-    trace_span_attr_int(s, "embedding.dimensions", j->dim);
-    if (j->status != 200) {
-        trace_span_set_status(s, TRACE_STATUS_ERROR,
-                              j->status == 503 ? "shed: past the deadline" : "invalid input");
-    }
-    trace_span_end(s, j->end_ns);
-    otlp_submit(j->srv->otlp, s);
-}
-
 static int
 submit(struct fallback_job *j)
 {
@@ -348,127 +322,115 @@ submit(struct fallback_job *j)
     return 0;
 }
 
-/* 503 with Retry-After: queue full, waited too long, or would end past the deadline. */
+/* The job is over: tell the caller what it came to (shed: why it was dropped, or NULL). */
 static void
-answer_overloaded(struct client *c, const char *message, const char *code)
+job_finished(struct fallback_job *j, const char *shed)
 {
-    size_t len;
-    char *body = embed_render_error(c->req->api, message, "overloaded", NULL, code, &len);
+    struct fallback_outcome o = {
+        .status = j->status,
+        .mode = j->mode,
+        .er = j->parsed ? &j->er : NULL,
+        .model_name = j->model_name,
+        .dim = j->dim,
+        .text_chars = j->text_chars,
+        .start_ns = j->start_ns,
+        .end_ns = j->end_ns,
+        .shed = shed,
+    };
 
-    char hb[256];
-
-    proxy_respond(c, 503, "application/json", body, len,
-                  answer_headers("fallback", c->req->model, true, hb));
-    free(body);
+    j->sink->finished(j->arg, &o);
 }
 
-/* The answer is complete: account for it. */
-static void
-job_finished(struct fallback_job *j, struct request *r)
-{
-    r->job = NULL;
-    if (j->status == 200) {
-        observe_embeddings(j->srv, j->mode, &j->er);
-        r->mode = j->mode;
-        snprintf(r->response_model, sizeof(r->response_model), "%s", j->model_name);
-    }
-    job_span(j, r);
-}
-
-/* Loop thread: hand the client what the worker made, if the client is still there. */
+/* Loop thread: hand the caller what the worker made, if the caller is still there. */
 static void
 job_done(struct worker_job *wj)
 {
     struct fallback_job *j = (struct fallback_job *)wj;
-    struct client *c = j->client;
     char hb[256];
 
     j->submitted = false;
-    if (c == NULL) {
+    if (j->arg == NULL) {
         job_free(j);
         return;
     }
     if (wj->shed || (j->status == 503 && !j->streaming)) {
-        const char *reason = wj->shed ? "stale" : "deadline";
-        log_info("request %s: fallback job shed (%s); answering 503", c->req->id, reason);
-        observe_fallback_shed(j->srv, reason);
-        job_finished(j, c->req);
-        answer_overloaded(c,
-                          wj->shed ? "the fallback is overloaded: the job waited queue_timeout"
-                                   : "the fallback is overloaded: the answer would come after "
-                                     "request_timeout",
-                          wj->shed ? "queue_timeout" : "deadline");
+        /* 503 with Retry-After: it waited queue_timeout, or would end past the deadline. */
+        bool stale = wj->shed;
+        size_t len;
+        char *body = embed_render_error(
+            j->api,
+            stale ? "the fallback is overloaded: the job waited queue_timeout"
+                  : "the fallback is overloaded: the answer would come after request_timeout",
+            "overloaded", NULL, stale ? "queue_timeout" : "deadline", &len);
+        j->status = 503;
+        job_finished(j, stale ? "stale" : "deadline");
+        j->sink->answer(j->arg, 503, body, len,
+                        fallback_answer_headers("fallback", j->model, true, hb));
+        free(body);
         job_free(j);
         return;
     }
     if (j->complete && !j->streaming) {
-        job_finished(j, c->req);
-        proxy_respond(c, j->status, "application/json", j->piece.data, j->piece.len,
-                      answer_headers(j->mode, j->model, false, hb));
+        job_finished(j, NULL);
+        j->sink->answer(j->arg, j->status, j->piece.data, j->piece.len,
+                        fallback_answer_headers(j->mode, j->model, false, hb));
         job_free(j);
-        /* proxy_respond queued the answer; the write callback finishes the request. */
         return;
     }
     if (!j->streaming) {
         j->streaming = true;
         j->job.urgent = true; /* the head is out: finish what was started before new work */
-        c->req->mode = j->mode;
-        proxy_stream_begin(c, 200, "application/json",
-                           answer_headers(j->mode, j->model, false, hb));
+        j->sink->stream_begin(j->arg, j->mode,
+                              fallback_answer_headers(j->mode, j->model, false, hb));
     }
     if (j->complete) {
-        job_finished(j, c->req);
-        proxy_stream_piece(c, j->piece.data, j->piece.len, true);
+        job_finished(j, NULL);
+        j->sink->stream_piece(j->arg, j->piece.data, j->piece.len, true);
         job_free(j);
         return;
     }
     j->in_done = true;
     j->want_more = false;
-    proxy_stream_piece(c, j->piece.data, j->piece.len, false);
+    j->sink->stream_piece(j->arg, j->piece.data, j->piece.len, false);
     j->in_done = false;
-    /* The client has the bytes: the job holds nothing until the next piece. */
+    /* The caller has the bytes: the job holds nothing until the next piece. */
     buf_free(&j->piece);
     buf_init(&j->piece);
     if (j->want_more && submit(j) < 0) {
-        log_warn("request %s: the worker pool refused the next piece (stopping)", c->req->id);
+        log_warn("fallback: the worker pool refused the next piece (stopping)");
     }
 }
 
-void
-fallback_start(struct client *c, const char *reason)
+struct fallback_job *
+fallback_submit(struct worker_pool *pool, const struct fallback_request *req,
+                const struct fallback_sink *sink, void *arg)
 {
-    struct server *srv = c->srv;
-    struct request *r = c->req;
     struct fallback_job *j = xcalloc(1, sizeof(*j));
 
     j->job.run = job_run;
     j->job.done = job_done;
-    j->srv = srv;
-    j->pool = srv->workers;
-    j->client = c;
-    j->cfg = r->cfg; /* the request's: a reload does not change its answer */
+    j->pool = pool;
+    j->sink = sink;
+    j->arg = arg;
+    j->cfg = req->cfg; /* the request's: a reload does not change its answer */
     config_ref(j->cfg);
-    j->model = r->model;
+    j->model = req->model;
     j->mode = "fallback"; /* until the worker chooses the embedder */
-    snprintf(j->model_key, sizeof(j->model_key), "%s", observe_model_key(r));
-    j->api = r->api;
-    j->deadline_ms = r->deadline_ms;
+    snprintf(j->model_key, sizeof(j->model_key), "%s", req->model_key ? req->model_key : "");
+    j->api = req->api;
+    j->deadline_ms = req->deadline_ms;
     atomic_init(&j->cancelled, false);
     buf_init(&j->piece);
     j->body = evbuffer_new();
     /* Moved, not copied: from here only the worker reads the body. */
-    evbuffer_add_buffer(j->body, r->body);
+    evbuffer_add_buffer(j->body, req->body);
     if (submit(j) < 0) {
+        /* Give the bytes back: the caller still owns the request. */
+        evbuffer_add_buffer(req->body, j->body);
         job_free(j);
-        log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
-                 (long long)r->cfg->fallback.queue_size);
-        observe_fallback(srv, "queue_full", r->model);
-        answer_overloaded(c, "fallback queue is full; retry shortly", "queue_full");
-        return;
+        return NULL;
     }
-    r->job = j;
-    observe_fallback(srv, reason, r->model);
-    log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
+    return j;
 }
 
 int
@@ -487,8 +449,7 @@ fallback_stream_drained(struct fallback_job *j)
 void
 fallback_detach(struct fallback_job *j)
 {
-    j->client = NULL;
-    observe_fallback_shed(j->srv, "cancelled");
+    j->arg = NULL;
     if (!j->submitted || worker_pool_cancel(j->pool, &j->job)) {
         job_free(j); /* between pieces, or never started: ours to free now */
         return;
@@ -496,23 +457,14 @@ fallback_detach(struct fallback_job *j)
     atomic_store_explicit(&j->cancelled, true, memory_order_release);
 }
 
-int
-fallback_init(struct server *srv, char **cause)
+struct worker_pool *
+fallback_pool_new(struct event_base *base, const struct config *cfg, char **cause)
 {
-    srv->workers = worker_pool_new(srv->base, (unsigned)srv->cfg->fallback.workers,
-                                   (size_t)srv->cfg->fallback.queue_size, cause);
-    if (srv->workers == NULL) {
-        return -1;
-    }
-    worker_pool_set_max_wait(srv->workers, srv->cfg->fallback.queue_timeout_ms * 1000000u);
-    return 0;
-}
+    struct worker_pool *pool = worker_pool_new(base, (unsigned)cfg->fallback.workers,
+                                               (size_t)cfg->fallback.queue_size, cause);
 
-void
-fallback_shutdown(struct server *srv)
-{
-    if (srv->workers != NULL) {
-        worker_pool_free(srv->workers);
-        srv->workers = NULL;
+    if (pool != NULL) {
+        worker_pool_set_max_wait(pool, cfg->fallback.queue_timeout_ms * 1000000u);
     }
+    return pool;
 }

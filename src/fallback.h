@@ -1,34 +1,87 @@
 /*
- * fallback.h - the local fallback: embedding requests answered by the
- * embedded hash embedder on the worker pool, in the caller's API shape.
+ * fallback.h - the local fallback as a job service: an embedding request
+ * answered on the worker pool by the model's own weights (a [model] local
+ * directory) or the hash embedder, in the caller's API shape.
+ *
+ * The service knows nothing of connections: its caller hands in the request
+ * and a sink, and gets the answer (whole, or streamed a piece at a time)
+ * and the job's outcome back through the sink, on the loop thread.
  */
 #ifndef AKOSHA_FALLBACK_H
 #define AKOSHA_FALLBACK_H
 
-struct client;
-struct fallback_job;
-struct server;
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
-/* Start the worker pool from srv->cfg; 0, or -1 with *cause (malloc'd). */
-int fallback_init(struct server *srv, char **cause);
-void fallback_shutdown(struct server *srv);
+#include "embed_api.h"
+
+struct config;
+struct event_base;
+struct evbuffer;
+struct fallback_job;
+struct worker_pool;
+
+/* The worker pool for cfg's [fallback] section. NULL with *cause (malloc'd). */
+struct worker_pool *fallback_pool_new(struct event_base *base, const struct config *cfg,
+                                      char **cause);
+
+/* What a job came to, for its caller's accounting (metrics, spans). */
+struct fallback_outcome {
+    int status;                     /* 200, 400, or 503 when shed */
+    const char *mode;               /* "local" (the model's own) or "fallback" (the hash) */
+    const struct embed_request *er; /* the request as parsed; NULL when it did not parse */
+    const char *model_name;         /* what the answer calls the model */
+    unsigned dim;
+    size_t text_chars;
+    uint64_t start_ns, end_ns;      /* the work, wall clock */
+    const char *shed;               /* "stale" or "deadline" when shed, else NULL */
+};
+
+/* How a job hands back its answer: every call on the loop thread, with the caller's arg. */
+struct fallback_sink {
+    /* The whole answer: a small one, an error, or a 503 when shed. */
+    void (*answer)(void *arg, int status, const char *body, size_t len, const char *headers);
+    /* A big answer: its head (always 200), then pieces; the last one ends it. */
+    void (*stream_begin)(void *arg, const char *mode, const char *headers);
+    void (*stream_piece)(void *arg, const char *data, size_t len, bool last);
+    /* The job is over: called once, before the answer or the last piece is handed on. */
+    void (*finished)(void *arg, const struct fallback_outcome *o);
+};
+
+struct fallback_request {
+    struct config *cfg;    /* a reference is taken: [model] sizes and local models */
+    enum embed_api api;
+    struct evbuffer *body; /* its bytes are moved into the job */
+    const char *model;     /* canonical (owned by cfg), NULL when none is known */
+    const char *model_key; /* what learned sizes go by */
+    uint64_t deadline_ms;  /* monotonic: the caller's request_timeout */
+};
 
 /*
- * Answer the client's current request from the worker pool. reason is the
- * akosha_fallback_total label. A full queue answers 503 at once; so does a
- * job shed under overload, once shed. A big answer is streamed (see
- * proxy_stream_begin) a piece at a time.
+ * Queue the request. NULL when the queue is full: nothing was taken, and the
+ * caller answers (503). Otherwise the job calls the sink until it is over
+ * or detached.
  */
-void fallback_start(struct client *c, const char *reason);
+struct fallback_job *fallback_submit(struct worker_pool *pool, const struct fallback_request *req,
+                                     const struct fallback_sink *sink, void *arg);
 /*
  * The client has taken every byte of the streamed answer so far: compute the
  * next piece. 0, or -1 when the pool refused (stopping): cut the connection.
  */
 int fallback_stream_drained(struct fallback_job *job);
 /*
- * The client went away or timed out: no answer is sent. The job is freed now
- * unless a worker is running it; then it stops before its next input.
+ * The caller went away or timed out: the sink is never called again. The job
+ * is freed now unless a worker is running it; then it stops before its next
+ * input.
  */
 void fallback_detach(struct fallback_job *job);
+/*
+ * The headers the fallback's answers carry, into out: X-Akosha-Mode (mode),
+ * X-Akosha-Upstream: local, X-Akosha-Model when model is not NULL, and
+ * Retry-After: 1 when asked. For the caller's own 503s too.
+ */
+const char *fallback_answer_headers(const char *mode, const char *model, bool retry_after,
+                                    char out[256]);
 
 #endif

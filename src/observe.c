@@ -623,6 +623,40 @@ observe_model_counts(const char *model)
 }
 
 void
+observe_fallback_done(struct server *srv, struct request *r, const struct fallback_outcome *o)
+{
+    struct trace_context child;
+    struct trace_span *s;
+
+    if (o->status == 200 && o->er != NULL) {
+        observe_embeddings(srv, o->mode, o->er);
+        r->mode = o->mode;
+        snprintf(r->response_model, sizeof(r->response_model), "%s", o->model_name);
+    }
+    if (o->shed != NULL) {
+        log_info("request %s: fallback job shed (%s); answering 503", r->id, o->shed);
+        observe_fallback_shed(srv, o->shed);
+    }
+    if (r->span == NULL || srv->otlp == NULL || o->er == NULL) {
+        return;
+    }
+    trace_child_context(&r->ctx, &child);
+    s = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_INTERNAL,
+                       o->er->ninputs > 1 ? "generate_batch_embeddings" : "generate_embedding",
+                       o->start_ns);
+    trace_span_attr_str(s, "embedding.mode", o->mode);
+    trace_span_attr_int(s, "embedding.text_length", (int64_t)o->text_chars);
+    trace_span_attr_int(s, "batch.size", (int64_t)o->er->ninputs);
+    trace_span_attr_int(s, "embedding.dimensions", o->dim);
+    if (o->status != 200) {
+        trace_span_set_status(s, TRACE_STATUS_ERROR,
+                              o->status == 503 ? "shed: past the deadline" : "invalid input");
+    }
+    trace_span_end(s, o->end_ns);
+    otlp_submit(srv->otlp, s);
+}
+
+void
 observe_fallback(struct server *srv, const char *reason, const char *model)
 {
     const char *lv[] = {reason, model_labels[model_label(model)]};

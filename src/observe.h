@@ -64,6 +64,9 @@ struct observe_model_counts {
 struct observe_model_counts observe_model_counts(const char *model);
 /* model: the request's canonical model, NULL when none is known. */
 void observe_fallback(struct server *srv, const char *reason, const char *model);
+struct fallback_outcome;
+/* A fallback job is over: its embeddings, the answer's mode and model, its INTERNAL span. */
+void observe_fallback_done(struct server *srv, struct request *r, const struct fallback_outcome *o);
 /* A fallback job dropped: "stale", "deadline" or "cancelled". Loop thread. */
 void observe_fallback_shed(struct server *srv, const char *reason);
 /* Embeddings produced: mode "real" or "fallback". */

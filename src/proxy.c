@@ -62,6 +62,7 @@ static void attempt_abort(struct client *c);
 static void upconn_event(struct upconn *conn, enum upconn_event ev, void *arg);
 static void request_done(struct client *c);
 static void on_response_body(struct client *c, bool eof);
+static void detach_fallback(struct client *c);
 
 static void
 client_set_state(struct client *c, enum client_state st)
@@ -340,10 +341,7 @@ request_free(struct client *c)
             event_free(r->att.timer);
         }
     }
-    if (r->job != NULL) {
-        fallback_detach(r->job);
-        r->job = NULL;
-    }
+    detach_fallback(c);
     if (r->span != NULL) {
         observe_server_span_end(c->srv, r);
     }
@@ -808,10 +806,7 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
         log_warn("request %s: request_timeout reached in %s", c->req->id,
                  client_state_names[c->state]);
         attempt_abort(c);
-        if (c->req->job != NULL) {
-            fallback_detach(c->req->job);
-            c->req->job = NULL;
-        }
+        detach_fallback(c);
         c->req->keep_alive = c->state == CLIENT_DISPATCH && c->req->keep_alive;
         proxy_respond_error(c, 504, "timeout", "request_timeout reached", NULL);
         client_drive(c);
@@ -945,6 +940,91 @@ proxy_shutdown(void)
 
 /* ---- dispatch: upstream, fallback or an error -------------------------- */
 
+/* ---- the fallback job service's sink ------------------------------------ */
+
+static void
+fallback_answer(void *arg, int status, const char *body, size_t len, const char *headers)
+{
+    struct client *c = arg;
+
+    proxy_respond(c, status, "application/json", body, len, headers);
+    /* queued; the write callback finishes the request */
+}
+
+static void
+fallback_stream_begin(void *arg, const char *mode, const char *headers)
+{
+    struct client *c = arg;
+
+    c->req->mode = mode;
+    proxy_stream_begin(c, 200, "application/json", headers);
+}
+
+static void
+fallback_stream_piece(void *arg, const char *data, size_t len, bool last)
+{
+    proxy_stream_piece(arg, data, len, last);
+}
+
+static void
+fallback_finished(void *arg, const struct fallback_outcome *o)
+{
+    struct client *c = arg;
+
+    c->req->job = NULL;
+    observe_fallback_done(c->srv, c->req, o);
+}
+
+static const struct fallback_sink fallback_to_client = {
+    .answer = fallback_answer,
+    .stream_begin = fallback_stream_begin,
+    .stream_piece = fallback_stream_piece,
+    .finished = fallback_finished,
+};
+
+/* Hand the request to the fallback worker pool; reason is akosha_fallback_total's label. */
+static void
+answer_from_fallback(struct client *c, const char *reason)
+{
+    struct request *r = c->req;
+    struct fallback_request fr = {
+        .cfg = r->cfg,
+        .api = r->api,
+        .body = r->body,
+        .model = r->model,
+        .model_key = observe_model_key(r),
+        .deadline_ms = r->deadline_ms,
+    };
+
+    r->job = fallback_submit(c->srv->workers, &fr, &fallback_to_client, c);
+    if (r->job == NULL) {
+        char hb[256];
+        size_t len;
+        char *body = embed_render_error(r->api, "fallback queue is full; retry shortly",
+                                        "overloaded", NULL, "queue_full", &len);
+        log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
+                 (long long)r->cfg->fallback.queue_size);
+        observe_fallback(c->srv, "queue_full", r->model);
+        proxy_respond(c, 503, "application/json", body, len,
+                      fallback_answer_headers("fallback", r->model, true, hb));
+        free(body);
+        return;
+    }
+    observe_fallback(c->srv, reason, r->model);
+    log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
+}
+
+/* The caller is gone: no answer, and the job is dropped (counted as cancelled). */
+static void
+detach_fallback(struct client *c)
+{
+    if (c->req != NULL && c->req->job != NULL) {
+        fallback_detach(c->req->job);
+        c->req->job = NULL;
+        observe_fallback_shed(c->srv, "cancelled");
+    }
+}
+
 static bool
 fallback_applies(struct client *c)
 {
@@ -994,7 +1074,7 @@ give_up(struct client *c, const char *fallback_reason, int status, const char *m
     bool deadline = strcmp(fallback_reason, "deadline") == 0;
 
     if (fallback_applies(c)) {
-        fallback_start(c, fallback_reason);
+        answer_from_fallback(c, fallback_reason);
         return;
     }
     if (deadline) {
@@ -1137,7 +1217,7 @@ dispatch(struct client *c)
                                       "used");
                 return;
             }
-            fallback_start(c, r->ups->n == 0 ? "no_upstreams" : "mode_always");
+            answer_from_fallback(c, r->ups->n == 0 ? "no_upstreams" : "mode_always");
             return;
         }
         answer_unavailable(c, "no upstream configured for this path");

@@ -29,6 +29,7 @@
 #include "observe.h"
 #include "proxy.h"
 #include "util.h"
+#include "worker.h"
 
 /* ---- accepting ---------------------------------------------------------- */
 
@@ -615,7 +616,8 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->ups == NULL) {
         fatal("%s", cause);
     }
-    if (fallback_init(srv, &cause) < 0) {
+    srv->workers = fallback_pool_new(srv->base, srv->cfg, &cause);
+    if (srv->workers == NULL) {
         fatal("fallback worker: %s", cause);
     }
     if (observe_init(srv, &ocause) < 0) {
@@ -674,7 +676,10 @@ server_free(struct server *srv)
     admin_close_all(srv);
     /* Bounded so drain_timeout + shutdown_timeout fits the stop timeouts (see akosha(8)). */
     observe_shutdown(srv, srv->cfg->telemetry.shutdown_timeout_ms);
-    fallback_shutdown(srv);
+    if (srv->workers != NULL) {
+        worker_pool_free(srv->workers);
+        srv->workers = NULL;
+    }
     notify_shutdown();
     if (srv->listener != NULL) {
         evconnlistener_free(srv->listener);
