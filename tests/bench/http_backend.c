@@ -60,7 +60,7 @@ struct conn {
     /* answers to write, in order: pointers to the shared ones, never copies */
     const struct answer *out[OUT_QUEUE];
     unsigned out_first, out_count;
-    size_t out_off; /* bytes of out[out_first] already written */
+    size_t out_off;   /* bytes of out[out_first] already written */
     bool close_after; /* the last queued answer ends the connection */
     bool want_write;  /* EPOLLOUT armed */
 };
@@ -196,8 +196,7 @@ format_float(char *buf, size_t cap, float f)
 static void
 base64_add(struct text *t, const unsigned char *p, size_t n)
 {
-    static const char digits[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t i = 0;
 
     text_reserve(t, (n + 2) / 3 * 4);
@@ -260,8 +259,8 @@ build_batch(int count, int dimensions)
             raw[4 * i + 2] = (unsigned char)(bits >> 16);
             raw[4 * i + 3] = (unsigned char)(bits >> 24);
         }
-        snprintf(frame, sizeof(frame), "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":",
-                 k ? "," : "", k);
+        snprintf(frame, sizeof(frame),
+                 "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":", k ? "," : "", k);
         text_str(&json, frame);
         text_str(&b64, frame);
         text_add(&json, "[", 1);
@@ -286,7 +285,8 @@ build_batch(int count, int dimensions)
     free(raw);
 }
 
-/* The value after "key" and its colon in a JSON text, or NULL (a plain search: bench bodies only). */
+/* The value after "key" and its colon in a JSON text, or NULL (a plain search: bench bodies only).
+ */
 static const char *
 json_value_of(const char *p, size_t len, const char *quoted_key)
 {
@@ -725,9 +725,9 @@ main(int argc, char **argv)
         }
     }
     colon = strrchr(listen_spec, ':');
-    if (threads < 1 || threads > MAX_THREADS || dimensions < 1 || dimensions > 65536 ||
-        batch < 1 || batch > 2048 || batch_dimensions < 1 || batch_dimensions > 65536 ||
-        colon == NULL || (size_t)(colon - listen_spec) >= sizeof(host)) {
+    if (threads < 1 || threads > MAX_THREADS || dimensions < 1 || dimensions > 65536 || batch < 1 ||
+        batch > 2048 || batch_dimensions < 1 || batch_dimensions > 65536 || colon == NULL ||
+        (size_t)(colon - listen_spec) >= sizeof(host)) {
         fprintf(stderr, "http_backend: bad arguments\n");
         return 2;
     }
