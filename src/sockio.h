@@ -23,13 +23,15 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
-/* Largest single read: a whole typical response in one call. */
+/* Largest single read from a client: a whole typical request in one call. */
 #define SOCKIO_READ_MAX (64 * 1024)
 
 /*
- * Read once into buf, at most max bytes: bytes read (> 0), 0 at end of file,
- * -1 on error (errno), -2 would block. Up to 16 KiB land in buf's own
- * reserved space; more is read into a per-thread scratch area and copied.
+ * Read once into buf, at most max bytes (at most 16 KiB + 8 x 64 KiB):
+ * bytes read (> 0), 0 at end of file, -1 on error (errno), -2 would block.
+ * Up to 16 KiB land in buf's own reserved space; more is read into blocks of
+ * just under 64 KiB that buf then holds by reference (no copy). A block
+ * returns to a per-thread free list when buf lets go of it.
  */
 ssize_t sockio_read(evutil_socket_t fd, struct evbuffer *buf, size_t max);
 /*

@@ -1,11 +1,13 @@
 -- wrk script: POST /v1/embeddings with a realistic OpenAI-style body.
 --   BENCH_INPUTS    texts per request (default 1)
 --   BENCH_TEXT_LEN  characters per text (default 200)
+--   BENCH_ENCODING  encoding_format asked for: float (default) or base64
 -- The texts are deterministic English-like prose so every target and every
 -- run sees the same bytes. done() prints one machine-readable RESULT line.
 
 local inputs = tonumber(os.getenv("BENCH_INPUTS") or "1")
 local text_len = tonumber(os.getenv("BENCH_TEXT_LEN") or "200")
+local encoding = os.getenv("BENCH_ENCODING") or "float"
 
 local words = {
     "the", "quarterly", "report", "shows", "that", "customer", "support", "tickets",
@@ -40,7 +42,7 @@ end
 wrk.method = "POST"
 wrk.path = "/v1/embeddings"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"bench-model","input":' .. input .. ',"encoding_format":"float"}'
+wrk.body = '{"model":"bench-model","input":' .. input .. ',"encoding_format":"' .. encoding .. '"}'
 
 function done(summary, latency, requests)
     local e = summary.errors

@@ -1,12 +1,19 @@
 /*
  * http_backend.c - the fixed upstream of the benchmark: answers every request
- * with one canned body, as fast as one epoll loop per thread allows, so the
+ * with a canned body, as fast as one epoll loop per thread allows, so the
  * backend is never what limits a proxy's numbers.
  *
- *   http_backend [-l HOST:PORT] [-t THREADS] [-d DIMENSIONS] [-s]
+ *   http_backend [-l HOST:PORT] [-t THREADS] [-d DIMENSIONS] [-n BATCH]
+ *                [-D BATCH_DIMENSIONS] [-s]
  *
  * Default body: an OpenAI /v1/embeddings answer with one DIMENSIONS-float
- * vector. -s (sink): answer "{}", which is all an OTLP/HTTP JSON exporter
+ * vector. A request whose "input" is an array gets the batch answer instead:
+ * BATCH vectors (64) of BATCH_DIMENSIONS (1536) float32 values, as
+ * full-precision JSON numbers (the shortest text that reads back as the same
+ * double, about 2 MB in all) or, when the request says
+ * "encoding_format":"base64", as base64 of the little-endian float32 array
+ * (about 530 KB). Every answer is built once at start and written from that
+ * one copy. -s (sink): answer "{}", which is all an OTLP/HTTP exporter
  * needs; on SIGTERM the sink prints how many requests and body bytes it took.
  * HTTP/1.1 keep-alive and pipelining; Content-Length and chunked bodies are
  * read and dropped. Not a general server: no timeouts, loopback use only.
@@ -24,32 +31,42 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 256
 #define READ_CHUNK 65536
 #define MAX_REQUEST (64u * 1024 * 1024) /* a request larger than this closes the connection */
 #define MAX_THREADS 64
+#define OUT_QUEUE 64 /* answers queued per connection; parsing waits when full */
+
+/* One whole answer, head and body, built at start and shared read-only. */
+struct answer {
+    char *text;
+    size_t len;
+};
 
 struct conn {
     int fd;
     char *in;
     size_t in_len, in_cap;
-    char *out;
-    size_t out_len, out_off, out_cap;
+    /* answers to write, in order: pointers to the shared ones, never copies */
+    const struct answer *out[OUT_QUEUE];
+    unsigned out_first, out_count;
+    size_t out_off;   /* bytes of out[out_first] already written */
     bool close_after; /* the last queued answer ends the connection */
     bool want_write;  /* EPOLLOUT armed */
 };
 
 static struct sockaddr_in listen_addr;
-static char *response; /* head and body of the one answer, shared read-only */
-static size_t response_len;
+static struct answer single_answer, batch_float, batch_base64;
 static atomic_ulong total_requests, total_body_bytes;
 static volatile sig_atomic_t stopping;
 
@@ -76,43 +93,238 @@ xrealloc(void *p, size_t n)
     return p;
 }
 
-/* Builds the one answer; the vector is deterministic and unit-length so that
- * clients which check it see a plausible embedding. */
+/* Grows a text buffer; the answers are built once, so doubling is plenty. */
+struct text {
+    char *p;
+    size_t len, cap;
+};
+
 static void
-build_response(bool sink, int dimensions)
+text_reserve(struct text *t, size_t more)
 {
-    size_t cap = 256 + (size_t)dimensions * 16, len = 0;
-    char *body = xmalloc(cap);
+    if (t->len + more + 1 > t->cap) {
+        while (t->len + more + 1 > t->cap) {
+            t->cap = t->cap ? t->cap * 2 : 4096;
+        }
+        t->p = xrealloc(t->p, t->cap);
+    }
+}
+
+static void
+text_add(struct text *t, const char *s, size_t n)
+{
+    text_reserve(t, n);
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = '\0';
+}
+
+static void
+text_str(struct text *t, const char *s)
+{
+    text_add(t, s, strlen(s));
+}
+
+/* Head and body into one answer; takes the body's text. */
+static void
+make_answer(struct answer *a, struct text *body)
+{
+    char head[160];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n"
+                     "\r\n",
+                     body->len);
+
+    a->len = (size_t)n + body->len;
+    a->text = xmalloc(a->len);
+    memcpy(a->text, head, (size_t)n);
+    memcpy(a->text + n, body->p, body->len);
+    free(body->p);
+}
+
+/* The single-vector answer: deterministic and unit-length, 7 decimals. */
+static void
+build_single(bool sink, int dimensions)
+{
+    struct text body = {0};
     double norm = 0.0;
+    char num[32];
 
     if (sink) {
-        len = (size_t)snprintf(body, cap, "{}");
-    } else {
+        text_str(&body, "{}");
+        make_answer(&single_answer, &body);
+        return;
+    }
+    for (int i = 0; i < dimensions; i++) {
+        double v = sin(i * 0.37 + 1.0);
+        norm += v * v;
+    }
+    norm = sqrt(norm);
+    text_str(&body, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\","
+                    "\"index\":0,\"embedding\":[");
+    for (int i = 0; i < dimensions; i++) {
+        int n = snprintf(num, sizeof(num), "%s%.7f", i ? "," : "", sin(i * 0.37 + 1.0) / norm);
+        text_add(&body, num, (size_t)n);
+    }
+    text_str(&body, "]}],\"model\":\"bench-model\","
+                    "\"usage\":{\"prompt_tokens\":64,\"total_tokens\":64}}");
+    make_answer(&single_answer, &body);
+}
+
+/*
+ * A float32 as an OpenAI answer prints it: the float widened to a double,
+ * written with the fewest significant digits that read back as that double
+ * (up to 17, e.g. -0.023044034466147423).
+ */
+static int
+format_float(char *buf, size_t cap, float f)
+{
+    double d = f;
+    int n = 0;
+
+    for (int prec = 15; prec <= 17; prec++) {
+        n = snprintf(buf, cap, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d) {
+            break;
+        }
+    }
+    return n;
+}
+
+static void
+base64_add(struct text *t, const unsigned char *p, size_t n)
+{
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t i = 0;
+
+    text_reserve(t, (n + 2) / 3 * 4);
+    for (; i + 3 <= n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+        t->p[t->len++] = digits[v >> 18];
+        t->p[t->len++] = digits[(v >> 12) & 63];
+        t->p[t->len++] = digits[(v >> 6) & 63];
+        t->p[t->len++] = digits[v & 63];
+    }
+    if (i < n) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0);
+        t->p[t->len++] = digits[v >> 18];
+        t->p[t->len++] = digits[(v >> 12) & 63];
+        t->p[t->len++] = i + 1 < n ? digits[(v >> 6) & 63] : '=';
+        t->p[t->len++] = '=';
+    }
+    t->p[t->len] = '\0';
+}
+
+/*
+ * The batch answers: count unit-length vectors of pseudo-random float32
+ * values (a fixed xorshift sequence, so every run serves the same bytes),
+ * once as JSON numbers and once as base64.
+ */
+static void
+build_batch(int count, int dimensions)
+{
+    struct text json = {0}, b64 = {0};
+    float *vec = xmalloc((size_t)dimensions * sizeof(float));
+    unsigned char *raw = xmalloc((size_t)dimensions * 4);
+    uint64_t state = 0x9e3779b97f4a7c15ULL;
+    char num[40], frame[96];
+
+    for (int pass = 0; pass < 2; pass++) {
+        struct text *t = pass ? &b64 : &json;
+        text_str(t, "{\"object\":\"list\",\"data\":[");
+    }
+    for (int k = 0; k < count; k++) {
+        double norm = 0.0;
         for (int i = 0; i < dimensions; i++) {
-            double v = sin(i * 0.37 + 1.0);
-            norm += v * v;
+            /* the sum of two uniforms: roughly bell-shaped, like real components */
+            double u = 0.0;
+            for (int j = 0; j < 2; j++) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                u += (double)(state >> 11) / 9007199254740992.0 - 0.5;
+            }
+            vec[i] = (float)u;
+            norm += u * u;
         }
         norm = sqrt(norm);
-        len = (size_t)snprintf(body, cap,
-                               "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\","
-                               "\"index\":0,\"embedding\":[");
         for (int i = 0; i < dimensions; i++) {
-            len += (size_t)snprintf(body + len, cap - len, "%s%.7f", i ? "," : "",
-                                    sin(i * 0.37 + 1.0) / norm);
+            uint32_t bits;
+            vec[i] = (float)(vec[i] / norm);
+            memcpy(&bits, &vec[i], 4);
+            raw[4 * i] = (unsigned char)bits;
+            raw[4 * i + 1] = (unsigned char)(bits >> 8);
+            raw[4 * i + 2] = (unsigned char)(bits >> 16);
+            raw[4 * i + 3] = (unsigned char)(bits >> 24);
         }
-        len += (size_t)snprintf(body + len, cap - len,
-                                "]}],\"model\":\"bench-model\","
-                                "\"usage\":{\"prompt_tokens\":64,\"total_tokens\":64}}");
+        snprintf(frame, sizeof(frame),
+                 "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":", k ? "," : "", k);
+        text_str(&json, frame);
+        text_str(&b64, frame);
+        text_add(&json, "[", 1);
+        for (int i = 0; i < dimensions; i++) {
+            int n = format_float(num + 1, sizeof(num) - 1, vec[i]);
+            num[0] = ',';
+            text_add(&json, i ? num : num + 1, (size_t)n + (i ? 1 : 0));
+        }
+        text_add(&json, "]}", 2);
+        text_add(&b64, "\"", 1);
+        base64_add(&b64, raw, (size_t)dimensions * 4);
+        text_add(&b64, "\"}", 2);
     }
-    response_len = len + 256;
-    response = xmalloc(response_len);
-    response_len = (size_t)snprintf(response, response_len,
-                                    "HTTP/1.1 200 OK\r\n"
-                                    "Content-Type: application/json\r\n"
-                                    "Content-Length: %zu\r\n"
-                                    "\r\n%s",
-                                    len, body);
-    free(body);
+    snprintf(frame, sizeof(frame),
+             "],\"model\":\"bench-model\",\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}",
+             count * 40, count * 40);
+    text_str(&json, frame);
+    text_str(&b64, frame);
+    make_answer(&batch_float, &json);
+    make_answer(&batch_base64, &b64);
+    free(vec);
+    free(raw);
+}
+
+/* The value after "key" and its colon in a JSON text, or NULL (a plain search: bench bodies only).
+ */
+static const char *
+json_value_of(const char *p, size_t len, const char *quoted_key)
+{
+    size_t kl = strlen(quoted_key);
+    const char *end = p + len, *k = memmem(p, len, quoted_key, kl);
+
+    if (k == NULL) {
+        return NULL;
+    }
+    k += kl;
+    while (k < end && (*k == ' ' || *k == '\t' || *k == '\r' || *k == '\n')) {
+        k++;
+    }
+    if (k == end || *k != ':') {
+        return NULL;
+    }
+    k++;
+    while (k < end && (*k == ' ' || *k == '\t' || *k == '\r' || *k == '\n')) {
+        k++;
+    }
+    return k < end ? k : NULL;
+}
+
+/* Which answer a request body asks for: an "input" array gets the batch. */
+static const struct answer *
+choose_answer(const char *body, size_t len)
+{
+    const char *input = json_value_of(body, len, "\"input\"");
+    const char *enc;
+
+    if (batch_float.text == NULL || input == NULL || *input != '[') {
+        return &single_answer;
+    }
+    enc = json_value_of(body, len, "\"encoding_format\"");
+    if (enc != NULL && (size_t)(body + len - enc) >= 8 && memcmp(enc, "\"base64\"", 8) == 0) {
+        return &batch_base64;
+    }
+    return &batch_float;
 }
 
 /* Case-insensitive search for a header line; returns its value or NULL. */
@@ -211,23 +423,22 @@ find_head_end(const char *p, size_t len)
 }
 
 static void
-queue_response(struct conn *c)
+queue_answer(struct conn *c, const struct answer *a)
 {
-    if (c->out_len + response_len > c->out_cap) {
-        c->out_cap = (c->out_len + response_len) * 2;
-        c->out = xrealloc(c->out, c->out_cap);
-    }
-    memcpy(c->out + c->out_len, response, response_len);
-    c->out_len += response_len;
+    c->out[(c->out_first + c->out_count) % OUT_QUEUE] = a;
+    c->out_count++;
 }
 
-/* Consumes every complete request in the input; false on a protocol error. */
+/*
+ * Consumes the complete requests in the input, as many as the answer queue
+ * has room for; false on a protocol error.
+ */
 static bool
 parse_requests(struct conn *c)
 {
     size_t off = 0;
 
-    while (!c->close_after && off < c->in_len) {
+    while (!c->close_after && off < c->in_len && c->out_count < OUT_QUEUE) {
         const char *head = c->in + off, *v;
         const char *hend = find_head_end(head, c->in_len - off);
         size_t head_len, vlen, body_len = 0;
@@ -272,7 +483,7 @@ parse_requests(struct conn *c)
         off += head_len + body_len;
         atomic_fetch_add_explicit(&total_requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&total_body_bytes, body_len, memory_order_relaxed);
-        queue_response(c);
+        queue_answer(c, choose_answer(head + head_len, body_len));
     }
     if (off > 0) {
         memmove(c->in, c->in + off, c->in_len - off);
@@ -287,7 +498,6 @@ conn_free(int ep, struct conn *c)
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     free(c->in);
-    free(c->out);
     free(c);
 }
 
@@ -295,8 +505,18 @@ conn_free(int ep, struct conn *c)
 static bool
 flush_out(int ep, struct conn *c)
 {
-    while (c->out_off < c->out_len) {
-        ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+    while (c->out_count > 0) {
+        struct iovec iov[OUT_QUEUE];
+        int niov = 0;
+        ssize_t n;
+        for (unsigned i = 0; i < c->out_count; i++) {
+            const struct answer *a = c->out[(c->out_first + i) % OUT_QUEUE];
+            size_t skip = i == 0 ? c->out_off : 0;
+            iov[niov].iov_base = a->text + skip;
+            iov[niov].iov_len = a->len - skip;
+            niov++;
+        }
+        n = writev(c->fd, iov, niov);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -306,17 +526,26 @@ flush_out(int ep, struct conn *c)
         if (n <= 0) {
             return false;
         }
-        c->out_off += (size_t)n;
-    }
-    if (c->out_off == c->out_len) {
-        c->out_off = c->out_len = 0;
-        if (c->close_after) {
-            return false;
+        /* retire the answers that went out whole */
+        while (n > 0) {
+            const struct answer *a = c->out[c->out_first];
+            size_t left = a->len - c->out_off;
+            if ((size_t)n < left) {
+                c->out_off += (size_t)n;
+                break;
+            }
+            n -= (ssize_t)left;
+            c->out_off = 0;
+            c->out_first = (c->out_first + 1) % OUT_QUEUE;
+            c->out_count--;
         }
     }
-    if ((c->out_len > 0) != c->want_write) {
+    if (c->out_count == 0 && c->close_after) {
+        return false;
+    }
+    if ((c->out_count > 0) != c->want_write) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        c->want_write = c->out_len > 0;
+        c->want_write = c->out_count > 0;
         if (c->want_write) {
             ev.events |= EPOLLOUT;
         }
@@ -413,7 +642,7 @@ serve(void *arg)
                     conn_free(ep, c);
                     continue;
                 }
-                if (!open && c->out_len == 0) {
+                if (!open && c->out_count == 0) {
                     conn_free(ep, c);
                     continue;
                 }
@@ -423,6 +652,24 @@ serve(void *arg)
             }
             if (!flush_out(ep, c)) {
                 conn_free(ep, c);
+                continue;
+            }
+            /* requests left waiting for room in a full answer queue */
+            while (c->in_len > 0 && c->out_count == 0 && !c->close_after) {
+                unsigned before = c->out_count;
+                if (!parse_requests(c)) {
+                    conn_free(ep, c);
+                    c = NULL;
+                    break;
+                }
+                if (c->out_count == before) {
+                    break; /* only an incomplete request is left */
+                }
+                if (!flush_out(ep, c)) {
+                    conn_free(ep, c);
+                    c = NULL;
+                    break;
+                }
             }
         }
     }
@@ -442,14 +689,14 @@ int
 main(int argc, char **argv)
 {
     const char *listen_spec = "127.0.0.1:18400";
-    int threads = 1, dimensions = 384, opt;
+    int threads = 1, dimensions = 384, batch = 64, batch_dimensions = 1536, opt;
     bool sink = false;
     pthread_t tids[MAX_THREADS];
     char host[64];
     const char *colon;
     struct sigaction sa;
 
-    while ((opt = getopt(argc, argv, "l:t:d:s")) != -1) {
+    while ((opt = getopt(argc, argv, "l:t:d:n:D:s")) != -1) {
         switch (opt) {
         case 'l':
             listen_spec = optarg;
@@ -460,18 +707,27 @@ main(int argc, char **argv)
         case 'd':
             dimensions = atoi(optarg);
             break;
+        case 'n':
+            batch = atoi(optarg);
+            break;
+        case 'D':
+            batch_dimensions = atoi(optarg);
+            break;
         case 's':
             sink = true;
             break;
         default:
-            fprintf(stderr, "usage: %s [-l HOST:PORT] [-t THREADS] [-d DIMENSIONS] [-s]\n",
+            fprintf(stderr,
+                    "usage: %s [-l HOST:PORT] [-t THREADS] [-d DIMENSIONS] [-n BATCH] "
+                    "[-D BATCH_DIMENSIONS] [-s]\n",
                     argv[0]);
             return 2;
         }
     }
     colon = strrchr(listen_spec, ':');
-    if (threads < 1 || threads > MAX_THREADS || dimensions < 1 || dimensions > 65536 ||
-        colon == NULL || (size_t)(colon - listen_spec) >= sizeof(host)) {
+    if (threads < 1 || threads > MAX_THREADS || dimensions < 1 || dimensions > 65536 || batch < 1 ||
+        batch > 2048 || batch_dimensions < 1 || batch_dimensions > 65536 || colon == NULL ||
+        (size_t)(colon - listen_spec) >= sizeof(host)) {
         fprintf(stderr, "http_backend: bad arguments\n");
         return 2;
     }
@@ -483,7 +739,10 @@ main(int argc, char **argv)
         fprintf(stderr, "http_backend: bad address %s\n", host);
         return 2;
     }
-    build_response(sink, dimensions);
+    build_single(sink, dimensions);
+    if (!sink) {
+        build_batch(batch, batch_dimensions);
+    }
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
@@ -498,13 +757,17 @@ main(int argc, char **argv)
             return 1;
         }
     }
-    fprintf(stderr, "http_backend: listening on %s, %d thread(s), %zu-byte answer\n",
-            listen_spec, threads, response_len);
+    fprintf(stderr,
+            "http_backend: listening on %s, %d thread(s), %zu-byte answer; "
+            "batch answers: float %zu bytes, base64 %zu bytes\n",
+            listen_spec, threads, single_answer.len, batch_float.len, batch_base64.len);
     for (int i = 0; i < threads; i++) {
         pthread_join(tids[i], NULL);
     }
     printf("requests=%lu body_bytes=%lu\n", atomic_load(&total_requests),
            atomic_load(&total_body_bytes));
-    free(response);
+    free(single_answer.text);
+    free(batch_float.text);
+    free(batch_base64.text);
     return 0;
 }
