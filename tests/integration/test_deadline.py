@@ -35,38 +35,38 @@ def timed(fn, *args, **kw):
 
 def test_hung_backend_is_answered_by_fallback_inside_request_timeout(backend, start_akosha):
     backend.default = {"action": "hang"}
-    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 1s\n" +
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 2s\n" +
                      up("b", backend))  # call_timeout stays at its 30 s default
     (status, headers, body), took = timed(a.post_json, "/v1/embeddings", EMBED)
     assert status == 200, body
     assert headers["X-Akosha-Mode"] == "fallback"
     assert headers["X-Akosha-Upstream"] == "local"
     assert len(json.loads(body)["data"]) == 1
-    assert took < 1.0, "the fallback answer must leave before request_timeout (%.3f s)" % took
-    # The reserve is 50 ms here: the upstream had the rest of the second.
-    assert took >= 0.9, took
+    assert took < 2.0, "the fallback answer must leave before request_timeout (%.3f s)" % took
+    # The reserve is 100 ms here: the upstream had the rest of the two seconds.
+    assert took >= 1.8, took
     assert backend.count() == 1
     assert metric(a, "akosha_fallback_total", '{reason="deadline",model="other"}') == 1
 
 
 def test_hung_backend_with_deny_gets_504_at_the_deadline(backend, start_akosha):
     backend.default = {"action": "hang"}
-    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 1s\n" +
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 2s\n" +
                      up("b", backend))
     (status, headers, body), took = timed(a.post_json, "/v1/embeddings", EMBED,
                                           headers={"X-Akosha-Fallback": "deny"})
     assert status == 504, body
     assert "X-Akosha-Mode" not in headers
-    assert 0.9 <= took < 1.5, took
+    assert 1.9 <= took < 2.6, took
 
 
 def test_attempt_timeout_is_cut_to_the_time_left(backend, start_akosha):
-    """call_timeout 30 s, request_timeout 1 s, retries: the first attempt ends at the deadline."""
+    """call_timeout 30 s, request_timeout 2 s, retries: the first attempt ends at the deadline."""
     backend.default = {"action": "hang"}
-    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 1s\n" +
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\nrequest_timeout = 2s\n" +
                      up("b", backend, "retries = 3\nbackoff_base = 10ms\n"))
     (status, _, _), took = timed(a.post_json, "/v1/embeddings", EMBED)
-    assert status == 200 and took < 1.0
+    assert status == 200 and took < 2.0
     assert backend.count() == 1, "no retry can fit after an attempt that used the time left"
     assert "no answer before the request's deadline" in a.logs()
 
