@@ -579,9 +579,14 @@ dense(const float *in, size_t rows, size_t k, const float *w, const float *bias,
  * exp within 2 ulp for the arguments used here (x <= 0); erf within 1.5e-7
  * (Abramowitz and Stegun 7.1.26), below float32 rounding of GELU's output.
  */
+#if defined(__clang__)
+/* clang has no optimize attribute and vectorises these loops at -O2 anyway */
+#define VECTORIZE __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
 #define VECTORIZE                                                                                  \
     __attribute__((target_clones("avx512f", "avx2", "default"),                                    \
                    optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
 
 /* e^x for x <= 0: x = n ln 2 + r, |r| <= ln 2 / 2; e^r by its Taylor series to r^7. */
 static inline float
