@@ -225,6 +225,12 @@ def copy_build_context(dest):
 
 
 def git_paths(*args):
+    """Paths git lists for SRCDIR, or None when SRCDIR is not a checkout's top (a
+    tarball, or the sanitizer copy inside a checkout, which git sees as ignored)."""
+    top = subprocess.run(["git", "-C", SRCDIR, "rev-parse", "--show-toplevel"],
+                         capture_output=True, text=True)
+    if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(SRCDIR):
+        return None
     r = subprocess.run(["git", "-C", SRCDIR, "ls-files", "-z"] + list(args),
                        capture_output=True, text=True)
     return None if r.returncode != 0 else set(p for p in r.stdout.split("\0") if p)
