@@ -1369,12 +1369,20 @@ embed_sniff_dimension(enum embed_api api, const char *body, size_t len)
 {
     struct embed_dim_scan s;
     unsigned dim = 0;
+    const char *v;
+    bool bad;
 
     if (body == NULL) {
         return 0;
     }
+    /* The whole body is at hand: no bound on where the first vector starts. */
+    v = first_vector(api, body, body + len, &bad);
+    if (v == NULL) {
+        return 0;
+    }
     embed_dim_scan_init(&s, api);
-    return embed_dim_scan_feed(&s, body, len, &dim) == 1 ? dim : 0;
+    s.phase = *v == '[' ? DIM_NUMBERS : DIM_BASE64;
+    return dim_count(&s, v + 1, (size_t)(body + len - (v + 1)), &dim) == 1 ? dim : 0;
 }
 
 /* ---- quick scan of a request ------------------------------------------- */

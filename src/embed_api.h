@@ -117,7 +117,7 @@ unsigned embed_sniff_dimension(enum embed_api api, const char *body, size_t len)
  * first vector must start within EMBED_DIM_PREFIX_MAX bytes (the answer's
  * head: object, model, index); the vector itself may be of any length.
  */
-#define EMBED_DIM_PREFIX_MAX 1024
+#define EMBED_DIM_PREFIX_MAX 4096
 struct embed_dim_scan {
     enum embed_api api;
     uint8_t phase;
