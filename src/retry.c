@@ -336,11 +336,21 @@ parse_http_date(const char *s, size_t len, int64_t now_unix_s, int64_t *unix_s)
     if (!parse_imf_fixdate(c, &d) && !parse_rfc850(c, &d) && !parse_asctime(c, &d)) {
         return -1;
     }
-    if (d.two_digit_year) {
-        d.year = resolve_two_digit_year((int)d.year, now_unix_s);
+    /*
+     * Whether a date is valid must not depend on the clock. A two-digit year
+     * has no century, so 29 February is checked against the digits alone
+     * (every fourth year); in a century year that is not a leap year it is
+     * read as 1 March, the day after 28 February.
+     */
+    if (d.day < 1 || d.hour > 23 || d.minute > 59 || d.second > 60) {
+        return -1;
     }
-    if (d.day < 1 || d.day > days_in_month(d.year, d.month) || d.hour > 23 || d.minute > 59 ||
-        d.second > 60) {
+    if (d.two_digit_year) {
+        if (d.day > days_in_month(d.year % 4 == 0 ? 2000 : 2001, d.month)) {
+            return -1;
+        }
+        d.year = resolve_two_digit_year((int)d.year, now_unix_s);
+    } else if (d.day > days_in_month(d.year, d.month)) {
         return -1;
     }
     *unix_s =

@@ -254,6 +254,24 @@ Test(retry_after, rfc850_two_digit_year_is_never_more_than_50_years_ahead)
     cr_assert_eq(d, 0, "76 would be 2076, over 50 years ahead, so 1976: in the past");
 }
 
+Test(retry_after, rfc850_feb_29_parses_the_same_at_every_clock)
+{
+    /* "00" is 2000 (a leap year) in 2025 but 2100 (not one) in 2075. */
+    int64_t now_2025 = utc(2025, 6, 1, 0, 0, 0);
+    int64_t now_2075 = utc(2075, 6, 1, 0, 0, 0);
+    uint64_t d = 7;
+
+    cr_assert_eq(parse("Tuesday, 29-Feb-00 00:00:00 GMT", now_2025, &d), 0);
+    cr_assert_eq(d, 0, "29 Feb 2000 is in the past");
+    cr_assert_eq(parse("Monday, 29-Feb-00 00:00:00 GMT", now_2075, &d), 0);
+    cr_assert_eq(d, (uint64_t)(utc(2100, 3, 1, 0, 0, 0) - now_2075) * 1000,
+                 "2100 has no 29 February: read as 1 March");
+    d = 7;
+    cr_assert_eq(parse("Sunday, 29-Feb-01 00:00:00 GMT", now_2025, &d), -1);
+    cr_assert_eq(parse("Sunday, 29-Feb-01 00:00:00 GMT", now_2075, &d), -1);
+    cr_assert_eq(d, 7);
+}
+
 Test(retry_after, garbage_is_rejected_and_leaves_the_output_alone)
 {
     const char *bad[] = {
