@@ -707,6 +707,7 @@ name_list_free(struct name_list *l)
     }
     free(l->names);
     free(l->remotes);
+    free(l->canon);
     memset(l, 0, sizeof(*l));
 }
 
@@ -761,6 +762,8 @@ parse_name_list(const char *text, struct name_list *l, const char **cause)
         }
         l->names = xrealloc(l->names, (l->n + 1) * sizeof(char *));
         l->remotes = xrealloc(l->remotes, (l->n + 1) * sizeof(char *));
+        l->canon = xrealloc(l->canon, (l->n + 1) * sizeof(char *));
+        l->canon[l->n] = NULL;
         l->names[l->n] = xstrndup(start, (size_t)((eq ? eq : end) - start));
         l->remotes[l->n] = eq ? xstrndup(eq + 1, (size_t)(end - eq - 1)) : NULL;
         l->n++;
@@ -1303,11 +1306,13 @@ validate_models(struct parser *p)
         }
     }
     for (size_t i = 0; i < cfg->nupstreams; i++) {
-        const struct upstream_config *u = &cfg->upstreams[i];
+        struct upstream_config *u = &cfg->upstreams[i];
         for (size_t j = 0; j < u->models.n; j++) {
             const char *cj = model_canonical(cfg, u->models.names[j]);
+            /* resolved once here, so routing compares names and walks no lists */
+            u->models.canon[j] = cj;
             for (size_t k = 0; k < j; k++) {
-                if (strcmp(model_canonical(cfg, u->models.names[k]), cj) == 0) {
+                if (strcmp(u->models.canon[k], cj) == 0) {
                     add_error(p->errs,
                               "%s:%d: [upstream %s] models: %s and %s are the same model (%s); "
                               "list it once",

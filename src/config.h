@@ -80,6 +80,8 @@ struct upstream_url {
 struct name_list {
     char **names;
     char **remotes;
+    /* derived at validation: each name's canonical name, owned by the config */
+    const char **canon;
     size_t n;
 };
 

@@ -93,9 +93,10 @@ model_upstream_serves(const struct config *cfg, const struct upstream_config *uc
         return false;
     }
     for (size_t j = 0; j < uc->models.n; j++) {
-        const char *listed = uc->models.names[j];
-        const char *c = model_canonical(cfg, listed);
-        if (c != NULL && strcmp(c, canonical) == 0) {
+        /* canon is filled when the config is validated; cfg is only its fallback */
+        const char *c = uc->models.canon[j] != NULL ? uc->models.canon[j]
+                                                    : model_canonical(cfg, uc->models.names[j]);
+        if (c == canonical || (c != NULL && strcmp(c, canonical) == 0)) {
             if (remote != NULL) {
                 *remote = uc->models.remotes[j];
             }

@@ -482,11 +482,8 @@ observe_attempt_start(struct server *srv, struct request *r)
         trace_span_attr_int(a->span, "http.request.resend_count", r->attempts - 1);
     }
     if (r->model_sent[0] != '\0') {
-        const char *remote = NULL;
-        if (r->model != NULL) {
-            model_upstream_serves(a->up->cfg_owner, a->up->cfg, r->model, &remote);
-        }
-        trace_span_attr_str(a->span, "gen_ai.request.model", remote ? remote : r->model_sent);
+        trace_span_attr_str(a->span, "gen_ai.request.model",
+                            a->remote_model ? a->remote_model : r->model_sent);
     }
 }
 

@@ -1389,13 +1389,10 @@ send_request(struct client *c)
     struct attempt *a = &r->att;
     struct evbuffer *out = upconn_output(a->conn);
     size_t n = evbuffer_get_length(r->body);
-    const char *remote = NULL;
+    /* NAME=REMOTE: this upstream calls the model by another name. */
+    const char *remote = a->remote_model;
     const char *body;
 
-    if (r->model != NULL && r->model_len > 0) {
-        /* NAME=REMOTE: this upstream calls the model by another name. */
-        model_upstream_serves(a->up->cfg_owner, a->up->cfg, r->model, &remote);
-    }
     if (remote == NULL) {
         append_upstream_head(c, out, n);
         if (n > 0) {
@@ -1546,8 +1543,7 @@ attempt_start(struct client *c)
         /* Ask every breaker, so each counts the rejected call (or admits it after all). */
         for (size_t i = 0; i < r->ups->n && up == NULL; i++) {
             struct upstream *u = r->ups->ups[i];
-            if (upstream_serves(u, &r->want) && !upstream_cooling(u, now) &&
-                breaker_allow(&u->breaker, now, &a->ticket)) {
+            if (upstream_routable(u, &r->want, now) && breaker_allow(&u->breaker, now, &a->ticket)) {
                 up = u;
             }
         }
@@ -1579,6 +1575,10 @@ attempt_start(struct client *c)
     a->start_us = util_mono_us();
     a->paused = false;
     a->deadline_cut = false;
+    a->remote_model = NULL;
+    if (r->model != NULL && r->model_len > 0) {
+        model_upstream_serves(up->cfg_owner, up->cfg, r->model, &a->remote_model);
+    }
     if (a->timer == NULL && c->spare_timer != NULL) {
         a->timer = c->spare_timer;
         c->spare_timer = NULL;

@@ -66,6 +66,7 @@ struct attempt {
     struct answer_edges *edges;      /* a traced 2xx embedding answer's edges, or NULL */
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
     bool deadline_cut;  /* its timer is the time left, shorter than call_timeout */
+    const char *remote_model; /* up's own name for the model (NAME=REMOTE), or NULL; up's config owns it */
 };
 
 struct fallback_job;

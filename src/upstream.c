@@ -300,6 +300,18 @@ upstream_serves(const struct upstream *up, const struct upstream_want *want)
     return !want->by_model || model_upstream_serves(up->cfg_owner, up->cfg, want->model, NULL);
 }
 
+bool
+upstream_routable(const struct upstream *up, const struct upstream_want *want, uint64_t now_ms)
+{
+    return upstream_serves(up, want) && !upstream_cooling(up, now_ms);
+}
+
+bool
+upstream_callable(const struct upstream *up, const struct upstream_want *want, uint64_t now_ms)
+{
+    return upstream_routable(up, want, now_ms) && breaker_would_allow(&up->breaker, now_ms);
+}
+
 static bool
 was_tried(struct upstream *up, struct upstream *const *tried, size_t ntried)
 {
@@ -321,8 +333,7 @@ pick_in_priority(struct upstream_set *set, const struct upstream_want *want, int
 
     for (size_t i = 0; i < set->n; i++) {
         struct upstream *up = set->ups[i];
-        if (up->cfg->priority != prio || upstream_cooling(up, now_ms) ||
-            !upstream_serves(up, want) || !breaker_would_allow(&up->breaker, now_ms)) {
+        if (up->cfg->priority != prio || !upstream_callable(up, want, now_ms)) {
             continue;
         }
         if (skip_tried && was_tried(up, tried, ntried)) {
@@ -391,9 +402,7 @@ upstream_any_callable(struct upstream_set *set, const struct upstream_want *want
                       uint64_t now_ms)
 {
     for (size_t i = 0; i < set->n; i++) {
-        struct upstream *up = set->ups[i];
-        if (upstream_serves(up, want) && !upstream_cooling(up, now_ms) &&
-            breaker_would_allow(&up->breaker, now_ms)) {
+        if (upstream_callable(set->ups[i], want, now_ms)) {
             return true;
         }
     }

@@ -140,6 +140,12 @@ struct upstream_want {
     const char *model; /* canonical; NULL: only upstreams serving any model */
 };
 bool upstream_serves(const struct upstream *up, const struct upstream_want *want);
+/* Whether want may be routed to up at now_ms: it serves the model and is not cooling down. */
+bool upstream_routable(const struct upstream *up, const struct upstream_want *want,
+                       uint64_t now_ms);
+/* upstream_routable, and its breaker would let a call through (without committing it). */
+bool upstream_callable(const struct upstream *up, const struct upstream_want *want,
+                       uint64_t now_ms);
 
 /*
  * Choose the next upstream for an attempt, among those want allows: lowest priority first, smooth
