@@ -303,7 +303,7 @@ stats_models(struct server *srv, struct buf *b)
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct name_list *l = &cfg->upstreams[i].models;
         for (size_t j = 0; j < l->n; j++) {
-            if (model_canonical(cfg, l->names[j]) == l->names[j]) {
+            if (l->canon[j] == l->names[j]) {
                 stats_model(srv, l->names[j], NULL, first, b);
                 first = false;
             }
@@ -318,6 +318,7 @@ stats(struct admin_conn *a)
     struct buf b;
     struct breaker_stats st;
     uint64_t now = util_mono_ms();
+    struct observe_totals totals = observe_totals();
 
     buf_init(&b);
     buf_printf(&b,
@@ -328,7 +329,7 @@ stats(struct admin_conn *a)
                "\"retry_budget_available\":%" PRIu64 ",\"upstreams\":[",
                PACKAGE_VERSION, (double)(util_mono_ms() - srv->started_mono_ms) / 1000.0,
                srv->ready ? "true" : "false", srv->draining ? "true" : "false", srv->nclients,
-               srv->in_flight, srv->requests_total, srv->fallback_total,
+               srv->in_flight, totals.requests, totals.fallbacks,
                srv->workers ? worker_pool_depth(srv->workers) : 0, srv->reloads_ok,
                srv->reloads_failed, retry_budget_available(&srv->budget, util_mono_ms()));
     for (size_t i = 0; i < srv->ups->n; i++) {
@@ -371,8 +372,8 @@ stats(struct admin_conn *a)
         breaker_get_stats(&up->breaker, &st);
         breaker_json(&b, srv, up->name, &st);
     }
-    if (srv->otlp != NULL) {
-        otlp_breaker_stats(srv->otlp, &st);
+    if (observe_exporter() != NULL) {
+        otlp_breaker_stats(observe_exporter(), &st);
         if (srv->ups->n > 0) {
             buf_putc(&b, ',');
         }

@@ -41,6 +41,22 @@ static const struct route routes[] = {
     {"/api/embeddings", EMBED_API_OLLAMA_LEGACY},
 };
 
+const char *
+embed_mode_name(enum embed_mode mode)
+{
+    switch (mode) {
+    case EMBED_MODE_REAL:
+        return "real";
+    case EMBED_MODE_LOCAL:
+        return "local";
+    case EMBED_MODE_FALLBACK:
+        return "fallback";
+    case EMBED_MODE_NONE:
+        break;
+    }
+    return "none";
+}
+
 enum embed_api
 embed_api_route(const char *path, size_t path_len)
 {

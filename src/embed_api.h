@@ -23,6 +23,22 @@ enum embed_api {
     EMBED_API_OLLAMA_LEGACY,
 };
 
+/*
+ * Where an answer's vectors come from, as X-Akosha-Mode, metrics, spans and
+ * logs name it: the upstream (real), the model's own weights run here
+ * (local: same model, same space) or the hash embedder (fallback: another
+ * space). NONE: no vectors (an error, a relayed non-embedding answer).
+ */
+enum embed_mode {
+    EMBED_MODE_NONE,
+    EMBED_MODE_REAL,
+    EMBED_MODE_LOCAL,
+    EMBED_MODE_FALLBACK,
+};
+#define EMBED_MODES 4
+/* "real", "local", "fallback"; "none" for EMBED_MODE_NONE. Static string. */
+const char *embed_mode_name(enum embed_mode mode);
+
 #define EMBED_MAX_INPUTS 2048
 #define EMBED_MAX_DIMENSIONS 4096
 

@@ -41,12 +41,12 @@
 #define PIECE_BYTES (256 * 1024)
 
 /* What every answer of the fallback says of itself; model: canonical, or NULL. */
-/* mode: "local" (the model's own, run here) or "fallback" (the hash, another space). */
+/* mode: LOCAL (the model's own, run here) or FALLBACK (the hash, another space). */
 const char *
-fallback_answer_headers(const char *mode, const char *model, bool retry_after, char out[256])
+fallback_answer_headers(enum embed_mode mode, const char *model, bool retry_after, char out[256])
 {
     snprintf(out, 256, "%sX-Akosha-Mode: %s\r\nX-Akosha-Upstream: local\r\n%s%s%s",
-             retry_after ? "Retry-After: 1\r\n" : "", mode, model ? "X-Akosha-Model: " : "",
+             retry_after ? "Retry-After: 1\r\n" : "", embed_mode_name(mode), model ? "X-Akosha-Model: " : "",
              model ? model : "", model ? "\r\n" : "");
     return out;
 }
@@ -109,7 +109,7 @@ struct fallback_job {
     bool complete;     /* piece ends the answer */
     size_t next_input; /* inputs rendered so far */
     const struct bert *bert; /* the model's own, run here (owned by cfg); NULL: the hash */
-    const char *mode;        /* "local" with bert, else "fallback" */
+    enum embed_mode mode;    /* LOCAL with bert, else FALLBACK */
     size_t units;      /* the whole job's work, for the estimate */
     float *vector;     /* one input's vector */
     char model_name[64];
@@ -172,7 +172,7 @@ choose_embedder(struct fallback_job *j)
     }
     /* Token ids are the upstream's tokenizer's: only the hash reads them as they are. */
     j->bert = m != NULL && m->bert != NULL && texts ? m->bert : NULL;
-    j->mode = j->bert != NULL ? "local" : "fallback";
+    j->mode = j->bert != NULL ? EMBED_MODE_LOCAL : EMBED_MODE_FALLBACK;
     if (j->bert == NULL) {
         j->dim = pick_dimensions(j);
         return true;
@@ -365,7 +365,7 @@ job_done(struct worker_job *wj)
         j->status = 503;
         job_finished(j, stale ? "stale" : "deadline");
         j->sink->answer(j->arg, 503, body, len,
-                        fallback_answer_headers("fallback", j->model, true, hb));
+                        fallback_answer_headers(EMBED_MODE_FALLBACK, j->model, true, hb));
         free(body);
         job_free(j);
         return;
@@ -415,7 +415,7 @@ fallback_submit(struct worker_pool *pool, const struct fallback_request *req,
     j->cfg = req->cfg; /* the request's: a reload does not change its answer */
     config_ref(j->cfg);
     j->model = req->model;
-    j->mode = "fallback"; /* until the worker chooses the embedder */
+    j->mode = EMBED_MODE_FALLBACK; /* until the worker chooses the embedder */
     snprintf(j->model_key, sizeof(j->model_key), "%s", req->model_key ? req->model_key : "");
     j->api = req->api;
     j->deadline_ms = req->deadline_ms;

@@ -29,7 +29,7 @@ struct worker_pool *fallback_pool_new(struct event_base *base, const struct conf
 /* What a job came to, for its caller's accounting (metrics, spans). */
 struct fallback_outcome {
     int status;                     /* 200, 400, or 503 when shed */
-    const char *mode;               /* "local" (the model's own) or "fallback" (the hash) */
+    enum embed_mode mode;           /* LOCAL (the model's own) or FALLBACK (the hash) */
     const struct embed_request *er; /* the request as parsed; NULL when it did not parse */
     const char *model_name;         /* what the answer calls the model */
     unsigned dim;
@@ -43,7 +43,7 @@ struct fallback_sink {
     /* The whole answer: a small one, an error, or a 503 when shed. */
     void (*answer)(void *arg, int status, const char *body, size_t len, const char *headers);
     /* A big answer: its head (always 200), then pieces; the last one ends it. */
-    void (*stream_begin)(void *arg, const char *mode, const char *headers);
+    void (*stream_begin)(void *arg, enum embed_mode mode, const char *headers);
     void (*stream_piece)(void *arg, const char *data, size_t len, bool last);
     /* The job is over: called once, before the answer or the last piece is handed on. */
     void (*finished)(void *arg, const struct fallback_outcome *o);
@@ -81,7 +81,7 @@ void fallback_detach(struct fallback_job *job);
  * X-Akosha-Upstream: local, X-Akosha-Model when model is not NULL, and
  * Retry-After: 1 when asked. For the caller's own 503s too.
  */
-const char *fallback_answer_headers(const char *mode, const char *model, bool retry_after,
+const char *fallback_answer_headers(enum embed_mode mode, const char *model, bool retry_after,
                                     char out[256]);
 
 #endif

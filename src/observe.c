@@ -21,8 +21,8 @@
 #include "metrics.h"
 #include "model.h"
 #include "otlp.h"
-#include "proxy.h"
 #include "trace.h"
+#include "upstream.h"
 #include "util.h"
 #include "worker.h"
 
@@ -52,9 +52,9 @@ static struct observe_model_counts model_counts[MODEL_LABELS_MAX];
 static struct metric_series **m_requests[NROUTES][600];
 static struct metric_series *m_duration[NROUTES];
 static struct metric_series *m_in_flight;
-/* by mode: 0 real, 1 fallback (the hash), 2 local (the model's own, run here) */
-static const char *modes[] = {"real", "fallback", "local"};
-static struct metric_series *m_generated[3], *m_batch[3], *m_textlen[3], *m_batchsize[3];
+/* by enum embed_mode; NONE has no series */
+static struct metric_series *m_generated[EMBED_MODES], *m_batch[EMBED_MODES],
+    *m_textlen[EMBED_MODES], *m_batchsize[EMBED_MODES];
 
 struct upstream_series {
     char name[64];
@@ -70,9 +70,13 @@ static size_t n_up_series;
 static struct trace_sampler sampler;
 static bool tracing;
 static struct telemetry_settings tele;
+static struct otlp_exporter *exporter; /* NULL when not tracing */
+static struct observe_totals totals;
+/* the server's current upstream set and worker pool, read at scrape time */
+static struct upstream_set *const *cur_ups;
+static struct worker_pool *const *cur_workers;
 
-
-static void observe_batch(int m, size_t ninputs);
+static void observe_batch(enum embed_mode m, size_t ninputs);
 
 /* The label index of a canonical model name (NULL: none known): see model_labels. */
 static size_t
@@ -167,12 +171,14 @@ breaker_samples(struct metrics_writer *w, const char *name, const struct breaker
 static void
 collect_breakers(struct metrics_writer *w, void *arg)
 {
-    struct server *srv = arg;
+    const struct upstream_set *ups = *cur_ups;
+    struct worker_pool *workers = *cur_workers;
     struct breaker_stats st;
     uint64_t exported = 0, dropped = 0, failures = 0;
 
-    for (size_t i = 0; i < srv->ups->n; i++) {
-        struct upstream *up = srv->ups->ups[i];
+    (void)arg;
+    for (size_t i = 0; i < ups->n; i++) {
+        struct upstream *up = ups->ups[i];
         const char *idle[] = {up->name, "idle"}, *active[] = {up->name, "active"};
         breaker_get_stats(&up->breaker, &st);
         breaker_samples(w, up->name, &st);
@@ -180,27 +186,28 @@ collect_breakers(struct metrics_writer *w, void *arg)
         metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, active,
                               (double)(up->nbusy + up->nconnecting));
     }
-    if (srv->otlp != NULL) {
-        otlp_breaker_stats(srv->otlp, &st);
+    if (exporter != NULL) {
+        otlp_breaker_stats(exporter, &st);
         breaker_samples(w, "otlp-exporter", &st);
-        otlp_counters(srv->otlp, &exported, &dropped, &failures);
+        otlp_counters(exporter, &exported, &dropped, &failures);
     }
     metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, (double)exported);
     metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, (double)dropped);
     metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, (double)failures);
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
-                          srv->workers ? (double)worker_pool_depth(srv->workers) : 0);
+                          workers ? (double)worker_pool_depth(workers) : 0);
 }
 
 int
-observe_init(struct server *srv, const char **cause)
+observe_init(const struct config *cfg, struct upstream_set *const *ups,
+             struct worker_pool *const *workers, const char **cause)
 {
-    const struct config *cfg = srv->cfg;
-
+    cur_ups = ups;
+    cur_workers = workers;
     metrics_set_build_info(PACKAGE_VERSION);
-    metrics_add_collector(collect_breakers, srv);
-    for (int i = 0; i < 3; i++) {
-        const char *lv[] = {modes[i]};
+    metrics_add_collector(collect_breakers, NULL);
+    for (int i = EMBED_MODE_REAL; i < EMBED_MODES; i++) {
+        const char *lv[] = {embed_mode_name((enum embed_mode)i)};
         m_generated[i] = metrics_series(METRIC_EMBEDDING_GENERATED, lv);
         m_batch[i] = metrics_series(METRIC_EMBEDDING_BATCH_GENERATED, lv);
         m_textlen[i] = metrics_series(METRIC_EMBEDDING_TEXT_LENGTH, lv);
@@ -232,12 +239,12 @@ observe_init(struct server *srv, const char **cause)
     telemetry_apply_env(&tele, NULL);
     telemetry_sampler(&tele, &sampler);
     *cause = NULL;
-    srv->otlp = otlp_start(&tele, PACKAGE_VERSION, cause);
-    if (srv->otlp == NULL && *cause != NULL) {
+    exporter = otlp_start(&tele, PACKAGE_VERSION, cause);
+    if (exporter == NULL && *cause != NULL) {
         telemetry_settings_free(&tele);
         return -1;
     }
-    tracing = srv->otlp != NULL;
+    tracing = exporter != NULL;
     if (tracing) {
         char *full = telemetry_traces_url(&tele);
         /* The endpoint may carry user:password@ (curl honours it); never log that part. */
@@ -252,11 +259,11 @@ observe_init(struct server *srv, const char **cause)
 }
 
 void
-observe_shutdown(struct server *srv, unsigned long timeout_ms)
+observe_shutdown(unsigned long timeout_ms)
 {
-    if (srv->otlp != NULL) {
-        otlp_shutdown(srv->otlp, timeout_ms);
-        srv->otlp = NULL;
+    if (exporter != NULL) {
+        otlp_shutdown(exporter, timeout_ms);
+        exporter = NULL;
     }
     tracing = false;
     telemetry_settings_free(&tele);
@@ -274,61 +281,94 @@ observe_shutdown(struct server *srv, unsigned long timeout_ms)
 }
 
 void
-observe_reload(struct server *srv, bool ok)
+observe_reload(bool ok)
 {
     const char *lv[] = {ok ? "success" : "failure"};
 
-    (void)srv;
     metrics_inc(metrics_series(METRIC_CONFIG_RELOADS, lv));
+}
+
+struct otlp_exporter *
+observe_exporter(void)
+{
+    return exporter;
+}
+
+struct observe_totals
+observe_totals(void)
+{
+    return totals;
+}
+
+/* A finished span goes to the exporter, or is freed when there is none. */
+static void
+span_submit(struct trace_span *s)
+{
+    if (exporter != NULL) {
+        otlp_submit(exporter, s);
+    } else {
+        trace_span_free(s);
+    }
 }
 
 /* ---- requests ---------------------------------------------------------- */
 
 /* "METHOD PATH" (with_path) or "METHOD" into out[TRACE_NAME_MAX], cut to fit. */
 static void
-span_name(const struct request *r, bool with_path, char out[TRACE_NAME_MAX])
+span_name(const struct http_request_head *hd, bool with_path, char out[TRACE_NAME_MAX])
 {
-    size_t n = MIN(r->hd.method_len, (size_t)TRACE_NAME_MAX - 1);
+    size_t n = MIN(hd->method_len, (size_t)TRACE_NAME_MAX - 1);
 
-    memcpy(out, r->hd.method_str, n);
+    memcpy(out, hd->method_str, n);
     if (with_path && n + 1 < TRACE_NAME_MAX) {
-        size_t p = MIN(r->hd.path_len, (size_t)TRACE_NAME_MAX - 2 - n);
+        size_t p = MIN(hd->path_len, (size_t)TRACE_NAME_MAX - 2 - n);
         out[n++] = ' ';
-        memcpy(out + n, r->hd.path, p);
+        memcpy(out + n, hd->path, p);
         n += p;
     }
     out[n] = '\0';
 }
 
 void
-observe_request_start(struct server *srv, struct request *r)
+observe_request_start(struct observe_req *o, const struct http_request_head *hd,
+                      const char *request_id)
 {
     const struct http_header *h;
     char name[TRACE_NAME_MAX];
 
-    (void)srv;
     if (!tracing) {
         return;
     }
-    h = http_find_header(r->hd.headers, r->hd.nheaders, "traceparent");
-    if (h != NULL && trace_parse_traceparent(h->value, h->value_len, &r->trace_parent)) {
-        const struct http_header *ts =
-            http_find_header(r->hd.headers, r->hd.nheaders, "tracestate");
-        r->has_parent = true;
+    h = http_find_header(hd->headers, hd->nheaders, "traceparent");
+    if (h != NULL && trace_parse_traceparent(h->value, h->value_len, &o->parent)) {
+        const struct http_header *ts = http_find_header(hd->headers, hd->nheaders, "tracestate");
+        o->has_parent = true;
         if (ts != NULL) {
-            trace_set_tracestate(&r->trace_parent, ts->value, ts->value_len);
+            trace_set_tracestate(&o->parent, ts->value, ts->value_len);
         }
     }
-    trace_start(&sampler, r->has_parent ? &r->trace_parent : NULL, &r->ctx);
-    if (!trace_context_sampled(&r->ctx)) {
+    trace_start(&sampler, o->has_parent ? &o->parent : NULL, &o->ctx);
+    if (!trace_context_sampled(&o->ctx)) {
         return;
     }
-    span_name(r, true, name);
-    r->span = trace_span_new(&r->ctx, r->has_parent ? r->trace_parent.span_id : NULL,
+    span_name(hd, true, name);
+    o->span = trace_span_new(&o->ctx, o->has_parent ? o->parent.span_id : NULL,
                              TRACE_KIND_SERVER, name, otlp_now_unix_ns());
-    trace_span_attr_strn(r->span, "http.request.method", r->hd.method_str, r->hd.method_len);
-    trace_span_attr_strn(r->span, "url.path", r->hd.path, r->hd.path_len);
-    trace_span_attr_str(r->span, "http.request.id", r->id);
+    trace_span_attr_strn(o->span, "http.request.method", hd->method_str, hd->method_len);
+    trace_span_attr_strn(o->span, "url.path", hd->path, hd->path_len);
+    trace_span_attr_str(o->span, "http.request.id", request_id);
+}
+
+const char *
+observe_tracestate(const struct observe_req *o)
+{
+    return o->ctx.tracestate;
+}
+
+bool
+observe_sampled(const struct observe_req *o)
+{
+    return o->span != NULL;
 }
 
 void
@@ -338,57 +378,53 @@ observe_in_flight(int delta)
 }
 
 void
-observe_server_span_end(struct server *srv, struct request *r)
+observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
 {
-    struct trace_span *s = r->span;
+    struct trace_span *s = o->span;
 
-    r->span = NULL;
+    o->span = NULL;
     if (s == NULL) {
         return;
     }
-    if (r->status > 0) {
-        trace_span_attr_int(s, "http.response.status_code", r->status);
-        trace_span_set_http_status(s, r->status);
-        if (r->status >= 500) {
+    if (a->status > 0) {
+        trace_span_attr_int(s, "http.response.status_code", a->status);
+        trace_span_set_http_status(s, a->status);
+        if (a->status >= 500) {
             char t[16];
-            snprintf(t, sizeof(t), "%d", r->status);
+            snprintf(t, sizeof(t), "%d", a->status);
             trace_span_attr_str(s, "error.type", t);
         }
     } else {
         trace_span_attr_str(s, "error.type", "client_disconnected");
         trace_span_set_status(s, TRACE_STATUS_ERROR, "client went away");
     }
-    if (r->mode != NULL) {
-        trace_span_attr_str(s, "embedding.mode", r->mode);
+    if (a->mode != EMBED_MODE_NONE) {
+        trace_span_attr_str(s, "embedding.mode", embed_mode_name(a->mode));
     }
     /* OpenTelemetry's GenAI conventions: what the caller asked for, what answered. */
-    if (r->model_sent[0] != '\0') {
-        trace_span_attr_str(s, "gen_ai.request.model", r->model_sent);
+    if (a->model_sent[0] != '\0') {
+        trace_span_attr_str(s, "gen_ai.request.model", a->model_sent);
     }
-    if (r->response_model[0] != '\0') {
-        trace_span_attr_str(s, "gen_ai.response.model", r->response_model);
+    if (a->response_model[0] != '\0') {
+        trace_span_attr_str(s, "gen_ai.response.model", a->response_model);
     }
-    if (r->model != NULL) {
-        trace_span_attr_str(s, "akosha.model", r->model);
+    if (a->model != NULL) {
+        trace_span_attr_str(s, "akosha.model", a->model);
     }
     trace_span_end(s, otlp_now_unix_ns());
-    if (srv->otlp != NULL) {
-        otlp_submit(srv->otlp, s);
-    } else {
-        trace_span_free(s);
-    }
+    span_submit(s);
 }
 
 void
-observe_request_done(struct server *srv, struct request *r)
+observe_request_done(const struct observe_answer *a, const char *model_key)
 {
-    int ri = route_index(r->route);
-    int code = r->status >= 100 && r->status < 600 ? r->status : 0;
-    double secs = (double)(util_mono_us() - r->start_us) / 1e6;
+    int ri = route_index(a->route);
+    int code = a->status >= 100 && a->status < 600 ? a->status : 0;
+    double secs = (double)(util_mono_us() - a->start_us) / 1e6;
 
-    srv->requests_total++;
+    totals.requests++;
     if (code != 0) {
-        size_t mi = model_label(r->model);
+        size_t mi = model_label(a->model);
         if (m_requests[ri][code] == NULL) {
             m_requests[ri][code] = xcalloc(MODEL_LABELS_MAX, sizeof(struct metric_series *));
         }
@@ -400,176 +436,160 @@ observe_request_done(struct server *srv, struct request *r)
         }
         metrics_inc(m_requests[ri][code][mi]);
         model_counts[mi].requests++;
-        if (r->mode != NULL) {
-            if (strcmp(r->mode, "real") == 0) {
-                model_counts[mi].real++;
-            } else if (strcmp(r->mode, "local") == 0) {
-                model_counts[mi].local++;
-            } else {
-                model_counts[mi].fallback++;
-            }
+        switch (a->mode) {
+        case EMBED_MODE_REAL:
+            model_counts[mi].real++;
+            break;
+        case EMBED_MODE_LOCAL:
+            model_counts[mi].local++;
+            break;
+        case EMBED_MODE_FALLBACK:
+            model_counts[mi].fallback++;
+            break;
+        case EMBED_MODE_NONE:
+            break;
         }
     }
     metrics_observe(m_duration[ri], secs);
-    if (r->sniffed_dim > 0) {
-        model_learn_dim(observe_model_key(r), r->sniffed_dim, util_mono_ms());
+    if (a->sniffed_dim > 0) {
+        model_learn_dim(model_key, a->sniffed_dim, util_mono_ms());
     }
 }
 
-const char *
-observe_model_key(const struct request *r)
-{
-    return r->model != NULL ? r->model : r->model_sent;
-}
-
 void
-observe_request_scan(struct request *r, const struct embed_scan *scan)
+observe_request_scan(struct observe_req *o, const struct embed_scan *scan)
 {
-    r->ninputs = (uint32_t)scan->ninputs;
+    o->scanned = true;
+    o->ninputs = (uint32_t)scan->ninputs;
     for (size_t i = 0; i < scan->ninputs; i++) {
-        r->textlen[metrics_bucket_of(METRIC_EMBEDDING_TEXT_LENGTH, (double)scan->chars[i])]++;
-        r->textlen_sum += (double)scan->chars[i];
+        o->textlen[metrics_bucket_of(METRIC_EMBEDDING_TEXT_LENGTH, (double)scan->chars[i])]++;
+        o->textlen_sum += (double)scan->chars[i];
     }
 }
 
 bool
-observe_real_answer(struct server *srv, struct request *r)
+observe_real_answer(struct observe_req *o, const char *model_key, bool sized)
 {
-    (void)srv;
-    if (!r->scanned) {
+    if (!o->scanned) {
         return false;
     }
-    observe_batch(0, r->ninputs);
-    metrics_observe_folded(m_textlen[0], r->textlen, r->textlen_sum);
+    observe_batch(EMBED_MODE_REAL, o->ninputs);
+    metrics_observe_folded(m_textlen[EMBED_MODE_REAL], o->textlen, o->textlen_sum);
     /* An answer cut to the caller's "dimensions" says nothing of the model's own size. */
-    return !r->sized && model_dim_due(observe_model_key(r), util_mono_ms());
+    return !sized && model_dim_due(model_key, util_mono_ms());
 }
 
 void
-observe_connection_refused(struct server *srv)
+observe_connection_refused(void)
 {
-    (void)srv;
     log_warn("max_connections reached: refused a connection");
 }
 
 /* ---- attempts ---------------------------------------------------------- */
 
 void
-observe_attempt_start(struct server *srv, struct request *r)
+observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
+                      const struct upstream *up, unsigned attempt, const char *model)
 {
-    struct attempt *a = &r->att;
+    struct trace_context child;
+    char name[TRACE_NAME_MAX];
+    struct trace_span *s;
 
-    (void)srv;
-    a->span = NULL;
-    if (r->span == NULL) {
+    o->attempt = NULL;
+    o->attempt_start_us = util_mono_us();
+    if (o->span == NULL) {
         return;
     }
-    struct trace_context child;
-    trace_child_context(&r->ctx, &child);
-    {
-        char name[TRACE_NAME_MAX];
-        span_name(r, false, name);
-        a->span =
-            trace_span_new(&child, r->ctx.span_id, TRACE_KIND_CLIENT, name, otlp_now_unix_ns());
+    trace_child_context(&o->ctx, &child);
+    span_name(hd, false, name);
+    s = trace_span_new(&child, o->ctx.span_id, TRACE_KIND_CLIENT, name, otlp_now_unix_ns());
+    trace_span_attr_strn(s, "http.request.method", hd->method_str, hd->method_len);
+    trace_span_attr_str(s, "server.address", up->cfg->url.host);
+    trace_span_attr_int(s, "server.port", up->cfg->url.port);
+    trace_span_attr_strn(s, "url.path", hd->path, hd->path_len);
+    trace_span_attr_str(s, "akosha.upstream", up->name);
+    trace_span_attr_str(s, "akosha.circuit_state", breaker_state_name(up->breaker.state));
+    if (attempt > 1) {
+        trace_span_attr_int(s, "http.request.resend_count", attempt - 1);
     }
-    trace_span_attr_strn(a->span, "http.request.method", r->hd.method_str, r->hd.method_len);
-    trace_span_attr_str(a->span, "server.address", a->up->cfg->url.host);
-    trace_span_attr_int(a->span, "server.port", a->up->cfg->url.port);
-    trace_span_attr_strn(a->span, "url.path", r->hd.path, r->hd.path_len);
-    trace_span_attr_str(a->span, "akosha.upstream", a->up->name);
-    trace_span_attr_str(a->span, "akosha.circuit_state", breaker_state_name(a->up->breaker.state));
-    if (r->attempts > 1) {
-        trace_span_attr_int(a->span, "http.request.resend_count", r->attempts - 1);
+    if (model != NULL && model[0] != '\0') {
+        trace_span_attr_str(s, "gen_ai.request.model", model);
     }
-    if (r->model_sent[0] != '\0') {
-        trace_span_attr_str(a->span, "gen_ai.request.model",
-                            a->remote_model ? a->remote_model : r->model_sent);
-    }
+    o->attempt = s;
 }
 
 bool
-observe_attempt_traceparent(struct server *srv, struct request *r, char *out, size_t len)
+observe_attempt_traceparent(const struct observe_req *o, char *out, size_t len)
 {
     struct trace_context ctx;
 
-    (void)srv;
     if (!tracing || len < 56) {
         return false;
     }
-    if (r->att.span != NULL) {
-        memcpy(ctx.trace_id, r->att.span->trace_id, TRACE_ID_SIZE);
-        memcpy(ctx.span_id, r->att.span->span_id, TRACE_SPAN_ID_SIZE);
-        ctx.flags = r->att.span->flags;
+    if (o->attempt != NULL) {
+        memcpy(ctx.trace_id, o->attempt->trace_id, TRACE_ID_SIZE);
+        memcpy(ctx.span_id, o->attempt->span_id, TRACE_SPAN_ID_SIZE);
+        ctx.flags = o->attempt->flags;
     } else {
-        trace_child_context(&r->ctx, &ctx); /* unsampled: propagate the decision */
+        trace_child_context(&o->ctx, &ctx); /* unsampled: propagate the decision */
     }
     trace_format_traceparent(&ctx, out);
     return true;
 }
 
 void
-observe_attempt_status(struct server *srv, struct request *r, int status)
+observe_attempt_status(struct observe_req *o, int status)
 {
-    (void)srv;
-    if (r->att.span != NULL) {
-        trace_span_attr_int(r->att.span, "http.response.status_code", status);
-        trace_span_set_http_status(r->att.span, status);
+    if (o->attempt != NULL) {
+        trace_span_attr_int(o->attempt, "http.response.status_code", status);
+        trace_span_set_http_status(o->attempt, status);
     }
 }
 
 void
-observe_attempt_failed(struct server *srv, struct request *r, const char *reason, int status)
+observe_attempt_failed(struct observe_req *o, const struct upstream *up, const char *reason)
 {
-    struct upstream_series *s = series_for(r->att.up->name);
+    struct upstream_series *s = series_for(up->name);
 
-    (void)srv;
-    (void)status;
     if (s != NULL) {
         metrics_inc(s->outcome[reason_class(reason)]);
-        metrics_observe(s->duration, (double)(util_mono_us() - r->att.start_us) / 1e6);
+        metrics_observe(s->duration, (double)(util_mono_us() - o->attempt_start_us) / 1e6);
     }
-    if (r->att.span != NULL) {
-        trace_span_attr_str(r->att.span, "error.type", reason);
-        trace_span_set_status(r->att.span, TRACE_STATUS_ERROR, reason);
+    if (o->attempt != NULL) {
+        trace_span_attr_str(o->attempt, "error.type", reason);
+        trace_span_set_status(o->attempt, TRACE_STATUS_ERROR, reason);
     }
 }
 
 void
-observe_attempt_success(struct server *srv, struct request *r)
+observe_attempt_success(struct observe_req *o, const struct upstream *up, int status)
 {
-    struct upstream_series *s = series_for(r->att.up->name);
+    struct upstream_series *s = series_for(up->name);
 
-    (void)srv;
     if (s != NULL) {
-        bool client_error = r->att.status >= 400;
-        metrics_inc(s->outcome[client_error ? OUT_CLIENT_ERROR : OUT_SUCCESS]);
-        metrics_observe(s->duration, (double)(util_mono_us() - r->att.start_us) / 1e6);
+        metrics_inc(s->outcome[status >= 400 ? OUT_CLIENT_ERROR : OUT_SUCCESS]);
+        metrics_observe(s->duration, (double)(util_mono_us() - o->attempt_start_us) / 1e6);
     }
 }
 
 void
-observe_attempt_end(struct server *srv, struct request *r)
+observe_attempt_end(struct observe_req *o)
 {
-    struct trace_span *s = r->att.span;
+    struct trace_span *s = o->attempt;
 
-    r->att.span = NULL;
+    o->attempt = NULL;
     if (s == NULL) {
         return;
     }
     trace_span_end(s, otlp_now_unix_ns());
-    if (srv->otlp != NULL) {
-        otlp_submit(srv->otlp, s);
-    } else {
-        trace_span_free(s);
-    }
+    span_submit(s);
 }
 
 void
-observe_all_open(struct server *srv, struct request *r)
+observe_all_open(const struct upstream_set *set)
 {
-    (void)srv;
-    for (size_t i = 0; i < r->ups->n; i++) {
-        struct upstream_series *s = series_for(r->ups->ups[i]->name);
+    for (size_t i = 0; i < set->n; i++) {
+        struct upstream_series *s = series_for(set->ups[i]->name);
         if (s != NULL) {
             metrics_inc(s->outcome[OUT_REJECTED]);
         }
@@ -577,32 +597,29 @@ observe_all_open(struct server *srv, struct request *r)
 }
 
 void
-observe_pool_wait(struct server *srv, struct upstream *up)
+observe_pool_wait(const struct upstream *up)
 {
     struct upstream_series *s = series_for(up->name);
 
-    (void)srv;
     if (s != NULL) {
         metrics_inc(s->pool_waits);
     }
 }
 
 void
-observe_retry(struct server *srv, struct request *r, const char *reason)
+observe_retry(const struct upstream *up, const char *reason)
 {
-    struct upstream_series *s = series_for(r->att.up->name);
+    struct upstream_series *s = series_for(up->name);
     int cls = reason_class(reason);
 
-    (void)srv;
     if (s != NULL) {
         metrics_inc(s->retries[cls == OUT_TIMEOUT ? 1 : cls == OUT_CONNECT ? 2 : 0]);
     }
 }
 
 void
-observe_budget_exhausted(struct server *srv)
+observe_budget_exhausted(void)
 {
-    (void)srv;
     metrics_inc(metrics_series(METRIC_RETRY_BUDGET_EXHAUSTED, NULL));
 }
 
@@ -620,59 +637,57 @@ observe_model_counts(const char *model)
 }
 
 void
-observe_fallback_done(struct server *srv, struct request *r, const struct fallback_outcome *o)
+observe_fallback_done(struct observe_req *o, const char *request_id,
+                      const struct fallback_outcome *out)
 {
     struct trace_context child;
     struct trace_span *s;
 
-    if (o->status == 200 && o->er != NULL) {
-        observe_embeddings(srv, o->mode, o->er);
-        r->mode = o->mode;
-        snprintf(r->response_model, sizeof(r->response_model), "%s", o->model_name);
+    if (out->status == 200 && out->er != NULL) {
+        observe_embeddings(out->mode, out->er);
     }
-    if (o->shed != NULL) {
-        log_info("request %s: fallback job shed (%s); answering 503", r->id, o->shed);
-        observe_fallback_shed(srv, o->shed);
+    if (out->shed != NULL) {
+        log_info("request %s: fallback job shed (%s); answering 503", request_id, out->shed);
+        observe_fallback_shed(out->shed);
     }
-    if (r->span == NULL || srv->otlp == NULL || o->er == NULL) {
+    if (o->span == NULL || exporter == NULL || out->er == NULL) {
         return;
     }
-    trace_child_context(&r->ctx, &child);
-    s = trace_span_new(&child, r->ctx.span_id, TRACE_KIND_INTERNAL,
-                       o->er->ninputs > 1 ? "generate_batch_embeddings" : "generate_embedding",
-                       o->start_ns);
-    trace_span_attr_str(s, "embedding.mode", o->mode);
-    trace_span_attr_int(s, "embedding.text_length", (int64_t)o->text_chars);
-    trace_span_attr_int(s, "batch.size", (int64_t)o->er->ninputs);
-    trace_span_attr_int(s, "embedding.dimensions", o->dim);
-    if (o->status != 200) {
+    trace_child_context(&o->ctx, &child);
+    s = trace_span_new(&child, o->ctx.span_id, TRACE_KIND_INTERNAL,
+                       out->er->ninputs > 1 ? "generate_batch_embeddings" : "generate_embedding",
+                       out->start_ns);
+    trace_span_attr_str(s, "embedding.mode", embed_mode_name(out->mode));
+    trace_span_attr_int(s, "embedding.text_length", (int64_t)out->text_chars);
+    trace_span_attr_int(s, "batch.size", (int64_t)out->er->ninputs);
+    trace_span_attr_int(s, "embedding.dimensions", out->dim);
+    if (out->status != 200) {
         trace_span_set_status(s, TRACE_STATUS_ERROR,
-                              o->status == 503 ? "shed: past the deadline" : "invalid input");
+                              out->status == 503 ? "shed: past the deadline" : "invalid input");
     }
-    trace_span_end(s, o->end_ns);
-    otlp_submit(srv->otlp, s);
+    trace_span_end(s, out->end_ns);
+    otlp_submit(exporter, s);
 }
 
 void
-observe_fallback(struct server *srv, const char *reason, const char *model)
+observe_fallback(const char *reason, const char *model)
 {
     const char *lv[] = {reason, model_labels[model_label(model)]};
 
-    srv->fallback_total++;
+    totals.fallbacks++;
     metrics_inc(metrics_series(METRIC_FALLBACK, lv));
 }
 
 void
-observe_fallback_shed(struct server *srv, const char *reason)
+observe_fallback_shed(const char *reason)
 {
     const char *lv[] = {reason};
 
-    (void)srv;
     metrics_inc(metrics_series(METRIC_FALLBACK_SHED, lv));
 }
 
 static void
-observe_batch(int m, size_t ninputs)
+observe_batch(enum embed_mode m, size_t ninputs)
 {
     metrics_add(m_generated[m], ninputs);
     if (ninputs > 1) {
@@ -682,11 +697,11 @@ observe_batch(int m, size_t ninputs)
 }
 
 void
-observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er)
+observe_embeddings(enum embed_mode m, const struct embed_request *er)
 {
-    int m = strcmp(mode, "real") == 0 ? 0 : strcmp(mode, "local") == 0 ? 2 : 1;
-
-    (void)srv;
+    if (m == EMBED_MODE_NONE) {
+        return;
+    }
     observe_batch(m, er->ninputs);
     for (size_t i = 0; i < er->ninputs; i++) {
         const struct embed_input *in = &er->inputs[i];

@@ -1,61 +1,124 @@
 /*
  * observe.h - where the request path reports to metrics and tracing.
  *
- * proxy.c and fallback.c call these at fixed points of a request's life;
- * this file turns them into Prometheus series (metrics.c) and spans
- * (trace.c, exported by otlp.c). Every call is cheap: cached series
- * handles and atomics, and a span handed off without waiting.
+ * proxy.c calls these at fixed points of a request's life, with plain
+ * values: what observe keeps of a request lives in its struct observe_req,
+ * and nothing here reads a connection, a request or the server. This file
+ * turns the calls into Prometheus series (metrics.c) and spans (trace.c,
+ * exported by otlp.c). Every call is cheap: cached series handles and
+ * atomics, and a span handed off without waiting. Loop thread only.
  */
 #ifndef AKOSHA_OBSERVE_H
 #define AKOSHA_OBSERVE_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "embed_api.h"
+#include "http.h"
+#include "trace.h"
 
-struct server;
-struct request;
+struct config;
 struct upstream;
+struct upstream_set;
+struct worker_pool;
+struct otlp_exporter;
 struct embed_scan;
+struct fallback_outcome;
 
-/* Start-up and reload: tracing settings from cfg plus the environment. */
-int observe_init(struct server *srv, const char **cause);
-void observe_shutdown(struct server *srv, unsigned long timeout_ms);
-void observe_reload(struct server *srv, bool ok);
+/* Buckets of the embedding_text_length histogram, its +Inf included. */
+#define OBSERVE_TEXTLEN_SLOTS 11
+
+/*
+ * What observe keeps of one request: its trace context and spans, and the
+ * sizes of its inputs until the answer's mode is known. Embedded in the
+ * request and zeroed with it; only these functions read or write it.
+ */
+struct observe_req {
+    struct trace_context parent; /* from the caller's traceparent (and tracestate) */
+    bool has_parent;
+    struct trace_context ctx;       /* this request's (its SERVER span's) */
+    struct trace_span *span;        /* SERVER span, NULL when unsampled */
+    struct trace_span *attempt;     /* CLIENT span of the current attempt, or NULL */
+    uint64_t attempt_start_us;
+    bool scanned; /* the body was a well-formed request of its API */
+    uint32_t ninputs;
+    uint32_t textlen[OBSERVE_TEXTLEN_SLOTS]; /* input sizes by histogram bucket */
+    double textlen_sum;
+};
+
+/* A request's answer, as reported when it ends. */
+struct observe_answer {
+    const char *route;          /* metrics label */
+    int status;                 /* 0: the client went before any answer */
+    enum embed_mode mode;
+    const char *model;          /* canonical, NULL when none is known */
+    const char *model_sent;     /* what the caller named, "" when nothing */
+    const char *response_model; /* what the answer named, "" when unknown */
+    uint64_t start_us;          /* monotonic */
+    unsigned sniffed_dim;       /* vector size counted in a real answer, 0 if none */
+};
+
+/*
+ * Start-up: tracing from cfg plus the environment, and the collectors read
+ * at scrape time. *ups and *workers are the server's current upstream set
+ * and worker pool, read through these pointers on each scrape (they change
+ * on reload). Returns 0, or -1 with *cause set.
+ */
+int observe_init(const struct config *cfg, struct upstream_set *const *ups,
+                 struct worker_pool *const *workers, const char **cause);
+void observe_shutdown(unsigned long timeout_ms);
+void observe_reload(bool ok);
+/* The span exporter, NULL when not tracing (its breaker, for /stats). */
+struct otlp_exporter *observe_exporter(void);
+
+/* Requests answered and fallback answers begun since start. */
+struct observe_totals {
+    uint64_t requests, fallbacks;
+};
+struct observe_totals observe_totals(void);
 
 /* A request began (+1) or ended (-1): akosha_requests_in_flight. */
 void observe_in_flight(int delta);
-void observe_request_start(struct server *srv, struct request *r);
-void observe_request_done(struct server *srv, struct request *r);
-/* Buckets of the embedding_text_length histogram, its +Inf included. */
-#define OBSERVE_TEXTLEN_SLOTS 11
-/* The request's body was scanned: keep its input sizes until its answer's mode is known. */
-void observe_request_scan(struct request *r, const struct embed_scan *scan);
+/* A request's head was read: its trace context, and its SERVER span when sampled. */
+void observe_request_start(struct observe_req *o, const struct http_request_head *hd,
+                           const char *request_id);
+/* The body was scanned: keep its input sizes until the answer's mode is known. */
+void observe_request_scan(struct observe_req *o, const struct embed_scan *scan);
+/* The tracestate to pass upstream, "" when none. */
+const char *observe_tracestate(const struct observe_req *o);
 /*
  * A real 2xx embedding answer is about to be relayed: count its inputs as
  * real embeddings, and return whether the answer's vector size should be
- * counted (model_dim_due).
+ * counted (model_dim_due for model_key; never when sized, an answer cut to
+ * the caller's "dimensions").
  */
-bool observe_real_answer(struct server *srv, struct request *r);
-/* The model key learned sizes go by: the canonical name, else the name as sent. */
-const char *observe_model_key(const struct request *r);
-void observe_server_span_end(struct server *srv, struct request *r);
-void observe_connection_refused(struct server *srv);
+bool observe_real_answer(struct observe_req *o, const char *model_key, bool sized);
+/* Whether the request has a SERVER span (sampled). */
+bool observe_sampled(const struct observe_req *o);
+/* The SERVER span ends with the answer; a no-op when unsampled. */
+void observe_server_span_end(struct observe_req *o, const struct observe_answer *a);
+/* The request is over: its series, and the size its answer taught. */
+void observe_request_done(const struct observe_answer *a, const char *model_key);
+void observe_connection_refused(void);
 
-void observe_attempt_start(struct server *srv, struct request *r);
+/* An attempt on up begins: its CLIENT span (attempt counts from 1). */
+void observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
+                           const struct upstream *up, unsigned attempt, const char *model);
 /* Writes the traceparent for the current attempt; false when not tracing. */
-bool observe_attempt_traceparent(struct server *srv, struct request *r, char *out, size_t len);
-void observe_attempt_status(struct server *srv, struct request *r, int status);
-void observe_attempt_failed(struct server *srv, struct request *r, const char *reason,
-                            int status);
-void observe_attempt_success(struct server *srv, struct request *r);
-void observe_attempt_end(struct server *srv, struct request *r);
-void observe_all_open(struct server *srv, struct request *r);
-void observe_retry(struct server *srv, struct request *r, const char *reason);
+bool observe_attempt_traceparent(const struct observe_req *o, char *out, size_t len);
+void observe_attempt_status(struct observe_req *o, int status);
+void observe_attempt_failed(struct observe_req *o, const struct upstream *up,
+                            const char *reason);
+void observe_attempt_success(struct observe_req *o, const struct upstream *up, int status);
+void observe_attempt_end(struct observe_req *o);
+/* Every upstream of set refused the call: each counts a rejected call. */
+void observe_all_open(const struct upstream_set *set);
+void observe_retry(const struct upstream *up, const char *reason);
 /* An attempt found every connection slot of up busy and waits for one. */
-void observe_pool_wait(struct server *srv, struct upstream *up);
-void observe_budget_exhausted(struct server *srv);
+void observe_pool_wait(const struct upstream *up);
+void observe_budget_exhausted(void);
 
 /* Answers for one configured model (canonical name) since start, for /stats. */
 struct observe_model_counts {
@@ -63,13 +126,13 @@ struct observe_model_counts {
 };
 struct observe_model_counts observe_model_counts(const char *model);
 /* model: the request's canonical model, NULL when none is known. */
-void observe_fallback(struct server *srv, const char *reason, const char *model);
-struct fallback_outcome;
-/* A fallback job is over: its embeddings, the answer's mode and model, its INTERNAL span. */
-void observe_fallback_done(struct server *srv, struct request *r, const struct fallback_outcome *o);
-/* A fallback job dropped: "stale", "deadline" or "cancelled". Loop thread. */
-void observe_fallback_shed(struct server *srv, const char *reason);
-/* Embeddings produced: mode "real" or "fallback". */
-void observe_embeddings(struct server *srv, const char *mode, const struct embed_request *er);
+void observe_fallback(const char *reason, const char *model);
+/* A fallback job is over: its embeddings and its INTERNAL span. */
+void observe_fallback_done(struct observe_req *o, const char *request_id,
+                           const struct fallback_outcome *out);
+/* A fallback job dropped: "stale", "deadline" or "cancelled". */
+void observe_fallback_shed(const char *reason);
+/* Embeddings produced in mode. */
+void observe_embeddings(enum embed_mode mode, const struct embed_request *er);
 
 #endif

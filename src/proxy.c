@@ -323,6 +323,30 @@ valid_request_id(const char *v, size_t len)
     return true;
 }
 
+/* The model key learned sizes go by: the canonical name, else the name as sent. */
+static const char *
+request_model_key(const struct request *r)
+{
+    return r->model != NULL ? r->model : r->model_sent;
+}
+
+/* What observe reports of r's answer, into *a. */
+static const struct observe_answer *
+answer_of(const struct request *r, struct observe_answer *a)
+{
+    *a = (struct observe_answer){
+        .route = r->route,
+        .status = r->status,
+        .mode = r->mode,
+        .model = r->model,
+        .model_sent = r->model_sent,
+        .response_model = r->response_model,
+        .start_us = r->start_us,
+        .sniffed_dim = r->sniffed_dim,
+    };
+    return a;
+}
+
 static void
 request_free(struct client *c)
 {
@@ -342,8 +366,9 @@ request_free(struct client *c)
         }
     }
     detach_fallback(c);
-    if (r->span != NULL) {
-        observe_server_span_end(c->srv, r);
+    if (observe_sampled(&r->obs)) {
+        struct observe_answer ans;
+        observe_server_span_end(&r->obs, answer_of(r, &ans));
     }
     if (r->body != NULL) {
         if (c->spare_body == NULL) {
@@ -374,11 +399,13 @@ request_done(struct client *c)
 {
     struct request *r = c->req;
     bool keep = r->keep_alive && !c->srv->draining && c->state != CLIENT_CLOSING;
+    struct observe_answer ans;
 
-    observe_request_done(c->srv, r);
+    observe_request_done(answer_of(r, &ans), request_model_key(r));
     log_debug("request %s: %.*s %.*s -> %d (%s) in %" PRIu64 "us", r->id, (int)r->hd.method_len,
               r->hd.method_str, (int)r->hd.target_len, r->hd.target, r->status,
-              r->mode ? r->mode : "proxy", util_mono_us() - r->start_us);
+              r->mode != EMBED_MODE_NONE ? embed_mode_name(r->mode) : "proxy",
+              util_mono_us() - r->start_us);
     request_free(c);
     c->served++;
     if (!keep) {
@@ -524,7 +551,7 @@ start_request(struct client *c, size_t head_len)
         r->api = embed_api_route(r->hd.path, r->hd.path_len);
     }
     r->route = embed_api_route_label(r->api, r->hd.path, r->hd.path_len);
-    observe_request_start(srv, r);
+    observe_request_start(&r->obs, &r->hd, r->id);
 
     if (r->hd.content_length > 0 && (uint64_t)r->hd.content_length > cfg->proxy.max_body_size) {
         respond_early_error(c, 413, "request body larger than max_body_size");
@@ -829,7 +856,9 @@ client_free(struct client *c)
     struct server *srv = c->srv;
 
     if (c->req != NULL && c->req->status != 0) {
-        observe_request_done(srv, c->req); /* answered, then closed: still counted once */
+        struct observe_answer ans;
+        /* answered, then closed: still counted once */
+        observe_request_done(answer_of(c->req, &ans), request_model_key(c->req));
     }
     request_free(c);
     free(c->spare);
@@ -851,7 +880,7 @@ client_free(struct client *c)
     TAILQ_REMOVE(&srv->clients, c, link);
     srv->nclients--;
     free(c);
-    server_client_gone(srv);
+    srv->client_gone(srv);
 }
 
 static void
@@ -882,7 +911,7 @@ proxy_accept(struct server *srv, evutil_socket_t fd, struct sockaddr *sa, int sa
         ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)n;
         evutil_closesocket(fd);
-        observe_connection_refused(srv);
+        observe_connection_refused();
         return;
     }
     c = xcalloc(1, sizeof(*c));
@@ -952,7 +981,7 @@ fallback_answer(void *arg, int status, const char *body, size_t len, const char 
 }
 
 static void
-fallback_stream_begin(void *arg, const char *mode, const char *headers)
+fallback_stream_begin(void *arg, enum embed_mode mode, const char *headers)
 {
     struct client *c = arg;
 
@@ -971,8 +1000,14 @@ fallback_finished(void *arg, const struct fallback_outcome *o)
 {
     struct client *c = arg;
 
-    c->req->job = NULL;
-    observe_fallback_done(c->srv, c->req, o);
+    struct request *r = c->req;
+
+    r->job = NULL;
+    if (o->status == 200 && o->er != NULL) {
+        r->mode = o->mode;
+        snprintf(r->response_model, sizeof(r->response_model), "%s", o->model_name);
+    }
+    observe_fallback_done(&r->obs, r->id, o);
 }
 
 static const struct fallback_sink fallback_to_client = {
@@ -992,7 +1027,7 @@ answer_from_fallback(struct client *c, const char *reason)
         .api = r->api,
         .body = r->body,
         .model = r->model,
-        .model_key = observe_model_key(r),
+        .model_key = request_model_key(r),
         .deadline_ms = r->deadline_ms,
     };
 
@@ -1004,13 +1039,13 @@ answer_from_fallback(struct client *c, const char *reason)
                                         "overloaded", NULL, "queue_full", &len);
         log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
                  (long long)r->cfg->fallback.queue_size);
-        observe_fallback(c->srv, "queue_full", r->model);
+        observe_fallback("queue_full", r->model);
         proxy_respond(c, 503, "application/json", body, len,
-                      fallback_answer_headers("fallback", r->model, true, hb));
+                      fallback_answer_headers(EMBED_MODE_FALLBACK, r->model, true, hb));
         free(body);
         return;
     }
-    observe_fallback(c->srv, reason, r->model);
+    observe_fallback(reason, r->model);
     log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
 }
 
@@ -1021,7 +1056,7 @@ detach_fallback(struct client *c)
     if (c->req != NULL && c->req->job != NULL) {
         fallback_detach(c->req->job);
         c->req->job = NULL;
-        observe_fallback_shed(c->srv, "cancelled");
+        observe_fallback_shed("cancelled");
     }
 }
 
@@ -1124,7 +1159,7 @@ resolve_model(struct client *c)
         r->model_at = scan.model_at;
         r->model_len = scan.model_len;
         r->sized = scan.sized;
-        observe_request_scan(r, &scan);
+        observe_request_scan(&r->obs, &scan);
     }
     name = r->model_sent[0] != '\0' ? r->model_sent : cfg->proxy.default_model;
     r->model = model_canonical(cfg, name);
@@ -1352,13 +1387,13 @@ append_upstream_head(struct client *c, struct evbuffer *out, size_t body_len)
     PUT_LIT(b, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
     put_str(b, r->id);
     PUT_LIT(b, "\r\n");
-    if (observe_attempt_traceparent(c->srv, r, tp, sizeof(tp))) {
+    if (observe_attempt_traceparent(&r->obs, tp, sizeof(tp))) {
         PUT_LIT(b, "traceparent: ");
         put_str(b, tp);
         PUT_LIT(b, "\r\n");
-        if (r->ctx.tracestate[0] != '\0') {
+        if (observe_tracestate(&r->obs)[0] != '\0') {
             PUT_LIT(b, "tracestate: ");
-            put_str(b, r->ctx.tracestate);
+            put_str(b, observe_tracestate(&r->obs));
             PUT_LIT(b, "\r\n");
         }
     } else {
@@ -1493,7 +1528,7 @@ attempt_release(struct client *c, bool reusable)
         a->conn = NULL;
     }
     if (a->up != NULL) {
-        observe_attempt_end(c->srv, c->req);
+        observe_attempt_end(&c->req->obs);
         upstream_unref(a->up);
         a->up = NULL;
     }
@@ -1550,7 +1585,7 @@ attempt_start(struct client *c)
     }
     if (up == NULL) {
         if (r->attempts == 0) {
-            observe_all_open(srv, r);
+            observe_all_open(r->ups);
             give_up(c, "all_open", 503, "every upstream's circuit breaker is open");
         } else {
             give_up(c, "attempts_exhausted", r->fail_status, r->fail_cause);
@@ -1572,7 +1607,6 @@ attempt_start(struct client *c)
     a->status = 0;
     a->bytes_in = 0;
     a->keep_alive = false;
-    a->start_us = util_mono_us();
     a->paused = false;
     a->deadline_cut = false;
     a->remote_model = NULL;
@@ -1585,7 +1619,8 @@ attempt_start(struct client *c)
     } else if (a->timer == NULL) {
         a->timer = evtimer_new(srv->base, attempt_timer_cb, c);
     }
-    observe_attempt_start(srv, r);
+    observe_attempt_start(&r->obs, &r->hd, up, r->attempts,
+                          a->remote_model != NULL ? a->remote_model : r->model_sent);
     a->waiter.slot = &a->conn;
     attempt_set_state(c, ATTEMPT_CONNECT);
     rc = upstream_acquire(up, &a->waiter, upconn_event, c, &a->conn, &cause);
@@ -1596,7 +1631,7 @@ attempt_start(struct client *c)
     if (a->conn == NULL) {
         /* Every slot busy: wait, bounded by the deadline alone (attempt_timer_cb). */
         up->stats.pool_waits++;
-        observe_pool_wait(srv, up);
+        observe_pool_wait(up);
         attempt_set_state(c, ATTEMPT_WAIT_SLOT);
         timer_arm(a->timer, r->upstream_deadline_ms - now);
         return;
@@ -1640,7 +1675,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         a->ticket_open = false;
     }
     a->up->stats.failures++;
-    observe_attempt_failed(srv, r, reason, status);
+    observe_attempt_failed(&r->obs, a->up, reason);
     r->fail_status = status;
     snprintf(r->fail_cause, sizeof(r->fail_cause), "upstream %s: %s", a->up->name, cause);
 
@@ -1666,9 +1701,9 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         } else if (!retry_budget_try_spend(&srv->budget, now)) {
             why_not = "retry budget exhausted";
             log_warn("request %s: retry budget exhausted; not retrying", r->id);
-            observe_budget_exhausted(srv);
+            observe_budget_exhausted();
         } else {
-            observe_retry(srv, r, reason);
+            observe_retry(a->up, reason);
         }
         attempt_release(c, false);
         if (why_not != NULL) {
@@ -1697,7 +1732,7 @@ retry_possible(struct client *c, uint64_t delay)
     if (retry_budget_available(&c->srv->budget, now) == 0) {
         log_warn("request %s: retry budget exhausted; not retrying", r->id);
         c->srv->budget.exhausted++;
-        observe_budget_exhausted(c->srv);
+        observe_budget_exhausted();
         return false;
     }
     return true;
@@ -1766,7 +1801,7 @@ relay_head(struct client *c, const struct http_response_head *rh)
     PUT_LIT(b, "\r\n");
     evbuffer_add(out, b->data, b->len);
     r->status = rh->status;
-    r->mode = "real";
+    r->mode = EMBED_MODE_REAL;
 }
 
 /* The upstream's answer is complete: pool the connection and finish. */
@@ -1791,7 +1826,7 @@ attempt_complete(struct client *c)
     } else {
         a->up->stats.client_errors++;
     }
-    observe_attempt_success(c->srv, r);
+    observe_attempt_success(&r->obs, a->up, a->status);
     attempt_release(c, a->keep_alive && a->body_kind != HTTP_BODY_UNTIL_CLOSE);
     evtimer_del(c->timer);
     client_set_state(c, r->keep_alive ? CLIENT_WRITE : CLIENT_CLOSING);
@@ -1955,7 +1990,7 @@ on_response_head(struct client *c)
     a->body_kind = http_response_body_kind(&rh, r->is_head);
     a->remaining = rh.content_length > 0 ? (uint64_t)rh.content_length : 0;
     http_chunked_init(&a->chunk);
-    observe_attempt_status(c->srv, r, rh.status);
+    observe_attempt_status(&r->obs, rh.status);
 
     if (is_failure_status(rh.status)) {
         const struct http_header *ra = NULL;
@@ -1986,14 +2021,15 @@ on_response_head(struct client *c)
         breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
         a->ticket_open = false;
         a->up->stats.failures++;
-        observe_attempt_failed(c->srv, r, rh.status == 429 ? "429" : "5xx", rh.status);
+        observe_attempt_failed(&r->obs, a->up, rh.status == 429 ? "429" : "5xx");
     }
-    if (rh.status >= 200 && rh.status < 300 && observe_real_answer(c->srv, r)) {
+    if (rh.status >= 200 && rh.status < 300 &&
+        observe_real_answer(&r->obs, request_model_key(r), r->sized)) {
         /* Once a second per model at most (server_dim_due): a malloc that rarely. */
         a->dim_scan = xmalloc(sizeof(*a->dim_scan));
         embed_dim_scan_init(a->dim_scan, r->api);
     }
-    if (r->span != NULL && r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300) {
+    if (observe_sampled(&r->obs) && r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300) {
         a->edges = xcalloc(1, sizeof(*a->edges));
     }
     relay_head(c, &rh);
@@ -2024,7 +2060,7 @@ on_response_body(struct client *c, bool eof)
             a->ticket_open = false;
         }
         a->up->stats.failures++;
-        observe_attempt_failed(c->srv, r, "reset", a->status);
+        observe_attempt_failed(&r->obs, a->up, "reset");
         r->keep_alive = false;
         attempt_release(c, false);
         client_set_state(c, CLIENT_CLOSING);

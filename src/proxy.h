@@ -60,8 +60,6 @@ struct attempt {
     int status;
     bool keep_alive;
     size_t bytes_in;
-    uint64_t start_us;
-    struct trace_span *span;
     struct embed_dim_scan *dim_scan; /* a 2xx embedding answer's first vector, being counted */
     struct answer_edges *edges;      /* a traced 2xx embedding answer's edges, or NULL */
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
@@ -96,11 +94,8 @@ struct request {
     struct attempt att;
     struct fallback_job *job;
     int status; /* answered status, for logs and metrics */
-    const char *mode; /* "real", "fallback" or NULL */
-    struct trace_context trace_parent; /* from the caller's traceparent (and tracestate) */
-    bool has_parent;
-    struct trace_span *span; /* SERVER span, NULL when unsampled */
-    struct trace_context ctx; /* this request's context (server span) */
+    enum embed_mode mode;    /* where the answer's vectors came from; NONE before one */
+    struct observe_req obs;  /* its spans and input sizes, observe.c's */
     unsigned sniffed_dim;    /* vector size seen in a real 2xx answer, 0 if none */
     /* What the body says, scanned once at dispatch (embedding routes). */
     const char *model;          /* canonical (owned by cfg); NULL when none is named or known */
@@ -109,9 +104,6 @@ struct request {
     size_t model_at, model_len; /* its raw bytes in the body, rewritten per upstream; 0: absent */
     bool sized;                 /* the body sets "dimensions" */
     bool scanned;               /* the body is a well-formed request of its API */
-    uint32_t ninputs;
-    uint32_t textlen[OBSERVE_TEXTLEN_SLOTS]; /* input sizes by histogram bucket */
-    double textlen_sum;
     struct http_request_head hd; /* last: only its scalars are cleared per request */
 };
 

@@ -372,7 +372,7 @@ apply_reload(struct server *srv, struct config *cfg)
     config_unref(srv->cfg);
     srv->cfg = cfg;
     srv->reloads_ok++;
-    observe_reload(srv, true);
+    observe_reload(true);
     log_info("reload: %s applied (%zu upstreams)", cfg->path, cfg->nupstreams);
     check_nofile(srv);
     return;
@@ -388,7 +388,7 @@ fail:
     free(cause);
     config_unref(cfg);
     srv->reloads_failed++;
-    observe_reload(srv, false);
+    observe_reload(false);
 }
 
 static void start_reload(struct server *srv);
@@ -419,7 +419,7 @@ reload_done_cb(evutil_socket_t fd, short what, void *arg)
         }
         log_error("reload failed with %zu error(s); keeping the old config", job->errors.n);
         srv->reloads_failed++;
-        observe_reload(srv, false);
+        observe_reload(false);
     } else {
         apply_reload(srv, cfg);
     }
@@ -543,8 +543,9 @@ start_drain(struct server *srv, const char *why)
     evtimer_add(srv->drain_timer, &tv);
 }
 
-void
-server_client_gone(struct server *srv)
+/* srv->client_gone: the drain ends when its last client goes. */
+static void
+client_gone(struct server *srv)
 {
     if (srv->draining && srv->nclients == 0) {
         event_base_loopexit(srv->base, NULL);
@@ -581,6 +582,7 @@ server_init(struct server *srv, struct config *cfg)
 
     memset(srv, 0, sizeof(*srv));
     TAILQ_INIT(&srv->clients);
+    srv->client_gone = client_gone;
     srv->cfg = cfg;
     srv->started_mono_ms = util_mono_ms();
     srv->started_wall_ms = util_wall_ms();
@@ -620,7 +622,7 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->workers == NULL) {
         fatal("fallback worker: %s", cause);
     }
-    if (observe_init(srv, &ocause) < 0) {
+    if (observe_init(srv->cfg, &srv->ups, &srv->workers, &ocause) < 0) {
         fatal("telemetry: %s", ocause);
     }
     srv->listener =
@@ -663,7 +665,7 @@ int
 server_run(struct server *srv)
 {
     sockio_loop(srv->base);
-    log_info("stopped after %llu request(s)", (unsigned long long)srv->requests_total);
+    log_info("stopped after %llu request(s)", (unsigned long long)observe_totals().requests);
     return srv->exit_code;
 }
 
@@ -675,7 +677,7 @@ server_free(struct server *srv)
     proxy_shutdown();
     admin_close_all(srv);
     /* Bounded so drain_timeout + shutdown_timeout fits the stop timeouts (see akosha(8)). */
-    observe_shutdown(srv, srv->cfg->telemetry.shutdown_timeout_ms);
+    observe_shutdown(srv->cfg->telemetry.shutdown_timeout_ms);
     if (srv->workers != NULL) {
         worker_pool_free(srv->workers);
         srv->workers = NULL;

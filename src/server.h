@@ -21,7 +21,6 @@
 struct client;
 TAILQ_HEAD(client_list, client);
 struct worker_pool;
-struct otlp_exporter;
 struct reload_job;
 
 /*
@@ -63,21 +62,21 @@ struct server {
     int exit_code;
     struct retry_budget budget;
     struct worker_pool *workers;
-    struct otlp_exporter *otlp;
     uint64_t started_mono_ms;
     int64_t started_wall_ms;
     uint64_t rng;
-    uint64_t requests_total;
-    uint64_t fallback_total;
     uint64_t reloads_ok, reloads_failed;
+    /*
+     * Set by server_init; proxy.c calls it each time a client is freed, so
+     * a drain can finish. The traffic side reports up through this hook
+     * and calls nothing in server.c.
+     */
+    void (*client_gone)(struct server *srv);
 };
 
 /* Start-up: bind listeners, build upstreams; fatal on failure. Takes cfg's reference. */
 void server_init(struct server *srv, struct config *cfg);
 int server_run(struct server *srv);
 void server_free(struct server *srv);
-
-/* Called by proxy.c when a client goes away, to finish a drain. */
-void server_client_gone(struct server *srv);
 
 #endif
