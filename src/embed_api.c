@@ -1490,6 +1490,16 @@ hex4(const char *p)
  * checked by scan_string) into out, NUL-terminated. -1 when it does not
  * fit, or holds a NUL or a lone surrogate: no model is named that.
  */
+/* The character a one-letter JSON escape stands for ('n' -> newline, '"' -> '"'). */
+static char
+json_escaped_char(char c)
+{
+    static const char from[] = "bfnrt", to[] = "\b\f\n\r\t";
+    const char *p = strchr(from, c);
+
+    return p != NULL ? to[p - from] : c;
+}
+
 static int
 json_unescape(const char *s, size_t n, char *out, size_t cap)
 {
@@ -1508,15 +1518,17 @@ json_unescape(const char *s, size_t n, char *out, size_t cap)
             return -1;
         }
         switch (s[i + 1]) {
-        case '"': case '\\': case '/':
-            cp = (unsigned char)s[i + 1];
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+            cp = (unsigned char)json_escaped_char(s[i + 1]);
             i += 2;
             break;
-        case 'b': cp = '\b'; i += 2; break;
-        case 'f': cp = '\f'; i += 2; break;
-        case 'n': cp = '\n'; i += 2; break;
-        case 'r': cp = '\r'; i += 2; break;
-        case 't': cp = '\t'; i += 2; break;
         case 'u': {
             int hi = i + 6 <= n ? hex4(s + i + 2) : -1;
             if (hi < 0) {
