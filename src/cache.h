@@ -4,7 +4,9 @@
  *
  * Pure logic: time comes in as milliseconds, nothing here reads a clock, logs
  * or touches libevent, so the module links alone into unit tests. The store is
- * not thread-safe: the loop thread owns it (no locking).
+ * not thread-safe: the loop thread owns it (no locking). The key functions
+ * fetch OpenSSL's SHA-256 once, on first use, into a static: call them from
+ * the loop thread too (or once before other threads start).
  *
  * Keys. A request's prefix digest is computed once per request:
  *
