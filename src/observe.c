@@ -15,6 +15,7 @@
 
 #include <event2/buffer.h>
 
+#include "accesslog.h"
 #include "breaker.h"
 #include "fallback.h"
 #include "log.h"
@@ -188,6 +189,9 @@ collect_breakers(struct metrics_writer *w, void *arg)
     metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, (double)exported);
     metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, (double)dropped);
     metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, (double)failures);
+    accesslog_counters(srv->alog, &exported, &dropped);
+    metrics_writer_sample(w, METRIC_ACCESS_LOG_LINES, NULL, (double)exported);
+    metrics_writer_sample(w, METRIC_ACCESS_LOG_DROPPED, NULL, (double)dropped);
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
                           srv->workers ? (double)worker_pool_depth(srv->workers) : 0);
 }
@@ -414,6 +418,67 @@ observe_request_done(struct server *srv, struct request *r)
     if (r->sniffed_dim > 0) {
         model_learn_dim(observe_model_key(r), r->sniffed_dim, util_mono_ms());
     }
+}
+
+static bool
+trace_id_set(const uint8_t *id)
+{
+    for (size_t i = 0; i < TRACE_ID_SIZE; i++) {
+        if (id[i] != 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void
+observe_access(struct server *srv, const struct request *r, const char *peer)
+{
+    char trace_id[TRACE_ID_SIZE * 2 + 1];
+    struct accesslog_entry e;
+    const uint8_t *tid = NULL;
+    struct trace_context parent;
+
+    if (!accesslog_enabled(srv->alog)) {
+        return;
+    }
+    if (trace_id_set(r->ctx.trace_id)) {
+        tid = r->ctx.trace_id;
+    } else {
+        /* Not tracing: the caller's trace id still ties the line to its trace. */
+        const struct http_header *h = http_find_header(r->hd.headers, r->hd.nheaders, "traceparent");
+        if (h != NULL && trace_parse_traceparent(h->value, h->value_len, &parent)) {
+            tid = parent.trace_id;
+        }
+    }
+    if (tid != NULL) {
+        trace_hex(tid, TRACE_ID_SIZE, trace_id);
+    }
+    e = (struct accesslog_entry){
+        .time_ms = util_wall_ms(),
+        .request_id = r->id,
+        .trace_id = tid != NULL ? trace_id : NULL,
+        .client = peer,
+        .method = r->hd.method_str,
+        .method_len = r->hd.method_len,
+        .path = r->hd.path,
+        .path_len = r->hd.path_len,
+        .status = r->status,
+        .bytes_in = r->bytes_in + (r->body != NULL ? evbuffer_get_length(r->body) : 0),
+        .bytes_out = r->bytes_out,
+        .duration_us = util_mono_us() - r->start_us,
+        .model = r->model_sent[0] != '\0' ? r->model_sent : NULL,
+        .inputs = r->ninputs,
+        .attempts = r->attempts,
+        .mode = r->mode,
+        .reason = r->reason,
+    };
+    if (r->mode != NULL && strcmp(r->mode, "real") != 0) {
+        e.upstream = "local";
+    } else if (r->ntried > 0) {
+        e.upstream = r->tried[r->ntried - 1]->name;
+    }
+    accesslog_write(srv->alog, &e);
 }
 
 const char *

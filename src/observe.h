@@ -41,6 +41,8 @@ bool observe_real_answer(struct server *srv, struct request *r);
 /* The model key learned sizes go by: the canonical name, else the name as sent. */
 const char *observe_model_key(const struct request *r);
 void observe_server_span_end(struct server *srv, struct request *r);
+/* The request is over (answered, or its client left): its access log line. peer: client address. */
+void observe_access(struct server *srv, const struct request *r, const char *peer);
 void observe_connection_refused(struct server *srv);
 
 void observe_attempt_start(struct server *srv, struct request *r);

@@ -96,6 +96,9 @@ struct request {
     struct fallback_job *job;
     int status; /* answered status, for logs and metrics */
     const char *mode; /* "real", "fallback" or NULL */
+    const char *reason; /* static: why a fallback or an error answered (access log), or NULL */
+    uint64_t bytes_in;  /* the head's bytes (the body's are counted from its buffer) */
+    uint64_t bytes_out; /* bytes the client's socket took for this request */
     struct trace_context trace_parent; /* from the caller's traceparent (and tracestate) */
     bool has_parent;
     struct trace_span *span; /* SERVER span, NULL when unsampled */

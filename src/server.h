@@ -23,6 +23,7 @@ TAILQ_HEAD(client_list, client);
 struct worker_pool;
 struct otlp_exporter;
 struct reload_job;
+struct accesslog;
 
 /*
  * A listener whose accept(2) failed for want of descriptors or memory is
@@ -64,6 +65,7 @@ struct server {
     struct retry_budget budget;
     struct worker_pool *workers;
     struct otlp_exporter *otlp;
+    struct accesslog *alog; /* never NULL once running; takes no line while access_log = off */
     uint64_t started_mono_ms;
     int64_t started_wall_ms;
     uint64_t rng;
