@@ -473,6 +473,20 @@ observe_access(struct server *srv, const struct request *r, const char *peer)
         .mode = r->mode,
         .reason = r->reason,
     };
+    if (e.path == NULL && r->head != NULL) {
+        /* The head did not parse: its request line as sent, so the odd ones are seen. */
+        const char *line = r->head, *end = line + strcspn(line, "\r\n");
+        const char *sp = memchr(line, ' ', (size_t)(end - line));
+        if (sp != NULL) {
+            const char *target = sp + 1, *sp2 = memchr(target, ' ', (size_t)(end - target));
+            const char *tend = sp2 != NULL ? sp2 : end;
+            const char *q = memchr(target, '?', (size_t)(tend - target));
+            e.method = line;
+            e.method_len = (size_t)(sp - line);
+            e.path = target;
+            e.path_len = (size_t)((q != NULL ? q : tend) - target);
+        }
+    }
     if (r->mode != NULL && strcmp(r->mode, "real") != 0) {
         e.upstream = "local";
     } else if (r->ntried > 0) {
