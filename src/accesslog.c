@@ -68,24 +68,37 @@ put_padded(struct line *l, unsigned v, int width)
     l->len += (size_t)width;
 }
 
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ"; the seconds' part is kept per thread, gmtime_r once a second. */
 static void
 put_time(struct line *l, int64_t ms)
 {
+    static __thread int64_t cached_secs = -1;
+    static __thread char cached[19];
     time_t secs = (time_t)(ms / 1000);
     struct tm tm;
+    struct line c = {cached, 0};
 
+    if (secs == cached_secs) {
+        put(l, cached, sizeof(cached));
+        l->p[l->len++] = '.';
+        put_padded(l, (unsigned)(ms % 1000), 3);
+        l->p[l->len++] = 'Z';
+        return;
+    }
     gmtime_r(&secs, &tm);
-    put_padded(l, (unsigned)(tm.tm_year + 1900), 4);
-    l->p[l->len++] = '-';
-    put_padded(l, (unsigned)tm.tm_mon + 1, 2);
-    l->p[l->len++] = '-';
-    put_padded(l, (unsigned)tm.tm_mday, 2);
-    l->p[l->len++] = 'T';
-    put_padded(l, (unsigned)tm.tm_hour, 2);
-    l->p[l->len++] = ':';
-    put_padded(l, (unsigned)tm.tm_min, 2);
-    l->p[l->len++] = ':';
-    put_padded(l, (unsigned)tm.tm_sec, 2);
+    put_padded(&c, (unsigned)(tm.tm_year + 1900), 4);
+    c.p[c.len++] = '-';
+    put_padded(&c, (unsigned)tm.tm_mon + 1, 2);
+    c.p[c.len++] = '-';
+    put_padded(&c, (unsigned)tm.tm_mday, 2);
+    c.p[c.len++] = 'T';
+    put_padded(&c, (unsigned)tm.tm_hour, 2);
+    c.p[c.len++] = ':';
+    put_padded(&c, (unsigned)tm.tm_min, 2);
+    c.p[c.len++] = ':';
+    put_padded(&c, (unsigned)tm.tm_sec, 2);
+    cached_secs = secs;
+    put(l, cached, sizeof(cached));
     l->p[l->len++] = '.';
     put_padded(l, (unsigned)(ms % 1000), 3);
     l->p[l->len++] = 'Z';
@@ -161,11 +174,18 @@ put_json_chars(struct line *l, const char *str, size_t n, size_t max)
         unsigned char c = s[i];
         size_t seq;
         if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
-            if (l->len + 1 > end) {
+            /* a run of bytes written as they are: one copy */
+            size_t run = i + 1;
+            while (run < n && s[run] >= 0x20 && s[run] < 0x7F && s[run] != '"' &&
+                   s[run] != '\\') {
+                run++;
+            }
+            run = MIN(run - i, end - l->len);
+            if (run == 0) {
                 return;
             }
-            l->p[l->len++] = (char)c;
-            i++;
+            put(l, str + i, run);
+            i += run;
             continue;
         }
         if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t') {

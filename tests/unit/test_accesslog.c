@@ -299,3 +299,26 @@ Test(accesslog_ring, a_full_ring_drops_and_counts_without_waiting)
     unlink(fifo);
     rmdir(dir);
 }
+
+Test(accesslog_json, the_time_is_right_within_a_second_and_across_one)
+{
+    char line[ACCESSLOG_LINE_MAX];
+    struct accesslog_entry e = sample();
+    static const struct {
+        int64_t ms;
+        const char *want;
+    } cases[] = {
+        {1700000000123, "\"2023-11-14T22:13:20.123Z\""},
+        {1700000000999, "\"2023-11-14T22:13:20.999Z\""},
+        {1700000001000, "\"2023-11-14T22:13:21.000Z\""},
+        {1700000000005, "\"2023-11-14T22:13:20.005Z\""},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t n;
+        e.time_ms = cases[i].ms;
+        n = accesslog_format_line(ACCESSLOG_JSON, &e, line);
+        line[n] = '\0';
+        cr_assert_not_null(strstr(line, cases[i].want), "%s", line);
+    }
+}
