@@ -58,6 +58,12 @@ const struct config_key config_table[] = {
      OFF_G(proxy.retry_budget_min), "retries per second always allowed on top of the share"},
     {SEC_PROXY, "log_level", CT_ENUM, "info", NOB, true, false, false, "error|warn|info|debug",
      OFF_G(proxy.log_level), "least severe level written to stderr"},
+    {SEC_PROXY, "access_log", CT_STRING, "off", NOB, true, false, false, NULL,
+     OFF_G(proxy.access_log), "one line per proxied request: off, stderr or a file path"},
+    {SEC_PROXY, "access_log_format", CT_ENUM, "json", NOB, true, false, false, "json|text",
+     OFF_G(proxy.access_log_format), "access log lines as JSON objects or key=value text"},
+    {SEC_PROXY, "access_log_buffer", CT_SIZE, "1M", 4096, 1073741824.0, false, false, false, NULL,
+     OFF_G(proxy.access_log_buffer), "lines waiting for the disk; beyond it lines are dropped"},
     /* [admin] */
     {SEC_ADMIN, "listen", CT_LISTEN, "127.0.0.1:3002", NOB, true, false, false, NULL,
      OFF_G(admin.listen), "admin listener: /healthz /readyz /stats /config /metrics"},
@@ -1327,6 +1333,10 @@ validate_models(struct parser *p)
                   "%s:%d: [proxy] default_model: %s is named by no upstream's models and no "
                   "[model] section",
                   p->name, p->section_line[SEC_PROXY], cfg->proxy.default_model);
+    }
+    if (cfg->proxy.access_log != NULL && cfg->proxy.access_log[0] == '\0') {
+        add_error(p->errs, "%s:%d: [proxy] access_log: empty; off, stderr or a file path",
+                  p->name, p->section_line[SEC_PROXY]);
     }
 }
 

@@ -151,6 +151,9 @@ struct config {
         double retry_budget;
         double retry_budget_min;
         int log_level;
+        char *access_log;           /* "off", "stderr" or a path */
+        int access_log_format;      /* enum accesslog_format: 0 json, 1 text */
+        uint64_t access_log_buffer; /* the access log's ring, bytes */
     } proxy;
     struct {
         struct listen_addr listen;

@@ -138,6 +138,12 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
                               {NULL}, NO_BUCKETS},
     [METRIC_SPAN_EXPORT_FAILURES] = {"akosha_span_export_failures_total", METRIC_COUNTER, true,
                                      "OTLP export requests that failed.", {NULL}, NO_BUCKETS},
+    [METRIC_ACCESS_LOG_LINES] = {"akosha_access_log_lines_total", METRIC_COUNTER, true,
+                                 "Access log lines queued for writing.", {NULL}, NO_BUCKETS},
+    [METRIC_ACCESS_LOG_DROPPED] = {"akosha_access_log_dropped_total", METRIC_COUNTER, true,
+                                   "Access log lines dropped because access_log_buffer was "
+                                   "full (the file was slow or could not be opened).",
+                                   {NULL}, NO_BUCKETS},
     [METRIC_PROCESS_RESIDENT_MEMORY] = {"process_resident_memory_bytes", METRIC_GAUGE, true,
                                         "Resident memory size in bytes.", {NULL}, NO_BUCKETS},
     [METRIC_PROCESS_VIRTUAL_MEMORY] = {"process_virtual_memory_bytes", METRIC_GAUGE, true,

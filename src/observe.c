@@ -15,6 +15,7 @@
 
 #include <event2/buffer.h>
 
+#include "accesslog.h"
 #include "breaker.h"
 #include "fallback.h"
 #include "log.h"
@@ -72,9 +73,8 @@ static bool tracing;
 static struct telemetry_settings tele;
 static struct otlp_exporter *exporter; /* NULL when not tracing */
 static struct observe_totals totals;
-/* the server's current upstream set and worker pool, read at scrape time */
-static struct upstream_set *const *cur_ups;
-static struct worker_pool *const *cur_workers;
+/* the server's current upstream set, worker pool and access log, read at scrape time */
+static struct observe_sources sources;
 
 static void observe_batch(enum embed_mode m, size_t ninputs);
 
@@ -171,8 +171,8 @@ breaker_samples(struct metrics_writer *w, const char *name, const struct breaker
 static void
 collect_breakers(struct metrics_writer *w, void *arg)
 {
-    const struct upstream_set *ups = *cur_ups;
-    struct worker_pool *workers = *cur_workers;
+    const struct upstream_set *ups = *sources.ups;
+    struct worker_pool *workers = *sources.workers;
     struct breaker_stats st;
     uint64_t exported = 0, dropped = 0, failures = 0;
 
@@ -194,16 +194,17 @@ collect_breakers(struct metrics_writer *w, void *arg)
     metrics_writer_sample(w, METRIC_SPANS_EXPORTED, NULL, (double)exported);
     metrics_writer_sample(w, METRIC_SPANS_DROPPED, NULL, (double)dropped);
     metrics_writer_sample(w, METRIC_SPAN_EXPORT_FAILURES, NULL, (double)failures);
+    accesslog_counters(*sources.alog, &exported, &dropped);
+    metrics_writer_sample(w, METRIC_ACCESS_LOG_LINES, NULL, (double)exported);
+    metrics_writer_sample(w, METRIC_ACCESS_LOG_DROPPED, NULL, (double)dropped);
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
                           workers ? (double)worker_pool_depth(workers) : 0);
 }
 
 int
-observe_init(const struct config *cfg, struct upstream_set *const *ups,
-             struct worker_pool *const *workers, const char **cause)
+observe_init(const struct config *cfg, const struct observe_sources *src, const char **cause)
 {
-    cur_ups = ups;
-    cur_workers = workers;
+    sources = *src;
     metrics_set_build_info(PACKAGE_VERSION);
     metrics_add_collector(collect_breakers, NULL);
     for (int i = EMBED_MODE_REAL; i < EMBED_MODES; i++) {
@@ -363,6 +364,18 @@ const char *
 observe_tracestate(const struct observe_req *o)
 {
     return o->ctx.tracestate;
+}
+
+bool
+observe_trace_id(const struct observe_req *o, uint8_t out[TRACE_ID_SIZE])
+{
+    static const uint8_t zero[TRACE_ID_SIZE];
+
+    if (memcmp(o->ctx.trace_id, zero, TRACE_ID_SIZE) == 0) {
+        return false;
+    }
+    memcpy(out, o->ctx.trace_id, TRACE_ID_SIZE);
+    return true;
 }
 
 bool

@@ -24,6 +24,7 @@ struct upstream;
 struct upstream_set;
 struct worker_pool;
 struct otlp_exporter;
+struct accesslog;
 struct embed_scan;
 struct fallback_outcome;
 
@@ -61,13 +62,18 @@ struct observe_answer {
 };
 
 /*
- * Start-up: tracing from cfg plus the environment, and the collectors read
- * at scrape time. *ups and *workers are the server's current upstream set
- * and worker pool, read through these pointers on each scrape (they change
- * on reload). Returns 0, or -1 with *cause set.
+ * What the scrape-time collectors read: the server's current upstream set,
+ * worker pool and access log, through the server's own pointers (they
+ * change on reload). The pointers must outlive observe_shutdown.
  */
-int observe_init(const struct config *cfg, struct upstream_set *const *ups,
-                 struct worker_pool *const *workers, const char **cause);
+struct observe_sources {
+    struct upstream_set *const *ups;
+    struct worker_pool *const *workers;
+    struct accesslog *const *alog;
+};
+/* Start-up: tracing from cfg plus the environment; src is copied. 0, or -1 with *cause. */
+int observe_init(const struct config *cfg, const struct observe_sources *src,
+                 const char **cause);
 void observe_shutdown(unsigned long timeout_ms);
 void observe_reload(bool ok);
 /* The span exporter, NULL when not tracing (its breaker, for /stats). */
@@ -95,6 +101,8 @@ const char *observe_tracestate(const struct observe_req *o);
  * the caller's "dimensions").
  */
 bool observe_real_answer(struct observe_req *o, const char *model_key, bool sized);
+/* The request's trace id (tracing on), into out; false when there is none. */
+bool observe_trace_id(const struct observe_req *o, uint8_t out[TRACE_ID_SIZE]);
 /* Whether the request has a SERVER span (sampled). */
 bool observe_sampled(const struct observe_req *o);
 /* The SERVER span ends with the answer; a no-op when unsampled. */

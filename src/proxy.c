@@ -34,6 +34,7 @@
 
 #include <event2/buffer.h>
 
+#include "accesslog.h"
 #include "fallback.h"
 #include "log.h"
 #include "model.h"
@@ -165,6 +166,19 @@ stream_resume(struct client *c)
  * (upconn_flush), answers are not held to the end of the loop turn: held,
  * they measured 2 % slower, with more context switches, than sent at once.
  */
+/* sockio_write, counting what the socket took against the request (access log). */
+static ssize_t
+client_write(struct client *c)
+{
+    size_t before = evbuffer_get_length(c->out);
+    ssize_t left = sockio_write(c->fd, c->out);
+
+    if (left >= 0 && c->req != NULL) {
+        c->req->bytes_out += before - (size_t)left;
+    }
+    return left;
+}
+
 static void
 client_flush(struct client *c)
 {
@@ -173,7 +187,7 @@ client_flush(struct client *c)
     if (event_pending(c->wev, EV_WRITE, NULL)) {
         return; /* blocked already: client_write_cb sends it in order */
     }
-    left = sockio_write(c->fd, c->out);
+    left = client_write(c);
     if (left < 0) {
         c->write_failed = true;
         event_active(c->drive_ev, 0, 0);
@@ -272,6 +286,10 @@ proxy_respond_error(struct client *c, int status, const char *type, const char *
     size_t len;
     char *body = embed_render_error(api, message, type, NULL, NULL, &len);
 
+    if (c->req != NULL && c->req->reason == NULL) {
+        c->req->reason = type; /* a more precise cause, when known, was set already */
+    }
+
     proxy_respond(c, status, "application/json", body, len, extra_headers);
     free(body);
 }
@@ -347,6 +365,75 @@ answer_of(const struct request *r, struct observe_answer *a)
     return a;
 }
 
+/* The request is over (answered, or its client left): its access log line. */
+static void
+access_line(struct client *c)
+{
+    const struct request *r = c->req;
+    struct accesslog *log = c->srv->alog;
+    char trace_id[TRACE_ID_SIZE * 2 + 1];
+    uint8_t tid[TRACE_ID_SIZE];
+    bool has_tid;
+    struct accesslog_entry e;
+
+    if (!accesslog_enabled(log)) {
+        return;
+    }
+    has_tid = observe_trace_id(&r->obs, tid);
+    if (!has_tid && r->hd.path != NULL) {
+        /* Not tracing: the caller's trace id still ties the line to its trace. */
+        const struct http_header *h =
+            http_find_header(r->hd.headers, r->hd.nheaders, "traceparent");
+        struct trace_context parent;
+        if (h != NULL && trace_parse_traceparent(h->value, h->value_len, &parent)) {
+            memcpy(tid, parent.trace_id, TRACE_ID_SIZE);
+            has_tid = true;
+        }
+    }
+    if (has_tid) {
+        trace_hex(tid, TRACE_ID_SIZE, trace_id);
+    }
+    e = (struct accesslog_entry){
+        .time_ms = util_wall_ms(),
+        .request_id = r->id,
+        .trace_id = has_tid ? trace_id : NULL,
+        .client = c->addr,
+        .method = r->hd.method_str,
+        .method_len = r->hd.method_len,
+        .path = r->hd.path,
+        .path_len = r->hd.path_len,
+        .status = r->status,
+        .bytes_in = r->bytes_in + (r->body != NULL ? evbuffer_get_length(r->body) : 0),
+        .bytes_out = r->bytes_out,
+        .duration_us = util_mono_us() - r->start_us,
+        .model = r->model_sent[0] != '\0' ? r->model_sent : NULL,
+        .inputs = r->ninputs,
+        .attempts = r->attempts,
+        .mode = r->mode != EMBED_MODE_NONE ? embed_mode_name(r->mode) : NULL,
+        .reason = r->reason,
+    };
+    if (e.path == NULL && r->head != NULL) {
+        /* The head did not parse: its request line as sent, so the odd ones are seen. */
+        const char *line = r->head, *end = line + strcspn(line, "\r\n");
+        const char *sp = memchr(line, ' ', (size_t)(end - line));
+        if (sp != NULL) {
+            const char *target = sp + 1, *sp2 = memchr(target, ' ', (size_t)(end - target));
+            const char *tend = sp2 != NULL ? sp2 : end;
+            const char *q = memchr(target, '?', (size_t)(tend - target));
+            e.method = line;
+            e.method_len = (size_t)(sp - line);
+            e.path = target;
+            e.path_len = (size_t)((q != NULL ? q : tend) - target);
+        }
+    }
+    if (r->mode == EMBED_MODE_LOCAL || r->mode == EMBED_MODE_FALLBACK) {
+        e.upstream = "local";
+    } else if (r->ntried > 0) {
+        e.upstream = r->tried[r->ntried - 1]->name;
+    }
+    accesslog_write(log, &e);
+}
+
 static void
 request_free(struct client *c)
 {
@@ -402,6 +489,7 @@ request_done(struct client *c)
     struct observe_answer ans;
 
     observe_request_done(answer_of(r, &ans), request_model_key(r));
+    access_line(c);
     log_debug("request %s: %.*s %.*s -> %d (%s) in %" PRIu64 "us", r->id, (int)r->hd.method_len,
               r->hd.method_str, (int)r->hd.target_len, r->hd.target, r->status,
               r->mode != EMBED_MODE_NONE ? embed_mode_name(r->mode) : "proxy",
@@ -525,6 +613,7 @@ start_request(struct client *c, size_t head_len)
     r->head = xmalloc(head_len + 1);
     evbuffer_remove(in, r->head, head_len);
     r->head[head_len] = '\0';
+    r->bytes_in = head_len;
     r->route = "other";
     r->api = EMBED_API_NONE;
     r->fail_status = 502;
@@ -714,6 +803,7 @@ static void
 client_gone(struct client *c, const char *why)
 {
     if (c->req != NULL) {
+        c->req->reason = "client_gone";
         log_info("request %s: client %s %s in state %s", c->req->id, c->addr, why,
                  client_state_names[c->state]);
     }
@@ -783,7 +873,8 @@ client_write_cb(evutil_socket_t fd, short what, void *arg)
         client_gone(c, "stopped reading its answer");
         return;
     }
-    left = sockio_write(fd, c->out);
+    (void)fd;
+    left = client_write(c);
     if (left < 0) {
         client_gone(c, "could not be written to");
         return;
@@ -830,6 +921,7 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     case CLIENT_READ_BODY:
     case CLIENT_DISPATCH:
+        c->req->reason = "request_timeout";
         log_warn("request %s: request_timeout reached in %s", c->req->id,
                  client_state_names[c->state]);
         attempt_abort(c);
@@ -840,6 +932,7 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     case CLIENT_STREAM:
         /* The status line is out; the only honest signal left is a cut. */
+        c->req->reason = "request_timeout";
         log_warn("request %s: request_timeout reached while streaming; closing", c->req->id);
         client_free(c);
         return;
@@ -859,6 +952,9 @@ client_free(struct client *c)
         struct observe_answer ans;
         /* answered, then closed: still counted once */
         observe_request_done(answer_of(c->req, &ans), request_model_key(c->req));
+    }
+    if (c->req != NULL) {
+        access_line(c); /* answered and closed, or the client left */
     }
     request_free(c);
     free(c->spare);
@@ -957,7 +1053,11 @@ void
 proxy_close_all(struct server *srv)
 {
     while (!TAILQ_EMPTY(&srv->clients)) {
-        client_free(TAILQ_FIRST(&srv->clients));
+        struct client *c = TAILQ_FIRST(&srv->clients);
+        if (c->req != NULL) {
+            c->req->reason = "closed_at_shutdown";
+        }
+        client_free(c);
     }
 }
 
@@ -1003,6 +1103,9 @@ fallback_finished(void *arg, const struct fallback_outcome *o)
     struct request *r = c->req;
 
     r->job = NULL;
+    if (o->shed != NULL) {
+        r->reason = o->shed;
+    }
     if (o->status == 200 && o->er != NULL) {
         r->mode = o->mode;
         snprintf(r->response_model, sizeof(r->response_model), "%s", o->model_name);
@@ -1031,12 +1134,14 @@ answer_from_fallback(struct client *c, const char *reason)
         .deadline_ms = r->deadline_ms,
     };
 
+    r->reason = reason;
     r->job = fallback_submit(c->srv->workers, &fr, &fallback_to_client, c);
     if (r->job == NULL) {
         char hb[256];
         size_t len;
         char *body = embed_render_error(r->api, "fallback queue is full; retry shortly",
                                         "overloaded", NULL, "queue_full", &len);
+        r->reason = "queue_full";
         log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
                  (long long)r->cfg->fallback.queue_size);
         observe_fallback("queue_full", r->model);
@@ -1108,6 +1213,8 @@ give_up(struct client *c, const char *fallback_reason, int status, const char *m
     struct request *r = c->req;
     bool deadline = strcmp(fallback_reason, "deadline") == 0;
 
+    r->reason = fallback_reason;
+
     if (fallback_applies(c)) {
         answer_from_fallback(c, fallback_reason);
         return;
@@ -1159,6 +1266,7 @@ resolve_model(struct client *c)
         r->model_at = scan.model_at;
         r->model_len = scan.model_len;
         r->sized = scan.sized;
+        r->ninputs = (uint32_t)scan.ninputs;
         observe_request_scan(&r->obs, &scan);
     }
     name = r->model_sent[0] != '\0' ? r->model_sent : cfg->proxy.default_model;
@@ -1175,6 +1283,7 @@ resolve_model(struct client *c)
         err = embed_render_error(r->api, msg, "invalid_request_error", "model", "model_not_found",
                                  &len);
         log_info("request %s: model '%s' is not configured: 404", r->id, name);
+        r->reason = "model_not_found";
         proxy_respond(c, 404, "application/json", err, len, NULL);
         free(err);
         client_drive(c);

@@ -96,6 +96,9 @@ struct request {
     int status; /* answered status, for logs and metrics */
     enum embed_mode mode;    /* where the answer's vectors came from; NONE before one */
     struct observe_req obs;  /* its spans and input sizes, observe.c's */
+    const char *reason; /* static: why a fallback or an error answered (access log), or NULL */
+    uint64_t bytes_in;  /* the head's bytes (the body's are counted from its buffer) */
+    uint64_t bytes_out; /* bytes the client's socket took for this request */
     unsigned sniffed_dim;    /* vector size seen in a real 2xx answer, 0 if none */
     /* What the body says, scanned once at dispatch (embedding routes). */
     const char *model;          /* canonical (owned by cfg); NULL when none is named or known */
@@ -104,6 +107,7 @@ struct request {
     size_t model_at, model_len; /* its raw bytes in the body, rewritten per upstream; 0: absent */
     bool sized;                 /* the body sets "dimensions" */
     bool scanned;               /* the body is a well-formed request of its API */
+    uint32_t ninputs;           /* its inputs, when scanned */
     struct http_request_head hd; /* last: only its scalars are cleared per request */
 };
 

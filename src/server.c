@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "admin.h"
 #include "fallback.h"
 #include "log.h"
@@ -369,6 +370,9 @@ apply_reload(struct server *srv, struct config *cfg)
     buf_free(&restart);
     retry_budget_configure(&srv->budget, cfg->proxy.retry_budget, cfg->proxy.retry_budget_min);
     log_set_level(cfg->proxy.log_level);
+    /* A new path is opened by the writer thread; a bad one is logged there and retried. */
+    accesslog_configure(srv->alog, cfg->proxy.access_log,
+                        (enum accesslog_format)cfg->proxy.access_log_format);
     config_unref(srv->cfg);
     srv->cfg = cfg;
     srv->reloads_ok++;
@@ -470,6 +474,7 @@ start_reload(struct server *srv)
 }
 
 #define RELOAD_STOP_WAIT_MS 1000
+#define ACCESSLOG_SHUTDOWN_MS 1000 /* queued access log lines get this long to be written */
 
 /* At shutdown: wait for a parse about to finish, leave a stuck one to end on its own. */
 static void
@@ -568,6 +573,11 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
     case SIGHUP:
         start_reload(srv);
         break;
+    case SIGUSR1:
+        /* logrotate moved the file: the writer thread opens it again by its name. */
+        log_info("SIGUSR1: reopening the access log");
+        accesslog_reopen(srv->alog);
+        break;
     }
 }
 
@@ -576,7 +586,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 void
 server_init(struct server *srv, struct config *cfg)
 {
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
     char *cause = NULL;
     const char *ocause = NULL;
 
@@ -622,7 +632,14 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->workers == NULL) {
         fatal("fallback worker: %s", cause);
     }
-    if (observe_init(srv->cfg, &srv->ups, &srv->workers, &ocause) < 0) {
+    srv->alog = accesslog_new(cfg->proxy.access_log,
+                              (enum accesslog_format)cfg->proxy.access_log_format,
+                              cfg->proxy.access_log_buffer, &cause);
+    if (srv->alog == NULL) {
+        fatal("%s", cause);
+    }
+    if (observe_init(srv->cfg, &(struct observe_sources){&srv->ups, &srv->workers, &srv->alog},
+                     &ocause) < 0) {
         fatal("telemetry: %s", ocause);
     }
     srv->listener =
@@ -675,6 +692,9 @@ server_free(struct server *srv)
     reload_stop(srv);
     proxy_close_all(srv);
     proxy_shutdown();
+    /* After the last client's line; what the disk has not taken within this is counted lost. */
+    accesslog_free(srv->alog, ACCESSLOG_SHUTDOWN_MS);
+    srv->alog = NULL;
     admin_close_all(srv);
     /* Bounded so drain_timeout + shutdown_timeout fits the stop timeouts (see akosha(8)). */
     observe_shutdown(srv->cfg->telemetry.shutdown_timeout_ms);

@@ -22,6 +22,7 @@ struct client;
 TAILQ_HEAD(client_list, client);
 struct worker_pool;
 struct reload_job;
+struct accesslog;
 
 /*
  * A listener whose accept(2) failed for want of descriptors or memory is
@@ -62,6 +63,7 @@ struct server {
     int exit_code;
     struct retry_budget budget;
     struct worker_pool *workers;
+    struct accesslog *alog; /* never NULL once running; takes no line while access_log = off */
     uint64_t started_mono_ms;
     int64_t started_wall_ms;
     uint64_t rng;
