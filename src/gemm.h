@@ -2,13 +2,14 @@
  * gemm.h - the local model's dense layers: c += a . w^T with the weights w
  * packed once, at load, into the layout the kernels read.
  *
- * Why not OpenBLAS for these: sgemm copies ("packs") the whole of b into its
- * own layout on every call. With 12 rows (one short text) that copy was 63 %
- * of a forward pass (perf, OpenBLAS 0.3.21 SkylakeX kernels); the arithmetic
- * was 23 %. These kernels read b where it lies, once per block of rows (12
- * with AVX-512, 6 with AVX2), and keep the block's sums in registers. For
- * many rows OpenBLAS's blocking wins, and bert.c calls it instead (see there
- * for the measured crossover).
+ * Why not OpenBLAS for these: sgemm copies ("packs") the whole weight matrix
+ * into its own layout on every call. With 12 rows (one short text) that copy
+ * was 63 % of a forward pass (perf, OpenBLAS 0.3.21 SkylakeX kernels); the
+ * arithmetic was 23 %. These kernels read the weights packed once, once per
+ * block of rows (12 with AVX-512, 6 with AVX2), and keep the block's sums in
+ * registers. OpenBLAS is faster by 4-16 % at hundreds of rows, but only on
+ * the original layout, a second copy of the weights (see dense() in bert.c
+ * and doc/BENCHMARK.md for the measurements).
  *
  * The kernel set is chosen once from the CPU (AVX-512F, AVX2 with FMA, or
  * portable C); AKOSHA_GEMM=portable|avx2|avx512 in the environment, or
