@@ -12,8 +12,9 @@
  * the model mean-pools and does not normalise, as sentence-transformers does.
  *
  * A loaded model is immutable: any number of threads may call bert_embed on
- * it at once, each with its own scratch. Matrix products go to OpenBLAS,
- * single-threaded (the worker pool is the parallelism; see blas.h). bert_load does
+ * it at once, each with its own scratch. The dense layers run on gemm.c's
+ * kernels, attention on OpenBLAS, single-threaded (the worker pool is the
+ * parallelism; see blas.h and gemm.h). bert_load does
  * blocking file I/O: call it from a start-up or reload thread.
  */
 #ifndef AKOSHA_BERT_H

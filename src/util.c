@@ -21,6 +21,17 @@ oom(size_t size)
 }
 
 void *
+xaligned_alloc(size_t align, size_t size)
+{
+    void *p = NULL;
+
+    if (posix_memalign(&p, align, size ? size : 1) != 0) {
+        oom(size);
+    }
+    return p;
+}
+
+void *
 xmalloc(size_t size)
 {
     void *p = malloc(size ? size : 1);

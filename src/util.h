@@ -20,6 +20,8 @@
 void *xmalloc(size_t size);
 void *xcalloc(size_t nmemb, size_t size);
 void *xrealloc(void *ptr, size_t size);
+/* size bytes aligned to align (a power of two, at least sizeof(void *)); free() frees it. */
+void *xaligned_alloc(size_t align, size_t size);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 /* Returns a malloc'd string the caller owns. */

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "bert.h"
+#include "gemm.h"
 #include "util.h"
 #include "wordpiece.h"
 
@@ -314,9 +315,10 @@ main(int argc, char **argv)
         return 1;
     }
     printf("model: all-MiniLM-L6-v2 shape, random F32 weights (%.1f MiB as float32), "
-           "loaded in %.0f ms; 1 thread, OpenBLAS %s kernels\n",
+           "loaded in %.0f ms; 1 thread, dense layers on gemm.c's %s kernels, attention on "
+           "OpenBLAS %s\n",
            (double)bert_info(m)->weight_bytes / (1 << 20), (double)(util_mono_us() - t0) / 1e3,
-           bert_info(m)->blas_core);
+           gemm_path_name(gemm_path()), bert_info(m)->blas_core);
     if (keep == NULL) {
         cmd = xasprintf("rm -rf '%s'", dir);
         if (system(cmd) != 0) {

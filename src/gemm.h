@@ -1,0 +1,73 @@
+/*
+ * gemm.h - the local model's dense layers: c += a . w^T with the weights w
+ * packed once, at load, into the layout the kernels read.
+ *
+ * Why not OpenBLAS for these: sgemm copies ("packs") the whole weight matrix
+ * into its own layout on every call. With 12 rows (one short text) that copy
+ * was 63 % of a forward pass (perf, OpenBLAS 0.3.21 SkylakeX kernels); the
+ * arithmetic was 23 %. These kernels read the weights packed once, once per
+ * block of rows (12 with AVX-512, 6 with AVX2), and keep the block's sums in
+ * registers. OpenBLAS is faster by 4-16 % at hundreds of rows, but only on
+ * the original layout, a second copy of the weights (see dense() in bert.c
+ * and doc/BENCHMARK.md for the measurements).
+ *
+ * The kernel set is chosen once from the CPU (AVX-512F, AVX2 with FMA, or
+ * portable C); AKOSHA_GEMM=portable|avx2|avx512 in the environment, or
+ * gemm_use() from a test, chooses another one the CPU supports.
+ */
+#ifndef AKOSHA_GEMM_H
+#define AKOSHA_GEMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum gemm_path {
+    GEMM_PORTABLE,
+    GEMM_AVX2,   /* AVX2 and FMA */
+    GEMM_AVX512, /* AVX-512F */
+};
+
+/* Columns per panel of a packed matrix. */
+#define GEMM_PANEL 32
+
+/*
+ * A weight matrix in the kernels' layout: panels of GEMM_PANEL output
+ * columns, each [k x GEMM_PANEL] row-major, so that a kernel reads one panel
+ * front to back; the last panel is padded with zeros.
+ */
+struct gemm_packed {
+    size_t n, k;
+    float *panels; /* ceil(n / GEMM_PANEL) * GEMM_PANEL * k floats, 64-byte aligned */
+};
+
+/*
+ * Pack w[n x k] (row-major: n outputs of k inputs each, as a Linear layer
+ * stores its weight) into *out. out->panels is owned by *out: free it with
+ * gemm_packed_free.
+ */
+void gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k);
+
+void gemm_packed_free(struct gemm_packed *p);
+
+/*
+ * c[m x n] += a[m x k] . w^T, with w packed in b: a and c row-major with
+ * leading dimensions lda and ldc (in floats). Thread-safe.
+ */
+void gemm_acc(size_t m, const float *a, size_t lda, const struct gemm_packed *b, float *c,
+              size_t ldc);
+
+/* The kernel set gemm_acc runs now. */
+enum gemm_path gemm_path(void);
+
+const char *gemm_path_name(enum gemm_path path);
+
+/* Whether this CPU (and build) can run path. */
+bool gemm_supported(enum gemm_path path);
+
+/*
+ * Run path from now on (for tests and benchmarks; not while another thread
+ * is inside gemm_acc). Returns false, changing nothing, when unsupported.
+ */
+bool gemm_use(enum gemm_path path);
+
+#endif
