@@ -100,6 +100,16 @@ const struct config_key config_table[] = {
      OFF_G(telemetry.console_export), "also print each finished span as JSON on stderr"},
     {SEC_TELEMETRY, "shutdown_timeout", CT_DURATION, "5s", 0, 60000, true, false, false, NULL,
      OFF_G(telemetry.shutdown_timeout_ms), "after the drain, time left to export queued spans"},
+    /* [cache] */
+    {SEC_CACHE, "memory", CT_SIZE, NULL, 0, 1099511627776.0, false, false, false, NULL,
+     OFF_G(cache.memory), "memory for cached vectors, all overhead counted; unset or 0: off"},
+    {SEC_CACHE, "ttl", CT_DURATION, "7d", 0, 315360000000.0, true, false, false, NULL,
+     OFF_G(cache.ttl_ms), "a cached vector younger than this answers without an upstream"},
+    {SEC_CACHE, "stale_if_error", CT_DURATION, "30d", 0, 315360000000.0, true, false, false,
+     NULL, OFF_G(cache.stale_if_error_ms),
+     "an older one up to this age answers only when no upstream can; >= ttl"},
+    {SEC_CACHE, "per_caller", CT_BOOL, "no", NOB, true, false, false, NULL,
+     OFF_G(cache.per_caller), "key entries by the caller's Authorization too: no sharing"},
     /* [upstream NAME] */
     {SEC_UPSTREAM, "url", CT_URL, NULL, NOB, true, true, false, NULL, OFF_U(url),
      "http:// or https:// base URL, with an optional path prefix"},
@@ -150,13 +160,15 @@ const struct config_key config_table[] = {
      "fallback vector size for requests naming this model"},
     {SEC_MODEL, "aliases", CT_LIST, NULL, NOB, true, false, false, NULL, OFF_M(aliases),
      "other names callers use for this model"},
+    {SEC_MODEL, "revision", CT_STRING, "", NOB, true, false, false, NULL, OFF_M(revision),
+     "part of the cache key: change it when the model behind the name changes"},
     {SEC_MODEL, "local", CT_STRING, NULL, NOB, true, false, false, NULL, OFF_M(local),
      "this model's sentence-transformers directory, run locally when upstreams fail"},
 };
 const size_t config_table_len = ARRAY_SIZE(config_table);
 
-static const char *section_names[SEC_COUNT] = {"proxy",    "admin",    "fallback",
-                                               "telemetry", "upstream", "model"};
+static const char *section_names[SEC_COUNT] = {"proxy",     "admin", "fallback", "telemetry",
+                                               "cache",     "upstream", "model"};
 
 const char *
 config_section_name(enum config_section_kind s)
@@ -185,13 +197,13 @@ config_parse_duration(const char *s, uint64_t *ms, const char **cause)
     double mult;
 
     if (!isdigit((unsigned char)*s)) {
-        *cause = "expected a duration like 250ms, 30s, 5m, 1h";
+        *cause = "expected a duration like 250ms, 30s, 5m, 1h, 7d";
         return -1;
     }
     errno = 0;
     v = strtod(s, &end);
     if (errno != 0 || end == s) {
-        *cause = "expected a duration like 250ms, 30s, 5m, 1h";
+        *cause = "expected a duration like 250ms, 30s, 5m, 1h, 7d";
         return -1;
     }
     if (strcmp(end, "ms") == 0) {
@@ -202,11 +214,13 @@ config_parse_duration(const char *s, uint64_t *ms, const char **cause)
         mult = 60000;
     } else if (strcmp(end, "h") == 0) {
         mult = 3600000;
+    } else if (strcmp(end, "d") == 0) {
+        mult = 86400000;
     } else if (*end == '\0') {
-        *cause = "a duration needs a unit: ms, s, m or h";
+        *cause = "a duration needs a unit: ms, s, m, h or d";
         return -1;
     } else {
-        *cause = "unknown duration unit (use ms, s, m or h)";
+        *cause = "unknown duration unit (use ms, s, m, h or d)";
         return -1;
     }
     v *= mult;
@@ -1150,6 +1164,7 @@ open_section(struct parser *p, char *spec)
             m->name = xstrdup(name);
             m->line = p->line;
             m->raw = xcalloc(config_table_len, sizeof(char *));
+            apply_defaults(p, SEC_MODEL, m);
             p->target = m;
         }
         (*n)++;
@@ -1377,6 +1392,12 @@ validate(struct parser *p)
         }
     }
     validate_models(p);
+    if (cfg->cache.stale_if_error_ms < cfg->cache.ttl_ms) {
+        add_error(p->errs,
+                  "%s:%d: [cache] stale_if_error: shorter than ttl; an entry is served stale "
+                  "only after its ttl, so stale_if_error must be at least ttl",
+                  p->name, p->section_line[SEC_CACHE]);
+    }
     if (cfg->proxy.listen.text != NULL && cfg->admin.listen.text != NULL &&
         cfg->proxy.listen.sslen == cfg->admin.listen.sslen &&
         memcmp(&cfg->proxy.listen.ss, &cfg->admin.listen.ss, cfg->proxy.listen.sslen) == 0) {

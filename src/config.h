@@ -37,6 +37,7 @@ enum config_section_kind {
     SEC_ADMIN,
     SEC_FALLBACK,
     SEC_TELEMETRY,
+    SEC_CACHE,
     SEC_UPSTREAM, /* repeatable, named */
     SEC_MODEL,    /* repeatable, named */
     SEC_COUNT
@@ -130,6 +131,7 @@ struct model_config {
     int line;
     int64_t dimensions; /* 0 when not set */
     struct name_list aliases;
+    char *revision;     /* part of every cache key; "" when none */
     char *local;        /* a sentence-transformers directory run on the CPU, or NULL */
     struct bert *bert;  /* derived: local loaded (by the loading thread), owned */
     char **raw;
@@ -177,6 +179,12 @@ struct config {
         bool console_export;
         uint64_t shutdown_timeout_ms;
     } telemetry;
+    struct {
+        uint64_t memory; /* bytes; 0 (unset): no memory cache */
+        uint64_t ttl_ms;
+        uint64_t stale_if_error_ms; /* >= ttl_ms, checked at load */
+        bool per_caller;
+    } cache;
     struct upstream_config *upstreams;
     size_t nupstreams;
     struct model_config *models;

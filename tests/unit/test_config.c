@@ -76,6 +76,37 @@ Test(config, empty_file_gives_every_default)
     config_free(cfg);
 }
 
+Test(config, cache_section_defaults_values_and_stale_not_below_ttl)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("", &errs);
+
+    cr_assert_not_null(cfg);
+    cr_assert_eq(cfg->cache.memory, 0, "off unless set");
+    cr_assert_eq(cfg->cache.ttl_ms, 7ull * 86400000);
+    cr_assert_eq(cfg->cache.stale_if_error_ms, 30ull * 86400000);
+    cr_assert_eq(cfg->cache.per_caller, false);
+    config_free(cfg);
+
+    cfg = parse("[cache]\nmemory = 64M\nttl = 1h\nstale_if_error = 1h\nper_caller = yes\n"
+                "[model m]\nrevision = 2024-06\n[model n]\n",
+                &errs);
+    cr_assert_not_null(cfg, "%s", errs.n > 0 ? errs.msgs[0] : "?");
+    cr_assert_eq(cfg->cache.memory, 64u * 1024 * 1024);
+    cr_assert_eq(cfg->cache.ttl_ms, 3600000);
+    cr_assert_eq(cfg->cache.stale_if_error_ms, 3600000, "equal to ttl is allowed");
+    cr_assert(cfg->cache.per_caller);
+    cr_assert_str_eq(cfg->models[0].revision, "2024-06");
+    cr_assert_str_eq(cfg->models[1].revision, "", "revision defaults to empty");
+    config_free(cfg);
+
+    expect_error("[cache]\nttl = 2d\nstale_if_error = 1d\n",
+                 "[cache] stale_if_error: shorter than ttl");
+    /* The default stale_if_error (30d) is checked against a raised ttl as well. */
+    expect_error("[cache]\nttl = 31d\n", "stale_if_error: shorter than ttl");
+    expect_error("[cache]\nmemory = lots\n", "[cache] memory");
+}
+
 Test(config, upstream_section_defaults_and_values)
 {
     struct config_errors errs;
@@ -132,7 +163,13 @@ Test(config, durations)
     cr_assert_eq(ms, 1500);
     cr_assert_eq(config_parse_duration("30", &ms, &cause), -1);
     cr_assert_not_null(strstr(cause, "unit"));
-    cr_assert_eq(config_parse_duration("3d", &ms, &cause), -1);
+    cr_assert_eq(config_parse_duration("7d", &ms, &cause), 0);
+    cr_assert_eq(ms, 7ull * 86400000);
+    cr_assert_eq(config_parse_duration("1.5d", &ms, &cause), 0);
+    cr_assert_eq(ms, 129600000);
+    cr_assert_eq(config_parse_duration("3w", &ms, &cause), -1);
+    cr_assert_not_null(strstr(cause, "d)"), "the error lists d: %s", cause);
+    cr_assert_eq(config_parse_duration("3dd", &ms, &cause), -1);
     cr_assert_eq(config_parse_duration("-1s", &ms, &cause), -1);
     cr_assert_eq(config_parse_duration("s", &ms, &cause), -1);
 }
