@@ -21,6 +21,7 @@
 
 #include <malloc.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -218,6 +219,7 @@ struct entry {
 #define MIN_SLOTS 16
 
 struct cache {
+    pthread_mutex_t lock; /* every public function holds it */
     size_t budget;
     struct entry **slots; /* cap entries, NULL when empty */
     size_t cap;           /* a power of two */
@@ -399,6 +401,7 @@ cache_new(size_t budget_bytes)
     if (c == NULL) {
         fatal("cache: out of memory");
     }
+    pthread_mutex_init(&c->lock, NULL);
     c->budget = budget_bytes;
     if (budget_bytes == 0) {
         return c;
@@ -426,12 +429,51 @@ cache_free(struct cache *c)
         free(e);
     }
     free(c->slots);
+    pthread_mutex_destroy(&c->lock);
     free(c);
 }
+
+static enum cache_result get_locked(struct cache *c, const struct cache_key *key, uint64_t now_ms,
+                                    uint64_t ttl_ms, uint64_t stale_ms, const float **vec,
+                                    uint32_t *dim);
 
 enum cache_result
 cache_get(struct cache *c, const struct cache_key *key, uint64_t now_ms, uint64_t ttl_ms,
           uint64_t stale_ms, const float **vec, uint32_t *dim)
+{
+    enum cache_result r;
+
+    pthread_mutex_lock(&c->lock);
+    r = get_locked(c, key, now_ms, ttl_ms, stale_ms, vec, dim);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+enum cache_result
+cache_get_copy(struct cache *c, const struct cache_key *key, uint64_t now_ms, uint64_t ttl_ms,
+               uint64_t stale_ms, float **vec, uint32_t *dim)
+{
+    const float *v = NULL;
+    enum cache_result r;
+
+    *vec = NULL;
+    pthread_mutex_lock(&c->lock);
+    r = get_locked(c, key, now_ms, ttl_ms, stale_ms, &v, dim);
+    if (r != CACHE_MISS) {
+        *vec = malloc((size_t)*dim * sizeof(float));
+        if (*vec == NULL) {
+            pthread_mutex_unlock(&c->lock);
+            fatal("cache: out of memory");
+        }
+        memcpy(*vec, v, (size_t)*dim * sizeof(float));
+    }
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+static enum cache_result
+get_locked(struct cache *c, const struct cache_key *key, uint64_t now_ms, uint64_t ttl_ms,
+           uint64_t stale_ms, const float **vec, uint32_t *dim)
 {
     size_t i;
     struct entry *e;
@@ -485,9 +527,24 @@ make_room(struct cache *c, size_t need)
     }
 }
 
+static int put_locked(struct cache *c, const struct cache_key *key, uint32_t model_tag,
+                      const float *vec, uint32_t dim, uint64_t now_ms, const char **cause);
+
 int
 cache_put(struct cache *c, const struct cache_key *key, uint32_t model_tag, const float *vec,
           uint32_t dim, uint64_t now_ms, const char **cause)
+{
+    int rc;
+
+    pthread_mutex_lock(&c->lock);
+    rc = put_locked(c, key, model_tag, vec, dim, now_ms, cause);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+static int
+put_locked(struct cache *c, const struct cache_key *key, uint32_t model_tag, const float *vec,
+           uint32_t dim, uint64_t now_ms, const char **cause)
 {
     struct entry *e;
     size_t need;
@@ -538,6 +595,7 @@ cache_purge(struct cache *c, bool all, uint32_t model_tag)
 {
     size_t removed = 0;
 
+    pthread_mutex_lock(&c->lock);
     for (struct entry *e = c->head, *next; e != NULL; e = next) {
         next = e->older;
         if (all || e->model_tag == model_tag) {
@@ -548,16 +606,19 @@ cache_purge(struct cache *c, bool all, uint32_t model_tag)
     if (c->count == 0 && c->cap > MIN_SLOTS) {
         table_resize(c, MIN_SLOTS);
     }
+    pthread_mutex_unlock(&c->lock);
     return removed;
 }
 
 void
-cache_stats(const struct cache *c, struct cache_stats *out)
+cache_stats(struct cache *c, struct cache_stats *out)
 {
+    pthread_mutex_lock(&c->lock);
     *out = c->st;
     out->entries = c->count;
     out->bytes = c->budget == 0 ? 0 : c->entry_bytes + table_bytes(c->cap);
     out->budget = c->budget;
+    pthread_mutex_unlock(&c->lock);
 }
 
 /* ---- value encoding ------------------------------------------------------- */

@@ -94,8 +94,15 @@ struct cache_stats {
     uint64_t inserts;
 };
 
-/* budget_bytes 0: off, every get misses and put does nothing. Caller owns the
- * result (cache_free); aborts on out-of-memory like xmalloc. */
+/*
+ * budget_bytes 0: off, every get misses and put does nothing. Caller owns the
+ * result (cache_free); aborts on out-of-memory like xmalloc.
+ *
+ * Threads: every function below takes the cache's lock, so the loop and the
+ * worker threads may share one cache. cache_get's pointer is the exception:
+ * it is only safe while no other thread can put or purge (tests, benchmarks);
+ * shared users call cache_get_copy.
+ */
 struct cache *cache_new(size_t budget_bytes);
 void cache_free(struct cache *c);
 
@@ -110,6 +117,12 @@ void cache_free(struct cache *c);
  */
 enum cache_result cache_get(struct cache *c, const struct cache_key *key, uint64_t now_ms,
                             uint64_t ttl_ms, uint64_t stale_ms, const float **vec, uint32_t *dim);
+/*
+ * cache_get, copying the vector into a malloc'd *vec (the caller frees it)
+ * under the lock. *vec is NULL on MISS.
+ */
+enum cache_result cache_get_copy(struct cache *c, const struct cache_key *key, uint64_t now_ms,
+                                 uint64_t ttl_ms, uint64_t stale_ms, float **vec, uint32_t *dim);
 
 /*
  * Store a copy of vec (dim floats, 1..CACHE_MAX_DIM) created at now_ms,
@@ -127,7 +140,7 @@ size_t cache_purge(struct cache *c, bool all, uint32_t model_tag);
 /* A stable 32-bit hash (FNV-1a) of the canonical model name, for purge by model. */
 uint32_t cache_model_tag(const char *canonical_model);
 
-void cache_stats(const struct cache *c, struct cache_stats *out);
+void cache_stats(struct cache *c, struct cache_stats *out);
 
 /* ---- value encoding (the Redis tier) -------------------------------------- */
 

@@ -14,12 +14,14 @@
 #include <emmintrin.h>
 #endif
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "embedder_hash.h"
+#include "log.h"
 #include "util.h"
 
 typedef unsigned __int128 u128;
@@ -984,7 +986,7 @@ count_usage(const struct embed_request *r)
 {
     size_t total = 0;
 
-    if (r->usage_tokens > 0) {
+    if (r->usage_tokens > 0 || r->usage_known) {
         return r->usage_tokens;
     }
     for (size_t i = 0; i < r->ninputs; i++) {
@@ -1831,4 +1833,290 @@ embed_request_scan(enum embed_api api, const char *body, size_t len, struct embe
         return -1;
     }
     return 0;
+}
+
+/* ------------------------------------------ the cache's view (worker threads) */
+
+/* Compact JSON with sorted keys: equal values give equal bytes. */
+static void
+vector_param(json_t *root, const char *name, void (*fn)(void *, const char *, const char *, size_t),
+             void *arg)
+{
+    json_t *v = json_object_get(root, name);
+    char *text;
+
+    if (v == NULL) {
+        return;
+    }
+    text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (text == NULL) {
+        fatal("embed_api: out of memory");
+    }
+    fn(arg, name, text, strlen(text));
+    free(text);
+}
+
+int
+embed_request_vector_params(enum embed_api api, const char *body, size_t len,
+                            void (*fn)(void *arg, const char *name, const char *json, size_t n),
+                            void *arg)
+{
+    static const char *openai[] = {"dimensions", NULL};
+    static const char *tei[] = {"normalize", "truncate", "truncation_direction", "prompt_name",
+                                NULL};
+    static const char *ollama[] = {"truncate", "dimensions", "options", NULL};
+    const char **names = api == EMBED_API_TEI      ? tei
+                         : api == EMBED_API_OPENAI ? openai
+                                                   : ollama;
+    json_t *root = json_loadb(body, len, 0, NULL);
+
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        return -1;
+    }
+    for (size_t i = 0; names[i] != NULL; i++) {
+        vector_param(root, names[i], fn, arg);
+    }
+    json_decref(root);
+    return 0;
+}
+
+int
+embed_request_subset(enum embed_api api, const char *body, size_t len, const size_t *idx, size_t n,
+                     struct buf *out)
+{
+    json_t *root = json_loadb(body, len, 0, NULL);
+    json_t *in, *cut;
+    char *text;
+
+    if (root == NULL || !json_is_object(root) || api == EMBED_API_OLLAMA_LEGACY) {
+        json_decref(root);
+        return -1;
+    }
+    in = json_object_get(root, input_field(api));
+    if (!json_is_array(in) || n == 0) {
+        json_decref(root);
+        return -1;
+    }
+    cut = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(in, idx[i]);
+        if (v == NULL || (i > 0 && idx[i] <= idx[i - 1])) {
+            json_decref(cut);
+            json_decref(root);
+            return -1;
+        }
+        json_array_append(cut, v);
+    }
+    json_object_set_new(root, input_field(api), cut);
+    text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (text == NULL) {
+        fatal("embed_api: out of memory");
+    }
+    buf_append(out, text, strlen(text));
+    free(text);
+    return 0;
+}
+
+static int
+b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* Standard base64 (padded) of little-endian float32s into a malloc'd *out; -1 when malformed. */
+static int
+b64_floats(const char *s, size_t len, float **out, size_t *count)
+{
+    size_t pad = 0, nbytes;
+    unsigned char *bytes;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+
+    if (len % 4 != 0) {
+        return -1;
+    }
+    while (pad < 2 && len > pad && s[len - 1 - pad] == '=') {
+        pad++;
+    }
+    nbytes = len / 4 * 3 - pad;
+    if (nbytes == 0 || nbytes % 4 != 0) {
+        return -1;
+    }
+    bytes = xmalloc(nbytes + 3);
+    for (size_t i = 0; i < len - pad; i++) {
+        int v = b64_value((unsigned char)s[i]);
+        if (v < 0) {
+            free(bytes);
+            return -1;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            bytes[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    *count = nbytes / 4;
+    *out = xmalloc(nbytes);
+    for (size_t i = 0; i < *count; i++) {
+        const unsigned char *p = bytes + 4 * i;
+        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                     (uint32_t)p[3] << 24;
+        memcpy(&(*out)[i], &u, sizeof(u));
+    }
+    free(bytes);
+    return 0;
+}
+
+/* One vector (a JSON array of numbers, or base64) into row i of *vecs, fixing *dim on the first. */
+static int
+answer_vector(json_t *v, size_t i, size_t n, float **vecs, unsigned *dim, char *err,
+              size_t errlen)
+{
+    float *tmp = NULL;
+    size_t count;
+
+    if (json_is_string(v)) {
+        if (b64_floats(json_string_value(v), json_string_length(v), &tmp, &count) != 0) {
+            snprintf(err, errlen, "vector %zu: not base64 float32", i);
+            return -1;
+        }
+    } else if (json_is_array(v)) {
+        count = json_array_size(v);
+        tmp = xmalloc((count > 0 ? count : 1) * sizeof(float));
+        for (size_t k = 0; k < count; k++) {
+            json_t *x = json_array_get(v, k);
+            if (!json_is_number(x)) {
+                free(tmp);
+                snprintf(err, errlen, "vector %zu: element %zu is not a number", i, k);
+                return -1;
+            }
+            tmp[k] = (float)json_number_value(x);
+        }
+    } else {
+        snprintf(err, errlen, "vector %zu: neither an array nor base64", i);
+        return -1;
+    }
+    for (size_t k = 0; k < count; k++) {
+        if (!isfinite(tmp[k])) {
+            free(tmp);
+            snprintf(err, errlen, "vector %zu: element %zu is not a finite float32", i, k);
+            return -1;
+        }
+    }
+    if (count == 0 || count > EMBED_MAX_DIMENSIONS * 4 || (*dim != 0 && count != *dim)) {
+        free(tmp);
+        snprintf(err, errlen, "vector %zu has %zu elements%s", i, count,
+                 *dim != 0 ? ", unlike the first" : "");
+        return -1;
+    }
+    if (*dim == 0) {
+        *dim = (unsigned)count;
+        *vecs = xmalloc(n * count * sizeof(float));
+    }
+    memcpy(*vecs + i * count, tmp, count * sizeof(float));
+    free(tmp);
+    return 0;
+}
+
+int
+embed_answer_parse(enum embed_api api, const char *body, size_t len, size_t n, float **vecs,
+                   unsigned *dim, size_t *usage, bool *usage_known, char *err, size_t errlen)
+{
+    json_t *root = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+    json_t *list = NULL, *u = NULL;
+    bool *seen = NULL;
+    int rc = -1;
+
+    *vecs = NULL;
+    *dim = 0;
+    *usage = 0;
+    *usage_known = false;
+    if (errlen > 0) {
+        err[0] = '\0';
+    }
+    if (root == NULL) {
+        snprintf(err, errlen, "the answer is not JSON");
+        return -1;
+    }
+    switch (api) {
+    case EMBED_API_TEI:
+        list = root;
+        break;
+    case EMBED_API_OLLAMA:
+        list = json_object_get(root, "embeddings");
+        u = json_object_get(root, "prompt_eval_count");
+        break;
+    case EMBED_API_OLLAMA_LEGACY:
+        list = json_object_get(root, "embedding");
+        break;
+    default:
+        list = json_object_get(root, "data");
+        u = json_object_get(json_object_get(root, "usage"), "prompt_tokens");
+        break;
+    }
+    if (api == EMBED_API_OLLAMA_LEGACY) {
+        /* One flat vector for its one prompt. */
+        rc = n == 1 && json_is_array(list) ? answer_vector(list, 0, 1, vecs, dim, err, errlen) : -1;
+        if (rc != 0 && err[0] == '\0') {
+            snprintf(err, errlen, "the answer holds no \"embedding\"");
+        }
+        goto out;
+    }
+    if (!json_is_array(list) || json_array_size(list) != n) {
+        snprintf(err, errlen, "the answer holds %zu vectors for %zu inputs",
+                 json_is_array(list) ? json_array_size(list) : (size_t)0, n);
+        goto out;
+    }
+    seen = xcalloc(n, 1);
+    for (size_t i = 0; i < n; i++) {
+        json_t *item = json_array_get(list, i), *v = item;
+        size_t at = i;
+        if (api == EMBED_API_OPENAI) {
+            json_t *index = json_object_get(item, "index");
+            v = json_object_get(item, "embedding");
+            if (index != NULL) {
+                if (!json_is_integer(index) || json_integer_value(index) < 0 ||
+                    (size_t)json_integer_value(index) >= n) {
+                    snprintf(err, errlen, "data[%zu].index is out of range", i);
+                    goto out;
+                }
+                at = (size_t)json_integer_value(index);
+            }
+        }
+        if (seen[at]) {
+            snprintf(err, errlen, "two vectors for input %zu", at);
+            goto out;
+        }
+        seen[at] = true;
+        if (answer_vector(v, at, n, vecs, dim, err, errlen) != 0) {
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    if (rc == 0 && json_is_integer(u) && json_integer_value(u) >= 0) {
+        *usage = (size_t)json_integer_value(u);
+        *usage_known = true;
+    }
+    if (rc != 0) {
+        free(*vecs);
+        *vecs = NULL;
+        *dim = 0;
+    }
+    free(seen);
+    json_decref(root);
+    return rc;
 }

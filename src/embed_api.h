@@ -72,6 +72,7 @@ struct embed_request {
     bool single;         /* input was a scalar (a string or one flat token list), not a list */
     char *storage;       /* texts and token ids, one allocation */
     size_t usage_tokens; /* the usage reported when set (a model's own tokens); 0: counted */
+    bool usage_known;    /* usage_tokens is the figure to report even when 0 (cached answers) */
 };
 
 /*
@@ -170,6 +171,43 @@ struct embed_scan {
 };
 /* 0, or -1 when the body is not a well-formed request of that API (no metrics then). */
 int embed_request_scan(enum embed_api api, const char *body, size_t len, struct embed_scan *out)
+    __attribute__((warn_unused_result));
+
+/* ---- the cache's view of requests and answers (worker threads) ------------ */
+
+/*
+ * The request parameters that change its vectors, each given to fn as its
+ * name and its value as compact JSON with sorted keys (so equal values are
+ * equal bytes): OpenAI dimensions; TEI normalize, truncate,
+ * truncation_direction, prompt_name; Ollama truncate, dimensions, options.
+ * encoding_format is not one: vectors are the same, only rendered otherwise.
+ * -1 when body is not a JSON object.
+ */
+int embed_request_vector_params(enum embed_api api, const char *body, size_t len,
+                                void (*fn)(void *arg, const char *name, const char *json,
+                                           size_t n),
+                                void *arg) __attribute__((warn_unused_result));
+
+/*
+ * body with its input list cut to the inputs at idx[0..n) (ascending,
+ * n >= 1), every other field as it was, into out (appended). -1 when body is
+ * not a request of api with a list of inputs.
+ */
+struct buf;
+int embed_request_subset(enum embed_api api, const char *body, size_t len, const size_t *idx,
+                         size_t n, struct buf *out) __attribute__((warn_unused_result));
+
+/*
+ * An upstream's 2xx answer of api to a request of n inputs: n vectors of
+ * *dim floats, row-major in input order, in a malloc'd *vecs the caller
+ * frees; *usage gets the tokens it reports (prompt_tokens,
+ * prompt_eval_count) and *usage_known whether it reported any. Floats and
+ * OpenAI's base64 are both read. -1 with a cause in err when the answer is
+ * not that: not JSON, another count, mixed sizes, a value that is not a
+ * finite float32.
+ */
+int embed_answer_parse(enum embed_api api, const char *body, size_t len, size_t n, float **vecs,
+                       unsigned *dim, size_t *usage, bool *usage_known, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
 /*

@@ -116,7 +116,43 @@ struct fallback_job {
     unsigned dim;
     uint64_t start_ns, end_ns;
     size_t text_chars;
+    float **known;          /* per input, or NULL (see fallback_request) */
+    size_t nknown;
+    unsigned known_dim;
+    size_t known_usage;
+    unsigned char *known_mask; /* per input once parsed: 1 = known */
+    bool all_known;
+    char upstream_name[64];
+    struct buf extra;       /* the caller's extra headers */
+    struct buf items;       /* X-Akosha-Fallback-Items of a mixed answer */
+    struct buf hbuf;        /* the headers of the answer being sent */
 };
+
+static void free_known(struct fallback_job *j);
+
+/* Every header the job's answer carries: who answered, in which mode, and the extras. */
+static const char *
+job_headers(struct fallback_job *j, bool retry_after)
+{
+    char hb[256];
+
+    j->hbuf.len = 0;
+    if (j->all_known && !retry_after) {
+        buf_printf(&j->hbuf, "X-Akosha-Mode: real\r\nX-Akosha-Upstream: %s\r\n",
+                   j->upstream_name);
+        if (j->model != NULL) {
+            buf_printf(&j->hbuf, "X-Akosha-Model: %s\r\n", j->model);
+        }
+    } else {
+        buf_puts(&j->hbuf, fallback_answer_headers(retry_after ? EMBED_MODE_FALLBACK : j->mode,
+                                                   j->model, retry_after, hb));
+    }
+    buf_append(&j->hbuf, j->extra.data != NULL ? j->extra.data : "", j->extra.len);
+    if (!retry_after) {
+        buf_append(&j->hbuf, j->items.data != NULL ? j->items.data : "", j->items.len);
+    }
+    return j->hbuf.data;
+}
 
 static unsigned
 pick_dimensions(struct fallback_job *j)
@@ -214,12 +250,56 @@ job_prepare(struct fallback_job *j)
         return false;
     }
     j->parsed = true;
+    if (j->known != NULL && j->nknown != j->er.ninputs) {
+        free_known(j); /* another request than the one the vectors are for: compute all */
+    }
+    if (j->known != NULL) {
+        size_t nk = 0;
+        j->known_mask = xcalloc(j->er.ninputs, 1);
+        for (size_t i = 0; i < j->er.ninputs; i++) {
+            j->known_mask[i] = j->known[i] != NULL;
+            nk += j->known_mask[i];
+        }
+        j->all_known = nk == j->er.ninputs;
+    }
+    if (j->all_known) {
+        /* Real vectors, as the upstream gave them: nothing to compute or refuse. */
+        j->mode = EMBED_MODE_REAL;
+        j->dim = j->known_dim;
+        j->er.usage_tokens = j->known_usage;
+        j->er.usage_known = true;
+        snprintf(j->model_name, sizeof(j->model_name), "%s",
+                 j->er.model[0] != '\0' ? j->er.model : j->model ? j->model : "");
+        j->vector = xmalloc(j->dim * sizeof(float));
+        embed_render_open(&j->er, j->model_name, &j->piece);
+        return true;
+    }
     if (!choose_embedder(j)) {
         return false;
     }
+    if (j->known != NULL) {
+        /* One answer, one size: what is computed matches the real vectors. */
+        if (j->bert != NULL && j->dim != j->known_dim) {
+            j->bert = NULL;
+            j->mode = EMBED_MODE_FALLBACK;
+        }
+        j->dim = j->known_dim;
+        buf_puts(&j->items, "X-Akosha-Fallback-Items: ");
+        for (size_t i = 0, first = 1; i < j->er.ninputs; i++) {
+            if (!j->known_mask[i]) {
+                buf_printf(&j->items, first ? "%zu" : ",%zu", i);
+                first = 0;
+            }
+        }
+        buf_puts(&j->items, "\r\n");
+    }
     for (size_t i = 0; i < j->er.ninputs; i++) {
         const struct embed_input *in = &j->er.inputs[i];
-        bool empty =
+        bool empty;
+        if (j->known_mask != NULL && j->known_mask[i]) {
+            continue;
+        }
+        empty =
             in->text != NULL ? embedder_hash_is_blank(in->text, in->len) : in->ntokens == 0;
         if (empty || j->dim == 0 || (j->bert == NULL && j->dim > EMBEDDER_HASH_MAX_DIM)) {
             snprintf(err, sizeof(err), "input %zu is empty or whitespace only", i);
@@ -264,6 +344,17 @@ job_run(struct worker_job *wj)
         if (atomic_load_explicit(&j->cancelled, memory_order_relaxed)) {
             return; /* nobody reads the rest: done() frees the job */
         }
+        if (j->known_mask != NULL && j->known_mask[j->next_input]) {
+            embed_render_vector(&j->er, j->next_input, j->known[j->next_input], j->dim,
+                                &j->piece);
+            wj->units += j->dim;
+            j->next_input++;
+            if (j->piece.len >= PIECE_BYTES && j->next_input < j->er.ninputs) {
+                j->end_ns = otlp_now_unix_ns();
+                return;
+            }
+            continue;
+        }
         if (j->bert != NULL) {
             uint64_t tokens = 0;
             char *cause = NULL;
@@ -298,8 +389,24 @@ job_run(struct worker_job *wj)
 }
 
 static void
+free_known(struct fallback_job *j)
+{
+    for (size_t i = 0; j->known != NULL && i < j->nknown; i++) {
+        free(j->known[i]);
+    }
+    free(j->known);
+    j->known = NULL;
+    j->nknown = 0;
+}
+
+static void
 job_free(struct fallback_job *j)
 {
+    free_known(j);
+    free(j->known_mask);
+    buf_free(&j->extra);
+    buf_free(&j->items);
+    buf_free(&j->hbuf);
     if (j->parsed) {
         embed_request_free(&j->er);
     }
@@ -336,6 +443,7 @@ job_finished(struct fallback_job *j, const char *shed)
         .start_ns = j->start_ns,
         .end_ns = j->end_ns,
         .shed = shed,
+        .known = j->known_mask,
     };
 
     j->sink->finished(j->arg, &o);
@@ -346,7 +454,6 @@ static void
 job_done(struct worker_job *wj)
 {
     struct fallback_job *j = (struct fallback_job *)wj;
-    char hb[256];
 
     j->submitted = false;
     if (j->arg == NULL) {
@@ -364,24 +471,21 @@ job_done(struct worker_job *wj)
             "overloaded", NULL, stale ? "queue_timeout" : "deadline", &len);
         j->status = 503;
         job_finished(j, stale ? "stale" : "deadline");
-        j->sink->answer(j->arg, 503, body, len,
-                        fallback_answer_headers(EMBED_MODE_FALLBACK, j->model, true, hb));
+        j->sink->answer(j->arg, 503, body, len, job_headers(j, true));
         free(body);
         job_free(j);
         return;
     }
     if (j->complete && !j->streaming) {
         job_finished(j, NULL);
-        j->sink->answer(j->arg, j->status, j->piece.data, j->piece.len,
-                        fallback_answer_headers(j->mode, j->model, false, hb));
+        j->sink->answer(j->arg, j->status, j->piece.data, j->piece.len, job_headers(j, false));
         job_free(j);
         return;
     }
     if (!j->streaming) {
         j->streaming = true;
         j->job.urgent = true; /* the head is out: finish what was started before new work */
-        j->sink->stream_begin(j->arg, j->mode,
-                              fallback_answer_headers(j->mode, j->model, false, hb));
+        j->sink->stream_begin(j->arg, j->mode, job_headers(j, false));
     }
     if (j->complete) {
         job_finished(j, NULL);
@@ -421,12 +525,34 @@ fallback_submit(struct worker_pool *pool, const struct fallback_request *req,
     j->deadline_ms = req->deadline_ms;
     atomic_init(&j->cancelled, false);
     buf_init(&j->piece);
+    buf_init(&j->extra);
+    buf_init(&j->items);
+    buf_init(&j->hbuf);
+    j->known = req->known;
+    j->nknown = req->nknown;
+    j->known_dim = req->known_dim;
+    j->known_usage = req->known_usage;
+    snprintf(j->upstream_name, sizeof(j->upstream_name), "%s",
+             req->upstream_name != NULL ? req->upstream_name : "cache");
+    if (req->extra_headers != NULL) {
+        buf_puts(&j->extra, req->extra_headers);
+    }
     j->body = evbuffer_new();
     /* Moved, not copied: from here only the worker reads the body. */
     evbuffer_add_buffer(j->body, req->body);
+    if (j->known != NULL) {
+        size_t nk = 0;
+        for (size_t i = 0; i < j->nknown; i++) {
+            nk += j->known[i] != NULL;
+        }
+        /* Nothing to compute, only to render: ahead of the queue, never shed. */
+        j->job.urgent = nk == j->nknown;
+    }
     if (submit(j) < 0) {
-        /* Give the bytes back: the caller still owns the request. */
+        /* Give the bytes (and the vectors) back: the caller still owns the request. */
         evbuffer_add_buffer(req->body, j->body);
+        j->known = NULL;
+        j->nknown = 0;
         job_free(j);
         return NULL;
     }

@@ -36,6 +36,7 @@ struct fallback_outcome {
     size_t text_chars;
     uint64_t start_ns, end_ns;      /* the work, wall clock */
     const char *shed;               /* "stale" or "deadline" when shed, else NULL */
+    const unsigned char *known;     /* per input, 1: answered from a known (real) vector; or NULL */
 };
 
 /* How a job hands back its answer: every call on the loop thread, with the caller's arg. */
@@ -56,11 +57,27 @@ struct fallback_request {
     const char *model;     /* canonical (owned by cfg), NULL when none is known */
     const char *model_key; /* what learned sizes go by */
     uint64_t deadline_ms;  /* monotonic: the caller's request_timeout */
+    /*
+     * Vectors known before the job runs (cache hits, an upstream's answer):
+     * nknown entries of known_dim floats, one per input in order, NULL where
+     * the job computes one. The job takes the array and every vector (it
+     * frees them). Inputs with a vector are answered with it as they are
+     * (real); when every input has one, the answer is real (X-Akosha-Mode:
+     * real, from upstream_name), else the rest are computed at known_dim
+     * and X-Akosha-Fallback-Items lists them. Ignored (freed) when the body
+     * parses to another number of inputs.
+     */
+    float **known;
+    size_t nknown;
+    unsigned known_dim;
+    size_t known_usage;        /* tokens to report when every vector is known */
+    const char *upstream_name; /* X-Akosha-Upstream of an all-known answer (copied) */
+    const char *extra_headers; /* "Name: value\r\n"... added to every answer (copied), or NULL */
 };
 
 /*
- * Queue the request. NULL when the queue is full: nothing was taken, and the
- * caller answers (503). Otherwise the job calls the sink until it is over
+ * Queue the request. NULL when the queue is full: nothing was taken (the
+ * body and the known vectors stay the caller's), and the caller answers (503). Otherwise the job calls the sink until it is over
  * or detached.
  */
 struct fallback_job *fallback_submit(struct worker_pool *pool, const struct fallback_request *req,

@@ -657,7 +657,7 @@ observe_fallback_done(struct observe_req *o, const char *request_id,
     struct trace_span *s;
 
     if (out->status == 200 && out->er != NULL) {
-        observe_embeddings(out->mode, out->er);
+        observe_embeddings(out->mode, out->er, out->known);
     }
     if (out->shed != NULL) {
         log_info("request %s: fallback job shed (%s); answering 503", request_id, out->shed);
@@ -710,15 +710,25 @@ observe_batch(enum embed_mode m, size_t ninputs)
 }
 
 void
-observe_embeddings(enum embed_mode m, const struct embed_request *er)
+observe_embeddings(enum embed_mode mode, const struct embed_request *er,
+                   const unsigned char *known)
 {
-    if (m == EMBED_MODE_NONE) {
+    size_t nknown = 0;
+
+    if (mode == EMBED_MODE_NONE) {
         return;
     }
-    observe_batch(m, er->ninputs);
     for (size_t i = 0; i < er->ninputs; i++) {
         const struct embed_input *in = &er->inputs[i];
+        enum embed_mode m = known != NULL && known[i] ? EMBED_MODE_REAL : mode;
+        nknown += m != mode;
         metrics_observe(m_textlen[m],
                         (double)(in->text ? util_utf8_chars(in->text, in->len) : in->ntokens));
+    }
+    if (nknown > 0) {
+        observe_batch(EMBED_MODE_REAL, nknown);
+    }
+    if (er->ninputs > nknown) {
+        observe_batch(mode, er->ninputs - nknown);
     }
 }

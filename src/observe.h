@@ -140,7 +140,8 @@ void observe_fallback_done(struct observe_req *o, const char *request_id,
                            const struct fallback_outcome *out);
 /* A fallback job dropped: "stale", "deadline" or "cancelled". */
 void observe_fallback_shed(const char *reason);
-/* Embeddings produced in mode. */
-void observe_embeddings(enum embed_mode mode, const struct embed_request *er);
+/* Embeddings produced in mode; known (per input, or NULL): 1 for a real vector passed on. */
+void observe_embeddings(enum embed_mode mode, const struct embed_request *er,
+                        const unsigned char *known);
 
 #endif

@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <openssl/evp.h>
 
 #include "accesslog.h"
 #include "fallback.h"
@@ -60,6 +61,7 @@ static void attempt_start(struct client *c);
 static void attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_after,
                            bool have_after, const char *reason);
 static void attempt_abort(struct client *c);
+static void detach_cache(struct request *r);
 static void upconn_event(struct upconn *conn, enum upconn_event ev, void *arg);
 static void request_done(struct client *c);
 static void on_response_body(struct client *c, bool eof);
@@ -453,6 +455,7 @@ request_free(struct client *c)
         }
     }
     detach_fallback(c);
+    detach_cache(r);
     if (observe_sampled(&r->obs)) {
         struct observe_answer ans;
         observe_server_span_end(&r->obs, answer_of(r, &ans));
@@ -926,6 +929,7 @@ client_timer_cb(evutil_socket_t fd, short what, void *arg)
                  client_state_names[c->state]);
         attempt_abort(c);
         detach_fallback(c);
+        detach_cache(c->req);
         c->req->keep_alive = c->state == CLIENT_DISPATCH && c->req->keep_alive;
         proxy_respond_error(c, 504, "timeout", "request_timeout reached", NULL);
         client_drive(c);
@@ -1120,11 +1124,52 @@ static const struct fallback_sink fallback_to_client = {
     .finished = fallback_finished,
 };
 
-/* Hand the request to the fallback worker pool; reason is akosha_fallback_total's label. */
+/*
+ * The cache's headers for an answer the job service renders: what it held
+ * of the request (hits of inputs) into out.
+ */
+static const char *
+cache_headers(const struct request *r, size_t hits, char *out, size_t len)
+{
+    const struct cacheflow *cf = r->cf;
+
+    if (r->cache == CACHEFLOW_NONE) {
+        out[0] = '\0';
+    } else if (cf == NULL || !cf->usable || r->cache == CACHEFLOW_BYPASS || hits == 0) {
+        snprintf(out, len, "X-Akosha-Cache: %s\r\n",
+                 cacheflow_use_name(r->cache == CACHEFLOW_PARTIAL ? CACHEFLOW_MISS : r->cache));
+    } else if (hits == cf->n) {
+        snprintf(out, len, "X-Akosha-Cache: hit\r\n");
+    } else {
+        snprintf(out, len, "X-Akosha-Cache: partial\r\nX-Akosha-Cache-Hits: %zu/%zu\r\n", hits,
+                 cf->n);
+    }
+    return out;
+}
+
+/* The caller's body, as it came, back in r->body (a partial request asked upstream for less). */
 static void
-answer_from_fallback(struct client *c, const char *reason)
+restore_body(struct request *r)
+{
+    if (r->cf != NULL) {
+        evbuffer_drain(r->body, evbuffer_get_length(r->body));
+        evbuffer_add(r->body, r->cf->body, r->cf->body_len);
+    }
+}
+
+/*
+ * Hand the request to the job service. reason: akosha_fallback_total's
+ * label, or NULL for an answer of real vectors only (the cache's, merged
+ * with an upstream's: from_upstream names it, NULL for the cache alone).
+ * outage: no upstream answered, so cached entries up to stale_if_error serve.
+ */
+static void
+submit_answer_job(struct client *c, const char *reason, const char *from_upstream, bool outage)
 {
     struct request *r = c->req;
+    char extra[128];
+    size_t hits = 0;
+    float **known = NULL;
     struct fallback_request fr = {
         .cfg = r->cfg,
         .api = r->api,
@@ -1132,11 +1177,41 @@ answer_from_fallback(struct client *c, const char *reason)
         .model = r->model,
         .model_key = request_model_key(r),
         .deadline_ms = r->deadline_ms,
+        .upstream_name = from_upstream,
     };
 
+    if (r->cf != NULL && r->cf->usable) {
+        /* In an outage, entries up to stale_if_error old are served too. */
+        known = cacheflow_take(r->cf, outage, &hits);
+        fr.known = known;
+        fr.nknown = r->cf->n;
+        fr.known_dim = r->cf->dim;
+        fr.known_usage = from_upstream != NULL ? r->cf->usage : 0;
+        restore_body(r);
+    }
+    if (r->cache == CACHEFLOW_PARTIAL && from_upstream != NULL) {
+        hits = r->cf->fresh; /* the rest came from the upstream, not the cache */
+    }
+    fr.extra_headers = cache_headers(r, hits, extra, sizeof(extra));
     r->reason = reason;
     r->job = fallback_submit(c->srv->workers, &fr, &fallback_to_client, c);
+    if (r->job == NULL && reason == NULL) {
+        for (size_t i = 0; known != NULL && i < fr.nknown; i++) {
+            free(known[i]);
+        }
+        free(known);
+        r->reason = "queue_full";
+        log_warn("request %s: worker queue full; answering 503", r->id);
+        proxy_respond_error(c, 503, "overloaded", "the worker queue is full; retry shortly",
+                            "Retry-After: 1\r\n");
+        client_drive(c);
+        return;
+    }
     if (r->job == NULL) {
+        for (size_t i = 0; known != NULL && i < fr.nknown; i++) {
+            free(known[i]);
+        }
+        free(known);
         char hb[256];
         size_t len;
         char *body = embed_render_error(r->api, "fallback queue is full; retry shortly",
@@ -1150,8 +1225,19 @@ answer_from_fallback(struct client *c, const char *reason)
         free(body);
         return;
     }
+    if (reason == NULL) {
+        log_debug("request %s: answered with real vectors (%s)", r->id,
+                  from_upstream != NULL ? from_upstream : "cache");
+        return;
+    }
     observe_fallback(reason, r->model);
     log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
+}
+
+static void
+answer_from_fallback(struct client *c, const char *reason)
+{
+    submit_answer_job(c, reason, NULL, true);
 }
 
 /* The caller is gone: no answer, and the job is dropped (counted as cancelled). */
@@ -1215,6 +1301,12 @@ give_up(struct client *c, const char *fallback_reason, int status, const char *m
 
     r->reason = fallback_reason;
 
+    if (r->cf != NULL && cacheflow_complete(r->cf, true)) {
+        /* Every input is cached (within stale_if_error): real vectors through the outage. */
+        log_info("request %s: %s; answered from the cache", r->id, message);
+        submit_answer_job(c, NULL, NULL, true);
+        return;
+    }
     if (fallback_applies(c)) {
         answer_from_fallback(c, fallback_reason);
         return;
@@ -1337,11 +1429,180 @@ answer_model_list(struct client *c)
     return true;
 }
 
+static void dispatch_on(struct client *c);
+
+/* ---- the cache ------------------------------------------------------------- */
+
+static void
+detach_cache(struct request *r)
+{
+    cacheflow_detach(r->cf);
+    r->cf = NULL;
+    if (r->answer != NULL) {
+        evbuffer_free(r->answer);
+        r->answer = NULL;
+    }
+}
+
+/* The lookup is over: answer from the cache, or go upstream for what it lacks. */
+static void
+cache_looked_up(struct cacheflow *cf, void *arg)
+{
+    static struct embed_scan scan; /* loop thread only */
+    struct client *c = arg;
+    struct request *r = c->req;
+
+    if (!cf->usable) {
+        r->cache = CACHEFLOW_BYPASS;
+        detach_cache(r);
+        dispatch_on(c);
+        return;
+    }
+    if (!cf->p.lookup) {
+        r->cache = CACHEFLOW_BYPASS; /* no-cache: not looked up, the answer is stored */
+    } else if (cf->fresh == cf->n) {
+        r->cache = CACHEFLOW_HIT;
+        submit_answer_job(c, NULL, NULL, false);
+        return;
+    } else {
+        r->cache = cf->fresh > 0 ? CACHEFLOW_PARTIAL : CACHEFLOW_MISS;
+    }
+    if (r->cache == CACHEFLOW_PARTIAL) {
+        /* Ask for the misses alone; the model's place is found again for the rewrite. */
+        evbuffer_drain(r->body, evbuffer_get_length(r->body));
+        evbuffer_add(r->body, cf->miss_body.data, cf->miss_body.len);
+        r->model_at = r->model_len = 0;
+        if (embed_request_scan(r->api, cf->miss_body.data, cf->miss_body.len, &scan) == 0) {
+            r->model_at = scan.model_at;
+            r->model_len = scan.model_len;
+        }
+    }
+    dispatch_on(c);
+}
+
+/* SHA-256 of the caller's Authorization (empty when none), for per_caller keys. */
+static void
+caller_hash(const struct request *r, unsigned char out[CACHE_KEY_LEN])
+{
+    const struct http_header *h = http_find_header(r->hd.headers, r->hd.nheaders, "Authorization");
+    unsigned int n = 0;
+
+    if (EVP_Digest(h != NULL ? h->value : "", h != NULL ? h->value_len : 0, out, &n, EVP_sha256(),
+                   NULL) != 1) {
+        fatal("cache: SHA-256 failed");
+    }
+}
+
+/* Start the lookup of an embedding request; false when the cache does not apply. */
+static bool
+cache_lookup_start(struct client *c)
+{
+    struct request *r = c->req;
+    const struct config *cfg = cfg_of(c);
+    const struct http_header *cc;
+    const struct model_config *m = r->model != NULL ? model_section(cfg, r->model) : NULL;
+    unsigned char caller[CACHE_KEY_LEN];
+    size_t n = evbuffer_get_length(r->body);
+    struct cacheflow_params p = {
+        .cache = c->srv->cache,
+        .api = r->api,
+        .model = request_model_key(r),
+        .revision = m != NULL && m->revision != NULL ? m->revision : "",
+        .ttl_ms = cfg->cache.ttl_ms,
+        .stale_ms = cfg->cache.stale_if_error_ms,
+        .lookup = true,
+    };
+
+    if (c->srv->cache == NULL) {
+        r->cache = CACHEFLOW_OFF;
+        return false;
+    }
+    r->cache = CACHEFLOW_BYPASS;
+    cc = http_find_header(r->hd.headers, r->hd.nheaders, "Cache-Control");
+    if (cc != NULL && header_token_has(cc, "no-store")) {
+        return false;
+    }
+    if (!r->scanned || r->ups->n == 0 || cfg->fallback.mode == FALLBACK_ALWAYS) {
+        return false; /* nothing real to store or serve */
+    }
+    if (cc != NULL && header_token_has(cc, "no-cache")) {
+        p.lookup = false;
+    }
+    if (cfg->cache.per_caller) {
+        caller_hash(r, caller);
+        p.caller = caller;
+    }
+    r->cf = cacheflow_lookup(c->srv->workers, &p, (const char *)evbuffer_pullup(r->body, -1), n,
+                             cache_looked_up, c);
+    return r->cf != NULL;
+}
+
+/* A merged answer's vectors are stored and in hand: render them, or say what went wrong. */
+static void
+cache_merged(struct cacheflow *cf, void *arg)
+{
+    struct client *c = arg;
+    struct request *r = c->req;
+
+    if (!cf->stored_ok) {
+        log_warn("request %s: the upstream's answer cannot be merged with the cache: %s", r->id,
+                 cf->err);
+        r->reason = "cache_merge";
+        proxy_respond_error(c, 502, "upstream_error", cf->err, NULL);
+        client_drive(c);
+        return;
+    }
+    submit_answer_job(c, NULL, r->ntried > 0 ? r->tried[r->ntried - 1]->name : "upstream", false);
+}
+
+/*
+ * A 2xx answer kept for the cache is complete. Partial: hand it to the
+ * merge. Relayed: store it in the background (the caller has it already).
+ */
+static void
+cache_answer_complete(struct client *c, bool partial)
+{
+    struct request *r = c->req;
+    size_t len = evbuffer_get_length(r->answer);
+    char *bytes;
+
+    if (r->answer_over || r->cf == NULL) {
+        if (partial) {
+            r->reason = "cache_merge";
+            proxy_respond_error(c, 502, "upstream_error",
+                                "the upstream's answer is too large to merge with the cache",
+                                NULL);
+            client_drive(c);
+        }
+        detach_cache(r);
+        return;
+    }
+    bytes = xmalloc(len + 1);
+    evbuffer_remove(r->answer, bytes, len);
+    bytes[len] = '\0';
+    evbuffer_free(r->answer);
+    r->answer = NULL;
+    if (cacheflow_store(r->cf, bytes, len, !partial, partial ? cache_merged : NULL) < 0) {
+        if (partial) {
+            proxy_respond_error(c, 503, "overloaded", "the worker queue is full; retry shortly",
+                                "Retry-After: 1\r\n");
+            client_drive(c);
+        }
+        detach_cache(r);
+        return;
+    }
+    if (!partial) {
+        cacheflow_detach(r->cf); /* the store completes on its own */
+        r->cf = NULL;
+    }
+}
+
+/* ---- dispatch ------------------------------------------------------------- */
+
 static void
 dispatch(struct client *c)
 {
     struct request *r = c->req;
-    uint64_t now = util_mono_ms();
 
     if (r->api == EMBED_API_NONE && answer_model_list(c)) {
         return;
@@ -1349,6 +1610,19 @@ dispatch(struct client *c)
     if (r->api != EMBED_API_NONE && !resolve_model(c)) {
         return;
     }
+    if (r->api != EMBED_API_NONE && cache_lookup_start(c)) {
+        return; /* cache_looked_up goes on */
+    }
+    dispatch_on(c);
+}
+
+/* Upstream, fallback or an error, once the cache (if any) has had its say. */
+static void
+dispatch_on(struct client *c)
+{
+    struct request *r = c->req;
+    uint64_t now = util_mono_ms();
+
     if (r->ups->n > 0 && cfg_of(c)->fallback.mode != FALLBACK_ALWAYS && !any_upstream_serves(r)) {
         /* Another model's upstream would answer in another vector space: never. */
         give_up(c, "no_upstream_for_model", 503, "no upstream serves this model");
@@ -1718,6 +1992,7 @@ attempt_start(struct client *c)
     a->keep_alive = false;
     a->paused = false;
     a->deadline_cut = false;
+    a->collect = false;
     a->remote_model = NULL;
     if (r->model != NULL && r->model_len > 0) {
         model_upstream_serves(up->cfg_owner, up->cfg, r->model, &a->remote_model);
@@ -1896,6 +2171,11 @@ relay_head(struct client *c, const struct http_response_head *rh)
     PUT_LIT(b, "X-Akosha-Upstream: ");
     put_str(b, a->up->name);
     PUT_LIT(b, "\r\nX-Akosha-Mode: real\r\n");
+    if (r->cache != CACHEFLOW_NONE) {
+        PUT_LIT(b, "X-Akosha-Cache: ");
+        put_str(b, cacheflow_use_name(r->cache));
+        PUT_LIT(b, "\r\n");
+    }
     if (r->model != NULL) {
         PUT_LIT(b, "X-Akosha-Model: ");
         put_str(b, r->model);
@@ -1937,6 +2217,15 @@ attempt_complete(struct client *c)
     }
     observe_attempt_success(&r->obs, a->up, a->status);
     attempt_release(c, a->keep_alive && a->body_kind != HTTP_BODY_UNTIL_CLOSE);
+    if (a->collect) {
+        /* Nothing is relayed yet: the merge answers, within the request's deadline. */
+        a->collect = false;
+        cache_answer_complete(c, true);
+        return;
+    }
+    if (r->answer != NULL) {
+        cache_answer_complete(c, false);
+    }
     evtimer_del(c->timer);
     client_set_state(c, r->keep_alive ? CLIENT_WRITE : CLIENT_CLOSING);
     client_drive(c);
@@ -1952,6 +2241,14 @@ watch_answer(struct attempt *a, struct request *r, const char *data, size_t len)
 {
     struct answer_edges *e = a->edges;
 
+    if (r->answer != NULL && !r->answer_over) {
+        if (evbuffer_get_length(r->answer) + len > CACHEFLOW_ANSWER_MAX) {
+            r->answer_over = true; /* relayed whole, stored never */
+            evbuffer_drain(r->answer, evbuffer_get_length(r->answer));
+        } else {
+            evbuffer_add(r->answer, data, len);
+        }
+    }
     if (a->dim_scan != NULL) {
         unsigned dim;
         int rc = embed_dim_scan_feed(a->dim_scan, data, len, &dim);
@@ -2013,18 +2310,26 @@ relay_body(struct client *c, bool eof)
         return 1;
     case HTTP_BODY_LENGTH: {
         size_t n = MIN(evbuffer_get_length(in), a->remaining);
-        if (a->dim_scan != NULL || a->edges != NULL) {
+        if (a->dim_scan != NULL || a->edges != NULL || r->answer != NULL) {
             watch_answer_buffer(a, r, in, n);
         }
-        evbuffer_remove_buffer(in, out, n);
+        if (a->collect) {
+            evbuffer_drain(in, n); /* kept in r->answer */
+        } else {
+            evbuffer_remove_buffer(in, out, n);
+        }
         a->remaining -= n;
         return a->remaining == 0;
     }
     case HTTP_BODY_UNTIL_CLOSE:
-        if (a->dim_scan != NULL || a->edges != NULL) {
+        if (a->dim_scan != NULL || a->edges != NULL || r->answer != NULL) {
             watch_answer_buffer(a, r, in, evbuffer_get_length(in));
         }
-        evbuffer_add_buffer(out, in);
+        if (a->collect) {
+            evbuffer_drain(in, evbuffer_get_length(in));
+        } else {
+            evbuffer_add_buffer(out, in);
+        }
         return eof ? 1 : 0;
     case HTTP_BODY_CHUNKED:
         while (evbuffer_get_length(in) > 0) {
@@ -2038,10 +2343,10 @@ relay_body(struct client *c, bool eof)
             if (rc < 0) {
                 return -1;
             }
-            if (payload > 0 && (a->dim_scan != NULL || a->edges != NULL)) {
+            if (payload > 0 && (a->dim_scan != NULL || a->edges != NULL || r->answer != NULL)) {
                 watch_answer(a, r, v.iov_base, payload);
             }
-            if (r->hd.version_minor == 1 || payload > 0) {
+            if (!a->collect && (r->hd.version_minor == 1 || payload > 0)) {
                 evbuffer_remove_buffer(in, out, consumed);
             } else {
                 evbuffer_drain(in, consumed);
@@ -2141,9 +2446,22 @@ on_response_head(struct client *c)
     if (observe_sampled(&r->obs) && r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300) {
         a->edges = xcalloc(1, sizeof(*a->edges));
     }
-    relay_head(c, &rh);
+    if (r->cf != NULL && rh.status >= 200 && rh.status < 300 && !r->is_head) {
+        /* Real vectors for the cache: kept as they pass (or, for a partial request, kept whole). */
+        if (r->answer != NULL) {
+            evbuffer_free(r->answer); /* an earlier attempt's, cut short */
+        }
+        r->answer = evbuffer_new();
+        r->answer_over = false;
+        a->collect = r->cache == CACHEFLOW_PARTIAL;
+    }
     evbuffer_drain(in, (size_t)rc);
     attempt_set_state(c, ATTEMPT_BODY);
+    if (a->collect) {
+        on_response_body(c, false);
+        return;
+    }
+    relay_head(c, &rh);
     client_set_state(c, CLIENT_STREAM);
     on_response_body(c, false);
 }
@@ -2158,6 +2476,17 @@ on_response_body(struct client *c, bool eof)
     client_flush(c);
     if (rc == 1) {
         attempt_complete(c);
+        return;
+    }
+    if ((eof || rc < 0) && a->collect) {
+        /* Nothing was relayed: a failed attempt like any other (a retry, or the fallback). */
+        a->collect = false;
+        evbuffer_free(r->answer);
+        r->answer = NULL;
+        attempt_failed(c, 502,
+                       rc < 0 ? "bad chunked framing in response body"
+                              : "closed before the body was complete",
+                       0, false, "reset");
         return;
     }
     if (eof || rc < 0) {

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "breaker.h"
+#include "cacheflow.h"
 #include "embed_api.h"
 #include "http.h"
 #include "observe.h"
@@ -65,6 +66,7 @@ struct attempt {
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
     bool deadline_cut;  /* its timer is the time left, shorter than call_timeout */
     const char *remote_model; /* up's own name for the model (NAME=REMOTE), or NULL; up's config owns it */
+    bool collect;       /* a 2xx answer kept whole for the cache to merge, not relayed */
 };
 
 struct fallback_job;
@@ -93,6 +95,10 @@ struct request {
     char fail_cause[160];
     struct attempt att;
     struct fallback_job *job;
+    struct cacheflow *cf;       /* the cache's view of it, or NULL */
+    enum cacheflow_use cache;   /* what the cache did, for X-Akosha-Cache and the access log */
+    struct evbuffer *answer;    /* a 2xx answer's payload kept for the cache, or NULL */
+    bool answer_over;           /* it passed CACHEFLOW_ANSWER_MAX: relayed, not stored */
     int status; /* answered status, for logs and metrics */
     enum embed_mode mode;    /* where the answer's vectors came from; NONE before one */
     struct observe_req obs;  /* its spans and input sizes, observe.c's */

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "accesslog.h"
+#include "cache.h"
 #include "admin.h"
 #include "fallback.h"
 #include "log.h"
@@ -628,6 +629,8 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->ups == NULL) {
         fatal("%s", cause);
     }
+    /* [cache] memory is read at start only: a new budget needs a restart. */
+    srv->cache = cfg->cache.memory > 0 ? cache_new((size_t)cfg->cache.memory) : NULL;
     srv->workers = fallback_pool_new(srv->base, srv->cfg, &cause);
     if (srv->workers == NULL) {
         fatal("fallback worker: %s", cause);
@@ -699,9 +702,11 @@ server_free(struct server *srv)
     /* Bounded so drain_timeout + shutdown_timeout fits the stop timeouts (see akosha(8)). */
     observe_shutdown(srv->cfg->telemetry.shutdown_timeout_ms);
     if (srv->workers != NULL) {
-        worker_pool_free(srv->workers);
+        worker_pool_free(srv->workers); /* its last store jobs use the cache */
         srv->workers = NULL;
     }
+    cache_free(srv->cache);
+    srv->cache = NULL;
     notify_shutdown();
     if (srv->listener != NULL) {
         evconnlistener_free(srv->listener);

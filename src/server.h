@@ -63,6 +63,7 @@ struct server {
     int exit_code;
     struct retry_budget budget;
     struct worker_pool *workers;
+    struct cache *cache;    /* the memory tier of the embedding cache, NULL when off */
     struct accesslog *alog; /* never NULL once running; takes no line while access_log = off */
     uint64_t started_mono_ms;
     int64_t started_wall_ms;

@@ -52,7 +52,8 @@ class Backend:
     `behaviours` is a list consumed one per request; when empty, `default`
     is used. A behaviour is a dict: status, body, headers, delay (seconds
     before answering), action ("reset" closes with no answer, "hang" never
-    answers, "garbage" sends a malformed response).
+    answers, "garbage" sends a malformed response), fn (fn(path, body) computes
+    the answer's body from the request).
     """
 
     def __init__(self, port=None):
@@ -106,6 +107,8 @@ class Backend:
                     self.close_connection = True
                     return
                 payload = b.get("body", b"")
+                if b.get("fn"):
+                    payload = b["fn"](self.path, body)  # an answer computed from the request
                 if isinstance(payload, str):
                     payload = payload.encode()
                 self.send_response(b.get("status", 200))

@@ -1,0 +1,301 @@
+/*
+ * cacheflow.c - the embedding cache on the request path (see cacheflow.h).
+ *
+ * Keys: SHA-256 over the model's canonical name, its revision, the
+ * caller's hash when per_caller, every parameter that changes the vectors
+ * (embed_request_vector_params) and the input as sent: a text's bytes after
+ * JSON unescaping, or its token ids. Times are wall-clock milliseconds, the
+ * clock a shared tier (Redis) can agree on.
+ */
+#include "cacheflow.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct keying {
+    struct cache_keyer keyer;
+    bool ok;
+};
+
+static void
+key_param(void *arg, const char *name, const char *json, size_t n)
+{
+    struct keying *k = arg;
+    const char *cause;
+
+    if (k->ok && cache_keyer_param(&k->keyer, name, json, n, &cause) != 0) {
+        k->ok = false; /* a request the key cannot describe is not cached */
+    }
+}
+
+static void
+drop_vector(struct cacheflow *cf, size_t i)
+{
+    free(cf->vecs[i]);
+    cf->vecs[i] = NULL;
+    cf->stale[i] = 0;
+}
+
+/* Worker thread: parse, key and look up every input. */
+static void
+lookup_run(struct worker_job *wj)
+{
+    struct cacheflow *cf = (struct cacheflow *)wj;
+    struct embed_request er;
+    struct keying k;
+    char err[256];
+    const char *param;
+    uint64_t now = (uint64_t)util_wall_ms();
+
+    if (embed_request_parse(cf->p.api, cf->body, cf->body_len, &er, err, sizeof(err), &param) !=
+        0) {
+        return; /* the upstream answers the caller's mistake in its own words */
+    }
+    cache_keyer_begin(&k.keyer, cf->model, cf->revision, cf->p.caller != NULL ? cf->caller : NULL);
+    k.ok = true;
+    if (embed_request_vector_params(cf->p.api, cf->body, cf->body_len, key_param, &k) != 0 ||
+        !k.ok) {
+        embed_request_free(&er);
+        return;
+    }
+    cache_keyer_end(&k.keyer);
+    cf->n = er.ninputs;
+    cf->keys = xcalloc(cf->n, sizeof(*cf->keys));
+    cf->vecs = xcalloc(cf->n, sizeof(*cf->vecs));
+    cf->stale = xcalloc(cf->n, 1);
+    cf->miss = xcalloc(cf->n, sizeof(*cf->miss));
+    for (size_t i = 0; i < cf->n; i++) {
+        const struct embed_input *in = &er.inputs[i];
+        enum cache_result got = CACHE_MISS;
+        uint32_t dim = 0;
+
+        if (in->text != NULL) {
+            cache_key_text(&k.keyer, in->text, in->len, &cf->keys[i]);
+        } else {
+            cache_key_tokens(&k.keyer, in->tokens, in->ntokens, &cf->keys[i]);
+        }
+        if (cf->p.lookup) {
+            got = cache_get_copy(cf->p.cache, &cf->keys[i], now, cf->p.ttl_ms, cf->p.stale_ms,
+                                 &cf->vecs[i], &dim);
+        }
+        if (got != CACHE_MISS && cf->dim != 0 && dim != cf->dim) {
+            got = CACHE_MISS; /* one answer has one size: the odd one is asked again */
+            drop_vector(cf, i);
+        }
+        if (got != CACHE_MISS) {
+            cf->dim = dim;
+        }
+        if (got == CACHE_HIT) {
+            cf->fresh++;
+        } else {
+            cf->stale[i] = got == CACHE_STALE;
+            cf->nstale += got == CACHE_STALE;
+            cf->miss[cf->nmiss++] = i;
+        }
+    }
+    embed_request_free(&er);
+    if (cf->fresh > 0 && cf->nmiss > 0 &&
+        embed_request_subset(cf->p.api, cf->body, cf->body_len, cf->miss, cf->nmiss,
+                             &cf->miss_body) != 0) {
+        return; /* cannot ask for the misses alone: not cached */
+    }
+    cf->usable = true;
+}
+
+/* Worker thread: parse the upstream's answer, store its vectors, keep them for the merge. */
+static void
+store_run(struct worker_job *wj)
+{
+    struct cacheflow *cf = (struct cacheflow *)wj;
+    size_t nans = cf->whole ? cf->n : cf->nmiss;
+    uint64_t now = (uint64_t)util_wall_ms();
+    float *vecs = NULL;
+    unsigned dim = 0;
+    bool usage_known;
+    const char *cause;
+
+    if (embed_answer_parse(cf->p.api, cf->answer, cf->answer_len, nans, &vecs, &dim, &cf->usage,
+                           &usage_known, cf->err, sizeof(cf->err)) != 0) {
+        return;
+    }
+    if (!cf->whole && cf->fresh > 0 && dim != cf->dim) {
+        snprintf(cf->err, sizeof(cf->err),
+                 "the upstream's vectors have %u elements and the cached ones %u: bump the "
+                 "model's revision (or purge the cache) when its model changes",
+                 dim, cf->dim);
+        free(vecs);
+        return;
+    }
+    for (size_t k = 0; k < nans; k++) {
+        size_t i = cf->whole ? k : cf->miss[k];
+        const float *v = vecs + k * dim;
+        if (cache_put(cf->p.cache, &cf->keys[i], cf->model_tag, v, dim, now, &cause) != 0) {
+            log_debug("cache: input %zu not stored: %s", i, cause);
+        }
+        if (!cf->whole) {
+            drop_vector(cf, i); /* a stale one gives way to the fresh answer */
+            cf->vecs[i] = xmalloc((size_t)dim * sizeof(float));
+            memcpy(cf->vecs[i], v, (size_t)dim * sizeof(float));
+        }
+    }
+    cf->dim = dim;
+    free(vecs);
+    cf->stored_ok = true;
+}
+
+static void
+flow_free(struct cacheflow *cf)
+{
+    for (size_t i = 0; cf->vecs != NULL && i < cf->n; i++) {
+        free(cf->vecs[i]);
+    }
+    free(cf->vecs);
+    free(cf->keys);
+    free(cf->stale);
+    free(cf->miss);
+    free(cf->body);
+    free(cf->answer);
+    buf_free(&cf->miss_body);
+    free(cf);
+}
+
+/* Loop thread: a step is over. */
+static void
+flow_done(struct worker_job *wj)
+{
+    struct cacheflow *cf = (struct cacheflow *)wj;
+
+    cf->submitted = false;
+    free(cf->answer);
+    cf->answer = NULL;
+    if (wj->shed && !cf->storing) {
+        cf->usable = false; /* waited queue_timeout: the request goes on uncached */
+    }
+    if (wj->shed && cf->storing) {
+        snprintf(cf->err, sizeof(cf->err), "the worker pool is overloaded");
+    }
+    if (cf->detached || cf->done == NULL) {
+        flow_free(cf);
+        return;
+    }
+    cf->done(cf, cf->arg);
+}
+
+struct cacheflow *
+cacheflow_lookup(struct worker_pool *pool, const struct cacheflow_params *p, const char *body,
+                 size_t len, cacheflow_cb done, void *arg)
+{
+    struct cacheflow *cf = xcalloc(1, sizeof(*cf));
+
+    cf->job.run = lookup_run;
+    cf->job.done = flow_done;
+    cf->pool = pool;
+    cf->done = done;
+    cf->arg = arg;
+    cf->p = *p;
+    snprintf(cf->model, sizeof(cf->model), "%s", p->model != NULL ? p->model : "");
+    snprintf(cf->revision, sizeof(cf->revision), "%s", p->revision != NULL ? p->revision : "");
+    if (p->caller != NULL) {
+        memcpy(cf->caller, p->caller, CACHE_KEY_LEN);
+    }
+    cf->model_tag = cache_model_tag(cf->model);
+    cf->body = xmalloc(len + 1);
+    memcpy(cf->body, body, len);
+    cf->body[len] = '\0';
+    cf->body_len = len;
+    buf_init(&cf->miss_body);
+    if (worker_pool_submit(pool, &cf->job) < 0) {
+        flow_free(cf);
+        return NULL;
+    }
+    cf->submitted = true;
+    return cf;
+}
+
+const char *
+cacheflow_use_name(enum cacheflow_use use)
+{
+    static const char *names[] = {NULL, "off", "bypass", "miss", "partial", "hit"};
+
+    return names[use];
+}
+
+int
+cacheflow_store(struct cacheflow *cf, char *answer, size_t len, bool whole, cacheflow_cb done)
+{
+    cf->done = done;
+    cf->answer = answer;
+    cf->answer_len = len;
+    cf->whole = whole;
+    cf->storing = true;
+    cf->stored_ok = false;
+    cf->err[0] = '\0';
+    cf->job.run = store_run;
+    cf->job.shed = false;
+    if (worker_pool_submit(cf->pool, &cf->job) < 0) {
+        free(cf->answer);
+        cf->answer = NULL;
+        return -1;
+    }
+    cf->submitted = true;
+    return 0;
+}
+
+bool
+cacheflow_complete(const struct cacheflow *cf, bool with_stale)
+{
+    if (!cf->usable || cf->n == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < cf->n; i++) {
+        if (cf->vecs[i] == NULL || (cf->stale[i] && !with_stale)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+float **
+cacheflow_take(struct cacheflow *cf, bool with_stale, size_t *count)
+{
+    float **out;
+
+    *count = 0;
+    if (!cf->usable || cf->n == 0) {
+        return NULL;
+    }
+    out = xcalloc(cf->n, sizeof(*out));
+    for (size_t i = 0; i < cf->n; i++) {
+        if (cf->vecs[i] != NULL && (with_stale || !cf->stale[i])) {
+            out[i] = cf->vecs[i];
+            cf->vecs[i] = NULL;
+            (*count)++;
+        }
+    }
+    if (*count == 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+void
+cacheflow_detach(struct cacheflow *cf)
+{
+    if (cf == NULL) {
+        return;
+    }
+    cf->arg = NULL;
+    cf->detached = true;
+    if (!cf->submitted) {
+        flow_free(cf);
+        return;
+    }
+    if (!cf->storing && worker_pool_cancel(cf->pool, &cf->job)) {
+        flow_free(cf);
+    }
+    /* else running, or a store that still completes: flow_done frees it */
+}
