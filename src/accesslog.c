@@ -325,7 +325,7 @@ enum {
     MAX_REASON = 128,
 };
 _Static_assert(MAX_ID + MAX_TRACE + MAX_CLIENT + MAX_METHOD + MAX_PATH + MAX_MODEL +
-                       MAX_UPSTREAM + MAX_MODE + MAX_REASON + 512 <
+                       MAX_UPSTREAM + 2 * MAX_MODE + MAX_REASON + 512 <
                    ACCESSLOG_LINE_MAX,
                "the fields' budgets fit a line");
 
@@ -377,6 +377,9 @@ accesslog_format_line(enum accesslog_format fmt, const struct accesslog_entry *e
     put_u64(&l, e->attempts);
     if (e->mode != NULL) {
         str(&l, KEY("mode"), e->mode, strlen(e->mode), MAX_MODE);
+    }
+    if (e->cache != NULL) {
+        str(&l, KEY("cache"), e->cache, strlen(e->cache), MAX_MODE);
     }
     if (e->reason != NULL) {
         str(&l, KEY("reason"), e->reason, strlen(e->reason), MAX_REASON);

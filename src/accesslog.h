@@ -49,6 +49,7 @@ struct accesslog_entry {
     unsigned attempts;    /* upstream attempts started */
     const char *mode;     /* "real", "local", "fallback", or NULL */
     const char *reason;   /* why a fallback or an error answered, or NULL */
+    const char *cache;    /* what the cache did (X-Akosha-Cache), or NULL where none applies */
 };
 
 /*

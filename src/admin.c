@@ -32,6 +32,7 @@
 #include <openssl/evp.h>
 
 #include "breaker.h"
+#include "cache.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -379,7 +380,61 @@ stats(struct admin_conn *a)
         }
         breaker_json(&b, srv, "otlp-exporter", &st);
     }
-    buf_puts(&b, "]}");
+    buf_puts(&b, "]");
+    if (srv->cache != NULL) {
+        struct cache_stats cs;
+        cache_stats(srv->cache, &cs);
+        buf_printf(&b,
+                   ",\"cache\":{\"entries\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"budget\":%" PRIu64
+                   ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"stale_hits\":%" PRIu64
+                   ",\"evictions\":%" PRIu64 ",\"inserts\":%" PRIu64 "}",
+                   cs.entries, cs.bytes, cs.budget, cs.hits, cs.misses, cs.stale_hits,
+                   cs.evictions, cs.inserts);
+    }
+    buf_puts(&b, "}");
+    reply_json(a, 200, &b);
+    buf_free(&b);
+}
+
+/*
+ * POST /cache/purge: every entry, or ?model=NAME those of one model (a
+ * name or an alias; its canonical name is what entries are tagged with).
+ */
+static void
+cache_purge_route(struct admin_conn *a, const struct http_request_head *hd)
+{
+    struct server *srv = a->srv;
+    char model[128];
+    const char *canonical;
+    size_t removed;
+    struct buf b;
+
+    if (hd->method != HTTP_POST) {
+        reply_error(a, 405, "use POST");
+        return;
+    }
+    if (srv->cache == NULL) {
+        reply_error(a, 409, "no cache is configured ([cache] memory)");
+        return;
+    }
+    if (hd->query == NULL || hd->query_len == 0) {
+        removed = cache_purge(srv->cache, true, 0);
+    } else {
+        if (hd->query_len <= 6 || memcmp(hd->query, "model=", 6) != 0 ||
+            hd->query_len - 6 >= sizeof(model)) {
+            reply_error(a, 400, "expected /cache/purge or /cache/purge?model=NAME");
+            return;
+        }
+        memcpy(model, hd->query + 6, hd->query_len - 6);
+        model[hd->query_len - 6] = '\0';
+        canonical = model_canonical(srv->cfg, model);
+        removed = cache_purge(srv->cache, false,
+                              cache_model_tag(canonical != NULL ? canonical : model));
+    }
+    log_info("admin: cache purged%s%s: %zu entries", hd->query_len > 0 ? " for " : "",
+             hd->query_len > 0 ? model : "", removed);
+    buf_init(&b);
+    buf_printf(&b, "{\"purged\":%zu}", removed);
     reply_json(a, 200, &b);
     buf_free(&b);
 }
@@ -461,6 +516,10 @@ route(struct admin_conn *a, const struct http_request_head *hd)
         memcpy(path, hd->path, hd->path_len);
         path[hd->path_len] = '\0';
         control(a, path, hd->path_len);
+        return;
+    }
+    if (path_is(hd, "/cache/purge")) {
+        cache_purge_route(a, hd);
         return;
     }
     if (!path_is(hd, "/healthz") && !path_is(hd, "/readyz") && !path_is(hd, "/stats") &&

@@ -144,6 +144,23 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
                                    "Access log lines dropped because access_log_buffer was "
                                    "full (the file was slow or could not be opened).",
                                    {NULL}, NO_BUCKETS},
+    [METRIC_CACHE_REQUESTS] = {"akosha_cache_requests_total", METRIC_COUNTER, false,
+                               "Embedding requests by what the cache did for them: off, "
+                               "bypass, miss, partial or hit (X-Akosha-Cache).",
+                               {"result", NULL}, NO_BUCKETS},
+    [METRIC_CACHE_LOOKUPS] = {"akosha_cache_lookups_total", METRIC_COUNTER, true,
+                              "Inputs looked up in the memory cache, by result: hit (within "
+                              "ttl), stale (within stale_if_error) or miss.",
+                              {"result", NULL}, NO_BUCKETS},
+    [METRIC_CACHE_ENTRIES] = {"akosha_cache_entries", METRIC_GAUGE, true,
+                              "Vectors held in the memory cache.", {NULL}, NO_BUCKETS},
+    [METRIC_CACHE_BYTES] = {"akosha_cache_bytes", METRIC_GAUGE, true,
+                            "Memory the cache's entries and table take, overhead included "
+                            "(at most [cache] memory).",
+                            {NULL}, NO_BUCKETS},
+    [METRIC_CACHE_EVICTIONS] = {"akosha_cache_evictions_total", METRIC_COUNTER, true,
+                                "Vectors removed from the memory cache to make room.", {NULL},
+                                NO_BUCKETS},
     [METRIC_PROCESS_RESIDENT_MEMORY] = {"process_resident_memory_bytes", METRIC_GAUGE, true,
                                         "Resident memory size in bytes.", {NULL}, NO_BUCKETS},
     [METRIC_PROCESS_VIRTUAL_MEMORY] = {"process_virtual_memory_bytes", METRIC_GAUGE, true,

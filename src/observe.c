@@ -17,6 +17,7 @@
 
 #include "accesslog.h"
 #include "breaker.h"
+#include "cache.h"
 #include "fallback.h"
 #include "log.h"
 #include "metrics.h"
@@ -197,6 +198,17 @@ collect_breakers(struct metrics_writer *w, void *arg)
     accesslog_counters(*sources.alog, &exported, &dropped);
     metrics_writer_sample(w, METRIC_ACCESS_LOG_LINES, NULL, (double)exported);
     metrics_writer_sample(w, METRIC_ACCESS_LOG_DROPPED, NULL, (double)dropped);
+    if (sources.cache != NULL && *sources.cache != NULL) {
+        struct cache_stats cs;
+        const char *hit[] = {"hit"}, *stale[] = {"stale"}, *miss[] = {"miss"};
+        cache_stats(*sources.cache, &cs);
+        metrics_writer_sample(w, METRIC_CACHE_LOOKUPS, hit, (double)cs.hits);
+        metrics_writer_sample(w, METRIC_CACHE_LOOKUPS, stale, (double)cs.stale_hits);
+        metrics_writer_sample(w, METRIC_CACHE_LOOKUPS, miss, (double)cs.misses);
+        metrics_writer_sample(w, METRIC_CACHE_ENTRIES, NULL, (double)cs.entries);
+        metrics_writer_sample(w, METRIC_CACHE_BYTES, NULL, (double)cs.bytes);
+        metrics_writer_sample(w, METRIC_CACHE_EVICTIONS, NULL, (double)cs.evictions);
+    }
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
                           workers ? (double)worker_pool_depth(workers) : 0);
 }
@@ -424,6 +436,11 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
     if (a->model != NULL) {
         trace_span_attr_str(s, "akosha.model", a->model);
     }
+    if (a->cache != NULL) {
+        trace_span_attr_str(s, "akosha.cache", a->cache);
+        trace_span_attr_int(s, "akosha.cache.hits", a->cache_hits);
+        trace_span_attr_int(s, "akosha.cache.misses", a->cache_misses);
+    }
     trace_span_end(s, otlp_now_unix_ns());
     span_submit(s);
 }
@@ -464,6 +481,10 @@ observe_request_done(const struct observe_answer *a, const char *model_key)
         }
     }
     metrics_observe(m_duration[ri], secs);
+    if (a->cache != NULL) {
+        const char *lv[] = {a->cache};
+        metrics_inc(metrics_series(METRIC_CACHE_REQUESTS, lv));
+    }
     if (a->sniffed_dim > 0) {
         model_learn_dim(model_key, a->sniffed_dim, util_mono_ms());
     }

@@ -25,6 +25,7 @@ struct upstream_set;
 struct worker_pool;
 struct otlp_exporter;
 struct accesslog;
+struct cache;
 struct embed_scan;
 struct fallback_outcome;
 
@@ -59,6 +60,9 @@ struct observe_answer {
     const char *response_model; /* what the answer named, "" when unknown */
     uint64_t start_us;          /* monotonic */
     unsigned sniffed_dim;       /* vector size counted in a real answer, 0 if none */
+    const char *cache;          /* X-Akosha-Cache ("hit", ...), NULL off embedding routes */
+    uint32_t cache_hits;        /* inputs the cache held (looked up) */
+    uint32_t cache_misses;      /* and those it did not */
 };
 
 /*
@@ -70,6 +74,7 @@ struct observe_sources {
     struct upstream_set *const *ups;
     struct worker_pool *const *workers;
     struct accesslog *const *alog;
+    struct cache *const *cache; /* the memory tier, *cache NULL when off */
 };
 /* Start-up: tracing from cfg plus the environment; src is copied. 0, or -1 with *cause. */
 int observe_init(const struct config *cfg, const struct observe_sources *src,

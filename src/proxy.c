@@ -363,6 +363,9 @@ answer_of(const struct request *r, struct observe_answer *a)
         .response_model = r->response_model,
         .start_us = r->start_us,
         .sniffed_dim = r->sniffed_dim,
+        .cache = cacheflow_use_name(r->cache),
+        .cache_hits = r->cache_hits,
+        .cache_misses = r->cache_misses,
     };
     return a;
 }
@@ -413,6 +416,7 @@ access_line(struct client *c)
         .attempts = r->attempts,
         .mode = r->mode != EMBED_MODE_NONE ? embed_mode_name(r->mode) : NULL,
         .reason = r->reason,
+        .cache = cacheflow_use_name(r->cache),
     };
     if (e.path == NULL && r->head != NULL) {
         /* The head did not parse: its request line as sent, so the odd ones are seen. */
@@ -1458,6 +1462,8 @@ cache_looked_up(struct cacheflow *cf, void *arg)
         dispatch_on(c);
         return;
     }
+    r->cache_hits = (uint32_t)cf->fresh;
+    r->cache_misses = (uint32_t)cf->nmiss;
     if (!cf->p.lookup) {
         r->cache = CACHEFLOW_BYPASS; /* no-cache: not looked up, the answer is stored */
     } else if (cf->fresh == cf->n) {

@@ -99,6 +99,7 @@ struct request {
     enum cacheflow_use cache;   /* what the cache did, for X-Akosha-Cache and the access log */
     struct evbuffer *answer;    /* a 2xx answer's payload kept for the cache, or NULL */
     bool answer_over;           /* it passed CACHEFLOW_ANSWER_MAX: relayed, not stored */
+    uint32_t cache_hits, cache_misses; /* inputs the lookup found, and did not */
     int status; /* answered status, for logs and metrics */
     enum embed_mode mode;    /* where the answer's vectors came from; NONE before one */
     struct observe_req obs;  /* its spans and input sizes, observe.c's */

@@ -641,7 +641,7 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->alog == NULL) {
         fatal("%s", cause);
     }
-    if (observe_init(srv->cfg, &(struct observe_sources){&srv->ups, &srv->workers, &srv->alog},
+    if (observe_init(srv->cfg, &(struct observe_sources){&srv->ups, &srv->workers, &srv->alog, &srv->cache},
                      &ocause) < 0) {
         fatal("telemetry: %s", ocause);
     }

@@ -203,3 +203,26 @@ def test_without_a_cache_answers_say_off(embedder, start_akosha):
     a = start_akosha(config(embedder, cache=""))
     _, h, _ = a.post_json("/v1/embeddings", {"model": "m", "input": "n"})
     assert h["X-Akosha-Cache"] == "off"
+
+
+def test_stats_metrics_and_purge(embedder, start_akosha):
+    a = start_akosha(config(embedder, extra="models = m, n\n") +
+                     "\n[model m]\naliases = m-alias\n")
+    a.post_json("/v1/embeddings", {"model": "m", "input": ["1", "2"]})
+    a.post_json("/v1/embeddings", {"model": "n", "input": ["1"]})
+    a.post_json("/v1/embeddings", {"model": "m-alias", "input": ["1", "3"]})
+    cache = a.stats()["cache"]
+    assert cache["entries"] == 4 and cache["hits"] == 1 and cache["budget"] == 16 << 20
+    assert 0 < cache["bytes"] <= cache["budget"]
+    metrics = a.admin("GET", "/metrics")[2].decode()
+    assert 'akosha_cache_lookups_total{result="hit"} 1' in metrics
+    assert 'akosha_cache_requests_total{result="partial"} 1' in metrics
+    assert "akosha_cache_entries 4" in metrics
+    status, _, body = a.admin("POST", "/cache/purge?model=m-alias")
+    assert status == 200 and json.loads(body) == {"purged": 3}, "the alias names model m"
+    _, h, _ = a.post_json("/v1/embeddings", {"model": "n", "input": "1"})
+    assert h["X-Akosha-Cache"] == "hit", "another model's entries stay"
+    status, _, body = a.admin("POST", "/cache/purge")
+    assert status == 200 and json.loads(body) == {"purged": 1}
+    assert a.stats()["cache"]["entries"] == 0
+    assert a.admin("GET", "/cache/purge")[0] == 405
