@@ -1712,6 +1712,7 @@ attempt_start(struct client *c)
     upstream_ref(up);
     up->stats.requests++;
     a->up = up;
+    a->start_us = util_mono_us();
     a->conn = NULL;
     a->status = 0;
     a->bytes_in = 0;
@@ -1784,6 +1785,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         a->ticket_open = false;
     }
     a->up->stats.failures++;
+    upstream_observe_latency(a->up, util_mono_us() - a->start_us, false, now);
     observe_attempt_failed(&r->obs, a->up, reason);
     r->fail_status = status;
     snprintf(r->fail_cause, sizeof(r->fail_cause), "upstream %s: %s", a->up->name, cause);
@@ -1930,6 +1932,7 @@ attempt_complete(struct client *c)
         breaker_record(&a->up->breaker, &a->ticket, o, now);
         a->ticket_open = false;
     }
+    upstream_observe_latency(a->up, util_mono_us() - a->start_us, true, now);
     if (a->status < 400) {
         a->up->stats.successes++;
     } else {

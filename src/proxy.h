@@ -65,6 +65,7 @@ struct attempt {
     bool paused;        /* upstream reads stopped: the client is STREAM_HIGH_WATER behind */
     bool deadline_cut;  /* its timer is the time left, shorter than call_timeout */
     const char *remote_model; /* up's own name for the model (NAME=REMOTE), or NULL; up's config owns it */
+    uint64_t start_us;        /* monotonic: picked; its latency feeds balance = ewma */
 };
 
 struct fallback_job;

@@ -25,6 +25,7 @@
 #include "accesslog.h"
 #include "admin.h"
 #include "fallback.h"
+#include "health.h"
 #include "log.h"
 #include "notify.h"
 #include "observe.h"
@@ -346,6 +347,7 @@ apply_reload(struct server *srv, struct config *cfg)
     if (ups == NULL) {
         goto fail;
     }
+    health_apply(ups, srv->ups); /* kept upstreams keep their checker and verdict */
     upstream_set_unref(srv->ups); /* requests in flight keep theirs */
     srv->ups = ups;
     if (nl != NULL) {
@@ -534,6 +536,7 @@ start_drain(struct server *srv, const char *why)
     notify_send("STOPPING=1");
     srv->draining = true;
     srv->ready = false;
+    health_stop_all(srv->ups); /* no checks while draining */
     if (srv->listener != NULL) {
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
@@ -628,6 +631,7 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->ups == NULL) {
         fatal("%s", cause);
     }
+    health_apply(srv->ups, NULL);
     srv->workers = fallback_pool_new(srv->base, srv->cfg, &cause);
     if (srv->workers == NULL) {
         fatal("fallback worker: %s", cause);
@@ -723,6 +727,7 @@ server_free(struct server *srv)
         event_free(srv->reload_event);
         close(srv->reload_efd);
     }
+    health_stop_all(srv->ups);
     upstream_set_unref(srv->ups);
     config_unref(srv->cfg);
     evdns_base_free(srv->dns, 0);
