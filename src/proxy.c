@@ -1695,7 +1695,8 @@ attempt_start(struct client *c)
     if (up == NULL) {
         if (r->attempts == 0) {
             observe_all_open(r->ups);
-            give_up(c, "all_open", 503, "every upstream's circuit breaker is open");
+            give_up(c, "all_open", 503,
+                    "no upstream may be called: circuit breakers open or health checks failing");
         } else {
             give_up(c, "attempts_exhausted", r->fail_status, r->fail_cause);
         }
