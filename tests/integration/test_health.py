@@ -377,3 +377,36 @@ def test_balance_split_between_a_fast_and_a_slow_upstream(balance, start_akosha)
     finally:
         fast.stop()
         slow.stop()
+
+
+def test_checkers_are_freed_cleanly_under_valgrind(hb, start_akosha, cert, tmp_path):
+    """TLS and plain checks, one hanging at shutdown, one upstream dropped by a reload."""
+    import re
+    import shutil
+    if shutil.which("valgrind") is None:
+        pytest.fail("valgrind is not installed (apt-get install valgrind)")
+    log = tmp_path / "valgrind.log"
+    tls_b, hang_b, gone_b = hb(tls=cert), hb(), hb()
+    hang_b.health = {"hang": True}
+    text = (up("t", tls_b.port, "tls_ca_file = %s\ntls_server_name = backend.test\n" % cert[0]
+               + checked(interval="100ms"), scheme="https")
+            + up("h", hang_b.port, checked(interval="100ms", timeout="20s"))
+            + up("g", gone_b.port, checked(interval="100ms", timeout="2s")))
+    a = start_akosha(text, wrapper=["valgrind", "--leak-check=full",
+                                    "--errors-for-leak-kinds=definite", "--error-exitcode=99",
+                                    "--log-file=%s" % log])
+    assert wait_for(lambda: tls_b.checks() >= 2 and hang_b.checks() >= 1
+                    and gone_b.checks() >= 2, timeout=30), a.logs()
+    gone_b.health = {"hang": True}
+    time.sleep(0.3)  # g's check may now be in flight when the reload drops it
+    a.write_config(text.split("[upstream g]")[0])
+    a.signal(signal.SIGHUP)
+    assert wait_for(lambda: a.stats()["config_reloads"]["success"] == 1, timeout=30)
+    a.admin("GET", "/metrics")
+    a.signal(signal.SIGTERM)
+    rc = a.proc.wait(60)
+    out = log.read_text()
+    assert rc == 0, out[-3000:]
+    assert "ERROR SUMMARY: 0 errors" in out, out[-3000:]
+    m = re.search(r"definitely lost: ([\d,]+) bytes", out)
+    assert m is None or m.group(1) == "0", out[-3000:]
