@@ -38,8 +38,8 @@
  *             other than 408/429, the request's fault, not the upstream's) |
  *             "failure" (5xx, 408, 429 or an unparsable response) |
  *             "timeout" | "connect_error" (connect, TLS or reset before a
- *             response) | "rejected" (breaker open or half-open full: no
- *             attempt was made)
+ *             response) | "rejected" (breaker open or half-open full, or
+ *             every upstream failing its health checks: no attempt was made)
  *   reason    akosha_retries_total: "failure" | "timeout" | "connect_error";
  *             akosha_fallback_total: "all_open" | "attempts_exhausted" |
  *             "no_upstreams" | "mode_always" | "retry_budget";
