@@ -307,8 +307,8 @@ send_request(struct health_checker *hc)
     struct evbuffer *out = bufferevent_get_output(hc->bev);
 
     set_state(hc, HC_SEND);
-    evbuffer_add_printf(out, "GET %s%s HTTP/1.1\r\nHost: %s\r\n", uc->url.prefix,
-                        uc->health_check, uc->host_header);
+    evbuffer_add_printf(out, "GET %s%s HTTP/1.1\r\nHost: %s\r\n", uc->url.prefix, uc->health_check,
+                        uc->host_header);
     for (size_t j = 0; j < uc->headers.n; j++) {
         const char *line = uc->headers.lines[j];
         const char *colon = strchr(line, ':');
@@ -319,8 +319,9 @@ send_request(struct health_checker *hc)
         evbuffer_add(out, line, (size_t)(colon - line));
         evbuffer_add_printf(out, ": %s\r\n", v);
     }
-    evbuffer_add_printf(out, "User-Agent: akosha/%s health-check\r\nAccept: */*\r\n"
-                             "Connection: close\r\n\r\n",
+    evbuffer_add_printf(out,
+                        "User-Agent: akosha/%s health-check\r\nAccept: */*\r\n"
+                        "Connection: close\r\n\r\n",
                         PACKAGE_VERSION);
 }
 

@@ -32,8 +32,8 @@ struct health_checker;
 
 /* What /stats and /metrics show, and what routing reads (healthy). */
 struct health_status {
-    bool checked;  /* a checker runs (health_check set, not draining) */
-    bool healthy;  /* routable; true while unchecked and until checks say otherwise */
+    bool checked;   /* a checker runs (health_check set, not draining) */
+    bool healthy;   /* routable; true while unchecked and until checks say otherwise */
     bool have_last; /* a check has finished */
     bool last_pass;
     int last_status;          /* HTTP status of the last check, 0 when none came */
