@@ -246,6 +246,34 @@ breaker_json(struct buf *b, struct server *srv, const char *name, const struct b
     buf_putc(b, '}');
 }
 
+/*
+ * An upstream's active health checks and latency estimate, as fields of its
+ * /stats object. last_result is null before the first check; unchecked
+ * upstreams are always healthy.
+ */
+static void
+health_json(struct buf *b, const struct upstream *up, uint64_t now)
+{
+    const struct health_status *h = &up->health;
+
+    buf_printf(b,
+               ",\"latency_ewma_ms\":%.3f,\"in_flight\":%zu,\"health\":{\"checked\":%s,"
+               "\"healthy\":%s,\"last_result\":%s,\"last_status\":%d,\"last_latency_ms\":%.3f,"
+               "\"last_error\":",
+               up->ewma_sampled ? upstream_latency_estimate_us(up, now) / 1000.0 : 0.0,
+               upstream_in_flight(up), h->checked ? "true" : "false",
+               h->healthy ? "true" : "false",
+               !h->have_last ? "null" : h->last_pass ? "\"pass\"" : "\"fail\"", h->last_status,
+               (double)h->last_latency_us / 1000.0);
+    buf_json_string(b, h->last_error, strlen(h->last_error));
+    buf_printf(b,
+               ",\"seconds_since_last\":%.3f,\"consecutive_passes\":%u,"
+               "\"consecutive_failures\":%u,\"passes\":%" PRIu64 ",\"failures\":%" PRIu64 "}",
+               h->have_last ? (double)(now - h->last_check_ms) / 1000.0 : 0.0,
+               (unsigned)h->consecutive_passes, (unsigned)h->consecutive_failures, h->passes,
+               h->failures);
+}
+
 /* One object a canonical model: names, upstreams, answers, sizes. */
 static void
 stats_model(struct server *srv, const char *name, const struct model_config *m, bool first,
@@ -361,6 +389,9 @@ stats(struct admin_conn *a)
                    up->stats.failures, up->stats.client_errors, up->stats.pool_waits,
                    upstream_cooling(up, now) ? (double)(up->cooldown_until_ms - now) / 1000.0 : 0.0,
                    up->nidle, up->nbusy, up->nconnecting, up->nwaiters, up->cfg->max_connections);
+        b.len--; /* reopen the object for its health and balancing fields */
+        health_json(&b, up, now);
+        buf_putc(&b, '}');
     }
     buf_puts(&b, "],\"models\":[");
     stats_models(srv, &b);
@@ -534,8 +565,13 @@ route(struct admin_conn *a, const struct http_request_head *hd)
     if (path_is(hd, "/healthz")) {
         reply(a, 200, "application/json", "{\"status\":\"ok\"}", 15);
     } else if (path_is(hd, "/readyz")) {
-        if (srv->ready && !srv->draining) {
+        /* Something must be able to answer: a healthy upstream, or the fallback. */
+        bool can_serve = srv->cfg->fallback.mode != FALLBACK_OFF || srv->ups->n == 0 ||
+                         upstream_any_healthy(srv->ups);
+        if (srv->ready && !srv->draining && can_serve) {
             reply(a, 200, "application/json", "{\"status\":\"ready\"}", 18);
+        } else if (srv->ready && !srv->draining) {
+            reply(a, 503, "application/json", "{\"status\":\"no_healthy_upstream\"}", 32);
         } else {
             reply(a, 503, "application/json",
                   srv->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"starting\"}",

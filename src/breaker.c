@@ -228,6 +228,16 @@ breaker_next_trial_ms(const struct breaker *b, uint64_t now_ms)
     return deadline > now_ms ? deadline : now_ms;
 }
 
+bool
+breaker_half_open(struct breaker *b, uint64_t now_ms, const char *why)
+{
+    if (b->state != BREAKER_OPEN || b->forced_open) {
+        return false;
+    }
+    set_state(b, BREAKER_HALF_OPEN, now_ms, why);
+    return true;
+}
+
 void
 breaker_force_open(struct breaker *b, uint64_t now_ms)
 {

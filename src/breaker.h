@@ -5,6 +5,7 @@
  *   OPEN --open_timeout_ms elapsed, on the next breaker_allow--> HALF_OPEN
  *   HALF_OPEN --success_threshold consecutive trial successes--> CLOSED
  *   HALF_OPEN --any trial failure--> OPEN (open_timeout_ms starts again)
+ *   OPEN --breaker_half_open (an active health check passed)--> HALF_OPEN
  *
  * Time comes in as monotonic milliseconds; nothing here reads a clock, logs
  * or touches libevent, so the module links alone into unit tests.
@@ -147,6 +148,14 @@ void breaker_record(struct breaker *b, struct breaker_ticket *ticket, enum break
  * UINT64_MAX while forced open.
  */
 uint64_t breaker_next_trial_ms(const struct breaker *b, uint64_t now_ms);
+
+/*
+ * Evidence from outside the calls (an active health check passed): an OPEN
+ * breaker moves to HALF_OPEN now instead of at the end of open_timeout, so
+ * trial calls may start. Returns whether it moved; a breaker that is not
+ * OPEN, or is forced open by an admin, is left alone. Counters are untouched.
+ */
+bool breaker_half_open(struct breaker *b, uint64_t now_ms, const char *why);
 
 /* Admin: OPEN until breaker_force_close or breaker_reset; never turns HALF_OPEN by itself. */
 void breaker_force_open(struct breaker *b, uint64_t now_ms);

@@ -64,6 +64,8 @@ const struct config_key config_table[] = {
      OFF_G(proxy.access_log_format), "access log lines as JSON objects or key=value text"},
     {SEC_PROXY, "access_log_buffer", CT_SIZE, "1M", 4096, 1073741824.0, false, false, false, NULL,
      OFF_G(proxy.access_log_buffer), "lines waiting for the disk; beyond it lines are dropped"},
+    {SEC_PROXY, "balance", CT_ENUM, "weighted", NOB, true, false, false, "weighted|ewma",
+     OFF_G(proxy.balance), "within a priority: smooth weighted round-robin, or least peak-EWMA load"},
     /* [admin] */
     {SEC_ADMIN, "listen", CT_LISTEN, "127.0.0.1:3002", NOB, true, false, false, NULL,
      OFF_G(admin.listen), "admin listener: /healthz /readyz /stats /config /metrics"},
@@ -155,6 +157,16 @@ const struct config_key config_table[] = {
      OFF_U(backoff_max_ms), "largest backoff cap"},
     {SEC_UPSTREAM, "max_retry_after", CT_DURATION, "30s", 0, 3600000, true, false, false, NULL,
      OFF_U(max_retry_after_ms), "longest Retry-After waited out; longer ones skip the upstream"},
+    {SEC_UPSTREAM, "health_check", CT_STRING, NULL, NOB, true, false, false, NULL,
+     OFF_U(health_check), "path probed with GET (after the url's prefix); unset: no checks"},
+    {SEC_UPSTREAM, "health_interval", CT_DURATION, "5s", 50, 3600000, true, false, false, NULL,
+     OFF_U(health_interval_ms), "time between the end of one check and the next (+-15% jitter)"},
+    {SEC_UPSTREAM, "health_timeout", CT_DURATION, "1s", 1, 600000, true, false, false, NULL,
+     OFF_U(health_timeout_ms), "one check's limit: connect, TLS, request and status line"},
+    {SEC_UPSTREAM, "healthy_threshold", CT_INT, "2", 1, 100, true, false, false, NULL,
+     OFF_U(healthy_threshold), "consecutive passing checks that make it healthy again"},
+    {SEC_UPSTREAM, "unhealthy_threshold", CT_INT, "2", 1, 100, true, false, false, NULL,
+     OFF_U(unhealthy_threshold), "consecutive failing checks that take it out of routing"},
     /* [model NAME] */
     {SEC_MODEL, "dimensions", CT_INT, NULL, 1, 4096, true, false, false, NULL, OFF_M(dimensions),
      "fallback vector size for requests naming this model"},
@@ -1355,6 +1367,21 @@ validate_models(struct parser *p)
     }
 }
 
+/* A request target we can put on the wire as it is. */
+static bool
+valid_health_path(const char *s)
+{
+    if (s[0] != '/') {
+        return false;
+    }
+    for (; *s != '\0'; s++) {
+        if ((unsigned char)*s <= ' ' || (unsigned char)*s == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static void
 validate(struct parser *p)
 {
@@ -1385,6 +1412,12 @@ validate(struct parser *p)
             /* Name the file as written: an expanded ${VAR} may be a secret. */
             add_error(p->errs, "%s:%d: [upstream %s] tls_ca_file: cannot read %s", p->name,
                       u->line, u->name, u->raw[config_key_index(SEC_UPSTREAM, "tls_ca_file")]);
+        }
+        if (u->health_check != NULL && !valid_health_path(u->health_check)) {
+            add_error(p->errs,
+                      "%s:%d: [upstream %s] health_check: not a path (starts with /, no "
+                      "blanks or control bytes)",
+                      p->name, u->line, u->name);
         }
         if (u->backoff_max_ms < u->backoff_base_ms) {
             add_error(p->errs, "%s:%d: [upstream %s] backoff_max: smaller than backoff_base",

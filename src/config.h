@@ -92,6 +92,8 @@ struct header_list {
 };
 
 enum fallback_mode { FALLBACK_AUTO, FALLBACK_ALWAYS, FALLBACK_OFF };
+/* [proxy] balance: how upstream_pick chooses within a priority. */
+enum balance_mode { BALANCE_WEIGHTED, BALANCE_EWMA };
 
 struct upstream_config {
     char *name;
@@ -121,6 +123,12 @@ struct upstream_config {
     double backoff_multiplier;
     uint64_t backoff_max_ms;
     uint64_t max_retry_after_ms;
+    /* active health checks (health.c) */
+    char *health_check; /* path, NULL: no checks */
+    uint64_t health_interval_ms;
+    uint64_t health_timeout_ms;
+    int64_t healthy_threshold;
+    int64_t unhealthy_threshold;
     char **raw; /* raw text per key index as written, NULL when defaulted */
 };
 
@@ -156,6 +164,7 @@ struct config {
         char *access_log;           /* "off", "stderr" or a path */
         int access_log_format;      /* enum accesslog_format: 0 json, 1 text */
         uint64_t access_log_buffer; /* the access log's ring, bytes */
+        int balance;                /* enum balance_mode */
     } proxy;
     struct {
         struct listen_addr listen;

@@ -124,6 +124,26 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
     [METRIC_UPSTREAM_CONNECTIONS] = {"akosha_upstream_connections", METRIC_GAUGE, true,
                                      "Open connections to an upstream, by state (idle, active).",
                                      {"upstream", "state", NULL}, NO_BUCKETS},
+    [METRIC_UPSTREAM_HEALTHY] = {"akosha_upstream_healthy", METRIC_GAUGE, true,
+                                 "1 when routing may use the upstream by its active health "
+                                 "checks (always 1 without health_check), 0 when it failed them.",
+                                 {"upstream", NULL}, NO_BUCKETS},
+    [METRIC_HEALTH_CHECKS] = {"akosha_health_checks_total", METRIC_COUNTER, true,
+                              "Active health checks finished, by result (pass: 2xx within "
+                              "health_timeout; fail: anything else).",
+                              {"upstream", "result", NULL}, NO_BUCKETS},
+    [METRIC_HEALTH_CHECK_LAST_SECONDS] = {"akosha_health_check_last_duration_seconds",
+                                          METRIC_GAUGE, true,
+                                          "How long the upstream's last health check took.",
+                                          {"upstream", NULL}, NO_BUCKETS},
+    [METRIC_HEALTH_CHECK_LAST_SUCCESS] = {"akosha_health_check_last_success", METRIC_GAUGE, true,
+                                          "1 when the upstream's last health check passed, 0 "
+                                          "when it failed.",
+                                          {"upstream", NULL}, NO_BUCKETS},
+    [METRIC_UPSTREAM_LATENCY_EWMA] = {"akosha_upstream_latency_ewma_seconds", METRIC_GAUGE, true,
+                                      "Peak-EWMA of the upstream's attempt latency, as balance = "
+                                      "ewma sees it (0 before its first attempt).",
+                                      {"upstream", NULL}, NO_BUCKETS},
     [METRIC_CONFIG_RELOADS] = {"akosha_config_reloads_total", METRIC_COUNTER, false,
                                "Configuration reloads, by result (success, failure).",
                                {"result", NULL}, NO_BUCKETS},

@@ -38,8 +38,8 @@
  *             other than 408/429, the request's fault, not the upstream's) |
  *             "failure" (5xx, 408, 429 or an unparsable response) |
  *             "timeout" | "connect_error" (connect, TLS or reset before a
- *             response) | "rejected" (breaker open or half-open full: no
- *             attempt was made)
+ *             response) | "rejected" (breaker open or half-open full, or
+ *             every upstream failing its health checks: no attempt was made)
  *   reason    akosha_retries_total: "failure" | "timeout" | "connect_error";
  *             akosha_fallback_total: "all_open" | "attempts_exhausted" |
  *             "no_upstreams" | "mode_always" | "retry_budget";
@@ -47,6 +47,7 @@
  *             "deadline" (its work would end past request_timeout) |
  *             "cancelled" (the client left or timed out first)
  *   state     akosha_upstream_connections: "idle" | "active"
+ *   result    akosha_health_checks_total: "pass" (2xx in time) | "fail"
  *   result    akosha_config_reloads_total: "success" | "failure"
  *   service_name, upstream   the upstream's name from the config
  *
@@ -108,6 +109,11 @@ enum metric_id {
     METRIC_FALLBACK_SHED,
     METRIC_REQUESTS_IN_FLIGHT,
     METRIC_UPSTREAM_CONNECTIONS,
+    METRIC_UPSTREAM_HEALTHY,
+    METRIC_HEALTH_CHECKS,
+    METRIC_HEALTH_CHECK_LAST_SECONDS,
+    METRIC_HEALTH_CHECK_LAST_SUCCESS,
+    METRIC_UPSTREAM_LATENCY_EWMA,
     METRIC_CONFIG_RELOADS,
     METRIC_BUILD_INFO,
     METRIC_SPANS_EXPORTED,

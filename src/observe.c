@@ -169,6 +169,27 @@ breaker_samples(struct metrics_writer *w, const char *name, const struct breaker
     metrics_writer_sample(w, METRIC_CIRCUIT_SUCCESS_RATE, lv, st->success_rate);
 }
 
+/* An upstream's health verdict, its last check and its latency estimate. */
+static void
+health_samples(struct metrics_writer *w, const struct upstream *up, uint64_t now)
+{
+    const struct health_status *h = &up->health;
+    const char *lv[] = {up->name}, *pass[] = {up->name, "pass"}, *fail[] = {up->name, "fail"};
+
+    metrics_writer_sample(w, METRIC_UPSTREAM_HEALTHY, lv, h->healthy ? 1 : 0);
+    if (h->checked || h->have_last) {
+        metrics_writer_sample(w, METRIC_HEALTH_CHECKS, pass, (double)h->passes);
+        metrics_writer_sample(w, METRIC_HEALTH_CHECKS, fail, (double)h->failures);
+    }
+    if (h->have_last) {
+        metrics_writer_sample(w, METRIC_HEALTH_CHECK_LAST_SECONDS, lv,
+                              (double)h->last_latency_us / 1e6);
+        metrics_writer_sample(w, METRIC_HEALTH_CHECK_LAST_SUCCESS, lv, h->last_pass ? 1 : 0);
+    }
+    metrics_writer_sample(w, METRIC_UPSTREAM_LATENCY_EWMA, lv,
+                          up->ewma_sampled ? upstream_latency_estimate_us(up, now) / 1e6 : 0);
+}
+
 static void
 collect_breakers(struct metrics_writer *w, void *arg)
 {
@@ -176,6 +197,7 @@ collect_breakers(struct metrics_writer *w, void *arg)
     struct worker_pool *workers = *sources.workers;
     struct breaker_stats st;
     uint64_t exported = 0, dropped = 0, failures = 0;
+    uint64_t now = util_mono_ms();
 
     (void)arg;
     for (size_t i = 0; i < ups->n; i++) {
@@ -186,6 +208,7 @@ collect_breakers(struct metrics_writer *w, void *arg)
         metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, idle, (double)up->nidle);
         metrics_writer_sample(w, METRIC_UPSTREAM_CONNECTIONS, active,
                               (double)(up->nbusy + up->nconnecting));
+        health_samples(w, up, now);
     }
     if (exporter != NULL) {
         otlp_breaker_stats(exporter, &st);

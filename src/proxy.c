@@ -1975,7 +1975,8 @@ attempt_start(struct client *c)
     if (up == NULL) {
         if (r->attempts == 0) {
             observe_all_open(r->ups);
-            give_up(c, "all_open", 503, "every upstream's circuit breaker is open");
+            give_up(c, "all_open", 503,
+                    "no upstream may be called: circuit breakers open or health checks failing");
         } else {
             give_up(c, "attempts_exhausted", r->fail_status, r->fail_cause);
         }
@@ -1992,6 +1993,7 @@ attempt_start(struct client *c)
     upstream_ref(up);
     up->stats.requests++;
     a->up = up;
+    a->start_us = util_mono_us();
     a->conn = NULL;
     a->status = 0;
     a->bytes_in = 0;
@@ -2065,6 +2067,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
         a->ticket_open = false;
     }
     a->up->stats.failures++;
+    upstream_observe_latency(a->up, util_mono_us() - a->start_us, false, now);
     observe_attempt_failed(&r->obs, a->up, reason);
     r->fail_status = status;
     snprintf(r->fail_cause, sizeof(r->fail_cause), "upstream %s: %s", a->up->name, cause);
@@ -2216,6 +2219,7 @@ attempt_complete(struct client *c)
         breaker_record(&a->up->breaker, &a->ticket, o, now);
         a->ticket_open = false;
     }
+    upstream_observe_latency(a->up, util_mono_us() - a->start_us, true, now);
     if (a->status < 400) {
         a->up->stats.successes++;
     } else {

@@ -67,6 +67,7 @@ struct attempt {
     bool deadline_cut;  /* its timer is the time left, shorter than call_timeout */
     const char *remote_model; /* up's own name for the model (NAME=REMOTE), or NULL; up's config owns it */
     bool collect;       /* a 2xx answer kept whole for the cache to merge, not relayed */
+    uint64_t start_us;        /* monotonic: picked; its latency feeds balance = ewma */
 };
 
 struct fallback_job;

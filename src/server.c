@@ -26,6 +26,7 @@
 #include "cache.h"
 #include "admin.h"
 #include "fallback.h"
+#include "health.h"
 #include "log.h"
 #include "notify.h"
 #include "observe.h"
@@ -347,6 +348,7 @@ apply_reload(struct server *srv, struct config *cfg)
     if (ups == NULL) {
         goto fail;
     }
+    health_apply(ups, srv->ups); /* kept upstreams keep their checker and verdict */
     upstream_set_unref(srv->ups); /* requests in flight keep theirs */
     srv->ups = ups;
     if (nl != NULL) {
@@ -535,6 +537,7 @@ start_drain(struct server *srv, const char *why)
     notify_send("STOPPING=1");
     srv->draining = true;
     srv->ready = false;
+    health_stop_all(srv->ups); /* no checks while draining */
     if (srv->listener != NULL) {
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
@@ -631,6 +634,7 @@ server_init(struct server *srv, struct config *cfg)
     }
     /* [cache] memory is read at start only: a new budget needs a restart. */
     srv->cache = cfg->cache.memory > 0 ? cache_new((size_t)cfg->cache.memory) : NULL;
+    health_apply(srv->ups, NULL);
     srv->workers = fallback_pool_new(srv->base, srv->cfg, &cause);
     if (srv->workers == NULL) {
         fatal("fallback worker: %s", cause);
@@ -728,6 +732,7 @@ server_free(struct server *srv)
         event_free(srv->reload_event);
         close(srv->reload_efd);
     }
+    health_stop_all(srv->ups);
     upstream_set_unref(srv->ups);
     config_unref(srv->cfg);
     evdns_base_free(srv->dns, 0);

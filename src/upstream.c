@@ -9,6 +9,7 @@
 #include "upstream.h"
 
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 
 #include "log.h"
 #include "model.h"
+#include "retry.h"
 #include "sockio.h"
 #include "util.h"
 
@@ -205,6 +207,8 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
     }
     set = xcalloc(1, sizeof(*set));
     set->refs = 1;
+    set->balance = (enum balance_mode)cfg->proxy.balance;
+    set->rng = util_mono_us() ^ ((uint64_t)(uintptr_t)set << 16) ^ (old ? old->rng : 0);
     set->ups = xcalloc(cfg->nupstreams + 1, sizeof(struct upstream *));
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct upstream_config *uc = &cfg->upstreams[i];
@@ -246,6 +250,8 @@ upstream_set_new(struct event_base *base, struct evdns_base *dns, struct config 
             TAILQ_INIT(&up->waiters);
             breaker_init(&up->breaker, uc->name, &bc);
             up->breaker.on_change = breaker_changed;
+            health_status_init(&up->health);
+            up->ewma_stamp_ms = util_mono_ms();
         }
         upstream_ref(up); /* the set's */
         up->cfg = uc;
@@ -303,7 +309,7 @@ upstream_serves(const struct upstream *up, const struct upstream_want *want)
 bool
 upstream_routable(const struct upstream *up, const struct upstream_want *want, uint64_t now_ms)
 {
-    return upstream_serves(up, want) && !upstream_cooling(up, now_ms);
+    return up->health.healthy && upstream_serves(up, want) && !upstream_cooling(up, now_ms);
 }
 
 bool
@@ -351,6 +357,122 @@ pick_in_priority(struct upstream_set *set, const struct upstream_want *want, int
     return best;
 }
 
+size_t
+upstream_in_flight(const struct upstream *up)
+{
+    return up->nbusy + up->nconnecting + up->nwaiters;
+}
+
+double
+upstream_latency_estimate_us(const struct upstream *up, uint64_t now_ms)
+{
+    double age = now_ms > up->ewma_stamp_ms ? (double)(now_ms - up->ewma_stamp_ms) : 0.0;
+
+    return up->ewma_us * exp(-age / UPSTREAM_EWMA_DECAY_MS);
+}
+
+void
+upstream_observe_latency(struct upstream *up, uint64_t rtt_us, bool ok, uint64_t now_ms)
+{
+    double est = upstream_latency_estimate_us(up, now_ms);
+    double sample = (double)rtt_us;
+    double age = now_ms > up->ewma_stamp_ms ? (double)(now_ms - up->ewma_stamp_ms) : 0.0;
+    double keep = exp(-age / UPSTREAM_EWMA_DECAY_MS);
+
+    if (!ok && sample < 2 * est) {
+        sample = 2 * est;
+    }
+    if (!up->ewma_sampled || sample > est) {
+        up->ewma_us = sample; /* peak: a slowdown is believed at once */
+    } else {
+        /* the older the estimate, the more this sample counts: est = ewma_us * keep */
+        up->ewma_us = est + sample * (1.0 - keep);
+    }
+    up->ewma_sampled = true;
+    up->ewma_stamp_ms = now_ms;
+}
+
+/* Whether up is a candidate of pick_in_priority's walk. */
+static bool
+candidate(const struct upstream *up, const struct upstream_want *want, int64_t prio,
+          struct upstream *const *tried, size_t ntried, bool skip_tried, uint64_t now_ms)
+{
+    return up->cfg->priority == prio && upstream_callable(up, want, now_ms) &&
+           !(skip_tried && was_tried((struct upstream *)up, tried, ntried));
+}
+
+/*
+ * Load of up for balance = ewma: latency estimate x (attempts in flight + 1)
+ * / weight. neutral_us stands in for the estimate of an upstream with no sample.
+ */
+static double
+upstream_load(const struct upstream *up, double neutral_us, uint64_t now_ms)
+{
+    double est = up->ewma_sampled ? upstream_latency_estimate_us(up, now_ms) : neutral_us;
+
+    return est * (double)(upstream_in_flight(up) + 1) / (double)up->cfg->weight;
+}
+
+/* Power of two choices over the peak-EWMA load (as Finagle and Linkerd balance). */
+static struct upstream *
+pick_ewma(struct upstream_set *set, const struct upstream_want *want, int64_t prio,
+          struct upstream *const *tried, size_t ntried, bool skip_tried, uint64_t now_ms)
+{
+    size_t k = 0, nsampled = 0, first, second, seen = 0;
+    double sum = 0, neutral = UPSTREAM_EWMA_DEFAULT_US;
+    struct upstream *a = NULL, *b = NULL;
+
+    for (size_t i = 0; i < set->n; i++) {
+        struct upstream *up = set->ups[i];
+        if (candidate(up, want, prio, tried, ntried, skip_tried, now_ms)) {
+            k++;
+            if (up->ewma_sampled) {
+                nsampled++;
+                sum += upstream_latency_estimate_us(up, now_ms);
+            }
+        }
+    }
+    if (k == 0) {
+        return NULL;
+    }
+    if (nsampled > 0) {
+        neutral = sum / (double)nsampled; /* a newcomer is taken for average */
+    }
+    first = k == 1 ? 0 : (size_t)(retry_rand(&set->rng) % k);
+    second = k == 1 ? 0 : (size_t)(retry_rand(&set->rng) % (k - 1));
+    if (k > 1 && second >= first) {
+        second++;
+    }
+    for (size_t i = 0; i < set->n && (a == NULL || b == NULL); i++) {
+        struct upstream *up = set->ups[i];
+        if (!candidate(up, want, prio, tried, ntried, skip_tried, now_ms)) {
+            continue;
+        }
+        if (seen == first) {
+            a = up;
+        }
+        if (seen == second) {
+            b = up;
+        }
+        seen++;
+    }
+    if (upstream_load(b, neutral, now_ms) < upstream_load(a, neutral, now_ms)) {
+        return b;
+    }
+    return a;
+}
+
+bool
+upstream_any_healthy(const struct upstream_set *set)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        if (set->ups[i]->health.healthy) {
+            return true;
+        }
+    }
+    return false;
+}
+
 struct upstream *
 upstream_pick(struct upstream_set *set, const struct upstream_want *want,
               struct upstream *const *tried, size_t ntried, uint64_t now_ms)
@@ -372,7 +494,9 @@ upstream_pick(struct upstream_set *set, const struct upstream_want *want,
                 break;
             }
             prio = next;
-            up = pick_in_priority(set, want, prio, tried, ntried, skip_tried, now_ms);
+            up = set->balance == BALANCE_EWMA
+                     ? pick_ewma(set, want, prio, tried, ntried, skip_tried, now_ms)
+                     : pick_in_priority(set, want, prio, tried, ntried, skip_tried, now_ms);
             if (up != NULL) {
                 return up;
             }
@@ -391,6 +515,9 @@ upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms)
         uint64_t t = breaker_next_trial_ms(&up->breaker, now_ms);
         if (upstream_cooling(up, now_ms)) {
             t = MAX(t, up->cooldown_until_ms);
+        }
+        if (!up->health.healthy) {
+            t = MAX(t, now_ms + up->cfg->health_interval_ms); /* a check may bring it back */
         }
         soonest = MIN(soonest, t);
     }
@@ -830,6 +957,32 @@ connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
     c->cb(c, UPCONN_TIMEOUT, c->arg);
 }
 
+SSL *
+upstream_ssl_new(struct upstream *up, const char **cause)
+{
+    const struct upstream_config *uc = up->cfg;
+    SSL *ssl = SSL_new(up->ssl_ctx);
+    const char *sni = uc->tls_server_name ? uc->tls_server_name : uc->url.host;
+
+    if (ssl == NULL) {
+        *cause = "SSL_new failed";
+        return NULL;
+    }
+    /* SNI only for names, never for literal addresses (RFC 6066). */
+    if (strspn(sni, "0123456789.") != strlen(sni) && strchr(sni, ':') == NULL) {
+        SSL_set_tlsext_host_name(ssl, sni);
+    }
+    if (uc->tls_verify) {
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (SSL_set1_host(ssl, sni) != 1) {
+            *cause = "cannot set TLS host name";
+            SSL_free(ssl);
+            return NULL;
+        }
+    }
+    return ssl;
+}
+
 static struct upconn *
 start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
 {
@@ -846,25 +999,10 @@ start_connect(struct upstream *up, upconn_cb cb, void *arg, const char **cause)
     c->up_tls = uc->url.tls;
     c->fd = -1;
     if (uc->url.tls) {
-        SSL *ssl = SSL_new(up->ssl_ctx);
-        const char *sni = uc->tls_server_name ? uc->tls_server_name : uc->url.host;
+        SSL *ssl = upstream_ssl_new(up, cause);
         if (ssl == NULL) {
-            *cause = "SSL_new failed";
             free(c);
             return NULL;
-        }
-        /* SNI only for names, never for literal addresses (RFC 6066). */
-        if (strspn(sni, "0123456789.") != strlen(sni) && strchr(sni, ':') == NULL) {
-            SSL_set_tlsext_host_name(ssl, sni);
-        }
-        if (uc->tls_verify) {
-            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-            if (SSL_set1_host(ssl, sni) != 1) {
-                *cause = "cannot set TLS host name";
-                SSL_free(ssl);
-                free(c);
-                return NULL;
-            }
         }
         c->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                                 BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);

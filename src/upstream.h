@@ -20,6 +20,7 @@
 
 #include "breaker.h"
 #include "config.h"
+#include "health.h"
 
 struct upstream;
 struct upconn;
@@ -101,6 +102,15 @@ struct upstream {
     uint64_t cooldown_until_ms; /* monotonic: skipped by routing until then (Retry-After) */
     unsigned generation; /* bumped when a reload changes how connections are made */
     int64_t current_weight;
+    /*
+     * balance = ewma: peak-EWMA of attempt latency in microseconds, decayed
+     * toward zero with UPSTREAM_EWMA_DECAY_MS from ewma_stamp_ms (monotonic).
+     */
+    double ewma_us;
+    uint64_t ewma_stamp_ms;
+    bool ewma_sampled; /* false: no attempt finished yet; routing uses a neutral estimate */
+    struct health_status health;     /* health.c's; routing reads health.healthy */
+    struct health_checker *checker;  /* owned by health.c; NULL when not checked */
     struct upconn_list idle; /* most recently used first */
     struct event *idle_sweep; /* closes plain connections idle past the limit */
     size_t nidle, nbusy, nconnecting;
@@ -119,7 +129,14 @@ struct upstream_set {
     struct upstream **ups;
     size_t n;
     int refs;
+    enum balance_mode balance; /* [proxy] balance of the config it was built from */
+    uint64_t rng;              /* power of two choices */
 };
+
+/* Time constant of the latency EWMA: a sample weighs 1 - e^(-dt/10 s) against the estimate. */
+#define UPSTREAM_EWMA_DECAY_MS 10000.0
+/* The estimate of an upstream with no sample when no other upstream has one either. */
+#define UPSTREAM_EWMA_DEFAULT_US 10000.0
 
 /*
  * Build the set for cfg, with one reference for the caller. Upstreams of old
@@ -140,7 +157,10 @@ struct upstream_want {
     const char *model; /* canonical; NULL: only upstreams serving any model */
 };
 bool upstream_serves(const struct upstream *up, const struct upstream_want *want);
-/* Whether want may be routed to up at now_ms: it serves the model and is not cooling down. */
+/*
+ * Whether want may be routed to up at now_ms: it serves the model, is not
+ * cooling down and has not failed its health checks (when it has checks).
+ */
 bool upstream_routable(const struct upstream *up, const struct upstream_want *want,
                        uint64_t now_ms);
 /* upstream_routable, and its breaker would let a call through (without committing it). */
@@ -148,8 +168,10 @@ bool upstream_callable(const struct upstream *up, const struct upstream_want *wa
                        uint64_t now_ms);
 
 /*
- * Choose the next upstream for an attempt, among those want allows: lowest priority first, smooth
- * weighted round-robin within a priority, skipping upstreams whose breaker
+ * Choose the next upstream for an attempt, among those want allows: lowest
+ * priority first; within a priority smooth weighted round-robin (balance =
+ * weighted) or the cheaper of two random upstreams by upstream_load (ewma);
+ * skipping unhealthy upstreams, those upstreams whose breaker
  * would reject or that are cooling down after a long Retry-After and, when
  * possible, those in tried[] (ntried entries). Does not commit the breaker.
  * NULL when no upstream may be called.
@@ -161,6 +183,27 @@ uint64_t upstream_next_trial_ms(struct upstream_set *set, uint64_t now_ms);
 /* Whether some upstream of set that want allows may be called now (breaker and cooldown). */
 bool upstream_any_callable(struct upstream_set *set, const struct upstream_want *want,
                            uint64_t now_ms);
+/* Whether some upstream of set is healthy (unchecked ones count as healthy). */
+bool upstream_any_healthy(const struct upstream_set *set);
+
+/*
+ * An attempt on up ended after rtt_us: fold it into the peak-EWMA. A slower
+ * sample than the estimate replaces it at once; faster ones pull it down
+ * with the decay. A failed attempt (ok false) counts as at least twice the
+ * estimate, so an upstream failing fast never looks fast.
+ */
+void upstream_observe_latency(struct upstream *up, uint64_t rtt_us, bool ok, uint64_t now_ms);
+/* The latency estimate at now_ms in microseconds, decayed; 0 before any sample. */
+double upstream_latency_estimate_us(const struct upstream *up, uint64_t now_ms);
+/* Attempts using up now: connections lent or being made, and attempts waiting for one. */
+size_t upstream_in_flight(const struct upstream *up);
+
+/*
+ * A TLS session for a new connection to up (https only): SNI and, with
+ * tls_verify, the host name to check. Caller owns it. NULL with *cause.
+ */
+SSL *upstream_ssl_new(struct upstream *up, const char **cause);
+
 /* Whether up is cooling down at now_ms (see upstream_cooldown). */
 bool upstream_cooling(const struct upstream *up, uint64_t now_ms);
 /* Skip up in routing until until_ms (monotonic): it asked for a pause we will not wait out. */

@@ -743,3 +743,57 @@ Test(breaker, state_names_and_prometheus_values_match_the_prototype)
     cr_assert_eq(breaker_state_metric(BREAKER_CLOSED), 1);
     cr_assert_eq(breaker_state_metric(BREAKER_HALF_OPEN), 2);
 }
+
+Test(breaker, half_open_on_demand_moves_open_to_half_open_before_the_timeout)
+{
+    struct breaker b;
+    struct change_log log;
+    struct breaker_stats s, before;
+    struct breaker_ticket t;
+
+    make_breaker(&b, &log);
+    fail_n(&b, 5, T0);
+    cr_assert_eq(b.state, BREAKER_OPEN);
+    stats(&b, &before);
+    cr_assert_not(breaker_would_allow(&b, T0 + 10));
+
+    cr_assert(breaker_half_open(&b, T0 + 10, "health check passed"));
+    cr_assert_eq(b.state, BREAKER_HALF_OPEN);
+    cr_assert_eq(log.count, 2);
+    cr_assert_eq(log.from[1], BREAKER_OPEN);
+    cr_assert_eq(log.to[1], BREAKER_HALF_OPEN);
+    cr_assert_str_eq(log.why[1], "health check passed");
+    stats(&b, &s);
+    cr_assert_eq(s.failed_calls, before.failed_calls, "no call is counted");
+    cr_assert_eq(s.total_calls, before.total_calls);
+    cr_assert_eq(s.last_state_change_ms, T0 + 10);
+    /* Trials now, long before open_timeout; two successes close it as usual. */
+    cr_assert(breaker_would_allow(&b, T0 + 11));
+    call(&b, BREAKER_SUCCESS, T0 + 11);
+    call(&b, BREAKER_SUCCESS, T0 + 12);
+    cr_assert_eq(b.state, BREAKER_CLOSED);
+    (void)t;
+}
+
+Test(breaker, half_open_on_demand_leaves_closed_half_open_and_forced_open_alone)
+{
+    struct breaker b;
+    struct change_log log;
+    struct breaker_ticket t;
+
+    make_breaker(&b, &log);
+    cr_assert_not(breaker_half_open(&b, T0, "health check passed"), "closed stays closed");
+    cr_assert_eq(b.state, BREAKER_CLOSED);
+
+    fail_n(&b, 5, T0);
+    cr_assert(breaker_allow(&b, T0 + OPEN_MS, &t)); /* timeout: HALF_OPEN, one trial out */
+    cr_assert_eq(b.state, BREAKER_HALF_OPEN);
+    cr_assert_not(breaker_half_open(&b, T0 + OPEN_MS + 1, "health check passed"));
+    cr_assert_eq(b.half_open_in_flight, 1, "the running trial keeps its slot");
+    breaker_record(&b, &t, BREAKER_ABANDONED, T0 + OPEN_MS + 2);
+
+    breaker_force_open(&b, T0 + OPEN_MS + 3);
+    cr_assert_not(breaker_half_open(&b, T0 + OPEN_MS + 4, "health check passed"));
+    cr_assert_eq(b.state, BREAKER_OPEN, "an admin's forced open wins over health checks");
+    cr_assert_eq(log.count, 3);
+}

@@ -666,3 +666,46 @@ Test(config, literal_secrets_are_found_expanded_ones_are_not)
     cr_expect_str_eq(which, "[upstream a] header");
     config_free(cfg);
 }
+
+Test(config, health_check_keys_default_off_and_parse)
+{
+    struct config_errors errs;
+    struct config *cfg = parse("[proxy]\nbalance = ewma\n[upstream a]\nurl = http://h:1\n"
+                               "[upstream b]\nurl = http://h:2\nhealth_check = /v1/models\n"
+                               "health_interval = 250ms\nhealth_timeout = 100ms\n"
+                               "healthy_threshold = 1\nunhealthy_threshold = 3\n",
+                               &errs);
+    const struct upstream_config *a, *b;
+
+    cr_assert_not_null(cfg, "%s", errs.n ? errs.msgs[0] : "");
+    cr_assert_eq(cfg->proxy.balance, BALANCE_EWMA);
+    a = &cfg->upstreams[0];
+    b = &cfg->upstreams[1];
+    cr_assert_null(a->health_check, "no checks unless asked for");
+    cr_assert_eq(a->health_interval_ms, 5000);
+    cr_assert_eq(a->health_timeout_ms, 1000);
+    cr_assert_eq(a->healthy_threshold, 2);
+    cr_assert_eq(a->unhealthy_threshold, 2);
+    cr_assert_str_eq(b->health_check, "/v1/models");
+    cr_assert_eq(b->health_interval_ms, 250);
+    cr_assert_eq(b->health_timeout_ms, 100);
+    cr_assert_eq(b->healthy_threshold, 1);
+    cr_assert_eq(b->unhealthy_threshold, 3);
+    config_free(cfg);
+
+    cfg = parse("", &errs);
+    cr_assert_eq(cfg->proxy.balance, BALANCE_WEIGHTED);
+    config_free(cfg);
+}
+
+Test(config, health_check_must_be_a_path_and_interval_not_tiny)
+{
+    expect_error("[upstream a]\nurl = http://h:1\nhealth_check = health\n",
+                 "health_check: not a path");
+    expect_error("[upstream a]\nurl = http://h:1\nhealth_check = /a b\n",
+                 "health_check: not a path");
+    expect_error("[upstream a]\nurl = http://h:1\nhealth_interval = 10ms\n", "health_interval");
+    expect_error("[upstream a]\nurl = http://h:1\nunhealthy_threshold = 0\n",
+                 "unhealthy_threshold");
+    expect_error("[proxy]\nbalance = random\n", "not one of weighted|ewma");
+}
