@@ -22,12 +22,14 @@
 #endif
 
 /*
- * Blocking. Rows go in blocks of up to 12 (AVX-512) or 6 (AVX2); a block's
- * a values for KC steps of k are copied into one contiguous buffer (k-major,
- * so each step's values sit in one cache line) and multiplied with every
- * panel of a chunk of CHUNK_PANELS panels before the next KC steps. The
- * chunk (CHUNK_PANELS * GEMM_PANEL columns * k floats, 1 MiB for k = 1024)
- * stays in L2 while every row block passes over it.
+ * Blocking. Rows go in blocks of up to 14 (AVX-512) or 6 (AVX2); a block's
+ * KC steps of k (14 x 1 KiB, in L1) are multiplied with every panel of a
+ * chunk of CHUNK_PANELS panels before the next KC steps. The kernels read
+ * a's rows where they are: copying each block into a k-major buffer first,
+ * once per chunk, was 10 % of a 12-token forward pass (perf), and dropping
+ * it made that pass 10 % faster. The chunk (CHUNK_PANELS * GEMM_PANEL
+ * columns * k floats, 1 MiB for k = 1024) stays in L2 while every row block
+ * passes over it.
  */
 #define KC 256
 /*
@@ -39,13 +41,27 @@
  */
 #define PREFETCH_AHEAD 32
 #define CHUNK_PANELS 8
-#define MAX_ROWS 12
+/* Rows per block of the portable kernel. */
+#define PORTABLE_ROWS 12
+/*
+ * Rows per block of the AVX-512 kernel: 14 rows x 32 columns is 28 zmm of
+ * sums, plus the panel's two vectors and a broadcast, of 32 registers. One
+ * block covers a text of up to 14 tokens, so its products stream each
+ * weight matrix once. Measured against 12 x 32 (the same at 12 rows and in
+ * the batch), and against 16 and 24 rows x 16 columns over half a panel at a
+ * time (1.5-2x slower for 12 rows): see doc/BENCHMARK.md.
+ */
+#define AVX512_ROWS 14
+#define AVX2_ROWS 6
 
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
 static enum gemm_path chosen = GEMM_PORTABLE;
 
-/* A kernel: c[rows x cols] += apack[kc x rows] . panel[kc x GEMM_PANEL] (first cols columns). */
-typedef void (*kernel_fn)(size_t rows, size_t kc, const float *apack, const float *panel,
+/*
+ * A kernel: c[rows x cols] += a[rows x kc] . panel[kc x GEMM_PANEL] (its first cols
+ * columns), a's rows lda floats apart.
+ */
+typedef void (*kernel_fn)(size_t rows, size_t kc, const float *a, size_t lda, const float *panel,
                           float *c, size_t ldc, size_t cols);
 
 /* ---- packing -------------------------------------------------------------- */
@@ -81,15 +97,15 @@ gemm_packed_free(struct gemm_packed *p)
 /* ---- portable ------------------------------------------------------------- */
 
 static void
-kernel_portable(size_t rows, size_t kc, const float *apack, const float *panel, float *c,
-                size_t ldc, size_t cols)
+kernel_portable(size_t rows, size_t kc, const float *a, size_t lda, const float *panel,
+                float *c, size_t ldc, size_t cols)
 {
     float sum[GEMM_PANEL];
 
     for (size_t r = 0; r < rows; r++) {
         memset(sum, 0, sizeof(sum));
         for (size_t kk = 0; kk < kc; kk++) {
-            float av = apack[kk * rows + r];
+            float av = a[r * lda + kk];
             for (size_t j = 0; j < GEMM_PANEL; j++) {
                 sum[j] += av * panel[kk * GEMM_PANEL + j];
             }
@@ -116,7 +132,7 @@ kernel_portable(size_t rows, size_t kc, const float *apack, const float *panel, 
     case 5: call(5); break;                                                                        \
     default: call(6); break;                                                                       \
     }
-#define ROW_SWITCH12(rows, call)                                                                   \
+#define ROW_SWITCH14(rows, call)                                                                   \
     switch (rows) {                                                                                \
     case 1: call(1); break;                                                                        \
     case 2: call(2); break;                                                                        \
@@ -129,53 +145,72 @@ kernel_portable(size_t rows, size_t kc, const float *apack, const float *panel, 
     case 9: call(9); break;                                                                        \
     case 10: call(10); break;                                                                      \
     case 11: call(11); break;                                                                      \
-    default: call(12); break;                                                                      \
+    case 12: call(12); break;                                                                      \
+    case 13: call(13); break;                                                                      \
+    default: call(14); break;                                                                      \
     }
 
-/* ---- AVX-512: up to 12 rows x 32 columns, 24 zmm of sums ------------------ */
+/* ---- AVX-512 --------------------------------------------------------------- */
 
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 
+/*
+ * rows x (16 * vecs) columns of sums in rows * vecs zmm: each step of k loads
+ * vecs vectors of the panel and broadcasts each row's a value straight from
+ * a (no copy of a: it stays in L1 across a chunk's panels).
+ */
 static inline __attribute__((always_inline)) AVX512 void
-rows_avx512(const int rows, size_t kc, const float *apack, const float *panel, float *c,
-            size_t ldc, size_t cols)
+rows_avx512(const int rows, const int vecs, size_t kc, const float *a, size_t lda,
+            const float *panel, float *c, size_t ldc, size_t cols)
 {
-    __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
-    __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
-    __m512 s0[MAX_ROWS], s1[MAX_ROWS];
+    __m512 sum[AVX512_ROWS][2];
+    __mmask16 mask[2];
 
-#pragma GCC unroll 12
-    for (int r = 0; r < rows; r++) {
-        s0[r] = _mm512_setzero_ps();
-        s1[r] = _mm512_setzero_ps();
+    for (int v = 0; v < vecs; v++) {
+        size_t left = cols > (size_t)v * 16 ? cols - (size_t)v * 16 : 0;
+        mask[v] = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
     }
-    for (size_t kk = 0; kk < kc; kk++, panel += GEMM_PANEL, apack += rows) {
-        _mm_prefetch((const char *)(panel + PREFETCH_AHEAD * GEMM_PANEL), _MM_HINT_T0);
-        _mm_prefetch((const char *)(panel + PREFETCH_AHEAD * GEMM_PANEL + 16), _MM_HINT_T0);
-        __m512 b0 = _mm512_load_ps(panel);
-        __m512 b1 = _mm512_load_ps(panel + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < rows; r++) {
-            __m512 av = _mm512_set1_ps(apack[r]);
-            s0[r] = _mm512_fmadd_ps(av, b0, s0[r]);
-            s1[r] = _mm512_fmadd_ps(av, b1, s1[r]);
+#pragma GCC unroll 16
+    for (int r = 0; r < rows; r++) {
+#pragma GCC unroll 2
+        for (int v = 0; v < vecs; v++) {
+            sum[r][v] = _mm512_setzero_ps();
         }
     }
-#pragma GCC unroll 12
+    for (size_t kk = 0; kk < kc; kk++, panel += GEMM_PANEL) {
+        __m512 b[2];
+        _mm_prefetch((const char *)(panel + PREFETCH_AHEAD * GEMM_PANEL), _MM_HINT_T0);
+        _mm_prefetch((const char *)(panel + PREFETCH_AHEAD * GEMM_PANEL + 16), _MM_HINT_T0);
+#pragma GCC unroll 2
+        for (int v = 0; v < vecs; v++) {
+            b[v] = _mm512_load_ps(panel + 16 * v);
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < rows; r++) {
+            __m512 av = _mm512_set1_ps(a[(size_t)r * lda + kk]);
+#pragma GCC unroll 2
+            for (int v = 0; v < vecs; v++) {
+                sum[r][v] = _mm512_fmadd_ps(av, b[v], sum[r][v]);
+            }
+        }
+    }
+#pragma GCC unroll 16
     for (int r = 0; r < rows; r++) {
         float *crow = c + (size_t)r * ldc;
-        _mm512_mask_storeu_ps(crow, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, crow), s0[r]));
-        _mm512_mask_storeu_ps(crow + 16, m1,
-                              _mm512_add_ps(_mm512_maskz_loadu_ps(m1, crow + 16), s1[r]));
+#pragma GCC unroll 2
+        for (int v = 0; v < vecs; v++) {
+            __m512 old = _mm512_maskz_loadu_ps(mask[v], crow + 16 * v);
+            _mm512_mask_storeu_ps(crow + 16 * v, mask[v], _mm512_add_ps(old, sum[r][v]));
+        }
     }
 }
 
 AVX512 static void
-kernel_avx512(size_t rows, size_t kc, const float *apack, const float *panel, float *c,
+kernel_avx512(size_t rows, size_t kc, const float *a, size_t lda, const float *panel, float *c,
               size_t ldc, size_t cols)
 {
-#define CALL(R) rows_avx512(R, kc, apack, panel, c, ldc, cols)
-    ROW_SWITCH12(rows, CALL)
+#define CALL(R) rows_avx512(R, 2, kc, a, lda, panel, c, ldc, cols)
+    ROW_SWITCH14(rows, CALL)
 #undef CALL
 }
 
@@ -187,26 +222,26 @@ kernel_avx512(size_t rows, size_t kc, const float *apack, const float *panel, fl
 static const int32_t mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 static inline __attribute__((always_inline)) AVX2 void
-rows_avx2(const int rows, size_t kc, const float *apack, const float *panel, float *c,
+rows_avx2(const int rows, size_t kc, const float *a, size_t lda, const float *panel, float *c,
           size_t ldc, size_t cols)
 {
     __m256i m0 = _mm256_loadu_si256((const __m256i *)(mask_table + 8 - (cols >= 8 ? 8 : cols)));
     __m256i m1 = _mm256_loadu_si256(
         (const __m256i *)(mask_table + 8 - (cols >= 16 ? 8 : cols <= 8 ? 0 : cols - 8)));
-    __m256 s0[MAX_ROWS], s1[MAX_ROWS];
+    __m256 s0[AVX2_ROWS], s1[AVX2_ROWS];
 
 #pragma GCC unroll 6
     for (int r = 0; r < rows; r++) {
         s0[r] = _mm256_setzero_ps();
         s1[r] = _mm256_setzero_ps();
     }
-    for (size_t kk = 0; kk < kc; kk++, panel += GEMM_PANEL, apack += rows) {
+    for (size_t kk = 0; kk < kc; kk++, panel += GEMM_PANEL) {
         _mm_prefetch((const char *)(panel + PREFETCH_AHEAD * GEMM_PANEL), _MM_HINT_T0);
         __m256 b0 = _mm256_load_ps(panel);
         __m256 b1 = _mm256_load_ps(panel + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < rows; r++) {
-            __m256 av = _mm256_broadcast_ss(apack + r);
+            __m256 av = _mm256_broadcast_ss(a + (size_t)r * lda + kk);
             s0[r] = _mm256_fmadd_ps(av, b0, s0[r]);
             s1[r] = _mm256_fmadd_ps(av, b1, s1[r]);
         }
@@ -220,8 +255,8 @@ rows_avx2(const int rows, size_t kc, const float *apack, const float *panel, flo
 }
 
 AVX2 static void
-kernel_avx2(size_t rows, size_t kc, const float *apack, const float *panel, float *c, size_t ldc,
-            size_t cols)
+kernel_avx2(size_t rows, size_t kc, const float *a, size_t lda, const float *panel, float *c,
+            size_t ldc, size_t cols)
 {
     /* Two halves of the panel, each up to 6 rows (the driver gives at most 6 with AVX2). */
     for (size_t half = 0; half < 2 && half * 16 < cols; half++) {
@@ -229,7 +264,7 @@ kernel_avx2(size_t rows, size_t kc, const float *apack, const float *panel, floa
         size_t hcols = left > 16 ? 16 : left;
         const float *p = panel + half * 16;
         float *ch = c + half * 16;
-#define CALL(R) rows_avx2(R, kc, apack, p, ch, ldc, hcols)
+#define CALL(R) rows_avx2(R, kc, a, lda, p, ch, ldc, hcols)
         ROW_SWITCH6(rows, CALL)
 #undef CALL
     }
@@ -252,7 +287,6 @@ static void
 drive(kernel_fn kernel, size_t max_rows, size_t m, const float *a, size_t lda,
       const struct gemm_packed *b, float *c, size_t ldc)
 {
-    float apack[KC * MAX_ROWS] __attribute__((aligned(64)));
     size_t n = b->n, k = b->k, panels = (n + GEMM_PANEL - 1) / GEMM_PANEL;
 
     for (size_t p0 = 0; p0 < panels; p0 += CHUNK_PANELS) {
@@ -261,16 +295,10 @@ drive(kernel_fn kernel, size_t max_rows, size_t m, const float *a, size_t lda,
             rows = block_rows(m, i, max_rows);
             for (size_t k0 = 0; k0 < k; k0 += KC) {
                 size_t kc = k - k0 < KC ? k - k0 : KC;
-                for (size_t r = 0; r < rows; r++) {
-                    const float *arow = a + (i + r) * lda + k0;
-                    for (size_t kk = 0; kk < kc; kk++) {
-                        apack[kk * rows + r] = arow[kk];
-                    }
-                }
                 for (size_t p = p0; p < p1; p++) {
                     size_t col = p * GEMM_PANEL;
                     size_t cols = n - col < GEMM_PANEL ? n - col : GEMM_PANEL;
-                    kernel(rows, kc, apack, b->panels + (p * k + k0) * GEMM_PANEL,
+                    kernel(rows, kc, a + i * lda + k0, lda, b->panels + (p * k + k0) * GEMM_PANEL,
                            c + i * ldc + col, ldc, cols);
                 }
             }
@@ -357,14 +385,14 @@ gemm_acc(size_t m, const float *a, size_t lda, const struct gemm_packed *b, floa
     switch (gemm_path()) {
 #ifdef GEMM_X86
     case GEMM_AVX512:
-        drive(kernel_avx512, 12, m, a, lda, b, c, ldc);
+        drive(kernel_avx512, AVX512_ROWS, m, a, lda, b, c, ldc);
         break;
     case GEMM_AVX2:
-        drive(kernel_avx2, 6, m, a, lda, b, c, ldc);
+        drive(kernel_avx2, AVX2_ROWS, m, a, lda, b, c, ldc);
         break;
 #endif
     default:
-        drive(kernel_portable, MAX_ROWS, m, a, lda, b, c, ldc);
+        drive(kernel_portable, PORTABLE_ROWS, m, a, lda, b, c, ldc);
         break;
     }
 }

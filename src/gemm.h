@@ -6,7 +6,7 @@
  * into its own layout on every call. With 12 rows (one short text) that copy
  * was 63 % of a forward pass (perf, OpenBLAS 0.3.21 SkylakeX kernels); the
  * arithmetic was 23 %. These kernels read the weights packed once, once per
- * block of rows (12 with AVX-512, 6 with AVX2), and keep the block's sums in
+ * block of rows (14 with AVX-512, 6 with AVX2), and keep the block's sums in
  * registers. OpenBLAS is faster by 4-16 % at hundreds of rows, but only on
  * the original layout, a second copy of the weights (see dense() in bert.c
  * and doc/BENCHMARK.md for the measurements).

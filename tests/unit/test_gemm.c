@@ -1,7 +1,9 @@
 /*
  * test_gemm.c - the packed-weight kernels against a float64 product, on
  * shapes that are not multiples of the vector width or the row blocks, on
- * every kernel set this CPU runs (gemm_use forces each in turn).
+ * every kernel set this CPU runs (gemm_use forces each in turn). Row counts
+ * cover each block size (6 for AVX2, 12 portable, 14 AVX-512), one more, and
+ * splits into uneven blocks.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -67,7 +69,7 @@ check_shape(enum gemm_path path, size_t m, size_t n, size_t k)
 static void
 check_path(enum gemm_path path)
 {
-    static const size_t ms[] = {1, 2, 3, 5, 12, 13, 33};
+    static const size_t ms[] = {1, 2, 3, 5, 6, 7, 12, 13, 14, 15, 29, 33};
     static const size_t ns[] = {1, 7, 16, 31, 33, 50, 97};
     static const size_t ks[] = {1, 5, 17, 255, 257, 300};
 
