@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "bert.h"
+#include "cache_redis.h"
 #include "model.h"
 
 #define OFF_G(field) offsetof(struct config, field)
@@ -110,6 +111,14 @@ const struct config_key config_table[] = {
      "an older one up to this age answers only when no upstream can; >= ttl"},
     {SEC_CACHE, "per_caller", CT_BOOL, "no", NOB, true, false, false, NULL,
      OFF_G(cache.per_caller), "key entries by the caller's Authorization too: no sharing"},
+    {SEC_CACHE, "redis", CT_STRING, NULL, NOB, false, false, false, NULL, OFF_G(cache.redis),
+     "shared tier: redis://IP:PORT/DB or unix:PATH; unset: none"},
+    {SEC_CACHE, "redis_timeout", CT_DURATION, "20ms", 1, 10000, false, false, false, NULL,
+     OFF_G(cache.redis_timeout_ms), "the most a Redis lookup adds to a request; then it misses"},
+    {SEC_CACHE, "redis_prefix", CT_STRING, "akosha:", NOB, false, false, false, NULL,
+     OFF_G(cache.redis_prefix), "put before each key's 64 hex digits in Redis"},
+    {SEC_CACHE, "redis_password", CT_STRING, "", NOB, false, false, true, NULL,
+     OFF_G(cache.redis_password), "AUTH password (secret), instead of the URL's"},
     /* [upstream NAME] */
     {SEC_UPSTREAM, "url", CT_URL, NULL, NOB, true, true, false, NULL, OFF_U(url),
      "http:// or https:// base URL, with an optional path prefix"},
@@ -1397,6 +1406,22 @@ validate(struct parser *p)
                   "%s:%d: [cache] stale_if_error: shorter than ttl; an entry is served stale "
                   "only after its ttl, so stale_if_error must be at least ttl",
                   p->name, p->section_line[SEC_CACHE]);
+    }
+    if (cfg->cache.redis != NULL) {
+        struct cache_redis_address addr;
+        const char *cause = NULL;
+        /* Quote the value as written: an expanded ${VAR} may hold a password. */
+        if (cache_redis_parse_address(cfg->cache.redis, &addr, &cause) != 0) {
+            add_error(p->errs, "%s:%d: [cache] redis: %s", p->name, p->section_line[SEC_CACHE],
+                      cause);
+        } else {
+            cache_redis_address_free(&addr);
+        }
+    }
+    if (cfg->cache.redis_prefix != NULL &&
+        strlen(cfg->cache.redis_prefix) > CACHE_REDIS_PREFIX_MAX) {
+        add_error(p->errs, "%s:%d: [cache] redis_prefix: longer than %d bytes", p->name,
+                  p->section_line[SEC_CACHE], CACHE_REDIS_PREFIX_MAX);
     }
     if (cfg->proxy.listen.text != NULL && cfg->admin.listen.text != NULL &&
         cfg->proxy.listen.sslen == cfg->admin.listen.sslen &&

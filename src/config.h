@@ -184,6 +184,10 @@ struct config {
         uint64_t ttl_ms;
         uint64_t stale_if_error_ms; /* >= ttl_ms, checked at load */
         bool per_caller;
+        char *redis;             /* redis://... or unix:...; NULL (unset): no Redis tier */
+        uint64_t redis_timeout_ms;
+        char *redis_prefix;
+        char *redis_password;    /* "" when unset; secret */
     } cache;
     struct upstream_config *upstreams;
     size_t nupstreams;
