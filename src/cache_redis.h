@@ -35,6 +35,7 @@
 
 #include "breaker.h"
 #include "cache.h"
+#include "config.h"
 
 struct event_base;
 
@@ -46,7 +47,7 @@ struct event_base;
 #define CACHE_REDIS_DEFAULT_CONNECT_TIMEOUT_MS 1000
 #define CACHE_REDIS_DEFAULT_RECONNECT_MAX_MS 1000
 #define CACHE_REDIS_MAX_KEYS 2048 /* one lookup's keys at most (EMBED_MAX_INPUTS) */
-#define CACHE_REDIS_PREFIX_MAX 256
+#define CACHE_REDIS_PREFIX_MAX CONFIG_REDIS_PREFIX_MAX
 
 /* The breaker's defaults here: a cache is cheap to retry, so it opens for 5 s, not 60. */
 #define CACHE_REDIS_BREAKER_FAILURES 5
@@ -54,33 +55,11 @@ struct event_base;
 #define CACHE_REDIS_BREAKER_TRIALS 1
 #define CACHE_REDIS_BREAKER_SUCCESSES 1
 
-/* ---- the address (pure: no socket, no resolver) ----------------------------- */
-
-/*
- *   redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]   HOST: IPv4, [IPv6] or localhost
- *   unix:PATH[?db=DB]                            PATH absolute
- * PORT defaults to 6379 and DB to 0.
- */
-struct cache_redis_address {
-    bool is_unix;
-    char host[64]; /* numeric, without brackets */
-    uint16_t port;
-    char path[108]; /* sizeof(sun_path) */
-    uint32_t db;
-    char *user;     /* NULL when none; owned */
-    char *password; /* NULL when none; owned; never logged */
-};
-
-/* 0, or -1 with *cause (static) and *out left empty. config.c checks the key with it. */
-int cache_redis_parse_address(const char *text, struct cache_redis_address *out,
-                              const char **cause) __attribute__((warn_unused_result));
-void cache_redis_address_free(struct cache_redis_address *a);
-
 /* ---- the tier ------------------------------------------------------------ */
 
 /* Strings are copied by cache_redis_new. Zero numbers and NULL pointers mean the defaults. */
 struct cache_redis_settings {
-    const char *address;         /* required, see above */
+    const char *address;         /* required: config_parse_redis_addr's forms */
     const char *password;        /* overrides the address's; NULL or "": the address's */
     const char *prefix;          /* NULL: CACHE_REDIS_DEFAULT_PREFIX; "" is allowed */
     uint64_t timeout_ms;         /* a lookup's limit */

@@ -273,61 +273,6 @@ lookup(struct cache_redis *r, const struct cache_key *keys, size_t n, struct ans
     cr_assert_eq(a->n, n);
 }
 
-/* ---- the address -------------------------------------------------------------- */
-
-Test(cache_redis_address, parses_urls_and_unix_paths)
-{
-    struct cache_redis_address a;
-    const char *cause = NULL;
-
-    cr_assert_eq(cache_redis_parse_address("redis://127.0.0.1:6380/2", &a, &cause), 0);
-    cr_assert(!a.is_unix);
-    cr_assert_str_eq(a.host, "127.0.0.1");
-    cr_assert_eq(a.port, 6380);
-    cr_assert_eq(a.db, 2);
-    cr_assert_null(a.password);
-    cache_redis_address_free(&a);
-
-    cr_assert_eq(cache_redis_parse_address("redis://:p@ss:w@[::1]:7000", &a, &cause), 0);
-    cr_assert_str_eq(a.host, "::1");
-    cr_assert_eq(a.port, 7000);
-    cr_assert_null(a.user);
-    cr_assert_str_eq(a.password, "p@ss:w");
-    cache_redis_address_free(&a);
-
-    cr_assert_eq(cache_redis_parse_address("redis://cache:secret@localhost", &a, &cause), 0);
-    cr_assert_str_eq(a.host, "127.0.0.1");
-    cr_assert_eq(a.port, 6379);
-    cr_assert_eq(a.db, 0);
-    cr_assert_str_eq(a.user, "cache");
-    cr_assert_str_eq(a.password, "secret");
-    cache_redis_address_free(&a);
-
-    cr_assert_eq(cache_redis_parse_address("unix:/run/redis/redis.sock?db=3", &a, &cause), 0);
-    cr_assert(a.is_unix);
-    cr_assert_str_eq(a.path, "/run/redis/redis.sock");
-    cr_assert_eq(a.db, 3);
-    cache_redis_address_free(&a);
-}
-
-Test(cache_redis_address, refuses_names_that_would_block_and_bad_forms)
-{
-    static const char *bad[] = {
-        "redis://redis.internal:6379", /* a name: getaddrinfo would block the loop */
-        "redis://127.0.0.1:0",         "redis://127.0.0.1:65536", "redis://127.0.0.1/x",
-        "redis://user@127.0.0.1",      "redis://[::1",            "redis://",
-        "http://127.0.0.1:6379",       "unix:relative.sock",      "unix:/a.sock?database=1",
-        "",
-    };
-    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-        struct cache_redis_address a;
-        const char *cause = NULL;
-        cr_assert_eq(cache_redis_parse_address(bad[i], &a, &cause), -1, "%s accepted", bad[i]);
-        cr_assert_not_null(cause);
-        cr_assert_null(a.password);
-    }
-}
-
 /* ---- against redis-server ------------------------------------------------------ */
 
 Test(cache_redis, store_then_mget_hits_and_absent_keys_miss)

@@ -170,6 +170,59 @@ Test(config, cache_redis_keys_defaults_values_and_secrets)
     expect_error("[cache]\nredis_timeout = 11s\n", "[cache] redis_timeout");
 }
 
+Test(config, redis_address_parses_urls_and_unix_paths)
+{
+    struct redis_addr a;
+    const char *cause = NULL;
+
+    cr_assert_eq(config_parse_redis_addr("redis://127.0.0.1:6380/2", &a, &cause), 0);
+    cr_assert(!a.is_unix);
+    cr_assert_str_eq(a.host, "127.0.0.1");
+    cr_assert_eq(a.port, 6380);
+    cr_assert_eq(a.db, 2);
+    cr_assert_null(a.password);
+    config_redis_addr_free(&a);
+
+    cr_assert_eq(config_parse_redis_addr("redis://:p@ss:w@[::1]:7000", &a, &cause), 0);
+    cr_assert_str_eq(a.host, "::1");
+    cr_assert_eq(a.port, 7000);
+    cr_assert_null(a.user);
+    cr_assert_str_eq(a.password, "p@ss:w");
+    config_redis_addr_free(&a);
+
+    cr_assert_eq(config_parse_redis_addr("redis://cache:secret@localhost", &a, &cause), 0);
+    cr_assert_str_eq(a.host, "127.0.0.1");
+    cr_assert_eq(a.port, 6379);
+    cr_assert_eq(a.db, 0);
+    cr_assert_str_eq(a.user, "cache");
+    cr_assert_str_eq(a.password, "secret");
+    config_redis_addr_free(&a);
+
+    cr_assert_eq(config_parse_redis_addr("unix:/run/redis/redis.sock?db=3", &a, &cause), 0);
+    cr_assert(a.is_unix);
+    cr_assert_str_eq(a.path, "/run/redis/redis.sock");
+    cr_assert_eq(a.db, 3);
+    config_redis_addr_free(&a);
+}
+
+Test(config, redis_address_refuses_names_that_would_block_and_bad_forms)
+{
+    static const char *bad[] = {
+        "redis://redis.internal:6379", /* a name: getaddrinfo would block the loop */
+        "redis://127.0.0.1:0",         "redis://127.0.0.1:65536", "redis://127.0.0.1/x",
+        "redis://user@127.0.0.1",      "redis://[::1",            "redis://",
+        "http://127.0.0.1:6379",       "unix:relative.sock",      "unix:/a.sock?database=1",
+        "",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        struct redis_addr a;
+        const char *cause = NULL;
+        cr_assert_eq(config_parse_redis_addr(bad[i], &a, &cause), -1, "%s accepted", bad[i]);
+        cr_assert_not_null(cause);
+        cr_assert_null(a.password);
+    }
+}
+
 Test(config, upstream_section_defaults_and_values)
 {
     struct config_errors errs;
