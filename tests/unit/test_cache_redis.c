@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <hiredis/hiredis.h>
 #include <signal.h>
 #include <stdio.h>
@@ -54,6 +55,8 @@ socket_answers(const char *path)
     return ok;
 }
 
+static int redis_tcp_port; /* nonzero: also listen on 127.0.0.1:port */
+
 static void
 redis_start(const char *password)
 {
@@ -71,15 +74,31 @@ redis_start(const char *password)
             dup2(fd, 1);
             dup2(fd, 2);
         }
+        char port[16];
+        const char *argv[20];
+        int n = 0;
+        snprintf(port, sizeof(port), "%d", redis_tcp_port);
+        argv[n++] = "redis-server";
+        argv[n++] = "--port";
+        argv[n++] = port;
+        argv[n++] = "--bind";
+        argv[n++] = "127.0.0.1";
+        argv[n++] = "--unixsocket";
+        argv[n++] = redis_sock;
+        argv[n++] = "--save";
+        argv[n++] = "";
+        argv[n++] = "--appendonly";
+        argv[n++] = "no";
+        argv[n++] = "--daemonize";
+        argv[n++] = "no";
+        argv[n++] = "--dir";
+        argv[n++] = redis_dir;
         if (password != NULL) {
-            execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", redis_sock,
-                   "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", redis_dir,
-                   "--requirepass", password, (char *)NULL);
-        } else {
-            execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", redis_sock,
-                   "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", redis_dir,
-                   (char *)NULL);
+            argv[n++] = "--requirepass";
+            argv[n++] = password;
         }
+        argv[n] = NULL;
+        execvp("redis-server", (char *const *)argv);
         _exit(127);
     }
     while (!socket_answers(redis_sock)) {
@@ -641,4 +660,80 @@ Test(cache_redis, no_redis_misses_at_once_and_drops_stores)
     cr_assert_neq(stats_of(r).state, CACHE_REDIS_CONNECTED);
     cr_assert_geq(stats_of(r).connect_failures, 1);
     cache_redis_free(r);
+}
+
+/* A loopback port free a moment ago (redis-server then takes it). */
+static int
+free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+Test(cache_redis, tcp_round_trip_on_loopback_and_refused_connects_retry)
+{
+    struct cache_redis_settings s;
+    struct cache_redis *r, *refused;
+    struct cache_key k = key_n(14);
+    const float v[2] = {6.0f, 7.0f};
+    const char *cause = NULL;
+    char tcp_addr[64];
+    struct answer a;
+
+    redis_tcp_port = free_port();
+    redis_start(NULL);
+    redis_tcp_port = 0;
+    memset(&s, 0, sizeof(s));
+    /* The port as redis-server reports it (localhost: taken as 127.0.0.1, no resolver). */
+    {
+        redisContext *c = redisConnectUnix(redis_sock);
+        redisReply *reply = redisCommand(c, "CONFIG GET port");
+        cr_assert(reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2);
+        snprintf(tcp_addr, sizeof(tcp_addr), "redis://localhost:%s/1", reply->element[1]->str);
+        freeReplyObject(reply);
+        redisFree(c);
+    }
+    s.address = tcp_addr;
+    s.timeout_ms = 500;
+    r = cache_redis_new(base, &s, &cause);
+    cr_assert_not_null(r, "%s", cause);
+    cr_assert(wait_connected(r, 2000));
+    cache_redis_store(r, &k, v, 2, 77, 60);
+    cr_assert(wait_stores(r, 2000));
+    lookup(r, &k, 1, &a);
+    cr_assert(a.hit[0]);
+    cr_assert_eq(a.created_ms[0], 77);
+    {
+        /* SELECT 1 ran: the entry is in database 1, not 0. */
+        redisContext *c = redisConnectUnix(redis_sock);
+        redisReply *reply = redisCommand(c, "DBSIZE");
+        cr_assert_eq(reply->integer, 0);
+        freeReplyObject(reply);
+        reply = redisCommand(c, "SELECT 1");
+        freeReplyObject(reply);
+        reply = redisCommand(c, "DBSIZE");
+        cr_assert_eq(reply->integer, 1);
+        freeReplyObject(reply);
+        redisFree(c);
+    }
+    cache_redis_free(r);
+
+    /* Nothing listens on port 1: connects are refused and retried, nothing else happens. */
+    s.address = "redis://127.0.0.1:1";
+    s.reconnect_max_ms = 50;
+    refused = cache_redis_new(base, &s, &cause);
+    cr_assert_not_null(refused, "%s", cause);
+    loop_for(300);
+    cr_assert_geq(stats_of(refused).connect_failures, 2);
+    cr_assert_neq(stats_of(refused).state, CACHE_REDIS_CONNECTED);
+    cache_redis_free(refused);
 }
