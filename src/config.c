@@ -112,6 +112,14 @@ const struct config_key config_table[] = {
      "an older one up to this age answers only when no upstream can; >= ttl"},
     {SEC_CACHE, "per_caller", CT_BOOL, "no", NOB, true, false, false, NULL,
      OFF_G(cache.per_caller), "key entries by the caller's Authorization too: no sharing"},
+    {SEC_CACHE, "redis", CT_STRING, NULL, NOB, false, false, false, NULL, OFF_G(cache.redis),
+     "shared tier: redis://IP:PORT/DB or unix:PATH; unset: none"},
+    {SEC_CACHE, "redis_timeout", CT_DURATION, "20ms", 1, 10000, false, false, false, NULL,
+     OFF_G(cache.redis_timeout_ms), "the most a Redis lookup adds to a request; then it misses"},
+    {SEC_CACHE, "redis_prefix", CT_STRING, "akosha:", NOB, false, false, false, NULL,
+     OFF_G(cache.redis_prefix), "put before each key's 64 hex digits in Redis"},
+    {SEC_CACHE, "redis_password", CT_STRING, "", NOB, false, false, true, NULL,
+     OFF_G(cache.redis_password), "AUTH password (secret), instead of the URL's"},
     /* [upstream NAME] */
     {SEC_UPSTREAM, "url", CT_URL, NULL, NOB, true, true, false, NULL, OFF_U(url),
      "http:// or https:// base URL, with an optional path prefix"},
@@ -1431,6 +1439,22 @@ validate(struct parser *p)
                   "only after its ttl, so stale_if_error must be at least ttl",
                   p->name, p->section_line[SEC_CACHE]);
     }
+    if (cfg->cache.redis != NULL) {
+        struct redis_addr addr;
+        const char *cause = NULL;
+        /* Quote the value as written: an expanded ${VAR} may hold a password. */
+        if (config_parse_redis_addr(cfg->cache.redis, &addr, &cause) != 0) {
+            add_error(p->errs, "%s:%d: [cache] redis: %s", p->name, p->section_line[SEC_CACHE],
+                      cause);
+        } else {
+            config_redis_addr_free(&addr);
+        }
+    }
+    if (cfg->cache.redis_prefix != NULL &&
+        strlen(cfg->cache.redis_prefix) > CONFIG_REDIS_PREFIX_MAX) {
+        add_error(p->errs, "%s:%d: [cache] redis_prefix: longer than %d bytes", p->name,
+                  p->section_line[SEC_CACHE], CONFIG_REDIS_PREFIX_MAX);
+    }
     if (cfg->proxy.listen.text != NULL && cfg->admin.listen.text != NULL &&
         cfg->proxy.listen.sslen == cfg->admin.listen.sslen &&
         memcmp(&cfg->proxy.listen.ss, &cfg->admin.listen.ss, cfg->proxy.listen.sslen) == 0) {
@@ -1662,6 +1686,180 @@ config_literal_secret(const struct config *cfg, char *out, size_t outlen)
         }
     }
     return false;
+}
+
+/* ---- [cache] redis: the Redis tier's address ------------------------------ */
+
+void
+config_redis_addr_free(struct redis_addr *a)
+{
+    free(a->user);
+    if (a->password != NULL) {
+        explicit_bzero(a->password, strlen(a->password));
+        free(a->password);
+    }
+    memset(a, 0, sizeof(*a));
+}
+
+/* A decimal number in [s, end) no larger than max. */
+static bool
+redis_parse_uint(const char *s, const char *end, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (s == end) {
+        return false;
+    }
+    for (; s < end; s++) {
+        if (*s < '0' || *s > '9') {
+            return false;
+        }
+        v = v * 10 + (uint64_t)(*s - '0');
+        if (v > max) {
+            return false;
+        }
+    }
+    *out = v;
+    return true;
+}
+
+static int
+redis_parse_unix(const char *spec, struct redis_addr *out, const char **cause)
+{
+    const char *q = strchr(spec, '?');
+    size_t len = q != NULL ? (size_t)(q - spec) : strlen(spec);
+    uint64_t db = 0;
+
+    if (len == 0 || spec[0] != '/') {
+        *cause = "unix: needs an absolute socket path";
+        return -1;
+    }
+    if (len >= sizeof(out->path)) {
+        *cause = "unix: socket path too long";
+        return -1;
+    }
+    if (q != NULL) {
+        if (strncmp(q, "?db=", 4) != 0 || !redis_parse_uint(q + 4, q + strlen(q), INT32_MAX, &db)) {
+            *cause = "unix:PATH takes only ?db=N after the path";
+            return -1;
+        }
+    }
+    out->is_unix = true;
+    memcpy(out->path, spec, len);
+    out->path[len] = '\0';
+    out->db = (uint32_t)db;
+    return 0;
+}
+
+static int
+redis_parse_url(const char *spec, struct redis_addr *out, const char **cause)
+{
+    const char *slash = strchr(spec, '/');
+    const char *auth_end = slash != NULL ? slash : spec + strlen(spec);
+    const char *at = NULL, *host, *host_end, *port = NULL;
+    unsigned char probe[sizeof(struct in6_addr)];
+    uint64_t v;
+
+    /* The last '@' before the path ends the userinfo: a password may hold '@'. */
+    for (const char *p = spec; p < auth_end; p++) {
+        if (*p == '@') {
+            at = p;
+        }
+    }
+    if (at != NULL) {
+        const char *colon = memchr(spec, ':', (size_t)(at - spec));
+        if (colon == NULL || colon + 1 == at) {
+            *cause = "redis:// userinfo must be [USER]:PASSWORD";
+            return -1;
+        }
+        if (colon > spec) {
+            out->user = xstrndup(spec, (size_t)(colon - spec));
+        }
+        out->password = xstrndup(colon + 1, (size_t)(at - colon - 1));
+        host = at + 1;
+    } else {
+        host = spec;
+    }
+    if (*host == '[') {
+        host_end = memchr(host, ']', (size_t)(auth_end - host));
+        if (host_end == NULL) {
+            *cause = "redis:// IPv6 address without ']'";
+            return -1;
+        }
+        host++;
+        if (host_end + 1 < auth_end) {
+            if (host_end[1] != ':') {
+                *cause = "redis:// expected ':' after the IPv6 address";
+                return -1;
+            }
+            port = host_end + 2;
+        }
+    } else {
+        host_end = memchr(host, ':', (size_t)(auth_end - host));
+        if (host_end != NULL) {
+            port = host_end + 1;
+        } else {
+            host_end = auth_end;
+        }
+    }
+    if (host_end == host) {
+        *cause = "redis:// needs a host";
+        return -1;
+    }
+    if ((size_t)(host_end - host) >= sizeof(out->host)) {
+        *cause = "redis:// host too long";
+        return -1;
+    }
+    memcpy(out->host, host, (size_t)(host_end - host));
+    out->host[host_end - host] = '\0';
+    if (strcmp(out->host, "localhost") == 0) {
+        snprintf(out->host, sizeof(out->host), "127.0.0.1");
+    } else if (inet_pton(AF_INET, out->host, probe) != 1 &&
+               inet_pton(AF_INET6, out->host, probe) != 1) {
+        /* hiredis would resolve a name with a blocking getaddrinfo on the loop. */
+        *cause = "redis:// host must be a numeric IP address or localhost";
+        return -1;
+    }
+    out->port = 6379;
+    if (port != NULL) {
+        if (!redis_parse_uint(port, auth_end, 65535, &v) || v == 0) {
+            *cause = "redis:// port must be 1..65535";
+            return -1;
+        }
+        out->port = (uint16_t)v;
+    }
+    if (slash != NULL && slash[1] != '\0') {
+        if (!redis_parse_uint(slash + 1, slash + strlen(slash), INT32_MAX, &v)) {
+            *cause = "redis:// database must be a number after the '/'";
+            return -1;
+        }
+        out->db = (uint32_t)v;
+    }
+    return 0;
+}
+
+int
+config_parse_redis_addr(const char *text, struct redis_addr *out, const char **cause)
+{
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (text == NULL || *text == '\0') {
+        *cause = "empty address";
+        return -1;
+    }
+    if (strncmp(text, "unix:", 5) == 0) {
+        rc = redis_parse_unix(text + 5, out, cause);
+    } else if (strncmp(text, "redis://", 8) == 0) {
+        rc = redis_parse_url(text + 8, out, cause);
+    } else {
+        *cause = "address must be redis://HOST:PORT/DB or unix:PATH";
+        rc = -1;
+    }
+    if (rc != 0) {
+        config_redis_addr_free(out);
+    }
+    return rc;
 }
 
 /* ---- /config dump ------------------------------------------------------ */

@@ -193,6 +193,10 @@ struct config {
         uint64_t ttl_ms;
         uint64_t stale_if_error_ms; /* >= ttl_ms, checked at load */
         bool per_caller;
+        char *redis;             /* redis://... or unix:...; NULL (unset): no Redis tier */
+        uint64_t redis_timeout_ms;
+        char *redis_prefix;
+        char *redis_password;    /* "" when unset; secret */
     } cache;
     struct upstream_config *upstreams;
     size_t nupstreams;
@@ -231,6 +235,29 @@ int config_parse_listen(const char *s, struct listen_addr *out, const char **cau
 int config_parse_url(const char *s, struct upstream_url *out, const char **cause);
 /* A model name as callers send it: 1-127 printable bytes, no blanks, quotes, ',', '\\' or '='. */
 bool config_valid_model_name(const char *s, size_t n);
+
+/*
+ * [cache] redis, the Redis tier's address (cache_redis.c connects to it):
+ *   redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]   HOST: IPv4, [IPv6] or localhost
+ *   unix:PATH[?db=DB]                            PATH absolute
+ * PORT defaults to 6379 and DB to 0. A host name is refused: hiredis would
+ * resolve it with a blocking getaddrinfo on the loop; "localhost" is taken as
+ * 127.0.0.1. The password is taken as written (no percent-decoding).
+ */
+#define CONFIG_REDIS_PREFIX_MAX 256 /* [cache] redis_prefix, bytes */
+struct redis_addr {
+    bool is_unix;
+    char host[64]; /* numeric, without brackets */
+    uint16_t port;
+    char path[108]; /* sizeof(sun_path) */
+    uint32_t db;
+    char *user;     /* NULL when none; owned */
+    char *password; /* NULL when none; owned; never logged */
+};
+/* 0, or -1 with *cause (static) and *out left empty; config_redis_addr_free releases it. */
+int config_parse_redis_addr(const char *text, struct redis_addr *out, const char **cause)
+    __attribute__((warn_unused_result));
+void config_redis_addr_free(struct redis_addr *a);
 
 /* Index of the key in config_table, or -1. */
 int config_key_index(enum config_section_kind sec, const char *name);

@@ -107,6 +107,122 @@ Test(config, cache_section_defaults_values_and_stale_not_below_ttl)
     expect_error("[cache]\nmemory = lots\n", "[cache] memory");
 }
 
+Test(config, cache_redis_keys_defaults_values_and_secrets)
+{
+    char dir[] = "/tmp/akosha-cred-XXXXXX";
+    char path[128];
+    FILE *f;
+    struct config_errors errs;
+    struct config *cfg = parse("", &errs);
+    struct buf dump;
+    char which[128];
+
+    cr_assert_not_null(cfg);
+    cr_assert_null(cfg->cache.redis, "no Redis unless set");
+    cr_assert_eq(cfg->cache.redis_timeout_ms, 20);
+    cr_assert_str_eq(cfg->cache.redis_prefix, "akosha:");
+    cr_assert_str_eq(cfg->cache.redis_password, "");
+    config_free(cfg);
+
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/redis_password", dir);
+    f = fopen(path, "w");
+    fputs("pw-from-file\n", f);
+    fclose(f);
+    fake_env_dir = dir;
+    cfg = parse("[cache]\nredis = redis://127.0.0.1:6380/3\nredis_timeout = 5ms\n"
+                "redis_prefix = svc:\nredis_password = ${file:redis_password}\n",
+                &errs);
+    cr_assert_not_null(cfg, "%s", errs.n > 0 ? errs.msgs[0] : "?");
+    cr_assert_str_eq(cfg->cache.redis, "redis://127.0.0.1:6380/3");
+    cr_assert_eq(cfg->cache.redis_timeout_ms, 5);
+    cr_assert_str_eq(cfg->cache.redis_prefix, "svc:");
+    cr_assert_str_eq(cfg->cache.redis_password, "pw-from-file");
+    cr_expect_not(config_literal_secret(cfg, which, sizeof(which)));
+    buf_init(&dump);
+    config_dump_json(cfg, &dump);
+    cr_assert_null(strstr(dump.data, "pw-from-file"), "%s", dump.data);
+    cr_assert_not_null(strstr(dump.data, "\"redis_password\":\"<redacted>\""), "%s", dump.data);
+    buf_free(&dump);
+    config_free(cfg);
+    fake_env_dir = NULL;
+    unlink(path);
+    rmdir(dir);
+
+    /* A password in the URL is redacted in the dump like any URL's userinfo. */
+    cfg = parse("[cache]\nredis = redis://:pw-in-url@[::1]:6379\n", &errs);
+    cr_assert_not_null(cfg, "%s", errs.n > 0 ? errs.msgs[0] : "?");
+    buf_init(&dump);
+    config_dump_json(cfg, &dump);
+    cr_assert_null(strstr(dump.data, "pw-in-url"), "%s", dump.data);
+    buf_free(&dump);
+    config_free(cfg);
+    cfg = parse("[cache]\nredis = unix:/run/redis/redis.sock?db=2\nredis_password = x\n", &errs);
+    cr_assert_not_null(cfg, "%s", errs.n > 0 ? errs.msgs[0] : "?");
+    cr_assert(config_literal_secret(cfg, which, sizeof(which)));
+    cr_expect_str_eq(which, "[cache] redis_password");
+    config_free(cfg);
+
+    expect_error("[cache]\nredis = redis://cache.internal:6379\n",
+                 "[cache] redis: redis:// host must be a numeric IP address or localhost");
+    expect_error("[cache]\nredis = tcp://127.0.0.1\n", "[cache] redis: address must be");
+    expect_error("[cache]\nredis_timeout = 0ms\n", "[cache] redis_timeout");
+    expect_error("[cache]\nredis_timeout = 11s\n", "[cache] redis_timeout");
+}
+
+Test(config, redis_address_parses_urls_and_unix_paths)
+{
+    struct redis_addr a;
+    const char *cause = NULL;
+
+    cr_assert_eq(config_parse_redis_addr("redis://127.0.0.1:6380/2", &a, &cause), 0);
+    cr_assert(!a.is_unix);
+    cr_assert_str_eq(a.host, "127.0.0.1");
+    cr_assert_eq(a.port, 6380);
+    cr_assert_eq(a.db, 2);
+    cr_assert_null(a.password);
+    config_redis_addr_free(&a);
+
+    cr_assert_eq(config_parse_redis_addr("redis://:p@ss:w@[::1]:7000", &a, &cause), 0);
+    cr_assert_str_eq(a.host, "::1");
+    cr_assert_eq(a.port, 7000);
+    cr_assert_null(a.user);
+    cr_assert_str_eq(a.password, "p@ss:w");
+    config_redis_addr_free(&a);
+
+    cr_assert_eq(config_parse_redis_addr("redis://cache:secret@localhost", &a, &cause), 0);
+    cr_assert_str_eq(a.host, "127.0.0.1");
+    cr_assert_eq(a.port, 6379);
+    cr_assert_eq(a.db, 0);
+    cr_assert_str_eq(a.user, "cache");
+    cr_assert_str_eq(a.password, "secret");
+    config_redis_addr_free(&a);
+
+    cr_assert_eq(config_parse_redis_addr("unix:/run/redis/redis.sock?db=3", &a, &cause), 0);
+    cr_assert(a.is_unix);
+    cr_assert_str_eq(a.path, "/run/redis/redis.sock");
+    cr_assert_eq(a.db, 3);
+    config_redis_addr_free(&a);
+}
+
+Test(config, redis_address_refuses_names_that_would_block_and_bad_forms)
+{
+    static const char *bad[] = {
+        "redis://redis.internal:6379", /* a name: getaddrinfo would block the loop */
+        "redis://127.0.0.1:0",         "redis://127.0.0.1:65536", "redis://127.0.0.1/x",
+        "redis://user@127.0.0.1",      "redis://[::1",            "redis://",
+        "http://127.0.0.1:6379",       "unix:relative.sock",      "unix:/a.sock?database=1",
+        "",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        struct redis_addr a;
+        const char *cause = NULL;
+        cr_assert_eq(config_parse_redis_addr(bad[i], &a, &cause), -1, "%s accepted", bad[i]);
+        cr_assert_not_null(cause);
+        cr_assert_null(a.password);
+    }
+}
+
 Test(config, upstream_section_defaults_and_values)
 {
     struct config_errors errs;
