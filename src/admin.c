@@ -33,6 +33,7 @@
 
 #include "breaker.h"
 #include "cache.h"
+#include "cache_redis.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -411,6 +412,14 @@ stats(struct admin_conn *a)
         }
         breaker_json(&b, srv, "otlp-exporter", &st);
     }
+    if (srv->redis != NULL) {
+        struct cache_redis_stats rs;
+        cache_redis_stats(srv->redis, &rs);
+        if (srv->ups->n > 0 || observe_exporter() != NULL) {
+            buf_putc(&b, ',');
+        }
+        breaker_json(&b, srv, CACHE_REDIS_BREAKER_NAME, &rs.breaker);
+    }
     buf_puts(&b, "]");
     if (srv->cache != NULL) {
         struct cache_stats cs;
@@ -418,9 +427,22 @@ stats(struct admin_conn *a)
         buf_printf(&b,
                    ",\"cache\":{\"entries\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"budget\":%" PRIu64
                    ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"stale_hits\":%" PRIu64
-                   ",\"evictions\":%" PRIu64 ",\"inserts\":%" PRIu64 "}",
+                   ",\"evictions\":%" PRIu64 ",\"inserts\":%" PRIu64,
                    cs.entries, cs.bytes, cs.budget, cs.hits, cs.misses, cs.stale_hits,
                    cs.evictions, cs.inserts);
+        if (srv->redis != NULL) {
+            struct cache_redis_stats rs;
+            cache_redis_stats(srv->redis, &rs);
+            buf_printf(&b,
+                       ",\"redis\":{\"state\":\"%s\",\"circuit_state\":\"%s\",\"lookups\":%" PRIu64
+                       ",\"skipped\":%" PRIu64 ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64
+                       ",\"errors\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"stores\":%" PRIu64
+                       ",\"stores_dropped\":%" PRIu64 "}",
+                       cache_redis_state_name(rs.state), breaker_state_name(rs.breaker.state),
+                       rs.lookups, rs.lookups_skipped, rs.hits, rs.misses, rs.errors,
+                       rs.timeouts, rs.stores, rs.stores_dropped);
+        }
+        buf_putc(&b, '}');
     }
     buf_puts(&b, "}");
     reply_json(a, 200, &b);

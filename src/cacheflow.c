@@ -39,6 +39,41 @@ drop_vector(struct cacheflow *cf, size_t i)
     cf->stale[i] = 0;
 }
 
+/* Worker thread: the body asking for the misses alone, when some inputs are cached. */
+static void
+build_plan(struct cacheflow *cf)
+{
+    cf->miss_body.len = 0;
+    if (cf->fresh > 0 && cf->nmiss > 0 &&
+        embed_request_subset(cf->p.api, cf->body, cf->body_len, cf->miss, cf->nmiss,
+                             &cf->miss_body) != 0) {
+        cf->usable = false; /* cannot ask for the misses alone: not cached */
+        return;
+    }
+    cf->planned = true;
+}
+
+static void
+plan_run(struct worker_job *wj)
+{
+    build_plan((struct cacheflow *)wj);
+}
+
+/* Recount after another tier added vectors: which inputs still lack a fresh one. */
+static void
+recount(struct cacheflow *cf)
+{
+    cf->fresh = cf->nstale = cf->nmiss = 0;
+    for (size_t i = 0; i < cf->n; i++) {
+        if (cf->vecs[i] != NULL && !cf->stale[i]) {
+            cf->fresh++;
+        } else {
+            cf->nstale += cf->vecs[i] != NULL;
+            cf->miss[cf->nmiss++] = i;
+        }
+    }
+}
+
 /* Worker thread: parse, key and look up every input. */
 static void
 lookup_run(struct worker_job *wj)
@@ -97,12 +132,11 @@ lookup_run(struct worker_job *wj)
         }
     }
     embed_request_free(&er);
-    if (cf->fresh > 0 && cf->nmiss > 0 &&
-        embed_request_subset(cf->p.api, cf->body, cf->body_len, cf->miss, cf->nmiss,
-                             &cf->miss_body) != 0) {
-        return; /* cannot ask for the misses alone: not cached */
-    }
     cf->usable = true;
+    if (cf->p.redis != NULL && cf->p.lookup && cf->nmiss > 0) {
+        return; /* Redis may hold more: the plan waits for its answer */
+    }
+    build_plan(cf);
 }
 
 /* Worker thread: parse the upstream's answer, store its vectors, keep them for the merge. */
@@ -142,8 +176,30 @@ store_run(struct worker_job *wj)
         }
     }
     cf->dim = dim;
-    free(vecs);
+    if (cf->p.redis != NULL) {
+        cf->got = vecs; /* the loop sends them to Redis (flow_done) */
+        cf->got_n = nans;
+        cf->got_dim = dim;
+    } else {
+        free(vecs);
+    }
     cf->stored_ok = true;
+}
+
+/* Loop thread: the stored answer's vectors go to the shared tier too. */
+static void
+store_redis(struct cacheflow *cf)
+{
+    uint64_t now = (uint64_t)util_wall_ms();
+    uint64_t expire_s = (cf->p.stale_ms + 999) / 1000;
+
+    for (size_t k = 0; cf->got != NULL && k < cf->got_n; k++) {
+        size_t i = cf->whole ? k : cf->miss[k];
+        cache_redis_store(cf->p.redis, &cf->keys[i], cf->got + k * cf->got_dim, cf->got_dim, now,
+                          expire_s);
+    }
+    free(cf->got);
+    cf->got = NULL;
 }
 
 static void
@@ -158,6 +214,11 @@ flow_free(struct cacheflow *cf)
     free(cf->miss);
     free(cf->body);
     free(cf->answer);
+    free(cf->got);
+    free(cf->asked);
+    if (cf->redis_op != NULL) {
+        cache_redis_cancel(cf->redis_op);
+    }
     buf_free(&cf->miss_body);
     free(cf);
 }
@@ -171,6 +232,9 @@ flow_done(struct worker_job *wj)
     cf->submitted = false;
     free(cf->answer);
     cf->answer = NULL;
+    if (cf->storing && cf->stored_ok && cf->got != NULL) {
+        store_redis(cf);
+    }
     if (wj->shed && !cf->storing) {
         cf->usable = false; /* waited queue_timeout: the request goes on uncached */
     }
@@ -298,4 +362,100 @@ cacheflow_detach(struct cacheflow *cf)
         flow_free(cf);
     }
     /* else running, or a store that still completes: flow_done frees it */
+}
+
+/* Loop thread: Redis answered (or its time ran out: every key a miss). */
+static void
+redis_answered(const struct cache_redis_result *res, size_t n, void *arg)
+{
+    struct cacheflow *cf = arg;
+    uint64_t now = (uint64_t)util_wall_ms();
+    const char *cause;
+
+    cf->redis_op = NULL;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = cf->asked[k];
+        uint64_t age;
+        bool stale;
+
+        if (res[k].vec == NULL || (cf->dim != 0 && res[k].dim != cf->dim)) {
+            continue;
+        }
+        age = now > res[k].created_ms ? now - res[k].created_ms : 0;
+        if (age > cf->p.stale_ms) {
+            continue;
+        }
+        stale = age > cf->p.ttl_ms;
+        if (cf->vecs[i] != NULL && (stale || !cf->stale[i])) {
+            continue; /* memory's is as good */
+        }
+        free(cf->vecs[i]);
+        cf->vecs[i] = xmalloc((size_t)res[k].dim * sizeof(float));
+        memcpy(cf->vecs[i], res[k].vec, (size_t)res[k].dim * sizeof(float));
+        cf->stale[i] = stale;
+        cf->dim = res[k].dim;
+        if (!stale) {
+            cf->redis_hits++;
+            /* The next request on this host finds it in memory. */
+            if (cache_put(cf->p.cache, &cf->keys[i], cf->model_tag, res[k].vec, res[k].dim,
+                          res[k].created_ms, &cause) != 0) {
+                log_debug("cache: a Redis entry not copied to memory: %s", cause);
+            }
+        }
+    }
+    free(cf->asked);
+    cf->asked = NULL;
+    recount(cf);
+    if (cf->detached) {
+        flow_free(cf);
+        return;
+    }
+    cf->done(cf, cf->arg);
+}
+
+int
+cacheflow_ask_redis(struct cacheflow *cf, cacheflow_cb done)
+{
+    struct cache_key *keys;
+    int rc;
+
+    if (cf->redis_asked || cf->p.redis == NULL || !cf->usable || !cf->p.lookup ||
+        cf->nmiss == 0) {
+        return -1;
+    }
+    cf->redis_asked = true;
+    keys = xmalloc(cf->nmiss * sizeof(*keys));
+    cf->asked = xmalloc(cf->nmiss * sizeof(*cf->asked));
+    for (size_t k = 0; k < cf->nmiss; k++) {
+        cf->asked[k] = cf->miss[k];
+        keys[k] = cf->keys[cf->miss[k]];
+    }
+    cf->done = done;
+    rc = cache_redis_mget(cf->p.redis, keys, cf->nmiss, redis_answered, cf, &cf->redis_op);
+    free(keys);
+    if (rc != 0) {
+        free(cf->asked);
+        cf->asked = NULL;
+        cf->redis_op = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+int
+cacheflow_plan(struct cacheflow *cf, cacheflow_cb done)
+{
+    recount(cf);
+    if (cf->planned || cf->fresh == 0 || cf->fresh == cf->n) {
+        cf->planned = true;
+        return 1;
+    }
+    cf->done = done;
+    cf->job.run = plan_run;
+    cf->job.shed = false;
+    if (worker_pool_submit(cf->pool, &cf->job) < 0) {
+        return -1;
+    }
+    cf->submitted = true;
+    return 0;
 }

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "cache_redis.h"
 #include "embed_api.h"
 #include "util.h"
 #include "worker.h"
@@ -47,6 +48,7 @@ struct cacheflow_params {
     const unsigned char *caller; /* SHA-256 of the caller's Authorization (per_caller), or NULL */
     uint64_t ttl_ms, stale_ms;
     bool lookup;                 /* false (Cache-Control: no-cache): every input is a miss */
+    struct cache_redis *redis;   /* the shared tier, or NULL: asked for the memory's misses */
 };
 
 struct cacheflow;
@@ -78,11 +80,19 @@ struct cacheflow {
     size_t *miss;          /* inputs without a fresh vector, ascending */
     size_t nmiss;
     struct buf miss_body;  /* when 0 < fresh < n: the request for the misses only */
+    bool planned;          /* miss_body matches the misses (else cacheflow_plan builds it) */
+    struct cache_redis_op *redis_op; /* the Redis lookup under way, or NULL */
+    bool redis_asked;      /* cacheflow_ask_redis was called (asked or not) */
+    size_t *asked;         /* the inputs Redis was asked for */
+    size_t redis_hits;     /* inputs Redis had fresh */
     /* the store's */
     char *answer;          /* the upstream's 2xx answer (owned while storing) */
     size_t answer_len;
     bool whole;            /* the answer is to the caller's body, not to miss_body */
     bool stored_ok;        /* parsed: every miss now has its vector in vecs */
+    float *got;            /* the answer's vectors (got_n of got_dim), for the Redis stores */
+    size_t got_n;
+    unsigned got_dim;
     size_t usage;          /* tokens the answer reported */
     char err[160];         /* why the store failed */
 };
@@ -93,6 +103,20 @@ struct cacheflow {
  */
 struct cacheflow *cacheflow_lookup(struct worker_pool *pool, const struct cacheflow_params *p,
                                    const char *body, size_t len, cacheflow_cb done, void *arg);
+/*
+ * After the memory lookup, with a Redis tier: ask it for the memory's
+ * misses. 0: done(cf, arg) follows when it answers or redis_timeout passes
+ * (found entries are added, and fresh ones copied into memory); -1: Redis
+ * is not asked (down, breaker open, nothing to ask) and nothing follows.
+ */
+int cacheflow_ask_redis(struct cacheflow *cf, cacheflow_cb done);
+/*
+ * Settle which inputs go upstream: recount, and when some but not all are
+ * cached build the request for the misses on the worker pool. 1: settled
+ * now; 0: done follows; -1: the pool refused (the request goes uncached).
+ */
+int cacheflow_plan(struct cacheflow *cf, cacheflow_cb done);
+
 /*
  * Store the upstream's 2xx answer (taken: malloc'd, len bytes): to the
  * caller's whole body when whole, else to miss_body. done follows; then

@@ -181,6 +181,28 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
     [METRIC_CACHE_EVICTIONS] = {"akosha_cache_evictions_total", METRIC_COUNTER, true,
                                 "Vectors removed from the memory cache to make room.", {NULL},
                                 NO_BUCKETS},
+    [METRIC_CACHE_REDIS_LOOKUPS] = {"akosha_cache_redis_lookups_total", METRIC_COUNTER, true,
+                                    "Lookups (one MGET each) by outcome: asked, skipped (down, "
+                                    "breaker open, in-flight bound) or timeout.",
+                                    {"result", NULL}, NO_BUCKETS},
+    [METRIC_CACHE_REDIS_KEYS] = {"akosha_cache_redis_keys_total", METRIC_COUNTER, true,
+                                 "Inputs asked of Redis, by result: hit or miss.",
+                                 {"result", NULL}, NO_BUCKETS},
+    [METRIC_CACHE_REDIS_ERRORS] = {"akosha_cache_redis_errors_total", METRIC_COUNTER, true,
+                                   "Redis errors by kind: reply (error replies, lost "
+                                   "connections, undecodable values), store, connect.",
+                                   {"kind", NULL}, NO_BUCKETS},
+    [METRIC_CACHE_REDIS_LATENCY] = {"akosha_cache_redis_lookup_seconds_total", METRIC_COUNTER,
+                                    true,
+                                    "Seconds Redis took to answer lookups, summed (divide by "
+                                    "akosha_cache_redis_lookups_total{result=\"answered\"}).",
+                                    {NULL}, NO_BUCKETS},
+    [METRIC_CACHE_REDIS_STORES] = {"akosha_cache_redis_stores_total", METRIC_COUNTER, true,
+                                   "Vectors sent to Redis (sent), or dropped unsent (breaker "
+                                   "open, bound).",
+                                   {"result", NULL}, NO_BUCKETS},
+    [METRIC_CACHE_REDIS_CONNECTED] = {"akosha_cache_redis_connected", METRIC_GAUGE, true,
+                                      "1 while connected to Redis.", {NULL}, NO_BUCKETS},
     [METRIC_PROCESS_RESIDENT_MEMORY] = {"process_resident_memory_bytes", METRIC_GAUGE, true,
                                         "Resident memory size in bytes.", {NULL}, NO_BUCKETS},
     [METRIC_PROCESS_VIRTUAL_MEMORY] = {"process_virtual_memory_bytes", METRIC_GAUGE, true,

@@ -18,6 +18,7 @@
 #include "accesslog.h"
 #include "breaker.h"
 #include "cache.h"
+#include "cache_redis.h"
 #include "fallback.h"
 #include "log.h"
 #include "metrics.h"
@@ -231,6 +232,42 @@ collect_breakers(struct metrics_writer *w, void *arg)
         metrics_writer_sample(w, METRIC_CACHE_ENTRIES, NULL, (double)cs.entries);
         metrics_writer_sample(w, METRIC_CACHE_BYTES, NULL, (double)cs.bytes);
         metrics_writer_sample(w, METRIC_CACHE_EVICTIONS, NULL, (double)cs.evictions);
+    }
+    if (sources.redis != NULL && *sources.redis != NULL) {
+        struct cache_redis_stats rs;
+        cache_redis_stats(*sources.redis, &rs);
+        breaker_samples(w, CACHE_REDIS_BREAKER_NAME, &rs.breaker);
+        {
+            const char *asked[] = {"answered"}, *skipped[] = {"skipped"},
+                       *timeout[] = {"timeout"};
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_LOOKUPS, asked,
+                                  (double)rs.latency_count);
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_LOOKUPS, skipped,
+                                  (double)rs.lookups_skipped);
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_LOOKUPS, timeout, (double)rs.timeouts);
+        }
+        {
+            const char *hit[] = {"hit"}, *miss[] = {"miss"};
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_KEYS, hit, (double)rs.hits);
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_KEYS, miss, (double)rs.misses);
+        }
+        {
+            const char *reply[] = {"reply"}, *store[] = {"store"}, *connect[] = {"connect"};
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_ERRORS, reply, (double)rs.errors);
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_ERRORS, store, (double)rs.store_errors);
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_ERRORS, connect,
+                                  (double)rs.connect_failures);
+        }
+        {
+            const char *sent[] = {"sent"}, *dropped[] = {"dropped"};
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_STORES, sent, (double)rs.stores);
+            metrics_writer_sample(w, METRIC_CACHE_REDIS_STORES, dropped,
+                                  (double)rs.stores_dropped);
+        }
+        metrics_writer_sample(w, METRIC_CACHE_REDIS_LATENCY, NULL,
+                              (double)rs.latency_sum_us / 1e6);
+        metrics_writer_sample(w, METRIC_CACHE_REDIS_CONNECTED, NULL,
+                              rs.state == CACHE_REDIS_CONNECTED ? 1.0 : 0.0);
     }
     metrics_writer_sample(w, METRIC_FALLBACK_QUEUE_DEPTH, NULL,
                           workers ? (double)worker_pool_depth(workers) : 0);

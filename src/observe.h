@@ -26,6 +26,7 @@ struct worker_pool;
 struct otlp_exporter;
 struct accesslog;
 struct cache;
+struct cache_redis;
 struct embed_scan;
 struct fallback_outcome;
 
@@ -75,6 +76,7 @@ struct observe_sources {
     struct worker_pool *const *workers;
     struct accesslog *const *alog;
     struct cache *const *cache; /* the memory tier, *cache NULL when off */
+    struct cache_redis *const *redis; /* the shared tier, *redis NULL when off */
 };
 /* Start-up: tracing from cfg plus the environment; src is copied. 0, or -1 with *cause. */
 int observe_init(const struct config *cfg, const struct observe_sources *src,

@@ -1456,6 +1456,18 @@ cache_looked_up(struct cacheflow *cf, void *arg)
     struct client *c = arg;
     struct request *r = c->req;
 
+    if (cf->usable && !cf->planned) {
+        /* The memory's misses may be in Redis; then which inputs go upstream is settled. */
+        int rc;
+        if (cacheflow_ask_redis(cf, cache_looked_up) == 0) {
+            return;
+        }
+        rc = cacheflow_plan(cf, cache_looked_up);
+        if (rc == 0) {
+            return;
+        }
+        cf->usable = rc > 0;
+    }
     if (!cf->usable) {
         r->cache = CACHEFLOW_BYPASS;
         detach_cache(r);
@@ -1517,6 +1529,7 @@ cache_lookup_start(struct client *c)
         .ttl_ms = cfg->cache.ttl_ms,
         .stale_ms = cfg->cache.stale_if_error_ms,
         .lookup = true,
+        .redis = c->srv->redis,
     };
 
     if (c->srv->cache == NULL) {

@@ -24,6 +24,7 @@
 
 #include "accesslog.h"
 #include "cache.h"
+#include "cache_redis.h"
 #include "admin.h"
 #include "fallback.h"
 #include "health.h"
@@ -632,8 +633,23 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->ups == NULL) {
         fatal("%s", cause);
     }
-    /* [cache] memory is read at start only: a new budget needs a restart. */
-    srv->cache = cfg->cache.memory > 0 ? cache_new((size_t)cfg->cache.memory) : NULL;
+    /* [cache] is read at start only: a new budget or Redis needs a restart. */
+    if (cfg->cache.memory > 0 || cfg->cache.redis != NULL) {
+        srv->cache = cache_new((size_t)cfg->cache.memory); /* 0: Redis alone */
+    }
+    if (cfg->cache.redis != NULL) {
+        struct cache_redis_settings rs = {
+            .address = cfg->cache.redis,
+            .password = cfg->cache.redis_password,
+            .prefix = cfg->cache.redis_prefix,
+            .timeout_ms = cfg->cache.redis_timeout_ms,
+        };
+        const char *rcause = NULL;
+        srv->redis = cache_redis_new(srv->base, &rs, &rcause);
+        if (srv->redis == NULL) {
+            fatal("[cache] redis: %s", rcause);
+        }
+    }
     health_apply(srv->ups, NULL);
     srv->workers = fallback_pool_new(srv->base, srv->cfg, &cause);
     if (srv->workers == NULL) {
@@ -645,7 +661,8 @@ server_init(struct server *srv, struct config *cfg)
     if (srv->alog == NULL) {
         fatal("%s", cause);
     }
-    if (observe_init(srv->cfg, &(struct observe_sources){&srv->ups, &srv->workers, &srv->alog, &srv->cache},
+    if (observe_init(srv->cfg, &(struct observe_sources){&srv->ups, &srv->workers, &srv->alog, &srv->cache,
+                                              &srv->redis},
                      &ocause) < 0) {
         fatal("telemetry: %s", ocause);
     }
@@ -709,6 +726,8 @@ server_free(struct server *srv)
         worker_pool_free(srv->workers); /* its last store jobs use the cache */
         srv->workers = NULL;
     }
+    cache_redis_free(srv->redis);
+    srv->redis = NULL;
     cache_free(srv->cache);
     srv->cache = NULL;
     notify_shutdown();

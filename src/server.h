@@ -63,7 +63,8 @@ struct server {
     int exit_code;
     struct retry_budget budget;
     struct worker_pool *workers;
-    struct cache *cache;    /* the memory tier of the embedding cache, NULL when off */
+    struct cache *cache;    /* the memory tier of the embedding cache, NULL when no cache */
+    struct cache_redis *redis; /* the shared tier, NULL when [cache] redis is unset */
     struct accesslog *alog; /* never NULL once running; takes no line while access_log = off */
     uint64_t started_mono_ms;
     int64_t started_wall_ms;
