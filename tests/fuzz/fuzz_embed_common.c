@@ -110,8 +110,59 @@ answer(const struct embed_request *r)
     FUZZ_CHECK(body != NULL && strlen(body) == len, "response length %zu is wrong", len);
     check_shape(r->api, body, len, r->ninputs, dim);
     check_sniff(r->api, body, len, dim);
+    {
+        /* The cache reads answers back: what we render, it must parse, vector for vector. */
+        float *back = NULL;
+        unsigned bdim = 0;
+        size_t usage;
+        bool known;
+        char err[160];
+        int rc = embed_answer_parse(r->api, body, len, r->ninputs, &back, &bdim, &usage, &known,
+                                    err, sizeof(err));
+        FUZZ_CHECK(rc == 0, "a rendered answer did not parse back: %s", err);
+        FUZZ_CHECK(bdim == dim, "parsed %u elements of %zu", bdim, dim);
+        if (r->base64) {
+            FUZZ_CHECK(memcmp(back, vectors, r->ninputs * dim * sizeof(float)) == 0,
+                       "base64 vectors changed on the way back");
+        }
+        free(back);
+    }
     free(body);
     free(vectors);
+}
+
+static void
+param_seen(void *arg, const char *name, const char *json, size_t n)
+{
+    (void)arg;
+    FUZZ_CHECK(name[0] != '\0' && n > 0 && strlen(json) == n, "a parameter without a value");
+}
+
+/* The cache's view of a parsed request: its parameters, and each one-input subset. */
+static void
+check_cache_view(const struct embed_request *r, const char *body, size_t size)
+{
+    struct buf b;
+
+    FUZZ_CHECK(embed_request_vector_params(r->api, body, size, param_seen, NULL) == 0,
+               "a parsed request has no parameters to key");
+    if (r->single || r->api == EMBED_API_OLLAMA_LEGACY) {
+        return;
+    }
+    buf_init(&b);
+    for (size_t i = 0; i < r->ninputs && i < 4; i++) {
+        struct embed_request sub;
+        char err[256];
+        const char *param = NULL;
+        b.len = 0;
+        FUZZ_CHECK(embed_request_subset(r->api, body, size, &i, 1, &b) == 0,
+                   "no subset of input %zu", i);
+        FUZZ_CHECK(embed_request_parse(r->api, b.data, b.len, &sub, err, sizeof(err), &param) == 0,
+                   "the subset of input %zu does not parse: %s", i, err);
+        FUZZ_CHECK(sub.ninputs == 1, "the subset has %zu inputs", sub.ninputs);
+        embed_request_free(&sub);
+    }
+    buf_free(&b);
 }
 
 int
@@ -130,6 +181,7 @@ fuzz_embed_one(enum embed_api api, const uint8_t *data, size_t size)
         FUZZ_CHECK(r.api == api, "parsed api %d for %d", r.api, api);
         check_request(&r);
         answer(&r);
+        check_cache_view(&r, body, size);
         embed_request_free(&r);
     } else {
         size_t len = 0;
@@ -144,6 +196,18 @@ fuzz_embed_one(enum embed_api api, const uint8_t *data, size_t size)
     }
     /* The proxy also sniffs untrusted upstream bodies; any bytes must be safe to scan. */
     (void)embed_sniff_dimension(api, body, size);
+    {
+        float *v = NULL;
+        unsigned dim;
+        size_t usage;
+        bool known;
+        char err[160];
+        if (embed_answer_parse(api, body, size, 1 + size % 3, &v, &dim, &usage, &known, err,
+                               sizeof(err)) == 0) {
+            FUZZ_CHECK(dim > 0 && v != NULL, "an answer parsed to nothing");
+        }
+        free(v);
+    }
     free(body);
     return 0;
 }

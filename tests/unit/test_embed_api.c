@@ -1138,3 +1138,145 @@ Test(embed_api, openai_answer_bytes_are_stable)
     free(body);
     embed_request_free(&r);
 }
+
+/* ---- the cache's view: vector parameters, subsets, upstream answers ---- */
+
+struct params_seen {
+    char text[512];
+};
+
+static void
+collect_param(void *arg, const char *name, const char *json, size_t n)
+{
+    struct params_seen *p = arg;
+    size_t len = strlen(p->text);
+
+    snprintf(p->text + len, sizeof(p->text) - len, "%s=%.*s;", name, (int)n, json);
+}
+
+Test(cache_view, vector_params_name_what_changes_vectors_in_a_canonical_form)
+{
+    struct params_seen a = {{0}}, b = {{0}};
+    const char *o1 = "{\"model\":\"m\",\"input\":\"x\",\"options\":{\"b\":2,\"a\":1},\"truncate\":true}";
+    const char *o2 = "{\"truncate\":true,\"input\":\"y\",\"options\":{\"a\":1,\"b\":2}}";
+    const char *oa = "{\"input\":\"x\",\"dimensions\":256,\"encoding_format\":\"base64\","
+                     "\"user\":\"u\"}";
+
+    cr_assert_eq(embed_request_vector_params(EMBED_API_OLLAMA, o1, strlen(o1), collect_param, &a),
+                 0);
+    cr_assert_eq(embed_request_vector_params(EMBED_API_OLLAMA, o2, strlen(o2), collect_param, &b),
+                 0);
+    cr_assert_str_eq(a.text, "truncate=true;options={\"a\":1,\"b\":2};");
+    cr_assert_str_eq(a.text, b.text, "key order inside options does not matter");
+    memset(&a, 0, sizeof(a));
+    cr_assert_eq(embed_request_vector_params(EMBED_API_OPENAI, oa, strlen(oa), collect_param, &a),
+                 0);
+    cr_assert_str_eq(a.text, "dimensions=256;", "encoding_format and user change no vector");
+    cr_assert_eq(embed_request_vector_params(EMBED_API_TEI, "[1]", 3, collect_param, &a), -1);
+}
+
+Test(cache_view, subset_keeps_the_chosen_inputs_and_every_other_field)
+{
+    const char *body = "{\"model\":\"m\",\"input\":[\"a\",\"b\\\"q\",\"c\"],\"user\":\"u\"}";
+    const char *tei = "{\"inputs\":[\"x\",\"y\"],\"truncate\":true}";
+    size_t idx[] = {0, 2}, one[] = {1}, bad[] = {2, 0}, out_of_range[] = {5};
+    struct buf b;
+    json_t *doc;
+
+    buf_init(&b);
+    cr_assert_eq(embed_request_subset(EMBED_API_OPENAI, body, strlen(body), idx, 2, &b), 0);
+    doc = json_loads(b.data, 0, NULL);
+    cr_assert_not_null(doc);
+    cr_assert_eq(json_array_size(json_object_get(doc, "input")), 2);
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(doc, "input"), 1)), "c");
+    cr_assert_str_eq(json_string_value(json_object_get(doc, "user")), "u");
+    cr_assert_str_eq(json_string_value(json_object_get(doc, "model")), "m");
+    json_decref(doc);
+    b.len = 0;
+    cr_assert_eq(embed_request_subset(EMBED_API_TEI, tei, strlen(tei), one, 1, &b), 0);
+    cr_assert_str_eq(b.data, "{\"inputs\":[\"y\"],\"truncate\":true}");
+    b.len = 0;
+    cr_assert_eq(embed_request_subset(EMBED_API_OPENAI, body, strlen(body), bad, 2, &b), -1,
+                 "indexes must ascend");
+    cr_assert_eq(embed_request_subset(EMBED_API_OPENAI, body, strlen(body), out_of_range, 1, &b),
+                 -1);
+    cr_assert_eq(embed_request_subset(EMBED_API_OLLAMA_LEGACY, "{\"prompt\":\"p\"}", 14, one, 1,
+                                      &b),
+                 -1, "one prompt has no subset");
+    buf_free(&b);
+}
+
+Test(cache_view, answers_parse_in_every_shape_and_order)
+{
+    const char *openai = "{\"data\":[{\"index\":1,\"embedding\":[3,4]},{\"index\":0,\"embedding\":"
+                         "[1.5,-2]}],\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}";
+    /* [0.25, -1] and [2, 8] as little-endian float32 */
+    const char *b64 = "{\"data\":[{\"index\":0,\"embedding\":\"AACAPgAAgL8=\"},{\"index\":1,"
+                      "\"embedding\":\"AAAAQAAAAEE=\"}]}";
+    const char *tei = "[[1,2,3]]";
+    const char *ollama = "{\"embeddings\":[[0.5],[0.25]],\"prompt_eval_count\":4}";
+    const char *legacy = "{\"embedding\":[9,8]}";
+    float *v;
+    unsigned dim;
+    size_t usage;
+    bool known;
+    char err[160];
+
+    cr_assert_eq(embed_answer_parse(EMBED_API_OPENAI, openai, strlen(openai), 2, &v, &dim, &usage,
+                                    &known, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(dim, 2);
+    cr_assert(v[0] == 1.5f && v[1] == -2.0f && v[2] == 3.0f && v[3] == 4.0f, "by index");
+    cr_assert(known && usage == 7);
+    free(v);
+    cr_assert_eq(embed_answer_parse(EMBED_API_OPENAI, b64, strlen(b64), 2, &v, &dim, &usage,
+                                    &known, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert(dim == 2 && v[0] == 0.25f && v[1] == -1.0f && v[2] == 2.0f && v[3] == 8.0f);
+    cr_assert(!known);
+    free(v);
+    cr_assert_eq(embed_answer_parse(EMBED_API_TEI, tei, strlen(tei), 1, &v, &dim, &usage, &known,
+                                    err, sizeof(err)),
+                 0);
+    cr_assert(dim == 3 && v[2] == 3.0f);
+    free(v);
+    cr_assert_eq(embed_answer_parse(EMBED_API_OLLAMA, ollama, strlen(ollama), 2, &v, &dim, &usage,
+                                    &known, err, sizeof(err)),
+                 0);
+    cr_assert(dim == 1 && v[1] == 0.25f && known && usage == 4);
+    free(v);
+    cr_assert_eq(embed_answer_parse(EMBED_API_OLLAMA_LEGACY, legacy, strlen(legacy), 1, &v, &dim,
+                                    &usage, &known, err, sizeof(err)),
+                 0);
+    cr_assert(dim == 2 && v[0] == 9.0f);
+    free(v);
+}
+
+Test(cache_view, answers_that_cannot_be_merged_are_refused_with_a_cause)
+{
+    const char *bad[] = {
+        "not json",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2]}]}",                  /* one for two */
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2]},{\"index\":0,\"embedding\":[1,2]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2]},{\"index\":1,\"embedding\":[1]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2]},{\"index\":5,\"embedding\":[1,2]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,\"x\"]},{\"index\":1,\"embedding\":[1,2]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1e39,2]},{\"index\":1,\"embedding\":[1,2]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":\"AAA\"},{\"index\":1,\"embedding\":[1,2]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[]},{\"index\":1,\"embedding\":[]}]}",
+    };
+    float *v = (float *)1;
+    unsigned dim = 9;
+    size_t usage;
+    bool known;
+    char err[160];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        cr_assert_eq(embed_answer_parse(EMBED_API_OPENAI, bad[i], strlen(bad[i]), 2, &v, &dim,
+                                        &usage, &known, err, sizeof(err)),
+                     -1, "accepted: %s", bad[i]);
+        cr_assert(v == NULL && dim == 0, "nothing handed back for %s", bad[i]);
+        cr_assert_neq(err[0], '\0', "no cause for %s", bad[i]);
+    }
+}
