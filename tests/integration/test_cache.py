@@ -226,3 +226,20 @@ def test_stats_metrics_and_purge(embedder, start_akosha):
     assert status == 200 and json.loads(body) == {"purged": 1}
     assert a.stats()["cache"]["entries"] == 0
     assert a.admin("GET", "/cache/purge")[0] == 405
+
+
+def test_spans_count_hits_and_misses(embedder, start_akosha):
+    from test_telemetry import FAST_EXPORT, Receiver, attr, telemetry
+    receiver = Receiver()
+    try:
+        a = start_akosha(telemetry(receiver) + config(embedder), env=FAST_EXPORT)
+        a.post_json("/v1/embeddings", {"model": "m", "input": ["t1"]})
+        a.post_json("/v1/embeddings", {"model": "m", "input": ["t1", "t2", "t3"]})
+        spans = receiver.wait_spans(5)
+        servers = [s for s in spans if s["kind"] == 2]
+        assert len(servers) == 2
+        last = [s for s in servers if attr(s, "akosha.cache") == "partial"][0]
+        assert int(attr(last, "akosha.cache.hits")) == 1
+        assert int(attr(last, "akosha.cache.misses")) == 2
+    finally:
+        receiver.stop()
