@@ -434,6 +434,8 @@ access_line(struct client *c)
     }
     if (r->mode == EMBED_MODE_LOCAL || r->mode == EMBED_MODE_FALLBACK) {
         e.upstream = "local";
+    } else if (r->mode == EMBED_MODE_REAL && r->cache == CACHEFLOW_HIT) {
+        e.upstream = "cache"; /* as X-Akosha-Upstream says */
     } else if (r->ntried > 0) {
         e.upstream = r->tried[r->ntried - 1]->name;
     }

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import struct
+import time
 
 import pytest
 
@@ -176,7 +177,7 @@ def test_an_outage_serves_hits_and_marks_fallback_items(embedder, start_akosha):
 def test_stale_entries_serve_only_in_an_outage(embedder, start_akosha):
     a = start_akosha(config(embedder, cache="memory = 16M\nttl = 1s\nstale_if_error = 1h\n"))
     a.post_json("/v1/embeddings", {"model": "m", "input": "old"})
-    import time
+
     time.sleep(1.3)
     _, h, _ = a.post_json("/v1/embeddings", {"model": "m", "input": "old"})
     assert h["X-Akosha-Cache"] == "miss" and embedder.count() == 2, "past ttl: asked again"
@@ -243,3 +244,19 @@ def test_spans_count_hits_and_misses(embedder, start_akosha):
         assert int(attr(last, "akosha.cache.misses")) == 2
     finally:
         receiver.stop()
+
+
+def test_access_log_lines_say_what_the_cache_did(embedder, start_akosha, tmp_path):
+    log = tmp_path / "access.log"
+    a = start_akosha("[proxy]\nlisten = 127.0.0.1:{port}\naccess_log = %s\n" % log +
+                     config(embedder))
+    a.post_json("/v1/embeddings", {"model": "m", "input": "l"})
+    a.post_json("/v1/embeddings", {"model": "m", "input": "l"})
+    lines = []
+    for _ in range(50):
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= 2:
+            break
+        time.sleep(0.1)
+    assert [json.loads(line).get("cache") for line in lines] == ["miss", "hit"]
+    assert json.loads(lines[1])["upstream"] == "cache" and json.loads(lines[1])["mode"] == "real"
