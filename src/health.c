@@ -28,6 +28,8 @@
 
 /* A status line longer than this is not HTTP. */
 #define HEALTH_STATUS_LINE_MAX 1024
+/* A check that may turn the verdict is confirmed after a tenth of the interval, at least this. */
+#define HEALTH_CONFIRM_MIN_MS 100
 /* The first check of a new checker comes within this (or the interval, when shorter). */
 #define HEALTH_FIRST_CHECK_MAX_MS 1000
 
@@ -172,6 +174,17 @@ finish(struct health_checker *hc, bool pass, int status)
         breaker_half_open(&up->breaker, now, "health check passed");
     }
     set_state(hc, HC_IDLE);
+    if ((st->healthy && st->consecutive_failures > 0) ||
+        (!st->healthy && st->consecutive_passes > 0)) {
+        /*
+         * The verdict is about to turn: confirm it soon, so a recovery (or a
+         * failure) is acted on about one interval after it happened, not
+         * healthy_threshold intervals.
+         */
+        arm(hc, MIN(up->cfg->health_interval_ms, MAX(up->cfg->health_interval_ms / 10,
+                                                     (uint64_t)HEALTH_CONFIRM_MIN_MS)));
+        return;
+    }
     arm(hc, next_delay_ms(hc));
 }
 

@@ -416,7 +416,8 @@ access_line(struct client *c)
         .attempts = r->attempts,
         .mode = r->mode != EMBED_MODE_NONE ? embed_mode_name(r->mode) : NULL,
         .reason = r->reason,
-        .cache = cacheflow_use_name(r->cache),
+        /* the cache's result where there is a cache */
+        .cache = r->cache != CACHEFLOW_OFF ? cacheflow_use_name(r->cache) : NULL,
     };
     if (e.path == NULL && r->head != NULL) {
         /* The head did not parse: its request line as sent, so the odd ones are seen. */
@@ -2480,13 +2481,14 @@ on_response_head(struct client *c)
         r->answer_over = false;
         a->collect = r->cache == CACHEFLOW_PARTIAL;
     }
-    evbuffer_drain(in, (size_t)rc);
     attempt_set_state(c, ATTEMPT_BODY);
     if (a->collect) {
+        evbuffer_drain(in, (size_t)rc);
         on_response_body(c, false);
         return;
     }
-    relay_head(c, &rh);
+    relay_head(c, &rh); /* rh points into the input: drained only after */
+    evbuffer_drain(in, (size_t)rc);
     client_set_state(c, CLIENT_STREAM);
     on_response_body(c, false);
 }
