@@ -4,7 +4,7 @@
  * backend is never what limits a proxy's numbers.
  *
  *   http_backend [-l HOST:PORT] [-t THREADS] [-d DIMENSIONS] [-n BATCH]
- *                [-D BATCH_DIMENSIONS] [-s]
+ *                [-D BATCH_DIMENSIONS] [-c] [-s]
  *
  * Default body: an OpenAI /v1/embeddings answer with one DIMENSIONS-float
  * vector. A request whose "input" is an array gets the batch answer instead:
@@ -13,7 +13,16 @@
  * double, about 2 MB in all) or, when the request says
  * "encoding_format":"base64", as base64 of the little-endian float32 array
  * (about 530 KB). Every answer is built once at start and written from that
- * one copy. -s (sink): answer "{}", which is all an OTLP/HTTP exporter
+ * one copy. -c (count): one vector per input instead, as an embedding cache
+ * that asks for its misses alone needs; an "input" array of k strings gets
+ * the first k of the BATCH vectors (answers for every k in 1..BATCH are built
+ * at start, so keep BATCH_DIMENSIONS modest, e.g. -D 384: about 20 MB), a
+ * string input gets the first vector, and an array of more than BATCH
+ * strings (or of none, such as token ids) gets a 400. k is counted by a
+ * plain scan of the array's strings, not a JSON parser: it assumes an array
+ * of strings, which is what the bench scripts send (their texts hold no
+ * quotes, commas or escapes; a backslash escape is skipped all the same).
+ * -s (sink): answer "{}", which is all an OTLP/HTTP exporter
  * needs; on SIGTERM the sink prints how many requests and body bytes it took.
  * HTTP/1.1 keep-alive and pipelining; Content-Length and chunked bodies are
  * read and dropped. Not a general server: no timeouts, loopback use only.
@@ -67,6 +76,9 @@ struct conn {
 
 static struct sockaddr_in listen_addr;
 static struct answer single_answer, batch_float, batch_base64;
+/* -c: count_float[k] and count_base64[k] hold k vectors, k = 1..count_max */
+static struct answer *count_float, *count_base64, too_many;
+static int count_max;
 static atomic_ulong total_requests, total_body_bytes;
 static volatile sig_atomic_t stopping;
 
@@ -127,21 +139,27 @@ text_str(struct text *t, const char *s)
 
 /* Head and body into one answer; takes the body's text. */
 static void
-make_answer(struct answer *a, struct text *body)
+make_answer_status(struct answer *a, const char *status, struct text *body)
 {
-    char head[160];
+    char head[200];
     int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 200 OK\r\n"
+                     "HTTP/1.1 %s\r\n"
                      "Content-Type: application/json\r\n"
                      "Content-Length: %zu\r\n"
                      "\r\n",
-                     body->len);
+                     status, body->len);
 
     a->len = (size_t)n + body->len;
     a->text = xmalloc(a->len);
     memcpy(a->text, head, (size_t)n);
     memcpy(a->text + n, body->p, body->len);
     free(body->p);
+}
+
+static void
+make_answer(struct answer *a, struct text *body)
+{
+    make_answer_status(a, "200 OK", body);
 }
 
 /* The single-vector answer: deterministic and unit-length, 7 decimals. */
@@ -217,23 +235,29 @@ base64_add(struct text *t, const unsigned char *p, size_t n)
     t->p[t->len] = '\0';
 }
 
+/* One batch vector as both encodings print it, without the object around it. */
+struct vector_text {
+    struct text json; /* [n,n,...] */
+    struct text b64;  /* "...." */
+};
+
 /*
- * The batch answers: count unit-length vectors of pseudo-random float32
- * values (a fixed xorshift sequence, so every run serves the same bytes),
- * once as JSON numbers and once as base64.
+ * count unit-length vectors of pseudo-random float32 values (a fixed
+ * xorshift sequence, so every run serves the same bytes), each printed once
+ * as JSON numbers and once as base64.
  */
-static void
-build_batch(int count, int dimensions)
+static struct vector_text *
+build_vectors(int count, int dimensions)
 {
-    struct text json = {0}, b64 = {0};
+    struct vector_text *vt = calloc((size_t)count, sizeof(*vt));
     float *vec = xmalloc((size_t)dimensions * sizeof(float));
     unsigned char *raw = xmalloc((size_t)dimensions * 4);
     uint64_t state = 0x9e3779b97f4a7c15ULL;
-    char num[40], frame[96];
+    char num[40];
 
-    for (int pass = 0; pass < 2; pass++) {
-        struct text *t = pass ? &b64 : &json;
-        text_str(t, "{\"object\":\"list\",\"data\":[");
+    if (vt == NULL) {
+        fprintf(stderr, "http_backend: out of memory\n");
+        abort();
     }
     for (int k = 0; k < count; k++) {
         double norm = 0.0;
@@ -259,30 +283,110 @@ build_batch(int count, int dimensions)
             raw[4 * i + 2] = (unsigned char)(bits >> 16);
             raw[4 * i + 3] = (unsigned char)(bits >> 24);
         }
+        text_add(&vt[k].json, "[", 1);
+        for (int i = 0; i < dimensions; i++) {
+            int n = format_float(num + 1, sizeof(num) - 1, vec[i]);
+            num[0] = ',';
+            text_add(&vt[k].json, i ? num : num + 1, (size_t)n + (i ? 1 : 0));
+        }
+        text_add(&vt[k].json, "]", 1);
+        text_add(&vt[k].b64, "\"", 1);
+        base64_add(&vt[k].b64, raw, (size_t)dimensions * 4);
+        text_add(&vt[k].b64, "\"", 1);
+    }
+    free(vec);
+    free(raw);
+    return vt;
+}
+
+/* The answer holding the first count vectors, as JSON numbers and as base64. */
+static void
+assemble_batch(const struct vector_text *vt, int count, struct answer *json_answer,
+               struct answer *b64_answer)
+{
+    struct text json = {0}, b64 = {0};
+    char frame[96];
+
+    text_str(&json, "{\"object\":\"list\",\"data\":[");
+    text_str(&b64, "{\"object\":\"list\",\"data\":[");
+    for (int k = 0; k < count; k++) {
         snprintf(frame, sizeof(frame),
                  "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":", k ? "," : "", k);
         text_str(&json, frame);
         text_str(&b64, frame);
-        text_add(&json, "[", 1);
-        for (int i = 0; i < dimensions; i++) {
-            int n = format_float(num + 1, sizeof(num) - 1, vec[i]);
-            num[0] = ',';
-            text_add(&json, i ? num : num + 1, (size_t)n + (i ? 1 : 0));
-        }
-        text_add(&json, "]}", 2);
-        text_add(&b64, "\"", 1);
-        base64_add(&b64, raw, (size_t)dimensions * 4);
-        text_add(&b64, "\"}", 2);
+        text_add(&json, vt[k].json.p, vt[k].json.len);
+        text_add(&b64, vt[k].b64.p, vt[k].b64.len);
+        text_add(&json, "}", 1);
+        text_add(&b64, "}", 1);
     }
     snprintf(frame, sizeof(frame),
              "],\"model\":\"bench-model\",\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}",
              count * 40, count * 40);
     text_str(&json, frame);
     text_str(&b64, frame);
-    make_answer(&batch_float, &json);
-    make_answer(&batch_base64, &b64);
-    free(vec);
-    free(raw);
+    make_answer(json_answer, &json);
+    make_answer(b64_answer, &b64);
+}
+
+/*
+ * The batch answers: count vectors of dimensions floats. With counting, the
+ * answers of 1..count vectors as well, and the 400 for any other count.
+ */
+static void
+build_batch(int count, int dimensions, bool counting)
+{
+    struct vector_text *vt = build_vectors(count, dimensions);
+
+    assemble_batch(vt, count, &batch_float, &batch_base64);
+    if (counting) {
+        struct text body = {0};
+        count_max = count;
+        count_float = calloc((size_t)count + 1, sizeof(struct answer));
+        count_base64 = calloc((size_t)count + 1, sizeof(struct answer));
+        if (count_float == NULL || count_base64 == NULL) {
+            fprintf(stderr, "http_backend: out of memory\n");
+            abort();
+        }
+        for (int k = 1; k <= count; k++) {
+            assemble_batch(vt, k, &count_float[k], &count_base64[k]);
+        }
+        text_str(&body, "{\"error\":{\"message\":\"http_backend -c: expected an input "
+                        "array of 1 to BATCH strings\",\"type\":\"invalid_request_error\"}}");
+        make_answer_status(&too_many, "400 Bad Request", &body);
+    }
+    for (int k = 0; k < count; k++) {
+        free(vt[k].json.p);
+        free(vt[k].b64.p);
+    }
+    free(vt);
+}
+
+/*
+ * The strings of the JSON array that starts at p ('['), counted by their
+ * opening quotes; -1 when the array does not end before end. A plain scan,
+ * not a parser: an array of strings is assumed (see the top of the file).
+ */
+static long
+count_array_strings(const char *p, const char *end)
+{
+    long n = 0;
+    bool in_string = false;
+
+    for (p++; p < end; p++) {
+        if (in_string) {
+            if (*p == '\\') {
+                p++;
+            } else if (*p == '"') {
+                in_string = false;
+            }
+        } else if (*p == '"') {
+            in_string = true;
+            n++;
+        } else if (*p == ']') {
+            return n;
+        }
+    }
+    return -1;
 }
 
 /* The value after "key" and its colon in a JSON text, or NULL (a plain search: bench bodies only).
@@ -310,21 +414,28 @@ json_value_of(const char *p, size_t len, const char *quoted_key)
     return k < end ? k : NULL;
 }
 
-/* Which answer a request body asks for: an "input" array gets the batch. */
+/* Which answer a request body asks for: an "input" array gets the batch (-c: k vectors). */
 static const struct answer *
 choose_answer(const char *body, size_t len)
 {
     const char *input = json_value_of(body, len, "\"input\"");
     const char *enc;
 
-    if (batch_float.text == NULL || input == NULL || *input != '[') {
+    bool base64;
+
+    if (batch_float.text == NULL || input == NULL || (*input != '[' && count_max == 0)) {
         return &single_answer;
     }
     enc = json_value_of(body, len, "\"encoding_format\"");
-    if (enc != NULL && (size_t)(body + len - enc) >= 8 && memcmp(enc, "\"base64\"", 8) == 0) {
-        return &batch_base64;
+    base64 = enc != NULL && (size_t)(body + len - enc) >= 8 && memcmp(enc, "\"base64\"", 8) == 0;
+    if (count_max > 0) {
+        long k = *input == '[' ? count_array_strings(input, body + len) : 1;
+        if (k < 1 || k > count_max) {
+            return &too_many;
+        }
+        return base64 ? &count_base64[k] : &count_float[k];
     }
-    return &batch_float;
+    return base64 ? &batch_base64 : &batch_float;
 }
 
 /* Case-insensitive search for a header line; returns its value or NULL. */
@@ -690,13 +801,13 @@ main(int argc, char **argv)
 {
     const char *listen_spec = "127.0.0.1:18400";
     int threads = 1, dimensions = 384, batch = 64, batch_dimensions = 1536, opt;
-    bool sink = false;
+    bool sink = false, counting = false;
     pthread_t tids[MAX_THREADS];
     char host[64];
     const char *colon;
     struct sigaction sa;
 
-    while ((opt = getopt(argc, argv, "l:t:d:n:D:s")) != -1) {
+    while ((opt = getopt(argc, argv, "l:t:d:n:D:cs")) != -1) {
         switch (opt) {
         case 'l':
             listen_spec = optarg;
@@ -713,13 +824,16 @@ main(int argc, char **argv)
         case 'D':
             batch_dimensions = atoi(optarg);
             break;
+        case 'c':
+            counting = true;
+            break;
         case 's':
             sink = true;
             break;
         default:
             fprintf(stderr,
                     "usage: %s [-l HOST:PORT] [-t THREADS] [-d DIMENSIONS] [-n BATCH] "
-                    "[-D BATCH_DIMENSIONS] [-s]\n",
+                    "[-D BATCH_DIMENSIONS] [-c] [-s]\n",
                     argv[0]);
             return 2;
         }
@@ -741,7 +855,7 @@ main(int argc, char **argv)
     }
     build_single(sink, dimensions);
     if (!sink) {
-        build_batch(batch, batch_dimensions);
+        build_batch(batch, batch_dimensions, counting);
     }
 
     memset(&sa, 0, sizeof(sa));
@@ -759,8 +873,9 @@ main(int argc, char **argv)
     }
     fprintf(stderr,
             "http_backend: listening on %s, %d thread(s), %zu-byte answer; "
-            "batch answers: float %zu bytes, base64 %zu bytes\n",
-            listen_spec, threads, single_answer.len, batch_float.len, batch_base64.len);
+            "batch answers: float %zu bytes, base64 %zu bytes%s\n",
+            listen_spec, threads, single_answer.len, batch_float.len, batch_base64.len,
+            counting ? "; -c: one vector per input" : "");
     for (int i = 0; i < threads; i++) {
         pthread_join(tids[i], NULL);
     }
@@ -769,5 +884,12 @@ main(int argc, char **argv)
     free(single_answer.text);
     free(batch_float.text);
     free(batch_base64.text);
+    for (int k = 1; k <= count_max; k++) {
+        free(count_float[k].text);
+        free(count_base64[k].text);
+    }
+    free(count_float);
+    free(count_base64);
+    free(too_many.text);
     return 0;
 }
