@@ -27,6 +27,7 @@
 #include <sys/random.h>
 
 #include "log.h"
+#include "util.h"
 
 /* ---- keys ----------------------------------------------------------------- */
 
@@ -213,6 +214,7 @@ struct entry {
     uint32_t model_tag;
     uint32_t dim : 31;
     uint32_t visited : 1;
+    char *text; /* the vector as a JSON array, rendered on a hit and kept, or NULL */
     float vec[];
 };
 
@@ -374,6 +376,10 @@ remove_entry(struct cache *c, struct entry *e)
     table_remove_at(c, i);
     list_unlink(c, e);
     c->entry_bytes -= malloc_usable_size(e);
+    if (e->text != NULL) {
+        c->entry_bytes -= malloc_usable_size(e->text);
+        free(e->text);
+    }
     c->count--;
     free(e);
 }
@@ -426,6 +432,7 @@ cache_free(struct cache *c)
     }
     for (struct entry *e = c->head, *next; e != NULL; e = next) {
         next = e->older;
+        free(e->text);
         free(e);
     }
     free(c->slots);
@@ -469,6 +476,63 @@ cache_get_copy(struct cache *c, const struct cache_key *key, uint64_t now_ms, ui
     }
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+void
+cache_note_hits(struct cache *c, uint64_t n)
+{
+    pthread_mutex_lock(&c->lock);
+    c->st.hits += n;
+    pthread_mutex_unlock(&c->lock);
+}
+
+enum cache_result
+cache_get_text(struct cache *c, const struct cache_key *key, uint64_t now_ms, uint64_t ttl_ms,
+               void (*render)(const float *v, uint32_t dim, struct buf *out), bool keep,
+               struct buf *out, uint32_t *dim)
+{
+    struct entry *e;
+    size_t i, at = out->len;
+    uint64_t age;
+
+    pthread_mutex_lock(&c->lock);
+    if (c->count == 0 || (i = find_slot(c, key)) == (size_t)-1) {
+        pthread_mutex_unlock(&c->lock);
+        return CACHE_MISS; /* not counted: the caller's full lookup follows */
+    }
+    e = c->slots[i];
+    age = now_ms >= e->created_ms ? now_ms - e->created_ms : 0;
+    if (age > ttl_ms) {
+        pthread_mutex_unlock(&c->lock);
+        return CACHE_MISS;
+    }
+    e->visited = 1;
+    *dim = e->dim;
+    if (keep && e->text != NULL) {
+        buf_puts(out, e->text);
+        pthread_mutex_unlock(&c->lock);
+        return CACHE_HIT;
+    }
+    render(e->vec, e->dim, out);
+    if (!keep || e->text != NULL) {
+        pthread_mutex_unlock(&c->lock);
+        return CACHE_HIT;
+    }
+    /* Kept only where the budget has room as it is: nothing is evicted for it. */
+    e->text = malloc(out->len - at + 1);
+    if (e->text != NULL) {
+        size_t extra = malloc_usable_size(e->text);
+        if (c->entry_bytes + extra + table_bytes(c->cap) <= c->budget) {
+            memcpy(e->text, out->data + at, out->len - at);
+            e->text[out->len - at] = '\0';
+            c->entry_bytes += extra;
+        } else {
+            free(e->text);
+            e->text = NULL;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return CACHE_HIT;
 }
 
 static enum cache_result
@@ -580,6 +644,7 @@ put_locked(struct cache *c, const struct cache_key *key, uint32_t model_tag, con
     e->model_tag = model_tag;
     e->dim = dim;
     e->visited = 0;
+    e->text = NULL;
     memcpy(e->vec, vec, (size_t)dim * sizeof(float));
     make_room(c, need);
     table_insert(c, e);

@@ -118,6 +118,22 @@ void cache_free(struct cache *c);
 enum cache_result cache_get(struct cache *c, const struct cache_key *key, uint64_t now_ms,
                             uint64_t ttl_ms, uint64_t stale_ms, const float **vec, uint32_t *dim);
 /*
+ * A hit within ttl appends the vector as render writes it to out. With
+ * keep (one rendering only ever: the float JSON array), the text is kept
+ * with the entry on the first hit (its bytes counted) when the budget has
+ * room for it as it is, and later hits of a hot entry copy bytes instead of
+ * formatting floats. A miss (or an entry past ttl) appends nothing.
+ * Nothing is counted in the stats: the caller counts its hits
+ * (cache_note_hits) once every input has hit; on a miss its full lookup
+ * (cache_get_copy) follows and counts every input.
+ */
+struct buf;
+void cache_note_hits(struct cache *c, uint64_t n);
+enum cache_result cache_get_text(struct cache *c, const struct cache_key *key, uint64_t now_ms,
+                                 uint64_t ttl_ms,
+                                 void (*render)(const float *v, uint32_t dim, struct buf *out),
+                                 bool keep, struct buf *out, uint32_t *dim);
+/*
  * cache_get, copying the vector into a malloc'd *vec (the caller frees it)
  * under the lock. *vec is NULL on MISS.
  */

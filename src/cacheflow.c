@@ -74,6 +74,86 @@ recount(struct cacheflow *cf)
     }
 }
 
+/* The prefix of every input's key: the model, its revision, the caller, the parameters. */
+static bool
+begin_keys(struct cache_keyer *keyer, const struct cacheflow_params *p, const char *model,
+           const char *revision, const unsigned char *caller, const char *body, size_t len)
+{
+    struct keying k;
+
+    cache_keyer_begin(&k.keyer, model, revision, caller);
+    k.ok = true;
+    if (embed_request_vector_params(p->api, body, len, key_param, &k) != 0 || !k.ok) {
+        return false;
+    }
+    cache_keyer_end(&k.keyer);
+    *keyer = k.keyer;
+    return true;
+}
+
+static void
+input_key(const struct cache_keyer *keyer, const struct embed_input *in, struct cache_key *key)
+{
+    if (in->text != NULL) {
+        cache_key_text(keyer, in->text, in->len, key);
+    } else {
+        cache_key_tokens(keyer, in->tokens, in->ntokens, key);
+    }
+}
+
+int
+cacheflow_answer_inline(const struct cacheflow_params *p, const char *body, size_t len,
+                        struct embed_request *er, struct buf *out)
+{
+    struct cache_keyer keyer;
+    struct cache_key key;
+    struct buf vec;
+    char err[256];
+    const char *param;
+    uint64_t now = (uint64_t)util_wall_ms();
+    size_t vecs_at;
+    uint32_t dim, dim0 = 0;
+
+    if (len > CACHEFLOW_INLINE_MAX_BODY || !p->lookup ||
+        embed_request_parse(p->api, body, len, er, err, sizeof(err), &param) != 0) {
+        return 0;
+    }
+    if (er->ninputs > CACHEFLOW_INLINE_MAX_INPUTS ||
+        !begin_keys(&keyer, p, p->model != NULL ? p->model : "",
+                    p->revision != NULL ? p->revision : "", p->caller, body, len)) {
+        embed_request_free(er);
+        return 0;
+    }
+    /* Each vector as the answer writes it, one after another, then the answer around them. */
+    buf_init(&vec);
+    size_t ends[CACHEFLOW_INLINE_MAX_INPUTS];
+    for (size_t i = 0; i < er->ninputs; i++) {
+        input_key(&keyer, &er->inputs[i], &key);
+        if (cache_get_text(p->cache, &key, now, p->ttl_ms,
+                           er->base64 ? embed_render_base64_floats : embed_render_float_array,
+                           !er->base64, &vec, &dim) != CACHE_HIT ||
+            (dim0 != 0 && dim != dim0)) {
+            buf_free(&vec);
+            embed_request_free(er);
+            return 0;
+        }
+        dim0 = dim;
+        ends[i] = vec.len;
+    }
+    cache_note_hits(p->cache, er->ninputs);
+    er->usage_tokens = 0;
+    er->usage_known = true;
+    embed_render_open(er, er->model[0] != '\0' ? er->model : p->model, out);
+    vecs_at = 0;
+    for (size_t i = 0; i < er->ninputs; i++) {
+        embed_render_vector_text(er, i, NULL, dim0, vec.data + vecs_at, ends[i] - vecs_at, out);
+        vecs_at = ends[i];
+    }
+    embed_render_close(er, er->model[0] != '\0' ? er->model : p->model, out);
+    buf_free(&vec);
+    return 1;
+}
+
 /* Worker thread: parse, key and look up every input. */
 static void
 lookup_run(struct worker_job *wj)
@@ -89,14 +169,11 @@ lookup_run(struct worker_job *wj)
         0) {
         return; /* the upstream answers the caller's mistake in its own words */
     }
-    cache_keyer_begin(&k.keyer, cf->model, cf->revision, cf->p.caller != NULL ? cf->caller : NULL);
-    k.ok = true;
-    if (embed_request_vector_params(cf->p.api, cf->body, cf->body_len, key_param, &k) != 0 ||
-        !k.ok) {
+    if (!begin_keys(&k.keyer, &cf->p, cf->model, cf->revision,
+                    cf->p.caller != NULL ? cf->caller : NULL, cf->body, cf->body_len)) {
         embed_request_free(&er);
         return;
     }
-    cache_keyer_end(&k.keyer);
     cf->n = er.ninputs;
     cf->keys = xcalloc(cf->n, sizeof(*cf->keys));
     cf->vecs = xcalloc(cf->n, sizeof(*cf->vecs));
@@ -107,11 +184,7 @@ lookup_run(struct worker_job *wj)
         enum cache_result got = CACHE_MISS;
         uint32_t dim = 0;
 
-        if (in->text != NULL) {
-            cache_key_text(&k.keyer, in->text, in->len, &cf->keys[i]);
-        } else {
-            cache_key_tokens(&k.keyer, in->tokens, in->ntokens, &cf->keys[i]);
-        }
+        input_key(&k.keyer, in, &cf->keys[i]);
         if (cf->p.lookup) {
             got = cache_get_copy(cf->p.cache, &cf->keys[i], now, cf->p.ttl_ms, cf->p.stale_ms,
                                  &cf->vecs[i], &dim);

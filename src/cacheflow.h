@@ -97,6 +97,20 @@ struct cacheflow {
     char err[160];         /* why the store failed */
 };
 
+/* A body at most this long, of at most this many inputs, is first looked up on the loop. */
+#define CACHEFLOW_INLINE_MAX_BODY 4096
+#define CACHEFLOW_INLINE_MAX_INPUTS 4
+/*
+ * Loop thread, for a small request (see above): when every input is in
+ * memory within ttl, render the whole answer (real, usage 0) into out and
+ * return 1, with *er the parsed request (the caller frees it). 0 when any
+ * is not: nothing is rendered, no miss is counted, and the request goes the
+ * usual way (cacheflow_lookup). A hit on the loop costs less than the two
+ * trips to the worker pool it saves, and hot entries keep their rendering.
+ */
+int cacheflow_answer_inline(const struct cacheflow_params *p, const char *body, size_t len,
+                            struct embed_request *er, struct buf *out);
+
 /*
  * Start the lookup of body's inputs. done(cf, arg) follows on the loop
  * thread. NULL when the pool refused the job (the request goes on uncached).

@@ -1040,8 +1040,31 @@ embed_render_open(const struct embed_request *r, const char *model_name, struct 
 }
 
 void
-embed_render_vector(const struct embed_request *r, size_t index, const float *v, size_t dim,
-                    struct buf *b)
+embed_render_float_array(const float *v, uint32_t dim, struct buf *b)
+{
+    put_float_array(b, v, dim);
+}
+
+void
+embed_render_base64_floats(const float *v, uint32_t dim, struct buf *b)
+{
+    put_base64_floats(b, v, dim);
+}
+
+/* The vector as a JSON array: its text when given (floats only), else rendered. */
+static void
+vector_array(struct buf *b, const float *v, size_t dim, const char *text, size_t text_len)
+{
+    if (text != NULL) {
+        buf_append(b, text, text_len);
+    } else {
+        put_float_array(b, v, dim);
+    }
+}
+
+void
+embed_render_vector_text(const struct embed_request *r, size_t index, const float *v, size_t dim,
+                         const char *text, size_t text_len, struct buf *b)
 {
     switch (r->api) {
     case EMBED_API_TEI:
@@ -1049,11 +1072,11 @@ embed_render_vector(const struct embed_request *r, size_t index, const float *v,
         if (index > 0) {
             buf_putc(b, ',');
         }
-        put_float_array(b, v, dim);
+        vector_array(b, v, dim, text, text_len);
         break;
     case EMBED_API_OLLAMA_LEGACY:
         if (index == 0) { /* one prompt, one vector */
-            put_float_array(b, v, dim);
+            vector_array(b, v, dim, text, text_len);
         }
         break;
     case EMBED_API_OPENAI:
@@ -1061,7 +1084,9 @@ embed_render_vector(const struct embed_request *r, size_t index, const float *v,
         buf_printf(b,
                    "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":", index > 0 ? "," : "",
                    index);
-        if (r->base64) {
+        if (text != NULL) {
+            buf_append(b, text, text_len); /* rendered in the answer's encoding */
+        } else if (r->base64) {
             put_base64_floats(b, v, dim);
         } else {
             put_float_array(b, v, dim);
@@ -1069,6 +1094,13 @@ embed_render_vector(const struct embed_request *r, size_t index, const float *v,
         buf_putc(b, '}');
         break;
     }
+}
+
+void
+embed_render_vector(const struct embed_request *r, size_t index, const float *v, size_t dim,
+                    struct buf *b)
+{
+    embed_render_vector_text(r, index, v, dim, NULL, 0, b);
 }
 
 void

@@ -120,6 +120,17 @@ void embed_render_open(const struct embed_request *r, const char *model_name, st
 void embed_render_vector(const struct embed_request *r, size_t index, const float *v, size_t dim,
                          struct buf *b);
 void embed_render_close(const struct embed_request *r, const char *model_name, struct buf *b);
+/*
+ * embed_render_vector with the vector already rendered in the answer's
+ * encoding (text: embed_render_float_array's, or embed_render_base64_floats'
+ * for a base64 OpenAI answer), copied as it is; text NULL renders v.
+ */
+void embed_render_vector_text(const struct embed_request *r, size_t index, const float *v,
+                              size_t dim, const char *text, size_t text_len, struct buf *b);
+/* A vector as the JSON array the answers carry ("[0.5,-1.25]"), appended to b. */
+void embed_render_float_array(const float *v, uint32_t dim, struct buf *b);
+/* A vector as OpenAI's base64 string (quoted, little-endian float32), appended to b. */
+void embed_render_base64_floats(const float *v, uint32_t dim, struct buf *b);
 
 /*
  * Dimension of the first embedding in a successful upstream response body (or

@@ -1514,6 +1514,38 @@ caller_hash(const struct request *r, unsigned char out[CACHE_KEY_LEN])
     }
 }
 
+/* A small request whose inputs are all in memory: answered here, without the worker pool. */
+static bool
+answer_inline(struct client *c, const struct cacheflow_params *p)
+{
+    struct request *r = c->req;
+    struct embed_request er;
+    struct buf out, hdr;
+
+    buf_init(&out);
+    if (cacheflow_answer_inline(p, (const char *)evbuffer_pullup(r->body, -1),
+                                evbuffer_get_length(r->body), &er, &out) != 1) {
+        buf_free(&out);
+        return false;
+    }
+    r->cache = CACHEFLOW_HIT;
+    r->mode = EMBED_MODE_REAL;
+    r->cache_hits = (uint32_t)er.ninputs;
+    buf_init(&hdr);
+    buf_puts(&hdr, "X-Akosha-Mode: real\r\nX-Akosha-Upstream: cache\r\n");
+    if (r->model != NULL) {
+        buf_printf(&hdr, "X-Akosha-Model: %s\r\n", r->model);
+    }
+    buf_puts(&hdr, "X-Akosha-Cache: hit\r\n");
+    observe_embeddings(EMBED_MODE_REAL, &er, NULL);
+    embed_request_free(&er);
+    proxy_respond(c, 200, "application/json", out.data, out.len, hdr.data);
+    buf_free(&out);
+    buf_free(&hdr);
+    client_drive(c);
+    return true;
+}
+
 /* Start the lookup of an embedding request; false when the cache does not apply. */
 static bool
 cache_lookup_start(struct client *c)
@@ -1553,6 +1585,9 @@ cache_lookup_start(struct client *c)
     if (cfg->cache.per_caller) {
         caller_hash(r, caller);
         p.caller = caller;
+    }
+    if (n <= CACHEFLOW_INLINE_MAX_BODY && answer_inline(c, &p)) {
+        return true;
     }
     r->cf = cacheflow_lookup(c->srv->workers, &p, (const char *)evbuffer_pullup(r->body, -1), n,
                              cache_looked_up, c);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cache.h"
+#include "util.h"
 
 /* ---- keys ----------------------------------------------------------------- */
 
@@ -485,4 +486,75 @@ Test(cache_value, every_bad_value_is_refused_with_a_cause)
     bad[11] = 0x80; /* a huge dim */
     expect_refused(bad, n, 8, "dimension");
     expect_refused(good, n, 3, "larger than the buffer");
+}
+
+static int renders;
+
+static void
+render_count(const float *v, uint32_t dim, struct buf *out)
+{
+    renders++;
+    buf_printf(out, "[%g..%u]", (double)v[0], dim);
+}
+
+Test(cache_store, a_hot_entry_keeps_its_rendering_within_the_budget)
+{
+    struct cache *c = cache_new(1 << 20);
+    struct cache_key k = nkey(7), absent = nkey(8);
+    struct cache_stats before, after;
+    struct buf out;
+    uint32_t dim = 0;
+
+    put_ok(c, 7, 1, 16, 1000);
+    buf_init(&out);
+    renders = 0;
+    cache_stats(c, &before);
+    cr_assert_eq(cache_get_text(c, &k, 1001, 5000, render_count, true, &out, &dim), CACHE_HIT);
+    cr_assert_str_eq(out.data, "[7..16]");
+    cr_assert_eq(dim, 16);
+    cr_assert_eq(cache_get_text(c, &k, 1002, 5000, render_count, true, &out, &dim), CACHE_HIT);
+    cr_assert_str_eq(out.data, "[7..16][7..16]");
+    cr_assert_eq(renders, 1, "the second hit copies the kept text");
+    cr_assert_eq(cache_get_text(c, &k, 1003, 5000, render_count, false, &out, &dim), CACHE_HIT);
+    cr_assert_eq(renders, 2, "another rendering (base64) is never served from the kept text");
+    cache_stats(c, &after);
+    cr_assert_gt(after.bytes, before.bytes, "the kept text is counted");
+    cr_assert_eq(after.hits, before.hits, "counted by the caller, not here");
+    cache_note_hits(c, 2);
+    cache_stats(c, &after);
+    cr_assert_eq(after.hits, before.hits + 2);
+    cr_assert_eq(cache_get_text(c, &k, 9000, 5000, render_count, true, &out, &dim), CACHE_MISS,
+                 "past ttl");
+    cr_assert_eq(cache_get_text(c, &absent, 1001, 5000, render_count, true, &out, &dim),
+                 CACHE_MISS);
+    cache_stats(c, &after);
+    cr_assert_eq(after.misses, before.misses, "misses are counted by the full lookup");
+    buf_free(&out);
+    cache_free(c);
+}
+
+Test(cache_store, a_full_budget_renders_without_keeping)
+{
+    struct cache *c = cache_new(1 << 20);
+    struct cache_key k = nkey(3);
+    struct cache_stats st;
+    struct buf out;
+    uint32_t dim;
+
+    /* Room for the entry and its table, not for a text besides (8 bytes short of any malloc). */
+    put_ok(c, 3, 1, 384, 1);
+    cache_stats(c, &st);
+    cache_free(c);
+    c = cache_new(st.bytes + 8);
+    put_ok(c, 3, 1, 384, 1);
+    buf_init(&out);
+    renders = 0;
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(cache_get_text(c, &k, 2, 10, render_count, true, &out, &dim), CACHE_HIT);
+    }
+    cr_assert_eq(renders, 3, "nothing kept: rendered every time");
+    cache_stats(c, &st);
+    cr_assert_leq(st.bytes, st.budget);
+    buf_free(&out);
+    cache_free(c);
 }
