@@ -308,7 +308,7 @@ observe_init(const struct config *cfg, const struct observe_sources *src, const 
     telemetry_settings_set(&tele.otlp_headers, cfg->telemetry.otlp_headers);
     tele.sample_rate = cfg->telemetry.sample_rate;
     tele.console_export = cfg->telemetry.console_export;
-    tele.json = cfg->telemetry.otlp_protocol == 1;
+    tele.protocol = cfg->telemetry.otlp_protocol;
     telemetry_apply_env(&tele, NULL);
     telemetry_sampler(&tele, &sampler);
     *cause = NULL;

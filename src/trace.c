@@ -1175,6 +1175,7 @@ telemetry_settings_init(struct telemetry_settings *t)
     t->sample_rate = -1.0;
     t->sampler_kind = -1;
     t->sampler_arg = -1.0;
+    t->protocol = -1;
     t->max_queue_size = 2048;
     t->max_export_batch = 512;
     t->schedule_delay_ms = 5000;
@@ -1305,6 +1306,9 @@ trace_protocol_parse(const char *name)
     if (strcmp(name, "http/json") == 0) {
         return 1;
     }
+    if (strcmp(name, "grpc") == 0) {
+        return 2;
+    }
     return -1;
 }
 
@@ -1372,11 +1376,11 @@ telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const
 
     v = env_first(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL");
     if (v != NULL) {
-        int json = trace_protocol_parse(v);
-        if (json < 0) {
-            log_warn("telemetry: OTLP protocol must be http/protobuf or http/json, ignored");
+        int protocol = trace_protocol_parse(v);
+        if (protocol < 0) {
+            log_warn("telemetry: OTLP protocol must be http/protobuf, http/json or grpc, ignored");
         } else {
-            t->json = json == 1;
+            t->protocol = protocol;
         }
     }
 
@@ -1420,6 +1424,66 @@ telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const
     if ((v = env_get(getenv_fn, "OTEL_SDK_DISABLED")) != NULL) {
         t->disabled = strcasecmp(v, "true") == 0;
     }
+
+    if (t->protocol < 0) {
+        /* Port 4317 is OTLP/gRPC's: HTTP bodies sent there could only fail. */
+        const char *endpoint = t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0]
+                                   ? t->otlp_traces_endpoint
+                                   : t->otlp_endpoint;
+        if (endpoint != NULL && telemetry_url_port(endpoint) == TELEMETRY_GRPC_PORT) {
+            log_info("telemetry: the OTLP endpoint's port is %d and no protocol is given: "
+                     "exporting with OTLP/gRPC",
+                     TELEMETRY_GRPC_PORT);
+            t->protocol = TELEMETRY_GRPC;
+        } else {
+            t->protocol = TELEMETRY_HTTP_PROTOBUF;
+        }
+    }
+}
+
+/* Where url's authority starts (past "scheme://") and its length (up to '/', '?' or '#'). */
+static const char *
+url_authority(const char *url, size_t *len)
+{
+    const char *p = strstr(url, "://");
+
+    p = p != NULL ? p + 3 : url;
+    *len = strcspn(p, "/?#");
+    return p;
+}
+
+int
+telemetry_url_port(const char *url)
+{
+    size_t len, host_start = 0;
+    const char *auth = url_authority(url, &len), *colon = NULL;
+    long port = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (auth[i] == '@') {
+            host_start = i + 1; /* user:password@ */
+        }
+    }
+    for (size_t i = host_start; i < len; i++) {
+        if (auth[i] == ']') {
+            colon = NULL; /* an IPv6 literal's colons are not the port's */
+        } else if (auth[i] == ':') {
+            colon = auth + i;
+        }
+    }
+    if (colon == NULL || colon + 1 == auth + len) {
+        if (strncasecmp(url, "https://", 8) == 0) {
+            return 443;
+        }
+        return strstr(url, "://") == NULL || strncasecmp(url, "http://", 7) == 0 ? 80 : -1;
+    }
+    for (const char *p = colon + 1; p < auth + len; p++) {
+        if (*p < '0' || *p > '9' || port > 65535) {
+            return -1;
+        }
+        port = port * 10 + (*p - '0');
+    }
+    return port <= 65535 ? (int)port : -1;
 }
 
 char *
@@ -1429,6 +1493,20 @@ telemetry_traces_url(const struct telemetry_settings *t)
 
     if (t->disabled) {
         return NULL;
+    }
+    if (t->protocol == TELEMETRY_GRPC) {
+        const char *endpoint = t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0]
+                                   ? t->otlp_traces_endpoint
+                                   : t->otlp_endpoint;
+        const char *auth;
+        if (endpoint == NULL || endpoint[0] == '\0') {
+            return NULL;
+        }
+        auth = url_authority(endpoint, &len);
+        if (auth == endpoint) {
+            return xasprintf("http://%.*s%s", (int)len, auth, TELEMETRY_GRPC_PATH);
+        }
+        return xasprintf("%.*s%s", (int)(auth + len - endpoint), endpoint, TELEMETRY_GRPC_PATH);
     }
     if (t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0] != '\0') {
         return xstrdup(t->otlp_traces_endpoint);

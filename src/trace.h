@@ -311,8 +311,8 @@ struct telemetry_settings {
     double sample_rate;         /* < 0: unset */
     bool console_export;
     bool disabled;      /* OTEL_SDK_DISABLED=true: no spans at all */
-    bool gzip;          /* request bodies gzip-compressed */
-    bool json;          /* http/json bodies; false: http/protobuf (the default) */
+    bool gzip;          /* request bodies gzip-compressed (grpc-encoding: gzip with gRPC) */
+    int protocol;       /* enum telemetry_protocol; -1 until telemetry_apply_env resolves it */
     int sampler_kind;   /* enum trace_sampler_kind, or -1: from sample_rate/environment */
     double sampler_arg; /* OTEL_TRACES_SAMPLER_ARG, < 0: unset */
     /* batch span processor (OTel defaults) */
@@ -325,7 +325,19 @@ struct telemetry_settings {
     uint64_t retry_max_ms;       /* 5000 */
 };
 
-/* Fill t with the defaults above; any strings it held are not freed. */
+/* The OTLP transports; the numbers are the otlp_protocol enum's. */
+enum telemetry_protocol {
+    TELEMETRY_HTTP_PROTOBUF = 0,
+    TELEMETRY_HTTP_JSON = 1,
+    TELEMETRY_GRPC = 2,
+};
+
+/* The gRPC method spans are exported to, after the endpoint's scheme and authority. */
+#define TELEMETRY_GRPC_PATH "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+/* The OTLP/gRPC port: an endpoint on it with no protocol given selects gRPC. */
+#define TELEMETRY_GRPC_PORT 4317
+
+/* Fill t with the defaults above (protocol unset); any strings it held are not freed. */
 void telemetry_settings_init(struct telemetry_settings *t);
 void telemetry_settings_free(struct telemetry_settings *t);
 /* Replace *field with a copy of value (NULL counts as ""). */
@@ -338,8 +350,9 @@ void telemetry_settings_set(char **field, const char *value);
  *                 OTEL_EXPORTER_OTLP_ENDPOINT (base) > OTLP_ENDPOINT (base) > file
  *   headers:      OTEL_EXPORTER_OTLP_TRACES_HEADERS > OTEL_EXPORTER_OTLP_HEADERS > file
  *   compression:  OTEL_EXPORTER_OTLP_TRACES_COMPRESSION > OTEL_EXPORTER_OTLP_COMPRESSION
- *   protocol:     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL > OTEL_EXPORTER_OTLP_PROTOCOL > file
- *                 (http/protobuf or http/json; grpc is refused with a warning)
+ *   protocol:     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL > OTEL_EXPORTER_OTLP_PROTOCOL > file >
+ *                 grpc when the endpoint's port is 4317 (said in one info line) >
+ *                 http/protobuf; afterwards t->protocol is always set
  *   timeout:      OTEL_EXPORTER_OTLP_TRACES_TIMEOUT > OTEL_EXPORTER_OTLP_TIMEOUT (ms)
  *   service name: OTEL_SERVICE_NAME > service.name in OTEL_RESOURCE_ATTRIBUTES > file
  *   environment:  deployment.environment in OTEL_RESOURCE_ATTRIBUTES > ENVIRONMENT > file
@@ -351,11 +364,19 @@ void telemetry_settings_set(char **field, const char *value);
  * An invalid value is ignored with a warning naming the variable (never a header value).
  */
 void telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const char *));
-/* "http/protobuf" 0, "http/json" 1, anything else (grpc included) -1. */
+/* "http/protobuf" 0, "http/json" 1, "grpc" 2 (enum telemetry_protocol), anything else -1. */
 int trace_protocol_parse(const char *name);
 
-/* The URL spans are POSTed to; a string the caller owns, NULL when OTLP export is off. */
+/*
+ * The URL spans are POSTed to; a string the caller owns, NULL when OTLP
+ * export is off. With gRPC it is the endpoint's scheme and authority (any
+ * path dropped; "http://" added when the endpoint has no scheme) followed by
+ * TELEMETRY_GRPC_PATH, as the OTLP/gRPC exporters treat endpoints.
+ */
 char *telemetry_traces_url(const struct telemetry_settings *t);
+
+/* The port of url's authority (the scheme's default when none is written); -1 when unknown. */
+int telemetry_url_port(const char *url);
 
 /*
  * The sampler the settings ask for: OTEL_SDK_DISABLED gives always_off; an

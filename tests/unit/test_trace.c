@@ -1377,20 +1377,66 @@ Test(settings, protocol_from_the_environment)
     const char *specific[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json",
                               "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf", NULL};
     const char *grpc[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", NULL};
+    const char *bogus[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", NULL};
 
-    cr_assert_eq(trace_protocol_parse("http/protobuf"), 0);
-    cr_assert_eq(trace_protocol_parse("http/json"), 1);
-    cr_assert_eq(trace_protocol_parse("grpc"), -1);
+    cr_assert_eq(trace_protocol_parse("http/protobuf"), TELEMETRY_HTTP_PROTOBUF);
+    cr_assert_eq(trace_protocol_parse("http/json"), TELEMETRY_HTTP_JSON);
+    cr_assert_eq(trace_protocol_parse("grpc"), TELEMETRY_GRPC);
+    cr_assert_eq(trace_protocol_parse("grpc/json"), -1);
     settings_with_env(&t, NULL);
-    cr_assert_not(t.json, "protobuf by default");
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "protobuf by default");
     telemetry_settings_free(&t);
     settings_with_env(&t, general);
-    cr_assert(t.json);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_JSON);
     telemetry_settings_free(&t);
     settings_with_env(&t, specific);
-    cr_assert_not(t.json, "the traces variable wins");
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "the traces variable wins");
     telemetry_settings_free(&t);
     settings_with_env(&t, grpc);
-    cr_assert_not(t.json, "grpc is refused and the default stays");
+    cr_assert_eq(t.protocol, TELEMETRY_GRPC);
+    assert_url(&t, "http://file:4318" TELEMETRY_GRPC_PATH);
     telemetry_settings_free(&t);
+    settings_with_env(&t, bogus);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "an unknown protocol is ignored");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, port_4317_without_a_protocol_selects_grpc)
+{
+    struct telemetry_settings t;
+    const char *env_4317[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:pw@collector:4317/",
+                              NULL};
+    const char *explicit_http[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317",
+                                   "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", NULL};
+
+    settings_with_env(&t, env_4317);
+    cr_assert_eq(t.protocol, TELEMETRY_GRPC);
+    assert_url(&t, "https://user:pw@collector:4317" TELEMETRY_GRPC_PATH);
+    telemetry_settings_free(&t);
+    settings_with_env(&t, explicit_http);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "a protocol given wins over the port");
+    assert_url(&t, "http://collector:4317/v1/traces");
+    telemetry_settings_free(&t);
+
+    /* A protocol set from the file (>= 0 before the environment) is kept too. */
+    telemetry_settings_init(&t);
+    telemetry_settings_set(&t.otlp_endpoint, "http://collector:4317");
+    t.protocol = TELEMETRY_HTTP_JSON;
+    fake_env = explicit_http + 4;
+    telemetry_apply_env(&t, fake_getenv);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_JSON);
+    telemetry_settings_free(&t);
+}
+
+Test(settings, url_port_reads_the_authority)
+{
+    cr_assert_eq(telemetry_url_port("http://h:4317"), 4317);
+    cr_assert_eq(telemetry_url_port("http://h:4317/v1/traces"), 4317);
+    cr_assert_eq(telemetry_url_port("http://u:p@h:99/x:4317"), 99);
+    cr_assert_eq(telemetry_url_port("http://[::1]:4317"), 4317);
+    cr_assert_eq(telemetry_url_port("http://[::1]/"), 80);
+    cr_assert_eq(telemetry_url_port("https://h"), 443);
+    cr_assert_eq(telemetry_url_port("h:4317"), 4317);
+    cr_assert_eq(telemetry_url_port("http://h:43x"), -1);
+    cr_assert_eq(telemetry_url_port("http://h:999999"), -1);
 }
