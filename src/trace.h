@@ -151,6 +151,14 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_SPAN_TEXT_MAX 384
 #define TRACE_STATUS_MSG_MAX 96
 #define TRACE_SPAN_POOL_MAX 512
+/*
+ * Span events: at most TRACE_MAX_EVENTS per span (later ones are dropped and
+ * counted in droppedEventsCount), each with at most TRACE_EVENT_ATTRS
+ * attributes whose strings share TRACE_EVENT_TEXT_MAX bytes.
+ */
+#define TRACE_MAX_EVENTS 16
+#define TRACE_EVENT_ATTRS 4
+#define TRACE_EVENT_TEXT_MAX 192
 
 /*
  * An attribute. The key is not copied: it must have static storage (the
@@ -170,6 +178,25 @@ struct trace_attr {
         double d;
         bool b;
     } v;
+};
+
+/* A span event (OTLP Span.Event). name is a static literal, as attribute keys are. */
+struct trace_event {
+    uint64_t time_unix_ns;
+    const char *name;
+    uint8_t name_len;
+    uint8_t nattrs;
+    uint8_t dropped_attrs;
+    uint16_t text_used;
+    struct trace_attr attrs[TRACE_EVENT_ATTRS];
+    char text[TRACE_EVENT_TEXT_MAX]; /* string values, as a span's text */
+};
+
+/* A span's events, allocated with its first event: most spans have none. */
+struct trace_events {
+    uint32_t n;
+    uint32_t dropped;
+    struct trace_event ev[TRACE_MAX_EVENTS];
 };
 
 /*
@@ -199,6 +226,7 @@ struct trace_span {
     uint64_t start_unix_ns;
     uint64_t end_unix_ns;         /* 0 until trace_span_end */
     struct trace_span *pool_next; /* only while the span sits in the pool */
+    struct trace_events *events;  /* NULL until the first event */
     char name[TRACE_NAME_MAX];
     struct trace_attr attrs[TRACE_MAX_ATTRS];
     char text[TRACE_SPAN_TEXT_MAX];
@@ -254,6 +282,19 @@ void trace_span_set_status(struct trace_span *span, enum trace_status_code code,
 void trace_span_set_http_status(struct trace_span *span, int status);
 
 void trace_span_end(struct trace_span *span, uint64_t end_unix_ns);
+
+/*
+ * Add an event named name (a static literal, see struct trace_attr) at
+ * time_unix_ns. Returns the event to add attributes to, owned by the span;
+ * NULL when the span already has TRACE_MAX_EVENTS (the event is counted as
+ * dropped). The attribute setters accept NULL and do nothing then; beyond
+ * TRACE_EVENT_ATTRS an attribute is dropped and counted, and strings are cut
+ * (at a UTF-8 boundary, invalid bytes as '?') where the event's text runs out.
+ */
+struct trace_event *trace_span_add_event(struct trace_span *span, const char *name,
+                                         uint64_t time_unix_ns);
+void trace_event_attr_str(struct trace_event *ev, const char *key, const char *value);
+void trace_event_attr_int(struct trace_event *ev, const char *key, int64_t value);
 
 /* ---- OTLP JSON ---- */
 

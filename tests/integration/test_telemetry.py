@@ -95,6 +95,23 @@ def _pb_span(b):
             span["attributes"].append(_pb_kv(v))
         elif num == 10:
             span["droppedAttributesCount"] = v
+        elif num == 11:
+            ev = {"attributes": []}
+            for n2, w2, v2 in pb_fields(v):
+                if n2 == 1:
+                    assert w2 == 1
+                    ev["timeUnixNano"] = str(int.from_bytes(v2, "little"))
+                elif n2 == 2:
+                    ev["name"] = v2.decode("utf-8")
+                elif n2 == 3:
+                    ev["attributes"].append(_pb_kv(v2))
+                elif n2 == 4:
+                    ev["droppedAttributesCount"] = v2
+                else:
+                    raise AssertionError("unexpected Event field %d" % n2)
+            span.setdefault("events", []).append(ev)
+        elif num == 12:
+            span["droppedEventsCount"] = v
         elif num == 15:
             for n2, _, v2 in pb_fields(v):
                 if n2 == 2:
@@ -254,7 +271,11 @@ def _normal(spans):
         out.append((sp["kind"], sp["name"], "parentSpanId" in sp,
                     sorted((a["key"], json.dumps(a["value"], sort_keys=True))
                            for a in sp["attributes"]),
-                    sp["status"].get("code", 0), sp["status"].get("message")))
+                    sp["status"].get("code", 0), sp["status"].get("message"),
+                    [(e["name"], sorted((a["key"], json.dumps(a["value"], sort_keys=True))
+                                        for a in e["attributes"]
+                                        if a["key"] != "akosha.retry.backoff_ms"))
+                     for e in sp.get("events", [])]))
     return sorted(out)
 
 
@@ -290,6 +311,7 @@ def test_json_and_protobuf_carry_the_same_spans(backend, start_akosha):
     assert runs["protobuf"][1] == runs["json-file"][1] == runs["json-env"][1]
     kinds = [k[0] for k in runs["protobuf"][1]]
     assert sorted(kinds) == [2, 3, 3]
+    assert any(k[6] for k in runs["protobuf"][1]), "the events came through protobuf too"
 
 
 @pytest.mark.parametrize("traceparent", [
@@ -323,6 +345,72 @@ def test_retried_request_has_one_client_span_per_attempt(backend, receiver, star
     assert client[0]["status"]["code"] == 2
     assert attr(client[0], "http.request.resend_count") is None
     assert attr(client[1], "http.request.resend_count") == "1"
+
+
+def events(span, name):
+    """The span's events called name, each as {"time": ns, attribute: value...}."""
+    out = []
+    for e in span.get("events", []):
+        if e["name"] == name:
+            d = {"time": int(e["timeUnixNano"])}
+            for a in e["attributes"]:
+                d[a["key"]] = next(iter(a["value"].values()))
+            out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
+def test_failed_attempt_has_an_exception_event_and_the_retry_a_server_event(
+        backend, receiver, start_akosha, protocol):
+    backend.script({"status": 503}, {"status": 200, "body": b"ok"})
+    a = start_akosha(telemetry(receiver, "otlp_protocol = %s\n" % protocol) +
+                     "[upstream b]\nurl = http://127.0.0.1:%d\nretries = 1\n"
+                     "backoff_base = 20ms\nbackoff_max = 20ms\n" % backend.port, env=FAST_EXPORT)
+    assert a.request("GET", "/x")[0] == 200
+    spans = receiver.wait_spans(3)
+    server = [s for s in spans if s["kind"] == 2][0]
+    client = sorted([s for s in spans if s["kind"] == 3], key=lambda s: int(s["startTimeUnixNano"]))
+    assert len(client) == 2
+    failed, ok = client
+    assert failed["status"]["code"] == 2
+    assert "HTTP 503" in failed["status"]["message"], failed["status"]
+    (exc,) = events(failed, "exception")
+    assert exc["exception.type"] == "5xx"
+    assert "HTTP 503" in exc["exception.message"]
+    assert int(failed["startTimeUnixNano"]) <= exc["time"] <= int(failed["endTimeUnixNano"])
+    assert events(ok, "exception") == [] and ok["status"]["code"] != 2
+    (retry,) = events(server, "akosha.retry")
+    assert retry["akosha.retry.attempt"] == "2"
+    assert 0 <= int(retry["akosha.retry.backoff_ms"]) <= 20
+    assert retry["akosha.retry.reason"] == "5xx"
+    assert retry["akosha.upstream"] == "b"
+    assert events(server, "akosha.breaker") == [] and events(server, "akosha.fallback") == []
+
+
+def test_breaker_change_and_fallback_are_server_span_events(backend, receiver, start_akosha):
+    backend.default = {"status": 500}
+    a = start_akosha(telemetry(receiver, "otlp_protocol = http/json\n") +
+                     "[upstream b]\nurl = http://127.0.0.1:%d\nretries = 0\n"
+                     "failure_threshold = 1\n" % backend.port, env=FAST_EXPORT)
+    status, headers, _ = a.post_json("/v1/embeddings", {"input": "x"})
+    assert status == 200, "the fallback answers"
+    server = [s for s in receiver.wait_spans(3) if s["kind"] == 2][0]
+    (change,) = events(server, "akosha.breaker")
+    assert change["akosha.upstream"] == "b"
+    assert change["akosha.breaker.old_state"] == "closed"
+    assert change["akosha.breaker.new_state"] == "open"
+    (fb,) = events(server, "akosha.fallback")
+    assert fb["akosha.fallback.reason"]
+    assert change["time"] <= fb["time"]
+    assert a.breaker("b")["state"] == "open"
+    # The next request finds the breaker open: a fallback, and no change to report.
+    assert a.post_json("/v1/embeddings", {"input": "y"})[0] == 200
+    later = [s for s in receiver.wait_spans(5) if s["kind"] == 2]
+    assert len(later) == 2
+    second = [s for s in later if s["spanId"] != server["spanId"]][0]
+    assert events(second, "akosha.breaker") == []
+    (fb2,) = events(second, "akosha.fallback")
+    assert fb2["akosha.fallback.reason"] == "all_open"
 
 
 def test_fallback_answer_has_the_internal_span(receiver, start_akosha):
