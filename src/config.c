@@ -90,10 +90,10 @@ const struct config_key config_table[] = {
     {SEC_TELEMETRY, "environment", CT_STRING, "development", NOB, false, false, false, NULL,
      OFF_G(telemetry.environment), "deployment.environment; sets the default sample rate"},
     {SEC_TELEMETRY, "otlp_endpoint", CT_STRING, "", NOB, false, false, false, NULL,
-     OFF_G(telemetry.otlp_endpoint), "OTLP/HTTP base URL; empty: no export"},
-    {SEC_TELEMETRY, "otlp_protocol", CT_ENUM, "http/protobuf", NOB, false, false, false,
-     "http/protobuf|http/json", OFF_G(telemetry.otlp_protocol),
-     "OTLP/HTTP body encoding; protobuf is about half the bytes"},
+     OFF_G(telemetry.otlp_endpoint), "OTLP base URL (port 4318 HTTP, 4317 gRPC); empty: no export"},
+    {SEC_TELEMETRY, "otlp_protocol", CT_ENUM, NULL, NOB, false, false, false,
+     "http/protobuf|http/json|grpc", OFF_G(telemetry.otlp_protocol),
+     "OTLP transport; unset: grpc when the endpoint's port is 4317, else http/protobuf"},
     {SEC_TELEMETRY, "otlp_headers", CT_STRING, "", NOB, false, false, true, NULL,
      OFF_G(telemetry.otlp_headers), "k=v,k2=v2 headers sent to the collector (secret)"},
     {SEC_TELEMETRY, "sample_rate", CT_DOUBLE, NULL, 0, 1, false, false, false, NULL,
@@ -1087,6 +1087,8 @@ apply_defaults(struct parser *p, enum config_section_kind sec, void *base)
             set_value(p, k, base, k->def, k->def);
         } else if (k->type == CT_DOUBLE) {
             *(double *)((char *)base + k->offset) = -1;
+        } else if (k->type == CT_ENUM) {
+            *(int *)((char *)base + k->offset) = -1; /* unset: the code decides */
         }
     }
     p->line = saved;

@@ -182,7 +182,7 @@ struct config {
         char *service_name;
         char *environment;
         char *otlp_endpoint;
-        int otlp_protocol; /* 0 http/protobuf, 1 http/json */
+        int otlp_protocol; /* enum telemetry_protocol; -1: unset */
         char *otlp_headers;
         double sample_rate; /* < 0: unset */
         bool console_export;

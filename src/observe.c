@@ -308,7 +308,7 @@ observe_init(const struct config *cfg, const struct observe_sources *src, const 
     telemetry_settings_set(&tele.otlp_headers, cfg->telemetry.otlp_headers);
     tele.sample_rate = cfg->telemetry.sample_rate;
     tele.console_export = cfg->telemetry.console_export;
-    tele.json = cfg->telemetry.otlp_protocol == 1;
+    tele.protocol = cfg->telemetry.otlp_protocol;
     telemetry_apply_env(&tele, NULL);
     telemetry_sampler(&tele, &sampler);
     *cause = NULL;
@@ -591,6 +591,8 @@ observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
 
     o->attempt = NULL;
     o->attempt_start_us = util_mono_us();
+    o->attempt_up = up;
+    o->attempt_breaker = (int)up->breaker.state;
     if (o->span == NULL) {
         return;
     }
@@ -641,7 +643,8 @@ observe_attempt_status(struct observe_req *o, int status)
 }
 
 void
-observe_attempt_failed(struct observe_req *o, const struct upstream *up, const char *reason)
+observe_attempt_failed(struct observe_req *o, const struct upstream *up, const char *reason,
+                       const char *cause)
 {
     struct upstream_series *s = series_for(up->name);
 
@@ -650,8 +653,11 @@ observe_attempt_failed(struct observe_req *o, const struct upstream *up, const c
         metrics_observe(s->duration, (double)(util_mono_us() - o->attempt_start_us) / 1e6);
     }
     if (o->attempt != NULL) {
+        struct trace_event *ev = trace_span_add_event(o->attempt, "exception", otlp_now_unix_ns());
+        trace_event_attr_str(ev, "exception.type", reason);
+        trace_event_attr_str(ev, "exception.message", cause);
         trace_span_attr_str(o->attempt, "error.type", reason);
-        trace_span_set_status(o->attempt, TRACE_STATUS_ERROR, reason);
+        trace_span_set_status(o->attempt, TRACE_STATUS_ERROR, cause);
     }
 }
 
@@ -670,8 +676,18 @@ void
 observe_attempt_end(struct observe_req *o)
 {
     struct trace_span *s = o->attempt;
+    const struct upstream *up = o->attempt_up;
 
     o->attempt = NULL;
+    o->attempt_up = NULL;
+    if (o->span != NULL && up != NULL && (int)up->breaker.state != o->attempt_breaker) {
+        struct trace_event *ev =
+            trace_span_add_event(o->span, "akosha.breaker", otlp_now_unix_ns());
+        trace_event_attr_str(ev, "akosha.upstream", up->name);
+        trace_event_attr_str(ev, "akosha.breaker.old_state",
+                             breaker_state_name((enum breaker_state)o->attempt_breaker));
+        trace_event_attr_str(ev, "akosha.breaker.new_state", breaker_state_name(up->breaker.state));
+    }
     if (s == NULL) {
         return;
     }
@@ -701,13 +717,21 @@ observe_pool_wait(const struct upstream *up)
 }
 
 void
-observe_retry(const struct upstream *up, const char *reason)
+observe_retry(struct observe_req *o, const struct upstream *up, const char *reason,
+              unsigned next_attempt, uint64_t backoff_ms)
 {
     struct upstream_series *s = series_for(up->name);
     int cls = reason_class(reason);
 
     if (s != NULL) {
         metrics_inc(s->retries[cls == OUT_TIMEOUT ? 1 : cls == OUT_CONNECT ? 2 : 0]);
+    }
+    if (o->span != NULL) {
+        struct trace_event *ev = trace_span_add_event(o->span, "akosha.retry", otlp_now_unix_ns());
+        trace_event_attr_int(ev, "akosha.retry.attempt", next_attempt);
+        trace_event_attr_int(ev, "akosha.retry.backoff_ms", (int64_t)backoff_ms);
+        trace_event_attr_str(ev, "akosha.retry.reason", reason);
+        trace_event_attr_str(ev, "akosha.upstream", up->name);
     }
 }
 
@@ -764,12 +788,17 @@ observe_fallback_done(struct observe_req *o, const char *request_id,
 }
 
 void
-observe_fallback(const char *reason, const char *model)
+observe_fallback(struct observe_req *o, const char *reason, const char *model)
 {
     const char *lv[] = {reason, model_labels[model_label(model)]};
 
     totals.fallbacks++;
     metrics_inc(metrics_series(METRIC_FALLBACK, lv));
+    if (o->span != NULL) {
+        struct trace_event *ev =
+            trace_span_add_event(o->span, "akosha.fallback", otlp_now_unix_ns());
+        trace_event_attr_str(ev, "akosha.fallback.reason", reason);
+    }
 }
 
 void

@@ -45,6 +45,8 @@ struct observe_req {
     struct trace_span *span;        /* SERVER span, NULL when unsampled */
     struct trace_span *attempt;     /* CLIENT span of the current attempt, or NULL */
     uint64_t attempt_start_us;
+    const struct upstream *attempt_up; /* the current attempt's upstream, NULL between them */
+    int attempt_breaker;               /* its breaker's state when the attempt began */
     bool scanned; /* the body was a well-formed request of its API */
     uint32_t ninputs;
     uint32_t textlen[OBSERVE_TEXTLEN_SLOTS]; /* input sizes by histogram bucket */
@@ -124,13 +126,27 @@ void observe_attempt_start(struct observe_req *o, const struct http_request_head
 /* Writes the traceparent for the current attempt; false when not tracing. */
 bool observe_attempt_traceparent(const struct observe_req *o, char *out, size_t len);
 void observe_attempt_status(struct observe_req *o, int status);
-void observe_attempt_failed(struct observe_req *o, const struct upstream *up,
-                            const char *reason);
+/*
+ * The attempt failed: reason is the metrics class ("5xx", "timeout", ...),
+ * cause the words for people ("HTTP 503", "connection refused"). The CLIENT
+ * span gets status ERROR with the cause and an "exception" event.
+ */
+void observe_attempt_failed(struct observe_req *o, const struct upstream *up, const char *reason,
+                            const char *cause);
 void observe_attempt_success(struct observe_req *o, const struct upstream *up, int status);
+/*
+ * The attempt is over. When its upstream's breaker changed state since the
+ * attempt began, the SERVER span gets an "akosha.breaker" event (old, new).
+ */
 void observe_attempt_end(struct observe_req *o);
 /* Every upstream of set refused the call: each counts a rejected call. */
 void observe_all_open(const struct upstream_set *set);
-void observe_retry(const struct upstream *up, const char *reason);
+/*
+ * Attempt next_attempt (counting from 1) follows after backoff_ms: counted,
+ * and an "akosha.retry" event on the SERVER span.
+ */
+void observe_retry(struct observe_req *o, const struct upstream *up, const char *reason,
+                   unsigned next_attempt, uint64_t backoff_ms);
 /* An attempt found every connection slot of up busy and waits for one. */
 void observe_pool_wait(const struct upstream *up);
 void observe_budget_exhausted(void);
@@ -140,8 +156,12 @@ struct observe_model_counts {
     uint64_t requests, real, local, fallback;
 };
 struct observe_model_counts observe_model_counts(const char *model);
-/* model: the request's canonical model, NULL when none is known. */
-void observe_fallback(const char *reason, const char *model);
+/*
+ * The answer comes from the fallback for reason: counted, and an
+ * "akosha.fallback" event on the SERVER span. model: the request's canonical
+ * model, NULL when none is known.
+ */
+void observe_fallback(struct observe_req *o, const char *reason, const char *model);
 /* A fallback job is over: its embeddings and its INTERNAL span. */
 void observe_fallback_done(struct observe_req *o, const char *request_id,
                            const struct fallback_outcome *out);

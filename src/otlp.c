@@ -55,6 +55,7 @@ static struct {
     void (*easy_cleanup)(CURL *curl);
     struct curl_slist *(*slist_append)(struct curl_slist *list, const char *s);
     void (*slist_free_all)(struct curl_slist *list);
+    curl_version_info_data *(*version_info)(CURLversion age);
 } curlfn;
 
 /* Load libcurl once (exporters start on the main thread); NULL, or why not. */
@@ -75,6 +76,7 @@ curl_load(void)
         {"curl_easy_cleanup", offsetof(__typeof__(curlfn), easy_cleanup)},
         {"curl_slist_append", offsetof(__typeof__(curlfn), slist_append)},
         {"curl_slist_free_all", offsetof(__typeof__(curlfn), slist_free_all)},
+        {"curl_version_info", offsetof(__typeof__(curlfn), version_info)},
     };
 
     if (curlfn.lib != NULL) {
@@ -108,10 +110,38 @@ curl_load(void)
 #define curl_easy_cleanup (*curlfn.easy_cleanup)
 #define curl_slist_append (*curlfn.slist_append)
 #define curl_slist_free_all (*curlfn.slist_free_all)
+#define curl_version_info (*curlfn.version_info)
 
 #define OTLP_BACKOFF_MULTIPLIER 2.0
 /* Collectors answer with a short status body; more is not worth keeping. */
 #define OTLP_RETRY_AFTER_MAX 64
+/* A grpc-message is kept this long (percent-decoded, for the log). */
+#define OTLP_GRPC_MESSAGE_MAX 128
+/* The gRPC length prefix: the compressed flag, then the message length big-endian. */
+#define GRPC_PREFIX_LEN 5
+/* No grpc-status seen yet (an answer without one is a failed call). */
+#define GRPC_STATUS_NONE (-1)
+
+/* The gRPC status codes the exporter tells apart (google.rpc.Code). */
+enum grpc_code {
+    GRPC_OK = 0,
+    GRPC_CANCELLED = 1,
+    GRPC_UNKNOWN = 2,
+    GRPC_INVALID_ARGUMENT = 3,
+    GRPC_DEADLINE_EXCEEDED = 4,
+    GRPC_NOT_FOUND = 5,
+    GRPC_ALREADY_EXISTS = 6,
+    GRPC_PERMISSION_DENIED = 7,
+    GRPC_RESOURCE_EXHAUSTED = 8,
+    GRPC_FAILED_PRECONDITION = 9,
+    GRPC_ABORTED = 10,
+    GRPC_OUT_OF_RANGE = 11,
+    GRPC_UNIMPLEMENTED = 12,
+    GRPC_INTERNAL = 13,
+    GRPC_UNAVAILABLE = 14,
+    GRPC_DATA_LOSS = 15,
+    GRPC_UNAUTHENTICATED = 16,
+};
 
 /*
  * Encoded spans back to back (JSON ones joined by commas, protobuf ones are
@@ -129,6 +159,7 @@ struct otlp_exporter {
     struct curl_slist *headers;
     bool console;
     bool gzip;
+    bool grpc;              /* OTLP/gRPC: HTTP/2, length-prefixed message, status in the trailers */
     char *resource_json;    /* the resource, for JSON bodies (wire.json) */
     struct buf resource_pb; /* or for protobuf bodies */
     char *scope_version;
@@ -176,6 +207,9 @@ struct otlp_exporter {
     bool last_export_failed;
     char retry_after[OTLP_RETRY_AFTER_MAX];
     size_t retry_after_len;
+    int grpc_status; /* GRPC_STATUS_NONE until a grpc-status header or trailer */
+    char grpc_message[OTLP_GRPC_MESSAGE_MAX];
+    bool grpc_retry_info; /* grpc-status-details-bin names google.rpc.RetryInfo */
     char curl_error[CURL_ERROR_SIZE];
     /*
      * The batch being exported: the request body (the OTLP envelope around
@@ -274,9 +308,20 @@ build_headers(const struct telemetry_settings *t, const char *service_version)
     const char *cause;
     char *ua = xasprintf("User-Agent: akosha/%s", service_version);
 
-    add_header(&hb, "Content-Type", t->json ? "application/json" : "application/x-protobuf");
-    if (t->gzip) {
-        add_header(&hb, "Content-Encoding", "gzip");
+    if (t->protocol == TELEMETRY_GRPC) {
+        add_header(&hb, "Content-Type", "application/grpc");
+        /* gRPC servers refuse calls whose client does not say it reads trailers. */
+        add_header(&hb, "TE", "trailers");
+        if (t->gzip) {
+            add_header(&hb, "grpc-encoding", "gzip");
+        }
+    } else {
+        add_header(&hb, "Content-Type",
+                   t->protocol == TELEMETRY_HTTP_JSON ? "application/json"
+                                                      : "application/x-protobuf");
+        if (t->gzip) {
+            add_header(&hb, "Content-Encoding", "gzip");
+        }
     }
     /* No "Expect: 100-continue" round trip before large bodies. */
     hb.list = curl_slist_append(hb.list, "Expect:");
@@ -300,23 +345,134 @@ discard_body(char *ptr, size_t size, size_t nmemb, void *arg)
     return size * nmemb;
 }
 
+/* The value of header line if it is named name (lower case, with the colon), trimmed; or NULL. */
+static const char *
+header_value(const char *line, size_t len, const char *name, size_t *vlen)
+{
+    size_t nlen = strlen(name);
+    const char *v;
+
+    if (len < nlen || strncasecmp(line, name, nlen) != 0) {
+        return NULL;
+    }
+    v = line + nlen;
+    len -= nlen;
+    while (len > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' ')) {
+        len--;
+    }
+    *vlen = len;
+    return v;
+}
+
+static int
+hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* grpc-message is percent-encoded UTF-8; keep it printable for the one log line. */
+static void
+grpc_message_decode(const char *v, size_t vlen, char *out, size_t outsize)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < vlen && o + 1 < outsize; i++) {
+        int c = (unsigned char)v[i];
+        if (c == '%' && i + 2 < vlen && hex_digit(v[i + 1]) >= 0 && hex_digit(v[i + 2]) >= 0) {
+            c = hex_digit(v[i + 1]) * 16 + hex_digit(v[i + 2]);
+            i += 2;
+        }
+        out[o++] = (c >= 0x20 && c != 0x7f) ? (char)c : '?';
+    }
+    out[o] = '\0';
+}
+
+static int
+base64_value(char c)
+{
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    return c == '+' || c == '-' ? 62 : c == '/' || c == '_' ? 63 : -1;
+}
+
+/*
+ * Whether grpc-status-details-bin (a base64 google.rpc.Status, padding
+ * optional) carries a google.rpc.RetryInfo detail: the type URL of the Any
+ * that holds it is plain text inside the decoded message.
+ */
+static bool
+details_have_retry_info(const char *v, size_t vlen)
+{
+    static const char needle[] = "google.rpc.RetryInfo";
+    uint8_t decoded[512];
+    size_t n = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+
+    for (size_t i = 0; i < vlen && n < sizeof(decoded); i++) {
+        int d = base64_value(v[i]);
+        if (d < 0) {
+            continue; /* '=' padding */
+        }
+        acc = (acc << 6) | (uint32_t)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            decoded[n++] = (uint8_t)(acc >> bits);
+        }
+    }
+    for (size_t i = 0; i + sizeof(needle) - 1 <= n; i++) {
+        if (memcmp(decoded + i, needle, sizeof(needle) - 1) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Headers, and with HTTP/2 the trailers after the body (libcurl hands both
+ * here): Retry-After for OTLP/HTTP, the grpc-* status for gRPC, which comes
+ * in the trailers or, for a call that failed at once, in the headers.
+ */
 static size_t
 on_header(char *line, size_t size, size_t nmemb, void *arg)
 {
     struct otlp_exporter *e = arg;
-    size_t len = size * nmemb;
-    static const char name[] = "retry-after:";
+    size_t len = size * nmemb, vlen;
+    const char *v;
 
-    if (len > sizeof(name) - 1 && strncasecmp(line, name, sizeof(name) - 1) == 0) {
-        const char *v = line + sizeof(name) - 1;
-        size_t vlen = len - (sizeof(name) - 1);
-        while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n')) {
-            vlen--;
-        }
+    if ((v = header_value(line, len, "retry-after:", &vlen)) != NULL) {
         if (vlen < sizeof(e->retry_after)) {
             memcpy(e->retry_after, v, vlen);
             e->retry_after_len = vlen;
         }
+    } else if (!e->grpc) {
+        return len;
+    } else if ((v = header_value(line, len, "grpc-status:", &vlen)) != NULL) {
+        int code = 0;
+        for (size_t i = 0; i < vlen && code < 1000; i++) {
+            code = (v[i] >= '0' && v[i] <= '9') ? code * 10 + (v[i] - '0') : 1000;
+        }
+        e->grpc_status = (vlen > 0 && code < 1000) ? code : GRPC_UNKNOWN;
+    } else if ((v = header_value(line, len, "grpc-message:", &vlen)) != NULL) {
+        grpc_message_decode(v, vlen, e->grpc_message, sizeof(e->grpc_message));
+    } else if ((v = header_value(line, len, "grpc-status-details-bin:", &vlen)) != NULL) {
+        e->grpc_retry_info = details_have_retry_info(v, vlen);
     }
     return len;
 }
@@ -352,32 +508,169 @@ transport_retryable(CURLcode rc)
     }
 }
 
+/* What one export attempt came to. */
+struct attempt {
+    long http_status; /* 0: transport failure */
+    int grpc_status;  /* gRPC only: the call's status */
+    bool retryable;
+    enum breaker_outcome outcome;
+};
+
+static const char *
+grpc_code_name(int code)
+{
+    static const char *const names[] = {
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    };
+    return code >= 0 && (size_t)code < ARRAY_SIZE(names) ? names[code] : "?";
+}
+
 /*
- * POST body once. Returns the HTTP status, or 0 for a transport failure with
- * *retryable telling whether it is worth another attempt.
+ * A gRPC call's status: grpc-status from the trailers (or headers), else the
+ * HTTP status mapped as gRPC's HTTP-to-gRPC table says. Retryable are the
+ * codes the OTLP specification lists: CANCELLED, DEADLINE_EXCEEDED, ABORTED,
+ * OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS, and RESOURCE_EXHAUSTED only when the
+ * server sent a RetryInfo detail (it then expects to recover; the delay is the
+ * exporter's own backoff, not the RetryInfo's).
  */
-static long
-post_once(struct otlp_exporter *e, const struct buf *body, uint64_t timeout_ms, bool *retryable)
+static void
+grpc_result(struct otlp_exporter *e, struct attempt *a)
+{
+    int code = e->grpc_status;
+
+    if (code == GRPC_STATUS_NONE) {
+        switch (a->http_status) {
+        case 200:
+            code = GRPC_INTERNAL; /* a response that never said how the call ended */
+            break;
+        case 400:
+            code = GRPC_INTERNAL;
+            break;
+        case 401:
+            code = GRPC_UNAUTHENTICATED;
+            break;
+        case 403:
+            code = GRPC_PERMISSION_DENIED;
+            break;
+        case 404:
+            code = GRPC_UNIMPLEMENTED;
+            break;
+        case 429:
+        case 502:
+        case 503:
+        case 504:
+            code = GRPC_UNAVAILABLE;
+            break;
+        default:
+            code = GRPC_UNKNOWN;
+            break;
+        }
+    }
+    a->grpc_status = code;
+    switch (code) {
+    case GRPC_OK:
+        a->retryable = false;
+        a->outcome = BREAKER_SUCCESS;
+        return;
+    case GRPC_CANCELLED:
+    case GRPC_DEADLINE_EXCEEDED:
+    case GRPC_ABORTED:
+    case GRPC_OUT_OF_RANGE:
+    case GRPC_UNAVAILABLE:
+    case GRPC_DATA_LOSS:
+        a->retryable = true;
+        a->outcome = BREAKER_FAILURE;
+        return;
+    case GRPC_RESOURCE_EXHAUSTED:
+        a->retryable = e->grpc_retry_info;
+        a->outcome = BREAKER_FAILURE;
+        return;
+    case GRPC_INTERNAL:
+    case GRPC_UNKNOWN:
+        a->retryable = false;
+        a->outcome = BREAKER_FAILURE;
+        return;
+    default:
+        /* The collector is up and refused this payload (or us): not its health. */
+        a->retryable = false;
+        a->outcome = BREAKER_NEUTRAL;
+        return;
+    }
+}
+
+/* One line on how the attempt failed, for the log. */
+static void
+attempt_describe(const struct otlp_exporter *e, const struct attempt *a, char *out, size_t size)
+{
+    if (a->http_status == 0) {
+        snprintf(out, size, "%s", e->curl_error[0] ? e->curl_error : "transport error");
+    } else if (e->grpc) {
+        snprintf(out, size, "gRPC status %d %s%s%s", a->grpc_status,
+                 grpc_code_name(a->grpc_status), e->grpc_message[0] ? ": " : "",
+                 e->grpc_message);
+    } else {
+        snprintf(out, size, "HTTP %ld", a->http_status);
+    }
+}
+
+/* POST body once and say how it went. */
+static void
+post_once(struct otlp_exporter *e, const struct buf *body, uint64_t timeout_ms, struct attempt *a)
 {
     CURLcode rc;
     long status = 0;
 
+    memset(a, 0, sizeof(*a));
     e->retry_after_len = 0;
     e->curl_error[0] = '\0';
+    e->grpc_status = GRPC_STATUS_NONE;
+    e->grpc_message[0] = '\0';
+    e->grpc_retry_info = false;
     curl_easy_setopt(e->curl, CURLOPT_POSTFIELDS, body->data);
     curl_easy_setopt(e->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
     curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, (long)MAX(timeout_ms, 1));
     curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)MAX(timeout_ms, 1));
     rc = curl_easy_perform(e->curl);
     if (rc != CURLE_OK) {
-        *retryable = transport_retryable(rc);
-        log_debug("otlp: export attempt failed: %s",
-                  e->curl_error[0] ? e->curl_error : curl_easy_strerror(rc));
-        return 0;
+        if (e->curl_error[0] == '\0') {
+            snprintf(e->curl_error, sizeof(e->curl_error), "%s", curl_easy_strerror(rc));
+        }
+        a->retryable = transport_retryable(rc);
+        a->outcome = BREAKER_FAILURE;
+        log_debug("otlp: export attempt failed: %s", e->curl_error);
+        return;
     }
     curl_easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &status);
-    *retryable = status == 429 || status == 502 || status == 503 || status == 504;
-    return status;
+    a->http_status = status;
+    if (e->grpc) {
+        grpc_result(e, a);
+        return;
+    }
+    a->retryable = status == 429 || status == 502 || status == 503 || status == 504;
+    if (status >= 200 && status < 300) {
+        a->outcome = BREAKER_SUCCESS;
+    } else if (status >= 500 || status == 429) {
+        a->outcome = BREAKER_FAILURE;
+    } else {
+        /* The collector is up and refused this payload: not its health. */
+        a->outcome = BREAKER_NEUTRAL;
+    }
 }
 
 static CURL *
@@ -401,6 +694,24 @@ curl_handle_new(struct otlp_exporter *e)
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, e);
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, e->curl_error);
+    if (e->grpc) {
+        /*
+         * gRPC is HTTP/2 only: h2c straight away on http:// (no Upgrade
+         * round trip, which gRPC servers do not offer), ALPN "h2" on https://.
+         */
+        bool tls = strncasecmp(e->url, "https://", 8) == 0;
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, tls ? (long)CURL_HTTP_VERSION_2TLS
+                                                      : (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+        /*
+         * libcurl before 8.0 fails every request after the first on a reused
+         * prior-knowledge HTTP/2 connection ("Error in the HTTP2 framing
+         * layer"; curl issue 10634, Debian 12 ships 7.88): there, each export
+         * opens its own cleartext connection.
+         */
+        if (!tls && curl_version_info(CURLVERSION_NOW)->version_num < 0x080000) {
+            curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
+        }
+    }
     return c;
 }
 
@@ -454,15 +765,11 @@ console_print(struct otlp_exporter *e, size_t n)
 }
 
 static void
-export_failed(struct otlp_exporter *e, size_t n, const char *why, long status)
+export_failed(struct otlp_exporter *e, size_t n, const char *why)
 {
     atomic_fetch_add(&e->failures, 1);
     if (!e->last_export_failed) {
-        if (status > 0) {
-            log_warn("otlp: export of %zu spans failed: HTTP %ld%s", n, status, why);
-        } else {
-            log_warn("otlp: export of %zu spans failed: %s", n, why);
-        }
+        log_warn("otlp: export of %zu spans failed: %s", n, why);
     } else {
         log_debug("otlp: export of %zu spans failed again", n);
     }
@@ -502,14 +809,34 @@ backoff_sleep(struct otlp_exporter *e, uint64_t until_ms)
     return !cut;
 }
 
+/*
+ * A gRPC message: the 5-byte prefix (compressed flag, big-endian length)
+ * and msg, into out.
+ */
+static void
+grpc_frame(const struct buf *msg, bool compressed, struct buf *out)
+{
+    uint8_t prefix[GRPC_PREFIX_LEN];
+
+    prefix[0] = compressed ? 1 : 0;
+    prefix[1] = (uint8_t)(msg->len >> 24);
+    prefix[2] = (uint8_t)(msg->len >> 16);
+    prefix[3] = (uint8_t)(msg->len >> 8);
+    prefix[4] = (uint8_t)msg->len;
+    out->len = 0;
+    buf_append(out, (const char *)prefix, sizeof(prefix));
+    buf_append(out, msg->data, msg->len);
+}
+
 /* Export the n spans of the batch in e->body. Returns true when accepted. */
 static bool
 export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
 {
-    struct buf *plain = &e->body, gz;
+    struct buf *plain = &e->body, gz, framed;
     const struct buf *body;
     bool ok = false;
     unsigned attempt = 0;
+    char what[CURL_ERROR_SIZE + OTLP_GRPC_MESSAGE_MAX + 64], why[sizeof(what) + 64];
 
     if (e->console) {
         console_print(e, n);
@@ -518,48 +845,44 @@ export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
         return true;
     }
     buf_init(&gz);
+    buf_init(&framed);
     body = plain;
     if (e->gzip) {
         if (gzip_body(plain, &gz)) {
             body = &gz;
         } else {
-            export_failed(e, n, "gzip compression failed", 0);
+            export_failed(e, n, "gzip compression failed");
             goto out;
         }
+    }
+    if (e->grpc) {
+        grpc_frame(body, e->gzip, &framed);
+        body = &framed;
     }
     for (;;) {
         struct breaker_ticket ticket;
         uint64_t now = util_mono_ms(), delay;
-        bool retryable = false, admitted;
-        long status;
-        enum breaker_outcome outcome;
+        bool admitted;
+        struct attempt a;
 
         if (now >= deadline_ms) {
-            export_failed(e, n, "export timeout reached", 0);
+            export_failed(e, n, "export timeout reached");
             break;
         }
         pthread_mutex_lock(&e->breaker_lock);
         admitted = breaker_allow(&e->breaker, now, &ticket);
         pthread_mutex_unlock(&e->breaker_lock);
         if (!admitted) {
-            export_failed(e, n, "circuit breaker otlp-exporter is open", 0);
+            export_failed(e, n, "circuit breaker otlp-exporter is open");
             break;
         }
-        status = post_once(e, body, MIN(e->request_timeout_ms, deadline_ms - now), &retryable);
-        if (status >= 200 && status < 300) {
-            outcome = BREAKER_SUCCESS;
-        } else if (status == 0 || status >= 500 || status == 429) {
-            outcome = BREAKER_FAILURE;
-        } else {
-            /* The collector is up and refused this payload: not its health. */
-            outcome = BREAKER_NEUTRAL;
-        }
+        post_once(e, body, MIN(e->request_timeout_ms, deadline_ms - now), &a);
         now = util_mono_ms();
         pthread_mutex_lock(&e->breaker_lock);
-        breaker_record(&e->breaker, &ticket, outcome, now);
+        breaker_record(&e->breaker, &ticket, a.outcome, now);
         pthread_mutex_unlock(&e->breaker_lock);
 
-        if (outcome == BREAKER_SUCCESS) {
+        if (a.outcome == BREAKER_SUCCESS) {
             atomic_fetch_add(&e->exported, n);
             if (e->last_export_failed) {
                 log_info("otlp: export recovered");
@@ -568,24 +891,26 @@ export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
             ok = true;
             break;
         }
-        if (!retryable) {
-            export_failed(e, n, status == 0 ? " (transport error, not retried)" : "", status);
+        attempt_describe(e, &a, what, sizeof(what));
+        if (!a.retryable) {
+            snprintf(why, sizeof(why), "%s (not retried)", what);
+            export_failed(e, n, why);
             break;
         }
+        log_debug("otlp: export attempt %u failed (%s), retrying", attempt + 1, what);
         delay = retry_delay_ms(e, attempt++);
         if (delay >= deadline_ms - now) {
-            export_failed(e, n,
-                          status == 0 ? "collector unreachable until the export timeout"
-                                      : " (retries ran out of export timeout)",
-                          status);
+            snprintf(why, sizeof(why), "%s (retries ran out of export timeout)", what);
+            export_failed(e, n, why);
             break;
         }
         if (!backoff_sleep(e, now + delay)) {
-            export_failed(e, n, "shutdown deadline reached", 0);
+            export_failed(e, n, "shutdown deadline reached");
             break;
         }
     }
 out:
+    buf_free(&framed);
     if (plain->cap > BODY_KEEP_MAX) {
         buf_free(plain);
     }
@@ -805,6 +1130,7 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
         return NULL;
     }
     e->gzip = t->gzip;
+    e->grpc = t->protocol == TELEMETRY_GRPC;
     e->scope_version = xstrdup(service_version);
     e->max_queue = (size_t)MAX(t->max_queue_size, 1);
     e->max_batch = (size_t)MIN(MAX(t->max_export_batch, 1), e->max_queue);
@@ -815,7 +1141,7 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
     e->retry_max_ms = t->retry_max_ms;
     if (e->url != NULL) {
         e->wire.ends = xcalloc(e->max_queue, sizeof(*e->wire.ends));
-        e->wire.json = t->json;
+        e->wire.json = t->protocol == TELEMETRY_HTTP_JSON;
     }
     if (e->console) {
         e->lines.ends = xcalloc(e->max_queue, sizeof(*e->lines.ends));

@@ -1,5 +1,5 @@
 /*
- * otlp.h - the batch span processor and the OTLP/HTTP exporter.
+ * otlp.h - the batch span processor and the OTLP/HTTP and OTLP/gRPC exporter.
  *
  * Finished spans are encoded and queued by otlp_submit (a short mutex
  * section, never a wait on the network; the span is freed at once) and
@@ -8,6 +8,16 @@
  * application/json with otlp_protocol = http/json), optionally gzip.
  * A batch leaves when it is full (max_export_batch spans) or when
  * schedule_delay_ms has passed; a full queue drops new spans and counts them.
+ *
+ * OTLP/gRPC (otlp_protocol = grpc): the same protobuf ExportTraceServiceRequest
+ * as one gRPC message (5-byte length prefix; with gzip, compressed flag 1 and
+ * grpc-encoding: gzip) POSTed over HTTP/2 (h2c with prior knowledge on
+ * http://, ALPN on https://) to TELEMETRY_GRPC_PATH with
+ * Content-Type application/grpc and TE: trailers. The call's outcome is
+ * grpc-status (and grpc-message) from the trailers. Retried are CANCELLED,
+ * DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS, and
+ * RESOURCE_EXHAUSTED only when the status details carry a RetryInfo (then
+ * with the exporter's own backoff), plus transport failures.
  *
  * Retries: HTTP 429, 502, 503 and 504 (the OTLP retryable codes) and
  * transport failures (connection refused or reset, DNS, timeouts: the

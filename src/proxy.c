@@ -1226,7 +1226,7 @@ submit_answer_job(struct client *c, const char *reason, const char *from_upstrea
         r->reason = "queue_full";
         log_warn("request %s: fallback queue full (%lld); answering 503", r->id,
                  (long long)r->cfg->fallback.queue_size);
-        observe_fallback("queue_full", r->model);
+        observe_fallback(&r->obs, "queue_full", r->model);
         proxy_respond(c, 503, "application/json", body, len,
                       fallback_answer_headers(EMBED_MODE_FALLBACK, r->model, true, hb));
         free(body);
@@ -1237,7 +1237,7 @@ submit_answer_job(struct client *c, const char *reason, const char *from_upstrea
                   from_upstream != NULL ? from_upstream : "cache");
         return;
     }
-    observe_fallback(reason, r->model);
+    observe_fallback(&r->obs, reason, r->model);
     log_debug("request %s: answered by the fallback worker (%s)", r->id, reason);
 }
 
@@ -2119,7 +2119,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
     }
     a->up->stats.failures++;
     upstream_observe_latency(a->up, util_mono_us() - a->start_us, false, now);
-    observe_attempt_failed(&r->obs, a->up, reason);
+    observe_attempt_failed(&r->obs, a->up, reason, cause);
     r->fail_status = status;
     snprintf(r->fail_cause, sizeof(r->fail_cause), "upstream %s: %s", a->up->name, cause);
 
@@ -2147,7 +2147,7 @@ attempt_failed(struct client *c, int status, const char *cause, uint64_t retry_a
             log_warn("request %s: retry budget exhausted; not retrying", r->id);
             observe_budget_exhausted();
         } else {
-            observe_retry(a->up, reason);
+            observe_retry(&r->obs, a->up, reason, r->attempts + 1, delay);
         }
         attempt_release(c, false);
         if (why_not != NULL) {
@@ -2496,7 +2496,11 @@ on_response_head(struct client *c)
         breaker_record(&a->up->breaker, &a->ticket, BREAKER_FAILURE, util_mono_ms());
         a->ticket_open = false;
         a->up->stats.failures++;
-        observe_attempt_failed(&r->obs, a->up, rh.status == 429 ? "429" : "5xx");
+        {
+            char cause_buf[64];
+            snprintf(cause_buf, sizeof(cause_buf), "HTTP %d (relayed)", rh.status);
+            observe_attempt_failed(&r->obs, a->up, rh.status == 429 ? "429" : "5xx", cause_buf);
+        }
     }
     if (rh.status >= 200 && rh.status < 300 &&
         observe_real_answer(&r->obs, request_model_key(r), r->sized)) {
@@ -2560,7 +2564,9 @@ on_response_body(struct client *c, bool eof)
             a->ticket_open = false;
         }
         a->up->stats.failures++;
-        observe_attempt_failed(&r->obs, a->up, "reset");
+        observe_attempt_failed(&r->obs, a->up, "reset",
+                               rc < 0 ? "bad chunked framing in response body"
+                                      : "closed before the body was complete");
         r->keep_alive = false;
         attempt_release(c, false);
         client_set_state(c, CLIENT_CLOSING);

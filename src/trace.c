@@ -510,6 +510,7 @@ trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
     span->key_lens = 0;
     span->text_used = 0;
     span->pool_next = NULL;
+    span->events = NULL;
     span->name_len =
         (uint8_t)copy_utf8(span->name, sizeof(span->name), name, strlen(name), &span->name_plain);
     span->start_unix_ns = start_unix_ns;
@@ -523,6 +524,8 @@ trace_span_free(struct trace_span *span)
     if (span == NULL) {
         return;
     }
+    free(span->events);
+    span->events = NULL;
     pthread_mutex_lock(&span_pool.lock);
     if (span_pool.count < TRACE_SPAN_POOL_MAX) {
         span->pool_next = span_pool.head;
@@ -641,6 +644,84 @@ trace_span_attr_bool(struct trace_span *span, const char *key, bool value)
     }
 }
 
+struct trace_event *
+trace_span_add_event(struct trace_span *span, const char *name, uint64_t time_unix_ns)
+{
+    struct trace_event *ev;
+
+    if (span->events == NULL) {
+        span->events = xmalloc(sizeof(*span->events));
+        span->events->n = 0;
+        span->events->dropped = 0;
+    }
+    if (span->events->n >= TRACE_MAX_EVENTS) {
+        span->events->dropped++;
+        return NULL;
+    }
+    ev = &span->events->ev[span->events->n++];
+    ev->time_unix_ns = time_unix_ns;
+    ev->name = name;
+    ev->name_len = (uint8_t)MIN(strlen(name), (size_t)UINT8_MAX);
+    ev->nattrs = 0;
+    ev->dropped_attrs = 0;
+    ev->text_used = 0;
+    return ev;
+}
+
+static struct trace_attr *
+event_attr_slot(struct trace_event *ev, const char *key, enum trace_attr_type type)
+{
+    struct trace_attr *a;
+
+    if (ev == NULL) {
+        return NULL;
+    }
+    if (ev->nattrs >= TRACE_EVENT_ATTRS) {
+        ev->dropped_attrs++;
+        return NULL;
+    }
+    a = &ev->attrs[ev->nattrs++];
+    a->key = key;
+    a->key_len = (uint32_t)strlen(key);
+    a->type = (uint8_t)type;
+    return a;
+}
+
+void
+trace_event_attr_str(struct trace_event *ev, const char *key, const char *value)
+{
+    struct trace_attr *a = event_attr_slot(ev, key, TRACE_ATTR_STRING);
+    size_t room;
+
+    if (a == NULL) {
+        return;
+    }
+    room = sizeof(ev->text) - ev->text_used;
+    if (value == NULL) {
+        value = "";
+    }
+    if (room == 0) {
+        a->v.off = sizeof(ev->text) - 1; /* the last value's NUL: an empty string */
+        a->len = 0;
+        a->plain = true;
+        return;
+    }
+    a->v.off = ev->text_used;
+    a->len = (uint8_t)copy_utf8(ev->text + ev->text_used, MIN(room, TRACE_ATTR_STR_MAX), value,
+                                strlen(value), &a->plain);
+    ev->text_used = (uint16_t)(ev->text_used + a->len + 1);
+}
+
+void
+trace_event_attr_int(struct trace_event *ev, const char *key, int64_t value)
+{
+    struct trace_attr *a = event_attr_slot(ev, key, TRACE_ATTR_INT);
+
+    if (a != NULL) {
+        a->v.i = value;
+    }
+}
+
 void
 trace_span_set_status(struct trace_span *span, enum trace_status_code code, const char *message)
 {
@@ -720,14 +801,15 @@ put_json_string(struct buf *out, char *o, const char *s, size_t len)
     return out->data + out->len;
 }
 
+/* text: where a string value's offset points (a span's or an event's text). */
 static char *
-put_attr_value(struct buf *out, char *o, const struct trace_span *span, const struct trace_attr *a)
+put_attr_value(struct buf *out, char *o, const char *text, const struct trace_attr *a)
 {
     switch (a->type) {
     case TRACE_ATTR_STRING:
         o = PUT_LIT(o, "{\"stringValue\":");
-        o = a->plain ? put_quoted(o, trace_attr_string(span, a), a->len)
-                     : put_json_string(out, o, trace_attr_string(span, a), a->len);
+        o = a->plain ? put_quoted(o, text + a->v.off, a->len)
+                     : put_json_string(out, o, text + a->v.off, a->len);
         break;
     case TRACE_ATTR_INT:
         /* Protobuf JSON writes 64-bit integers as strings. */
@@ -757,6 +839,72 @@ put_attr_value(struct buf *out, char *o, const struct trace_span *span, const st
 #define SPAN_JSON_FIXED 512
 /* Per attribute besides its key and string: {"key":"","value":{"doubleValue":-1.5e+308}}, */
 #define ATTR_JSON_FIXED 96
+/* Per event besides its name and attributes: time, field names, punctuation, dropped count. */
+#define EVENT_JSON_FIXED 128
+
+/* The attributes as an OTLP JSON array's members, at o (room reserved by the caller). */
+static char *
+put_attrs(struct buf *out, char *o, const char *text, const struct trace_attr *attrs, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        const struct trace_attr *a = &attrs[i];
+        if (i > 0) {
+            *o++ = ',';
+        }
+        /* Keys are the code's own literals: plain ASCII (struct trace_attr). */
+        o = PUT_LIT(o, "{\"key\":");
+        o = put_quoted(o, a->key, a->key_len);
+        o = PUT_LIT(o, ",\"value\":");
+        o = put_attr_value(out, o, text, a);
+        *o++ = '}';
+    }
+    return o;
+}
+
+static size_t
+attrs_json_room(const struct trace_attr *attrs, unsigned n)
+{
+    size_t room = 0;
+
+    for (unsigned i = 0; i < n; i++) {
+        room += ATTR_JSON_FIXED + attrs[i].key_len;
+        if (attrs[i].type == TRACE_ATTR_STRING) {
+            room += 6 * (size_t)attrs[i].len;
+        }
+    }
+    return room;
+}
+
+/* Span.events in OTLP JSON: ,"events":[{"timeUnixNano":"..","name":"..","attributes":[..]}] */
+static char *
+put_events(struct buf *out, char *o, const struct trace_events *evs)
+{
+    o = PUT_LIT(o, ",\"events\":[");
+    for (uint32_t i = 0; i < evs->n; i++) {
+        const struct trace_event *ev = &evs->ev[i];
+        if (i > 0) {
+            *o++ = ',';
+        }
+        o = PUT_LIT(o, "{\"timeUnixNano\":\"");
+        o = util_put_i64(o, (int64_t)ev->time_unix_ns);
+        o = PUT_LIT(o, "\",\"name\":");
+        o = put_quoted(o, ev->name, ev->name_len);
+        o = PUT_LIT(o, ",\"attributes\":[");
+        o = put_attrs(out, o, ev->text, ev->attrs, ev->nattrs);
+        *o++ = ']';
+        if (ev->dropped_attrs > 0) {
+            o = PUT_LIT(o, ",\"droppedAttributesCount\":");
+            o = util_put_i64(o, ev->dropped_attrs);
+        }
+        *o++ = '}';
+    }
+    *o++ = ']';
+    if (evs->dropped > 0) {
+        o = PUT_LIT(o, ",\"droppedEventsCount\":");
+        o = util_put_i64(o, evs->dropped);
+    }
+    return o;
+}
 
 void
 trace_span_json(struct buf *out, const struct trace_span *span)
@@ -764,10 +912,11 @@ trace_span_json(struct buf *out, const struct trace_span *span)
     size_t room = SPAN_JSON_FIXED + 6 * (size_t)(span->name_len + span->status_message_len);
     char *o;
 
-    for (unsigned i = 0; i < span->nattrs; i++) {
-        room += ATTR_JSON_FIXED + span->attrs[i].key_len;
-        if (span->attrs[i].type == TRACE_ATTR_STRING) {
-            room += 6 * (size_t)span->attrs[i].len;
+    room += attrs_json_room(span->attrs, span->nattrs);
+    if (span->events != NULL) {
+        for (uint32_t i = 0; i < span->events->n; i++) {
+            const struct trace_event *ev = &span->events->ev[i];
+            room += EVENT_JSON_FIXED + ev->name_len + attrs_json_room(ev->attrs, ev->nattrs);
         }
     }
     buf_reserve(out, room);
@@ -790,22 +939,14 @@ trace_span_json(struct buf *out, const struct trace_span *span)
     o = PUT_LIT(o, "\",\"endTimeUnixNano\":\"");
     o = util_put_i64(o, (int64_t)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
     o = PUT_LIT(o, "\",\"attributes\":[");
-    for (unsigned i = 0; i < span->nattrs; i++) {
-        const struct trace_attr *a = &span->attrs[i];
-        if (i > 0) {
-            *o++ = ',';
-        }
-        /* Keys are the code's own literals: plain ASCII (struct trace_attr). */
-        o = PUT_LIT(o, "{\"key\":");
-        o = put_quoted(o, a->key, a->key_len);
-        o = PUT_LIT(o, ",\"value\":");
-        o = put_attr_value(out, o, span, a);
-        *o++ = '}';
-    }
+    o = put_attrs(out, o, span->text, span->attrs, span->nattrs);
     *o++ = ']';
     if (span->dropped_attrs > 0) {
         o = PUT_LIT(o, ",\"droppedAttributesCount\":");
         o = util_put_i64(o, span->dropped_attrs);
+    }
+    if (span->events != NULL) {
+        o = put_events(out, o, span->events);
     }
     o = PUT_LIT(o, ",\"status\":{\"code\":");
     o = util_put_i64(o, (int)span->status);
@@ -908,11 +1049,11 @@ pb_field_size(size_t len)
 
 /* AnyValue: string_value 1, bool_value 2, int_value 3, double_value 4. */
 static inline __attribute__((always_inline)) char *
-pb_any(char *o, const struct trace_span *span, const struct trace_attr *a)
+pb_any(char *o, const char *text, const struct trace_attr *a)
 {
     switch (a->type) {
     case TRACE_ATTR_STRING:
-        return pb_bytes(o, PB_TAG(1, 2), trace_attr_string(span, a), a->len);
+        return pb_bytes(o, PB_TAG(1, 2), text + a->v.off, a->len);
     case TRACE_ATTR_INT:
         *o++ = PB_TAG(3, 0);
         return pb_varint(o, (uint64_t)a->v.i);
@@ -974,7 +1115,36 @@ pb_span_room(const struct trace_span *span)
         /* field, KeyValue, key, AnyValue tags and lengths; a varint, double or the string */
         n += 24 + span->attrs[i].key_len + span->attrs[i].len;
     }
+    if (span->events != NULL) {
+        n += 8; /* dropped_events_count */
+        for (uint32_t e = 0; e < span->events->n; e++) {
+            const struct trace_event *ev = &span->events->ev[e];
+            /* tag and length, time, name, dropped count; then the attributes */
+            n += 32 + ev->name_len;
+            for (unsigned i = 0; i < ev->nattrs; i++) {
+                n += 24 + ev->attrs[i].key_len + ev->attrs[i].len;
+            }
+        }
+    }
     return n;
+}
+
+/* KeyValue fields (tag field) for the attributes, at o (room reserved by the caller). */
+static char *
+pb_attrs(char *o, char field_tag, const char *text, const struct trace_attr *attrs, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        const struct trace_attr *a = &attrs[i];
+        char *kv, *any;
+        /* KeyValue {key 1, value 2: AnyValue} */
+        kv = o = pb_open(o, field_tag, 1);
+        o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
+        any = o = pb_open(o, PB_TAG(2, 2), 1);
+        o = pb_any(o, text, a);
+        o = pb_close(any, o, 1);
+        o = pb_close(kv, o, 1);
+    }
+    return o;
 }
 
 void
@@ -998,20 +1168,30 @@ trace_span_proto(struct buf *out, const struct trace_span *span)
     o = pb_fixed64(o, span->start_unix_ns);
     *o++ = PB_TAG(8, 1);
     o = pb_fixed64(o, span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns);
-    for (unsigned i = 0; i < span->nattrs; i++) {
-        const struct trace_attr *a = &span->attrs[i];
-        char *kv, *any;
-        /* Span.attributes = 9: KeyValue {key 1, value 2: AnyValue} */
-        kv = o = pb_open(o, PB_TAG(9, 2), 1);
-        o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
-        any = o = pb_open(o, PB_TAG(2, 2), 1);
-        o = pb_any(o, span, a);
-        o = pb_close(any, o, 1);
-        o = pb_close(kv, o, 1);
-    }
+    /* Span.attributes = 9 */
+    o = pb_attrs(o, PB_TAG(9, 2), span->text, span->attrs, span->nattrs);
     if (span->dropped_attrs > 0) {
         *o++ = PB_TAG(10, 0);
         o = pb_varint(o, span->dropped_attrs);
+    }
+    for (uint32_t e = 0; span->events != NULL && e < span->events->n; e++) {
+        const struct trace_event *ev = &span->events->ev[e];
+        /* Span.events = 11: Event {time_unix_nano 1, name 2, attributes 3, dropped 4} */
+        char *evo = o = pb_open(o, PB_TAG(11, 2), 2);
+        *o++ = PB_TAG(1, 1);
+        o = pb_fixed64(o, ev->time_unix_ns);
+        o = pb_bytes(o, PB_TAG(2, 2), ev->name, ev->name_len);
+        o = pb_attrs(o, PB_TAG(3, 2), ev->text, ev->attrs, ev->nattrs);
+        if (ev->dropped_attrs > 0) {
+            *o++ = PB_TAG(4, 0);
+            o = pb_varint(o, ev->dropped_attrs);
+        }
+        o = pb_close(evo, o, 2);
+    }
+    if (span->events != NULL && span->events->dropped > 0) {
+        /* Span.dropped_events_count = 12 */
+        *o++ = PB_TAG(12, 0);
+        o = pb_varint(o, span->events->dropped);
     }
     if (span->status != TRACE_STATUS_UNSET || span->status_message_len > 0) {
         /* Status: message 2, code 3 (left out when UNSET, the default) */
@@ -1175,6 +1355,7 @@ telemetry_settings_init(struct telemetry_settings *t)
     t->sample_rate = -1.0;
     t->sampler_kind = -1;
     t->sampler_arg = -1.0;
+    t->protocol = -1;
     t->max_queue_size = 2048;
     t->max_export_batch = 512;
     t->schedule_delay_ms = 5000;
@@ -1305,6 +1486,9 @@ trace_protocol_parse(const char *name)
     if (strcmp(name, "http/json") == 0) {
         return 1;
     }
+    if (strcmp(name, "grpc") == 0) {
+        return 2;
+    }
     return -1;
 }
 
@@ -1372,11 +1556,11 @@ telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const
 
     v = env_first(getenv_fn, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL");
     if (v != NULL) {
-        int json = trace_protocol_parse(v);
-        if (json < 0) {
-            log_warn("telemetry: OTLP protocol must be http/protobuf or http/json, ignored");
+        int protocol = trace_protocol_parse(v);
+        if (protocol < 0) {
+            log_warn("telemetry: OTLP protocol must be http/protobuf, http/json or grpc, ignored");
         } else {
-            t->json = json == 1;
+            t->protocol = protocol;
         }
     }
 
@@ -1420,6 +1604,66 @@ telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const
     if ((v = env_get(getenv_fn, "OTEL_SDK_DISABLED")) != NULL) {
         t->disabled = strcasecmp(v, "true") == 0;
     }
+
+    if (t->protocol < 0) {
+        /* Port 4317 is OTLP/gRPC's: HTTP bodies sent there could only fail. */
+        const char *endpoint = t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0]
+                                   ? t->otlp_traces_endpoint
+                                   : t->otlp_endpoint;
+        if (endpoint != NULL && telemetry_url_port(endpoint) == TELEMETRY_GRPC_PORT) {
+            log_info("telemetry: the OTLP endpoint's port is %d and no protocol is given: "
+                     "exporting with OTLP/gRPC",
+                     TELEMETRY_GRPC_PORT);
+            t->protocol = TELEMETRY_GRPC;
+        } else {
+            t->protocol = TELEMETRY_HTTP_PROTOBUF;
+        }
+    }
+}
+
+/* Where url's authority starts (past "scheme://") and its length (up to '/', '?' or '#'). */
+static const char *
+url_authority(const char *url, size_t *len)
+{
+    const char *p = strstr(url, "://");
+
+    p = p != NULL ? p + 3 : url;
+    *len = strcspn(p, "/?#");
+    return p;
+}
+
+int
+telemetry_url_port(const char *url)
+{
+    size_t len, host_start = 0;
+    const char *auth = url_authority(url, &len), *colon = NULL;
+    long port = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (auth[i] == '@') {
+            host_start = i + 1; /* user:password@ */
+        }
+    }
+    for (size_t i = host_start; i < len; i++) {
+        if (auth[i] == ']') {
+            colon = NULL; /* an IPv6 literal's colons are not the port's */
+        } else if (auth[i] == ':') {
+            colon = auth + i;
+        }
+    }
+    if (colon == NULL || colon + 1 == auth + len) {
+        if (strncasecmp(url, "https://", 8) == 0) {
+            return 443;
+        }
+        return strstr(url, "://") == NULL || strncasecmp(url, "http://", 7) == 0 ? 80 : -1;
+    }
+    for (const char *p = colon + 1; p < auth + len; p++) {
+        if (*p < '0' || *p > '9' || port > 65535) {
+            return -1;
+        }
+        port = port * 10 + (*p - '0');
+    }
+    return port <= 65535 ? (int)port : -1;
 }
 
 char *
@@ -1429,6 +1673,20 @@ telemetry_traces_url(const struct telemetry_settings *t)
 
     if (t->disabled) {
         return NULL;
+    }
+    if (t->protocol == TELEMETRY_GRPC) {
+        const char *endpoint = t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0]
+                                   ? t->otlp_traces_endpoint
+                                   : t->otlp_endpoint;
+        const char *auth;
+        if (endpoint == NULL || endpoint[0] == '\0') {
+            return NULL;
+        }
+        auth = url_authority(endpoint, &len);
+        if (auth == endpoint) {
+            return xasprintf("http://%.*s%s", (int)len, auth, TELEMETRY_GRPC_PATH);
+        }
+        return xasprintf("%.*s%s", (int)(auth + len - endpoint), endpoint, TELEMETRY_GRPC_PATH);
     }
     if (t->otlp_traces_endpoint != NULL && t->otlp_traces_endpoint[0] != '\0') {
         return xstrdup(t->otlp_traces_endpoint);

@@ -151,6 +151,14 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_SPAN_TEXT_MAX 384
 #define TRACE_STATUS_MSG_MAX 96
 #define TRACE_SPAN_POOL_MAX 512
+/*
+ * Span events: at most TRACE_MAX_EVENTS per span (later ones are dropped and
+ * counted in droppedEventsCount), each with at most TRACE_EVENT_ATTRS
+ * attributes whose strings share TRACE_EVENT_TEXT_MAX bytes.
+ */
+#define TRACE_MAX_EVENTS 16
+#define TRACE_EVENT_ATTRS 4
+#define TRACE_EVENT_TEXT_MAX 192
 
 /*
  * An attribute. The key is not copied: it must have static storage (the
@@ -170,6 +178,25 @@ struct trace_attr {
         double d;
         bool b;
     } v;
+};
+
+/* A span event (OTLP Span.Event). name is a static literal, as attribute keys are. */
+struct trace_event {
+    uint64_t time_unix_ns;
+    const char *name;
+    uint8_t name_len;
+    uint8_t nattrs;
+    uint8_t dropped_attrs;
+    uint16_t text_used;
+    struct trace_attr attrs[TRACE_EVENT_ATTRS];
+    char text[TRACE_EVENT_TEXT_MAX]; /* string values, as a span's text */
+};
+
+/* A span's events, allocated with its first event: most spans have none. */
+struct trace_events {
+    uint32_t n;
+    uint32_t dropped;
+    struct trace_event ev[TRACE_MAX_EVENTS];
 };
 
 /*
@@ -199,6 +226,7 @@ struct trace_span {
     uint64_t start_unix_ns;
     uint64_t end_unix_ns;         /* 0 until trace_span_end */
     struct trace_span *pool_next; /* only while the span sits in the pool */
+    struct trace_events *events;  /* NULL until the first event */
     char name[TRACE_NAME_MAX];
     struct trace_attr attrs[TRACE_MAX_ATTRS];
     char text[TRACE_SPAN_TEXT_MAX];
@@ -254,6 +282,19 @@ void trace_span_set_status(struct trace_span *span, enum trace_status_code code,
 void trace_span_set_http_status(struct trace_span *span, int status);
 
 void trace_span_end(struct trace_span *span, uint64_t end_unix_ns);
+
+/*
+ * Add an event named name (a static literal, see struct trace_attr) at
+ * time_unix_ns. Returns the event to add attributes to, owned by the span;
+ * NULL when the span already has TRACE_MAX_EVENTS (the event is counted as
+ * dropped). The attribute setters accept NULL and do nothing then; beyond
+ * TRACE_EVENT_ATTRS an attribute is dropped and counted, and strings are cut
+ * (at a UTF-8 boundary, invalid bytes as '?') where the event's text runs out.
+ */
+struct trace_event *trace_span_add_event(struct trace_span *span, const char *name,
+                                         uint64_t time_unix_ns);
+void trace_event_attr_str(struct trace_event *ev, const char *key, const char *value);
+void trace_event_attr_int(struct trace_event *ev, const char *key, int64_t value);
 
 /* ---- OTLP JSON ---- */
 
@@ -311,8 +352,8 @@ struct telemetry_settings {
     double sample_rate;         /* < 0: unset */
     bool console_export;
     bool disabled;      /* OTEL_SDK_DISABLED=true: no spans at all */
-    bool gzip;          /* request bodies gzip-compressed */
-    bool json;          /* http/json bodies; false: http/protobuf (the default) */
+    bool gzip;          /* request bodies gzip-compressed (grpc-encoding: gzip with gRPC) */
+    int protocol;       /* enum telemetry_protocol; -1 until telemetry_apply_env resolves it */
     int sampler_kind;   /* enum trace_sampler_kind, or -1: from sample_rate/environment */
     double sampler_arg; /* OTEL_TRACES_SAMPLER_ARG, < 0: unset */
     /* batch span processor (OTel defaults) */
@@ -325,7 +366,19 @@ struct telemetry_settings {
     uint64_t retry_max_ms;       /* 5000 */
 };
 
-/* Fill t with the defaults above; any strings it held are not freed. */
+/* The OTLP transports; the numbers are the otlp_protocol enum's. */
+enum telemetry_protocol {
+    TELEMETRY_HTTP_PROTOBUF = 0,
+    TELEMETRY_HTTP_JSON = 1,
+    TELEMETRY_GRPC = 2,
+};
+
+/* The gRPC method spans are exported to, after the endpoint's scheme and authority. */
+#define TELEMETRY_GRPC_PATH "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+/* The OTLP/gRPC port: an endpoint on it with no protocol given selects gRPC. */
+#define TELEMETRY_GRPC_PORT 4317
+
+/* Fill t with the defaults above (protocol unset); any strings it held are not freed. */
 void telemetry_settings_init(struct telemetry_settings *t);
 void telemetry_settings_free(struct telemetry_settings *t);
 /* Replace *field with a copy of value (NULL counts as ""). */
@@ -338,8 +391,9 @@ void telemetry_settings_set(char **field, const char *value);
  *                 OTEL_EXPORTER_OTLP_ENDPOINT (base) > OTLP_ENDPOINT (base) > file
  *   headers:      OTEL_EXPORTER_OTLP_TRACES_HEADERS > OTEL_EXPORTER_OTLP_HEADERS > file
  *   compression:  OTEL_EXPORTER_OTLP_TRACES_COMPRESSION > OTEL_EXPORTER_OTLP_COMPRESSION
- *   protocol:     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL > OTEL_EXPORTER_OTLP_PROTOCOL > file
- *                 (http/protobuf or http/json; grpc is refused with a warning)
+ *   protocol:     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL > OTEL_EXPORTER_OTLP_PROTOCOL > file >
+ *                 grpc when the endpoint's port is 4317 (said in one info line) >
+ *                 http/protobuf; afterwards t->protocol is always set
  *   timeout:      OTEL_EXPORTER_OTLP_TRACES_TIMEOUT > OTEL_EXPORTER_OTLP_TIMEOUT (ms)
  *   service name: OTEL_SERVICE_NAME > service.name in OTEL_RESOURCE_ATTRIBUTES > file
  *   environment:  deployment.environment in OTEL_RESOURCE_ATTRIBUTES > ENVIRONMENT > file
@@ -351,11 +405,19 @@ void telemetry_settings_set(char **field, const char *value);
  * An invalid value is ignored with a warning naming the variable (never a header value).
  */
 void telemetry_apply_env(struct telemetry_settings *t, const char *(*getenv_fn)(const char *));
-/* "http/protobuf" 0, "http/json" 1, anything else (grpc included) -1. */
+/* "http/protobuf" 0, "http/json" 1, "grpc" 2 (enum telemetry_protocol), anything else -1. */
 int trace_protocol_parse(const char *name);
 
-/* The URL spans are POSTed to; a string the caller owns, NULL when OTLP export is off. */
+/*
+ * The URL spans are POSTed to; a string the caller owns, NULL when OTLP
+ * export is off. With gRPC it is the endpoint's scheme and authority (any
+ * path dropped; "http://" added when the endpoint has no scheme) followed by
+ * TELEMETRY_GRPC_PATH, as the OTLP/gRPC exporters treat endpoints.
+ */
 char *telemetry_traces_url(const struct telemetry_settings *t);
+
+/* The port of url's authority (the scheme's default when none is written); -1 when unknown. */
+int telemetry_url_port(const char *url);
 
 /*
  * The sampler the settings ask for: OTEL_SDK_DISABLED gives always_off; an

@@ -390,7 +390,7 @@ Test(otlp, http_json_sends_json_bodies)
     struct otlp_exporter *e;
 
     begin(&r, &t);
-    t.json = true;
+    t.protocol = TELEMETRY_HTTP_JSON;
     t.schedule_delay_ms = 60000;
     e = start(&t);
     submit_n(e, 700); /* more than a batch: two bodies, the second after a shift */

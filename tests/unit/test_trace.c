@@ -1377,20 +1377,172 @@ Test(settings, protocol_from_the_environment)
     const char *specific[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json",
                               "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf", NULL};
     const char *grpc[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", NULL};
+    const char *bogus[] = {"OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", NULL};
 
-    cr_assert_eq(trace_protocol_parse("http/protobuf"), 0);
-    cr_assert_eq(trace_protocol_parse("http/json"), 1);
-    cr_assert_eq(trace_protocol_parse("grpc"), -1);
+    cr_assert_eq(trace_protocol_parse("http/protobuf"), TELEMETRY_HTTP_PROTOBUF);
+    cr_assert_eq(trace_protocol_parse("http/json"), TELEMETRY_HTTP_JSON);
+    cr_assert_eq(trace_protocol_parse("grpc"), TELEMETRY_GRPC);
+    cr_assert_eq(trace_protocol_parse("grpc/json"), -1);
     settings_with_env(&t, NULL);
-    cr_assert_not(t.json, "protobuf by default");
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "protobuf by default");
     telemetry_settings_free(&t);
     settings_with_env(&t, general);
-    cr_assert(t.json);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_JSON);
     telemetry_settings_free(&t);
     settings_with_env(&t, specific);
-    cr_assert_not(t.json, "the traces variable wins");
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "the traces variable wins");
     telemetry_settings_free(&t);
     settings_with_env(&t, grpc);
-    cr_assert_not(t.json, "grpc is refused and the default stays");
+    cr_assert_eq(t.protocol, TELEMETRY_GRPC);
+    assert_url(&t, "http://file:4318" TELEMETRY_GRPC_PATH);
     telemetry_settings_free(&t);
+    settings_with_env(&t, bogus);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "an unknown protocol is ignored");
+    telemetry_settings_free(&t);
+}
+
+Test(settings, port_4317_without_a_protocol_selects_grpc)
+{
+    struct telemetry_settings t;
+    const char *env_4317[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:pw@collector:4317/",
+                              NULL};
+    const char *explicit_http[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317",
+                                   "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", NULL};
+
+    settings_with_env(&t, env_4317);
+    cr_assert_eq(t.protocol, TELEMETRY_GRPC);
+    assert_url(&t, "https://user:pw@collector:4317" TELEMETRY_GRPC_PATH);
+    telemetry_settings_free(&t);
+    settings_with_env(&t, explicit_http);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_PROTOBUF, "a protocol given wins over the port");
+    assert_url(&t, "http://collector:4317/v1/traces");
+    telemetry_settings_free(&t);
+
+    /* A protocol set from the file (>= 0 before the environment) is kept too. */
+    telemetry_settings_init(&t);
+    telemetry_settings_set(&t.otlp_endpoint, "http://collector:4317");
+    t.protocol = TELEMETRY_HTTP_JSON;
+    fake_env = explicit_http + 4;
+    telemetry_apply_env(&t, fake_getenv);
+    cr_assert_eq(t.protocol, TELEMETRY_HTTP_JSON);
+    telemetry_settings_free(&t);
+}
+
+Test(settings, url_port_reads_the_authority)
+{
+    cr_assert_eq(telemetry_url_port("http://h:4317"), 4317);
+    cr_assert_eq(telemetry_url_port("http://h:4317/v1/traces"), 4317);
+    cr_assert_eq(telemetry_url_port("http://u:p@h:99/x:4317"), 99);
+    cr_assert_eq(telemetry_url_port("http://[::1]:4317"), 4317);
+    cr_assert_eq(telemetry_url_port("http://[::1]/"), 80);
+    cr_assert_eq(telemetry_url_port("https://h"), 443);
+    cr_assert_eq(telemetry_url_port("h:4317"), 4317);
+    cr_assert_eq(telemetry_url_port("http://h:43x"), -1);
+    cr_assert_eq(telemetry_url_port("http://h:999999"), -1);
+}
+
+/* ---- events ---- */
+
+Test(span, events_beyond_the_limit_are_dropped_and_counted_in_json)
+{
+    struct trace_context ctx;
+    struct trace_span *s;
+    struct buf out;
+    json_t *j, *evs, *ev;
+    json_error_t err;
+
+    struct trace_sampler on;
+
+    trace_sampler_init(&on, TRACE_SAMPLER_ALWAYS_ON, 1.0);
+    trace_start(&on, NULL, &ctx);
+    s = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "GET /x", 1000);
+    for (int i = 0; i < TRACE_MAX_EVENTS + 2; i++) {
+        struct trace_event *e = trace_span_add_event(s, "akosha.retry", 2000 + (uint64_t)i);
+        if (i < TRACE_MAX_EVENTS) {
+            cr_assert_not_null(e);
+        } else {
+            cr_assert_null(e, "the 17th event is dropped");
+        }
+        trace_event_attr_int(e, "akosha.retry.attempt", i);
+        trace_event_attr_str(e, "akosha.retry.reason", "bad \"utf8\" \xff");
+        trace_event_attr_str(e, "a", "1");
+        trace_event_attr_str(e, "b", "2");
+        trace_event_attr_str(e, "c", "dropped: beyond TRACE_EVENT_ATTRS");
+    }
+    trace_span_end(s, 5000);
+    buf_init(&out);
+    trace_span_json(&out, s);
+    j = json_loads(out.data, 0, &err);
+    cr_assert_not_null(j, "%s: %s", err.text, out.data);
+    evs = json_object_get(j, "events");
+    cr_assert_eq(json_array_size(evs), TRACE_MAX_EVENTS);
+    cr_assert_eq(json_integer_value(json_object_get(j, "droppedEventsCount")), 2);
+    ev = json_array_get(evs, 3);
+    cr_assert_str_eq(json_string_value(json_object_get(ev, "name")), "akosha.retry");
+    cr_assert_str_eq(json_string_value(json_object_get(ev, "timeUnixNano")), "2003");
+    cr_assert_eq(json_array_size(json_object_get(ev, "attributes")), TRACE_EVENT_ATTRS);
+    cr_assert_eq(json_integer_value(json_object_get(ev, "droppedAttributesCount")), 1);
+    cr_assert_str_eq(
+        json_string_value(json_object_get(
+            json_object_get(json_array_get(json_object_get(ev, "attributes"), 0), "value"),
+            "intValue")),
+        "3");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(
+            json_object_get(json_array_get(json_object_get(ev, "attributes"), 1), "value"),
+            "stringValue")),
+        "bad \"utf8\" ?");
+    json_decref(j);
+    buf_free(&out);
+    trace_span_free(s);
+
+    /* A span from the pool starts without the last one's events. */
+    s = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "GET /y", 1000);
+    cr_assert_null(s->events);
+    trace_span_free(s);
+}
+
+Test(otlp_proto, events_are_span_field_11_with_time_name_and_attributes)
+{
+    struct trace_context ctx;
+    struct trace_span *s;
+    struct buf out;
+    struct pb_field sp, ev, v;
+    const uint8_t *p, *end;
+    int nev = 0;
+
+    struct trace_sampler on;
+
+    trace_sampler_init(&on, TRACE_SAMPLER_ALWAYS_ON, 1.0);
+    trace_start(&on, NULL, &ctx);
+    s = trace_span_new(&ctx, NULL, TRACE_KIND_CLIENT, "POST", 1000);
+    trace_event_attr_str(trace_span_add_event(s, "exception", 1500), "exception.message",
+                         "HTTP 503");
+    trace_span_add_event(s, "empty", 1600);
+    trace_span_end(s, 2000);
+    buf_init(&out);
+    trace_span_proto(&out, s);
+    sp = pb_get((const uint8_t *)out.data, out.len, 2, 2);
+    p = sp.p;
+    end = sp.p + sp.len;
+    while (pb_next(&p, end, &ev) == 1) {
+        if (ev.num != 11) {
+            continue;
+        }
+        if (nev++ == 0) {
+            cr_assert_eq(pb_get(ev.p, ev.len, 1, 1).v, 1500);
+            cr_assert(pb_str_eq(pb_get(ev.p, ev.len, 2, 2), "exception"));
+            v = pb_get(ev.p, ev.len, 3, 2); /* KeyValue */
+            cr_assert(pb_str_eq(pb_get(v.p, v.len, 1, 2), "exception.message"));
+            v = pb_get(v.p, v.len, 2, 2);
+            cr_assert(pb_str_eq(pb_get(v.p, v.len, 1, 2), "HTTP 503"));
+        } else {
+            cr_assert(pb_str_eq(pb_get(ev.p, ev.len, 2, 2), "empty"));
+            cr_assert_not(pb_has(ev.p, ev.len, 3));
+        }
+    }
+    cr_assert_eq(nev, 2);
+    cr_assert_not(pb_has(sp.p, sp.len, 12), "nothing dropped, no count");
+    buf_free(&out);
+    trace_span_free(s);
 }
