@@ -39,18 +39,42 @@ static const char key_domain[] = "akosha-cache-key/1";
  * fetched method stays referenced from here for the life of the process.
  */
 static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+/* Each thread's digest context, reused: no allocation per key (freed with the thread). */
+static pthread_key_t ctx_key;
+
+static void
+free_ctx(void *ctx)
+{
+    EVP_MD_CTX_free(ctx);
+}
+
+static void
+fetch_sha256(void)
+{
+    if ((sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL) {
+        fatal("cache: SHA-256 is not available from OpenSSL");
+    }
+    if (pthread_key_create(&ctx_key, free_ctx) != 0) {
+        fatal("cache: cannot create the digest's per-thread key");
+    }
+}
 
 static EVP_MD_CTX *
 digest_start(void)
 {
     EVP_MD_CTX *ctx;
 
-    if (sha256_md == NULL && (sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL) {
-        fatal("cache: SHA-256 is not available from OpenSSL");
+    pthread_once(&sha256_once, fetch_sha256);
+    ctx = pthread_getspecific(ctx_key);
+    if (ctx == NULL) {
+        ctx = EVP_MD_CTX_new();
+        if (ctx == NULL || pthread_setspecific(ctx_key, ctx) != 0) {
+            fatal("cache: out of memory for a digest context");
+        }
     }
-    ctx = EVP_MD_CTX_new();
-    if (ctx == NULL || EVP_DigestInit_ex(ctx, sha256_md, NULL) != 1) {
-        fatal("cache: SHA-256 initialisation failed (out of memory?)");
+    if (EVP_DigestInit_ex(ctx, sha256_md, NULL) != 1) {
+        fatal("cache: SHA-256 initialisation failed");
     }
     return ctx;
 }
@@ -74,12 +98,22 @@ digest_u64(EVP_MD_CTX *ctx, uint64_t v)
     digest_bytes(ctx, le, sizeof(le));
 }
 
-/* A length-prefixed field: u64 LE length, then the bytes. */
+/* A length-prefixed field: u64 LE length, then the bytes (one update when short). */
 static void
 digest_str(EVP_MD_CTX *ctx, const void *p, size_t n)
 {
-    digest_u64(ctx, n);
-    digest_bytes(ctx, p, n);
+    unsigned char field[8 + 248];
+
+    if (n > sizeof(field) - 8) {
+        digest_u64(ctx, n);
+        digest_bytes(ctx, p, n);
+        return;
+    }
+    for (int i = 0; i < 8; i++) {
+        field[i] = (unsigned char)((uint64_t)n >> (8 * i));
+    }
+    memcpy(field + 8, p, n);
+    digest_bytes(ctx, field, 8 + n);
 }
 
 static void
@@ -90,7 +124,6 @@ digest_finish(EVP_MD_CTX *ctx, unsigned char out[CACHE_KEY_LEN])
     if (EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != CACHE_KEY_LEN) {
         fatal("cache: SHA-256 final failed");
     }
-    EVP_MD_CTX_free(ctx);
 }
 
 void

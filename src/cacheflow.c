@@ -74,16 +74,29 @@ recount(struct cacheflow *cf)
     }
 }
 
-/* The prefix of every input's key: the model, its revision, the caller, the parameters. */
+/*
+ * Parse body and derive the prefix of every input's key from the model, its
+ * revision, the caller and the parameters, in one JSON parse. false when
+ * the body is not a request of its API, or has more parameters than a key
+ * holds (er needs no freeing then).
+ */
 static bool
-begin_keys(struct cache_keyer *keyer, const struct cacheflow_params *p, const char *model,
-           const char *revision, const unsigned char *caller, const char *body, size_t len)
+parse_and_key(const struct cacheflow_params *p, const char *model, const char *revision,
+              const unsigned char *caller, const char *body, size_t len, struct embed_request *er,
+              struct cache_keyer *keyer)
 {
     struct keying k;
+    char err[256];
+    const char *param;
 
     cache_keyer_begin(&k.keyer, model, revision, caller);
     k.ok = true;
-    if (embed_request_vector_params(p->api, body, len, key_param, &k) != 0 || !k.ok) {
+    if (embed_request_parse_keyed(p->api, body, len, er, err, sizeof(err), &param, key_param, &k) !=
+        0) {
+        return false; /* the upstream answers the caller's mistake in its own words */
+    }
+    if (!k.ok) {
+        embed_request_free(er);
         return false;
     }
     cache_keyer_end(&k.keyer);
@@ -108,19 +121,16 @@ cacheflow_answer_inline(const struct cacheflow_params *p, const char *body, size
     struct cache_keyer keyer;
     struct cache_key key;
     struct buf vec;
-    char err[256];
-    const char *param;
     uint64_t now = (uint64_t)util_wall_ms();
     size_t vecs_at;
     uint32_t dim, dim0 = 0;
 
     if (len > CACHEFLOW_INLINE_MAX_BODY || !p->lookup ||
-        embed_request_parse(p->api, body, len, er, err, sizeof(err), &param) != 0) {
+        !parse_and_key(p, p->model != NULL ? p->model : "", p->revision != NULL ? p->revision : "",
+                       p->caller, body, len, er, &keyer)) {
         return 0;
     }
-    if (er->ninputs > CACHEFLOW_INLINE_MAX_INPUTS ||
-        !begin_keys(&keyer, p, p->model != NULL ? p->model : "",
-                    p->revision != NULL ? p->revision : "", p->caller, body, len)) {
+    if (er->ninputs > CACHEFLOW_INLINE_MAX_INPUTS) {
         embed_request_free(er);
         return 0;
     }
@@ -161,17 +171,10 @@ lookup_run(struct worker_job *wj)
     struct cacheflow *cf = (struct cacheflow *)wj;
     struct embed_request er;
     struct keying k;
-    char err[256];
-    const char *param;
     uint64_t now = (uint64_t)util_wall_ms();
 
-    if (embed_request_parse(cf->p.api, cf->body, cf->body_len, &er, err, sizeof(err), &param) !=
-        0) {
-        return; /* the upstream answers the caller's mistake in its own words */
-    }
-    if (!begin_keys(&k.keyer, &cf->p, cf->model, cf->revision,
-                    cf->p.caller != NULL ? cf->caller : NULL, cf->body, cf->body_len)) {
-        embed_request_free(&er);
+    if (!parse_and_key(&cf->p, cf->model, cf->revision, cf->p.caller != NULL ? cf->caller : NULL,
+                       cf->body, cf->body_len, &er, &k.keyer)) {
         return;
     }
     cf->n = er.ninputs;

@@ -860,9 +860,21 @@ copy_inputs(struct embed_request *out, json_t *in, enum input_shape shape)
     }
 }
 
+static void emit_vector_params(enum embed_api api, json_t *root,
+                               void (*fn)(void *, const char *, const char *, size_t), void *arg);
+
 int
 embed_request_parse(enum embed_api api, const char *body, size_t len, struct embed_request *out,
                     char *err, size_t errlen, const char **param)
+{
+    return embed_request_parse_keyed(api, body, len, out, err, errlen, param, NULL, NULL);
+}
+
+int
+embed_request_parse_keyed(enum embed_api api, const char *body, size_t len,
+                          struct embed_request *out, char *err, size_t errlen, const char **param,
+                          void (*fn)(void *arg, const char *name, const char *json, size_t n),
+                          void *arg)
 {
     struct parse_ctx ctx = {err, errlen, param, input_field(api)};
     enum input_shape shape = SHAPE_STRING;
@@ -899,6 +911,9 @@ embed_request_parse(enum embed_api api, const char *body, size_t len, struct emb
         return -1;
     }
     copy_inputs(out, in, shape);
+    if (fn != NULL) {
+        emit_vector_params(api, root, fn, arg);
+    }
     json_decref(root);
     return 0;
 }
@@ -1888,10 +1903,9 @@ vector_param(json_t *root, const char *name, void (*fn)(void *, const char *, co
     free(text);
 }
 
-int
-embed_request_vector_params(enum embed_api api, const char *body, size_t len,
-                            void (*fn)(void *arg, const char *name, const char *json, size_t n),
-                            void *arg)
+static void
+emit_vector_params(enum embed_api api, json_t *root,
+                   void (*fn)(void *, const char *, const char *, size_t), void *arg)
 {
     static const char *openai[] = {"dimensions", NULL};
     static const char *tei[] = {"normalize", "truncate", "truncation_direction", "prompt_name",
@@ -1900,15 +1914,24 @@ embed_request_vector_params(enum embed_api api, const char *body, size_t len,
     const char **names = api == EMBED_API_TEI      ? tei
                          : api == EMBED_API_OPENAI ? openai
                                                    : ollama;
+
+    for (size_t i = 0; names[i] != NULL; i++) {
+        vector_param(root, names[i], fn, arg);
+    }
+}
+
+int
+embed_request_vector_params(enum embed_api api, const char *body, size_t len,
+                            void (*fn)(void *arg, const char *name, const char *json, size_t n),
+                            void *arg)
+{
     json_t *root = json_loadb(body, len, 0, NULL);
 
     if (root == NULL || !json_is_object(root)) {
         json_decref(root);
         return -1;
     }
-    for (size_t i = 0; names[i] != NULL; i++) {
-        vector_param(root, names[i], fn, arg);
-    }
+    emit_vector_params(api, root, fn, arg);
     json_decref(root);
     return 0;
 }

@@ -200,6 +200,17 @@ int embed_request_vector_params(enum embed_api api, const char *body, size_t len
                                 void *arg) __attribute__((warn_unused_result));
 
 /*
+ * embed_request_parse, giving fn the vector parameters too (as
+ * embed_request_vector_params does) when the request parses: one JSON
+ * parse for both.
+ */
+int embed_request_parse_keyed(enum embed_api api, const char *body, size_t len,
+                              struct embed_request *out, char *err, size_t errlen,
+                              const char **param,
+                              void (*fn)(void *arg, const char *name, const char *json, size_t n),
+                              void *arg) __attribute__((warn_unused_result));
+
+/*
  * body with its input list cut to the inputs at idx[0..n) (ascending,
  * n >= 1), every other field as it was, into out (appended). -1 when body is
  * not a request of api with a list of inputs.
