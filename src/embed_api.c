@@ -1974,20 +1974,6 @@ embed_request_subset(enum embed_api api, const char *body, size_t len, const siz
     return 0;
 }
 
-static int
-b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
 
 /* Standard base64 (padded) of little-endian float32s into a malloc'd *out; -1 when malformed. */
 static int
@@ -2011,7 +1997,7 @@ b64_floats(const char *s, size_t len, float **out, size_t *count)
     }
     bytes = xmalloc(nbytes + 3);
     for (size_t i = 0; i < len - pad; i++) {
-        int v = b64_value((unsigned char)s[i]);
+        int v = util_base64_digit(s[i], false);
         if (v < 0) {
             free(bytes);
             return -1;

@@ -395,20 +395,6 @@ grpc_message_decode(const char *v, size_t vlen, char *out, size_t outsize)
     out[o] = '\0';
 }
 
-static int
-base64_value(char c)
-{
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-    return c == '+' || c == '-' ? 62 : c == '/' || c == '_' ? 63 : -1;
-}
 
 /*
  * Whether grpc-status-details-bin (a base64 google.rpc.Status, padding
@@ -425,7 +411,7 @@ details_have_retry_info(const char *v, size_t vlen)
     int bits = 0;
 
     for (size_t i = 0; i < vlen && n < sizeof(decoded); i++) {
-        int d = base64_value(v[i]);
+        int d = util_base64_digit(v[i], true);
         if (d < 0) {
             continue; /* '=' padding */
         }

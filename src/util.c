@@ -444,3 +444,24 @@ util_peer_is_local(const struct sockaddr *sa, socklen_t len)
     }
     return false;
 }
+
+int
+util_base64_digit(char c, bool url_safe)
+{
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    if (c == '+' || (url_safe && c == '-')) {
+        return 62;
+    }
+    if (c == '/' || (url_safe && c == '_')) {
+        return 63;
+    }
+    return -1;
+}

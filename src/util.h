@@ -34,6 +34,8 @@ uint64_t util_mono_us(void);
 int64_t util_wall_ms(void);
 /* A duration in milliseconds as the timeval libevent takes. */
 struct timeval util_ms_to_tv(uint64_t ms);
+/* A base64 character's value (0-63), -1 when it is none; url_safe also takes '-' and '_'. */
+int util_base64_digit(char c, bool url_safe);
 
 /*
  * Bytes at the start of s[0..n) that a JSON string holds as they are (no
