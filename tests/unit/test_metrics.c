@@ -896,6 +896,36 @@ is_promql_word(const char *w)
     return false;
 }
 
+/* Whether conf/alerts.yml records name with a recording rule. */
+static bool
+recorded_in_alerts(const char *name)
+{
+    char path[512], line[2048];
+    bool found = false;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/conf/alerts.yml", srcdir());
+    f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot open %s", path);
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        char *p = line, *end;
+
+        while (*p == ' ' || *p == '-') {
+            p++;
+        }
+        if (strncmp(p, "record:", 7) != 0) {
+            continue;
+        }
+        for (p += 7; *p == ' '; p++) {
+        }
+        for (end = p; is_ident(*end); end++) {
+        }
+        found = (size_t)(end - p) == strlen(name) && strncmp(p, name, (size_t)(end - p)) == 0;
+    }
+    fclose(f);
+    return found;
+}
+
 static bool
 metric_declared(const char *name)
 {
@@ -905,6 +935,10 @@ metric_declared(const char *name)
     /* up comes from Prometheus itself. */
     if (strcmp(name, "up") == 0) {
         return true;
+    }
+    /* Recording rules (the SLO ratios) are built from declared metrics themselves. */
+    if (strchr(name, ':') != NULL) {
+        return recorded_in_alerts(name);
     }
     for (i = 0; i < METRIC_COUNT; i++) {
         const char *f = metrics_families[i].name;
