@@ -607,9 +607,12 @@ route(struct admin_conn *a, const struct http_request_head *hd)
         reply_json(a, 200, &b);
         buf_free(&b);
     } else {
+        const struct http_header *h = http_find_header(hd->headers, hd->nheaders, "Accept");
+        enum metrics_format fmt =
+            h != NULL ? metrics_negotiate(h->value, h->value_len) : METRICS_FORMAT_PROMETHEUS;
         buf_init(&b);
-        metrics_render(&b);
-        reply(a, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "", b.len);
+        metrics_render_as(&b, fmt);
+        reply(a, 200, metrics_content_type(fmt), b.data ? b.data : "", b.len);
         buf_free(&b);
     }
 }

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -220,6 +221,18 @@ const struct metric_family metrics_families[METRIC_COUNT] = {
 };
 /* clang-format on */
 
+/*
+ * The latest sampled observation of one histogram bucket. One writer per
+ * series (the loop thread), so a sequence count is all the reader needs: odd
+ * while a write is under way, changed when one happened during the read.
+ */
+struct exemplar {
+    _Atomic uint32_t seq; /* 0: never written */
+    _Atomic uint64_t trace_id[2];
+    _Atomic uint64_t value_bits;
+    _Atomic uint64_t time_bits; /* seconds since the epoch, as a double */
+};
+
 struct metric_series {
     struct metric_series *_Atomic next;
     enum metric_id id;
@@ -229,6 +242,7 @@ struct metric_series {
     _Atomic uint64_t value;    /* counter: count; gauge: bits of a double */
     _Atomic uint64_t sum_bits; /* histogram: bits of a double */
     _Atomic uint64_t *buckets; /* histogram: nbuckets + 1, not cumulative */
+    struct exemplar *exemplars; /* histogram: nbuckets + 1 */
 };
 
 struct family_state {
@@ -317,13 +331,15 @@ metrics_escape_label(struct buf *out, const char *s)
     }
 }
 
-/* HELP text escapes only backslash and newline. */
+/* HELP text escapes backslash and newline; OpenMetrics also double quotes. */
 static void
-escape_help(struct buf *out, const char *s)
+escape_help(struct buf *out, const char *s, enum metrics_format fmt)
 {
     for (; *s != '\0'; s++) {
         if (*s == '\\') {
             buf_puts(out, "\\\\");
+        } else if (*s == '"' && fmt == METRICS_FORMAT_OPENMETRICS) {
+            buf_puts(out, "\\\"");
         } else if (*s == '\n') {
             buf_puts(out, "\\n");
         } else {
@@ -445,8 +461,10 @@ series_new(enum metric_id id, const char *const *values, size_t nlabels)
     atomic_init(&s->sum_bits, double_bits(0.0));
     if (f->type == METRIC_HISTOGRAM) {
         s->buckets = xcalloc(f->nbuckets + 1, sizeof(*s->buckets));
+        s->exemplars = xcalloc(f->nbuckets + 1, sizeof(*s->exemplars));
         for (i = 0; i <= f->nbuckets; i++) {
             atomic_init(&s->buckets[i], 0);
+            atomic_init(&s->exemplars[i].seq, 0);
         }
     }
     return s;
@@ -463,6 +481,7 @@ series_free(struct metric_series *s)
     free(s->label_values);
     free(s->label_text);
     free(s->buckets);
+    free(s->exemplars);
     free(s);
 }
 
@@ -555,6 +574,63 @@ metrics_observe(struct metric_series *s, double value)
     }
     atomic_fetch_add_explicit(&s->buckets[i], 1, memory_order_relaxed);
     atomic_double_add(&s->sum_bits, value);
+}
+
+void
+metrics_observe_exemplar(struct metric_series *s, double value,
+                         const uint8_t trace_id[METRICS_TRACE_ID_SIZE], double unix_seconds)
+{
+    struct exemplar *e;
+    uint64_t id[2];
+    uint32_t seq;
+
+    if (isnan(value)) {
+        return;
+    }
+    metrics_observe(s, value);
+    e = &s->exemplars[metrics_bucket_of(s->id, value)];
+    memcpy(id, trace_id, sizeof(id));
+    seq = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, seq + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e->trace_id[0], id[0], memory_order_relaxed);
+    atomic_store_explicit(&e->trace_id[1], id[1], memory_order_relaxed);
+    atomic_store_explicit(&e->value_bits, double_bits(value), memory_order_relaxed);
+    atomic_store_explicit(&e->time_bits, double_bits(unix_seconds), memory_order_relaxed);
+    atomic_store_explicit(&e->seq, seq + 2, memory_order_release);
+}
+
+/* A consistent copy of e; false when it was never written or kept changing. */
+static bool
+exemplar_read(const struct exemplar *e, uint8_t trace_id[METRICS_TRACE_ID_SIZE], double *value,
+              double *unix_seconds)
+{
+    uint64_t id[2], value_bits, time_bits;
+    uint32_t before, after;
+    int tries;
+
+    for (tries = 0; tries < 4; tries++) {
+        before = atomic_load_explicit(&e->seq, memory_order_acquire);
+        if (before == 0) {
+            return false;
+        }
+        if (before & 1) {
+            continue;
+        }
+        id[0] = atomic_load_explicit(&e->trace_id[0], memory_order_relaxed);
+        id[1] = atomic_load_explicit(&e->trace_id[1], memory_order_relaxed);
+        value_bits = atomic_load_explicit(&e->value_bits, memory_order_relaxed);
+        time_bits = atomic_load_explicit(&e->time_bits, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        after = atomic_load_explicit(&e->seq, memory_order_relaxed);
+        if (before == after) {
+            memcpy(trace_id, id, sizeof(id));
+            *value = bits_double(value_bits);
+            *unix_seconds = bits_double(time_bits);
+            return true;
+        }
+    }
+    return false;
 }
 
 size_t
@@ -698,8 +774,46 @@ render_series_name(struct buf *out, const char *name, const char *suffix,
     buf_putc(out, '}');
 }
 
+/*
+ * A bucket bound as le="..." shows it. OpenMetrics wants canonical numbers,
+ * so a whole bound keeps a ".0" there ("1.0"); the 0.0.4 text keeps "1".
+ */
 static void
-render_histogram(struct buf *out, const struct metric_family *f, const struct metric_series *s)
+format_le(struct buf *out, double bound, enum metrics_format fmt)
+{
+    size_t from = out->len;
+
+    metrics_format_value(out, bound);
+    if (fmt == METRICS_FORMAT_OPENMETRICS && !isinf(bound) &&
+        memchr(out->data + from, '.', out->len - from) == NULL &&
+        memchr(out->data + from, 'e', out->len - from) == NULL) {
+        buf_puts(out, ".0");
+    }
+}
+
+/* " # {trace_id="..."} value timestamp" after a bucket's count, when it has one. */
+static void
+render_exemplar(struct buf *out, const struct exemplar *e)
+{
+    uint8_t trace_id[METRICS_TRACE_ID_SIZE];
+    double value, unix_seconds;
+    size_t i;
+
+    if (!exemplar_read(e, trace_id, &value, &unix_seconds)) {
+        return;
+    }
+    buf_puts(out, " # {trace_id=\"");
+    for (i = 0; i < METRICS_TRACE_ID_SIZE; i++) {
+        buf_printf(out, "%02x", trace_id[i]);
+    }
+    buf_puts(out, "\"} ");
+    metrics_format_value(out, value);
+    buf_printf(out, " %.3f", unix_seconds);
+}
+
+static void
+render_histogram(struct buf *out, const struct metric_family *f, const struct metric_series *s,
+                 enum metrics_format fmt)
 {
     uint64_t cumulative = 0;
     struct buf le;
@@ -710,12 +824,16 @@ render_histogram(struct buf *out, const struct metric_family *f, const struct me
         cumulative += atomic_load_explicit(&s->buckets[i], memory_order_relaxed);
         le.len = 0;
         if (i < f->nbuckets) {
-            metrics_format_value(&le, f->buckets[i]);
+            format_le(&le, f->buckets[i], fmt);
         } else {
             buf_puts(&le, "+Inf");
         }
         render_series_name(out, f->name, "_bucket", s, le.data);
-        buf_printf(out, " %" PRIu64 "\n", cumulative);
+        buf_printf(out, " %" PRIu64, cumulative);
+        if (fmt == METRICS_FORMAT_OPENMETRICS) {
+            render_exemplar(out, &s->exemplars[i]);
+        }
+        buf_putc(out, '\n');
     }
     buf_free(&le);
     render_series_name(out, f->name, "_sum", s, NULL);
@@ -728,7 +846,7 @@ render_histogram(struct buf *out, const struct metric_family *f, const struct me
 }
 
 static void
-render_direct(struct buf *out, enum metric_id id)
+render_direct(struct buf *out, enum metric_id id, enum metrics_format fmt)
 {
     const struct metric_family *f = &metrics_families[id];
     struct metric_series *s;
@@ -739,7 +857,7 @@ render_direct(struct buf *out, enum metric_id id)
             continue;
         }
         if (f->type == METRIC_HISTOGRAM) {
-            render_histogram(out, f, s);
+            render_histogram(out, f, s, fmt);
             continue;
         }
         render_series_name(out, f->name, "", s, NULL);
@@ -754,7 +872,7 @@ render_direct(struct buf *out, enum metric_id id)
 }
 
 static const char *
-type_name(enum metric_type t)
+type_name(enum metric_type t, enum metrics_format fmt)
 {
     switch (t) {
     case METRIC_COUNTER:
@@ -764,11 +882,35 @@ type_name(enum metric_type t)
     case METRIC_HISTOGRAM:
         return "histogram";
     }
-    return "untyped";
+    return fmt == METRICS_FORMAT_OPENMETRICS ? "unknown" : "untyped";
+}
+
+/*
+ * HELP and TYPE lines. An OpenMetrics counter family is named without the
+ * "_total" its samples carry; the 0.0.4 text names family and samples alike.
+ */
+static void
+render_metadata(struct buf *out, const struct metric_family *f, enum metrics_format fmt)
+{
+    size_t len = strlen(f->name);
+
+    if (fmt == METRICS_FORMAT_OPENMETRICS && f->type == METRIC_COUNTER && len > 6 &&
+        strcmp(f->name + len - 6, "_total") == 0) {
+        len -= 6;
+    }
+    buf_printf(out, "# HELP %.*s ", (int)len, f->name);
+    escape_help(out, f->help, fmt);
+    buf_printf(out, "\n# TYPE %.*s %s\n", (int)len, f->name, type_name(f->type, fmt));
 }
 
 void
 metrics_render(struct buf *out)
+{
+    metrics_render_as(out, METRICS_FORMAT_PROMETHEUS);
+}
+
+void
+metrics_render_as(struct buf *out, enum metrics_format fmt)
 {
     struct metrics_writer *w = xcalloc(1, sizeof(*w));
     const struct metric_family *f;
@@ -783,22 +925,100 @@ metrics_render(struct buf *out)
     }
     for (i = 0; i < METRIC_COUNT; i++) {
         f = &metrics_families[i];
-        buf_printf(out, "# HELP %s ", f->name);
-        escape_help(out, f->help);
-        buf_printf(out, "\n# TYPE %s %s\n", f->name, type_name(f->type));
+        render_metadata(out, f, fmt);
         if (f->collected) {
             if (w->families[i].len > 0) {
                 buf_append(out, w->families[i].data, w->families[i].len);
             }
         } else {
-            render_direct(out, (enum metric_id)i);
+            render_direct(out, (enum metric_id)i, fmt);
         }
     }
     pthread_mutex_unlock(&reg.render_lock);
+    if (fmt == METRICS_FORMAT_OPENMETRICS) {
+        buf_puts(out, "# EOF\n");
+    }
     for (i = 0; i < METRIC_COUNT; i++) {
         buf_free(&w->families[i]);
     }
     free(w);
+}
+
+const char *
+metrics_content_type(enum metrics_format fmt)
+{
+    return fmt == METRICS_FORMAT_OPENMETRICS ? METRICS_OPENMETRICS_CONTENT_TYPE
+                                             : METRICS_CONTENT_TYPE;
+}
+
+static bool
+token_is(const char *p, size_t len, const char *token)
+{
+    return len == strlen(token) && strncasecmp(p, token, len) == 0;
+}
+
+/* The q parameter of one media range's parameters ("; a=b; q=0.5"), 1 when absent. */
+static double
+range_quality(const char *p, const char *end)
+{
+    char num[16];
+    size_t n;
+
+    while (p < end) {
+        const char *param = p, *next = memchr(p, ';', (size_t)(end - p));
+        if (next == NULL) {
+            next = end;
+        }
+        while (param < next && (*param == ' ' || *param == '\t' || *param == ';')) {
+            param++;
+        }
+        if (next - param >= 2 && (param[0] == 'q' || param[0] == 'Q') && param[1] == '=') {
+            n = MIN((size_t)(next - param - 2), sizeof(num) - 1);
+            memcpy(num, param + 2, n);
+            num[n] = '\0';
+            return strtod(num, NULL);
+        }
+        p = next + 1;
+    }
+    return 1;
+}
+
+enum metrics_format
+metrics_negotiate(const char *accept, size_t len)
+{
+    const char *p = accept, *end = accept + len;
+    double openmetrics_q = 0, text_q = 0;
+
+    while (p < end) {
+        const char *range_end = memchr(p, ',', (size_t)(end - p));
+        const char *type_end;
+        double q;
+
+        if (range_end == NULL) {
+            range_end = end;
+        }
+        while (p < range_end && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+        for (type_end = p;
+             type_end < range_end && *type_end != ';' && *type_end != ' ' && *type_end != '\t';
+             type_end++) {
+        }
+        q = range_quality(type_end, range_end);
+        if (token_is(p, (size_t)(type_end - p), "application/openmetrics-text")) {
+            openmetrics_q = MAX(openmetrics_q, q);
+        } else if (token_is(p, (size_t)(type_end - p), "text/plain") ||
+                   token_is(p, (size_t)(type_end - p), "text/*") ||
+                   token_is(p, (size_t)(type_end - p), "*/*")) {
+            text_q = MAX(text_q, q);
+        }
+        if (range_end == end) {
+            break;
+        }
+        p = range_end + 1;
+    }
+    return openmetrics_q > 0 && openmetrics_q >= text_q ? METRICS_FORMAT_OPENMETRICS
+                                                        : METRICS_FORMAT_PROMETHEUS;
 }
 
 void

@@ -1,5 +1,6 @@
 /*
- * metrics.h - the Prometheus registry and text exposition (format 0.0.4).
+ * metrics.h - the Prometheus registry and its exposition: the text format
+ * 0.0.4 by default, OpenMetrics 1.0.0 when the scraper asks for it.
  *
  * Every family is one row of metrics_families[] (metrics.c): name, type,
  * help, label names, histogram buckets and whether its values are kept here
@@ -62,11 +63,19 @@
  * hides a series from the page (for an upstream dropped on reload); looking the
  * same labels up again shows it again, with its values kept.
  *
+ * OpenMetrics: the same table and values; counter families are named
+ * without "_total" in HELP/TYPE (their samples keep it), bucket bounds are
+ * canonical ("1.0"), the page ends with "# EOF", and histogram buckets carry
+ * an exemplar, the latest observation made with metrics_observe_exemplar()
+ * that fell in that bucket: # {trace_id="<32 hex>"} value timestamp.
+ *
  * Threads: metrics_series, metrics_inc, _add, _gauge_set, _gauge_add, _observe and
  * metrics_series_remove may be called from any thread. metrics_init,
  * metrics_free and metrics_add_collector are for start-up and shutdown on one
  * thread. metrics_render may run concurrently with updates (renders are
- * serialised with each other).
+ * serialised with each other). metrics_observe_exemplar may be called from
+ * any thread, but from only one per series (the loop thread): its slots have
+ * a single writer and a sequence count, so neither side takes a lock.
  */
 #ifndef AKOSHA_METRICS_H
 #define AKOSHA_METRICS_H
@@ -188,6 +197,14 @@ void metrics_gauge_set(struct metric_series *s, double value);
 void metrics_gauge_add(struct metric_series *s, int64_t delta);
 /* Histograms. */
 void metrics_observe(struct metric_series *s, double value);
+#define METRICS_TRACE_ID_SIZE 16
+/*
+ * metrics_observe, and the observation becomes its bucket's exemplar (the
+ * OpenMetrics page shows it): trace_id is copied; unix_seconds is when it was
+ * made. One calling thread per series; see above.
+ */
+void metrics_observe_exemplar(struct metric_series *s, double value,
+                              const uint8_t trace_id[METRICS_TRACE_ID_SIZE], double unix_seconds);
 /*
  * Observations gathered ahead, before the series was known: counts[i] per
  * bucket (indexes from metrics_bucket_of, nbuckets + 1 of them) and their sum.
@@ -222,11 +239,29 @@ void metrics_remove_collector(metrics_collector_fn fn, void *arg);
 void metrics_writer_sample(struct metrics_writer *w, enum metric_id id,
                            const char *const *label_values, double value);
 
-/* Append the whole exposition page to out. */
-void metrics_render(struct buf *out);
+enum metrics_format {
+    METRICS_FORMAT_PROMETHEUS,  /* text 0.0.4 */
+    METRICS_FORMAT_OPENMETRICS, /* OpenMetrics text 1.0.0, with exemplars */
+};
 
-/* Content-Type of the page. */
+/* Append the whole exposition page to out, as text 0.0.4. */
+void metrics_render(struct buf *out);
+/* Append the whole exposition page to out in fmt. */
+void metrics_render_as(struct buf *out, enum metrics_format fmt);
+
+/* Content-Type of the page in each format. */
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define METRICS_OPENMETRICS_CONTENT_TYPE                                                           \
+    "application/openmetrics-text; version=1.0.0; charset=utf-8"
+/* The Content-Type for fmt (static). */
+const char *metrics_content_type(enum metrics_format fmt);
+
+/*
+ * The format an Accept header value asks for: OpenMetrics when it names
+ * application/openmetrics-text with a quality at least that of text/plain
+ * (or a wildcard range); the 0.0.4 text otherwise, also for an absent (len 0) header.
+ */
+enum metrics_format metrics_negotiate(const char *accept, size_t len);
 
 /* Append v as the exposition format writes numbers: integers without a
  * fraction, others shortest round-trip, "+Inf", "-Inf", "NaN". */

@@ -505,6 +505,8 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
     span_submit(s);
 }
 
+_Static_assert(TRACE_ID_SIZE == METRICS_TRACE_ID_SIZE, "exemplars hold a whole trace id");
+
 void
 observe_request_done(const struct observe_answer *a, const char *model_key)
 {
@@ -540,7 +542,13 @@ observe_request_done(const struct observe_answer *a, const char *model_key)
             break;
         }
     }
-    metrics_observe(m_duration[ri], secs);
+    if (a->sampled) {
+        /* A sampled request's trace explains its bucket: keep it as the exemplar. */
+        metrics_observe_exemplar(m_duration[ri], secs, a->trace_id,
+                                 (double)otlp_now_unix_ns() / 1e9);
+    } else {
+        metrics_observe(m_duration[ri], secs);
+    }
     if (a->cache != NULL) {
         const char *lv[] = {a->cache};
         metrics_inc(metrics_series(METRIC_CACHE_REQUESTS, lv));

@@ -66,6 +66,8 @@ struct observe_answer {
     const char *cache;          /* X-Akosha-Cache ("hit", ...), NULL off embedding routes */
     uint32_t cache_hits;        /* inputs the cache held (looked up) */
     uint32_t cache_misses;      /* and those it did not */
+    bool sampled;               /* trace_id is set: the request has a SERVER span */
+    uint8_t trace_id[TRACE_ID_SIZE]; /* the duration histogram's exemplar */
 };
 
 /*

@@ -367,6 +367,7 @@ answer_of(const struct request *r, struct observe_answer *a)
         .cache_hits = r->cache_hits,
         .cache_misses = r->cache_misses,
     };
+    a->sampled = observe_sampled(&r->obs) && observe_trace_id(&r->obs, a->trace_id);
     return a;
 }
 

@@ -17,6 +17,10 @@ docker compose or kubectl. What does run:
 - conf/kubernetes/sidecar.yaml: the ConfigMap's akosha.conf is checked with -t
   and run with the container's env, args and mount path; the liveness and
   readiness probe paths must answer 200 on the port the config listens on.
+- conf/kubernetes/hpa.yaml: the HPA scales sidecar.yaml's Deployment on the
+  metric the Prometheus adapter rule exposes; the rule's series is a counter
+  the running binary serves, and its query, templates filled in as the
+  adapter fills them, parses with promtool.
 
 Only parsed, never executed: the apt-get steps and the debian:12 base images;
 FROM, EXPOSE, STOPSIGNAL and USER as a container runtime applies them;
@@ -634,6 +638,61 @@ def test_sidecar_probes_and_scrape_annotations_use_the_admin_port(k8s):
     app = next(c for c in containers if c["name"] != "akosha")
     urls = [e["value"] for e in app.get("env", []) if "value" in e]
     assert any(u.startswith("http://127.0.0.1:%d/" % PROXY_PORT) for u in urls), urls
+
+
+# ---- conf/kubernetes/hpa.yaml ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hpa():
+    docs = list(yaml.safe_load_all(read(os.path.join(CONF, "kubernetes", "hpa.yaml"))))
+    return {d["kind"]: d for d in docs if d}
+
+
+def adapter_rules(hpa):
+    return yaml.safe_load(hpa["ConfigMap"]["data"]["config.yaml"])["rules"]
+
+
+def test_hpa_scales_the_sidecar_deployment_on_the_adapter_metric(hpa, k8s):
+    spec = hpa["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+    target = spec["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment",
+                                                k8s["Deployment"]["metadata"]["name"])
+    assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
+    exposed = {r["name"]["as"] for r in adapter_rules(hpa)}
+    for m in spec["metrics"]:
+        assert m["type"] == "Pods"
+        assert m["pods"]["metric"]["name"] in exposed
+        assert m["pods"]["target"]["type"] == "AverageValue"
+        assert float(m["pods"]["target"]["averageValue"]) > 0
+
+
+def test_hpa_adapter_rule_reads_a_served_counter_with_a_valid_query(hpa, start_akosha):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    a = start_akosha("")
+    a.post_json("/v1/embeddings", {"input": "x"})
+    page = a.admin("GET", "/metrics")[2].decode()
+    for rule in adapter_rules(hpa):
+        series = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", rule["seriesQuery"]).group(1)
+        assert re.fullmatch(rule["name"]["matches"], series)
+        assert "# TYPE %s counter" % series in page
+        assert re.search(r"^%s\{[^}]*route=" % series, page, re.M), "no route label"
+        assert {o["resource"] for o in rule["resources"]["overrides"].values()} == \
+            {"namespace", "pod"}
+        # The adapter's templates, filled in as it fills them for one pod.
+        query = (rule["metricsQuery"].replace("<<.Series>>", series)
+                 .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"search-api-.*"')
+                 .replace("<<.GroupBy>>", "pod"))
+        assert "<<" not in query, query
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "rules.yml")
+            with open(path, "w") as f:
+                yaml.safe_dump({"groups": [{"name": "adapter", "rules": [
+                    {"record": "adapter:query", "expr": query}]}]}, f)
+            p = subprocess.run([promtool, "check", "rules", path], capture_output=True)
+        assert p.returncode == 0, (query, p.stdout, p.stderr)
 
 
 # ---- the man page's example ---------------------------------------------------

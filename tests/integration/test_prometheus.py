@@ -3,8 +3,10 @@
 The test checks an exact counter through Prometheus' HTTP API and that every
 query of the shipped dashboard and alert rules evaluates without error.
 """
+import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import free_port
+from test_telemetry import FAST_EXPORT, Receiver, receiver, telemetry  # noqa: F401 (fixture)
 
 SRCDIR = os.environ.get("AKOSHA_SRCDIR") or os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -135,3 +138,73 @@ def test_live_metrics_page_passes_promtool(start_akosha, backend):
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     p = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True)
     assert p.returncode == 0 and p.stdout == b"" and p.stderr == b"", (p.stdout, p.stderr)
+
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# What Prometheus 2.x sends when it scrapes.
+SCRAPE_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                 "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+EXEMPLAR = re.compile(r'^akosha_request_duration_seconds_bucket\{route="embeddings",le="([^"]+)"\}'
+                      r' (\d+) # \{trace_id="([0-9a-f]{32})"\} (\S+) (\d+\.\d+)$')
+
+
+def metrics_page(a, accept=None):
+    conn = http.client.HTTPConnection("127.0.0.1", a.admin_port, timeout=5)
+    conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    assert resp.status == 200
+    return resp.getheader("Content-Type"), data
+
+
+def promtool_openmetrics(page):
+    """promtool 2.42 parses OpenMetrics only when backfilling, and wants a
+    timestamp on every sample: add one (before any exemplar), then parse."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    lines = []
+    for line in page.decode().splitlines():
+        if not line.startswith("#"):
+            sample, sep, exemplar = line.partition(" # ")
+            line = sample + " 1700000000" + (sep + exemplar if sep else "")
+        lines.append(line)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "page.om")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        p = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", path,
+                            os.path.join(d, "blocks")], capture_output=True)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+
+
+def test_openmetrics_scrape_has_exemplars_of_traced_requests(start_akosha, backend, receiver):
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     % backend.port, env=FAST_EXPORT)
+    for i in range(3):
+        status, _, _ = a.post_json("/v1/embeddings", {"input": "x%d" % i})
+        assert status == 200
+    spans = receiver.wait_spans(6)
+    server_traces = {s["traceId"] for s in spans if s["kind"] == 2}
+    assert len(server_traces) == 3
+
+    ctype, page = metrics_page(a, SCRAPE_ACCEPT)
+    assert ctype == OPENMETRICS
+    assert page.endswith(b"\n# EOF\n")
+    text = page.decode()
+    assert "# TYPE akosha_requests counter\n" in text
+    assert "# TYPE akosha_requests_total" not in text
+    exemplars = [m.groups() for m in map(EXEMPLAR.match, text.splitlines()) if m]
+    assert exemplars, text
+    for le, _, trace_id, value, ts in exemplars:
+        assert trace_id in server_traces
+        assert float(value) <= float(le)
+        assert abs(float(ts) - time.time()) < 60
+    promtool_openmetrics(page)
+
+    # Without an Accept header, or asking for text, the page stays 0.0.4.
+    for accept in (None, "text/plain;version=0.0.4"):
+        ctype, page = metrics_page(a, accept)
+        assert ctype == "text/plain; version=0.0.4; charset=utf-8"
+        assert b"# EOF" not in page and b"trace_id" not in page

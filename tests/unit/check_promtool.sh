@@ -2,7 +2,11 @@
 # check_promtool.sh - validate the shipped Prometheus and Grafana files with
 # promtool: the scrape config, the alert rules, the rule unit tests, and every
 # PromQL expression of the dashboard (parsed as recording rules). The metrics
-# page itself is checked by test_metrics (promtool check metrics).
+# page itself is checked by test_metrics: the 0.0.4 text with promtool check
+# metrics, the OpenMetrics page with promtool's OpenMetrics parser (promtool
+# 2.42's check metrics reads only the 0.0.4 text; see
+# promtool_parses_the_openmetrics_page_with_exemplars), and live by
+# tests/integration/test_prometheus.py.
 #
 # A missing promtool or jq is a failure naming the Debian package, not a skip:
 # make check must not pass without having checked these files.

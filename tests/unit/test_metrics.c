@@ -44,6 +44,18 @@ render(void)
     return b.data;
 }
 
+/* The page in OpenMetrics. Caller frees. */
+static char *
+render_openmetrics(void)
+{
+    struct buf b;
+
+    buf_init(&b);
+    metrics_render_as(&b, METRICS_FORMAT_OPENMETRICS);
+    cr_assert_not_null(b.data);
+    return b.data;
+}
+
 /* The value of the sample line that starts with exactly `series ` ; NAN when absent. */
 static double
 sample_value(const char *page, const char *series)
@@ -692,6 +704,158 @@ Test(metrics, promtool_accepts_a_page_with_every_family_populated)
     free(page);
 }
 
+/* OpenMetrics */
+
+Test(metrics, openmetrics_names_counter_families_without_total_and_samples_with_it)
+{
+    const char *lv[] = {"real"};
+    char *page;
+
+    metrics_add(metrics_series(METRIC_EMBEDDING_GENERATED, lv), 3);
+    page = render_openmetrics();
+    cr_assert_not_null(strstr(page, "# TYPE embedding_generated counter\n"), "%s", page);
+    cr_assert_not_null(strstr(page, "# HELP embedding_generated Embeddings"), "%s", page);
+    cr_assert_not_null(strstr(page, "\nembedding_generated_total{mode=\"real\"} 3\n"));
+    cr_assert_null(strstr(page, "# TYPE embedding_generated_total"));
+    cr_assert_null(strstr(page, " untyped\n"));
+    free(page);
+    /* The 0.0.4 text keeps the sample name on the family. */
+    page = render();
+    cr_assert_not_null(strstr(page, "# TYPE embedding_generated_total counter\n"));
+    cr_assert_null(strstr(page, "# EOF"));
+    free(page);
+}
+
+Test(metrics, openmetrics_page_ends_with_eof_once)
+{
+    char *page = render_openmetrics();
+    size_t len = strlen(page);
+    const char *eof = strstr(page, "# EOF\n");
+
+    cr_assert_not_null(eof);
+    cr_assert_eq((size_t)(eof - page), len - 6, "# EOF must be the last line");
+    free(page);
+}
+
+Test(metrics, openmetrics_bucket_carries_the_latest_exemplar_of_its_observations)
+{
+    const char *lv[] = {"embeddings"};
+    struct metric_series *s = metrics_series(METRIC_REQUEST_DURATION, lv);
+    uint8_t first[METRICS_TRACE_ID_SIZE], second[METRICS_TRACE_ID_SIZE];
+    char *page;
+
+    memset(first, 0x11, sizeof(first));
+    memset(second, 0xab, sizeof(second));
+    second[15] = 0x01;
+    metrics_observe_exemplar(s, 0.2, first, 1700000000.25);
+    metrics_observe_exemplar(s, 0.15, second, 1700000001.5);
+    metrics_observe(s, 3); /* no trace: its bucket has no exemplar */
+    page = render_openmetrics();
+    cr_assert_not_null(strstr(page, "akosha_request_duration_seconds_bucket{route=\"embeddings\","
+                                    "le=\"0.25\"} 2 # {trace_id=\"abababababababababababababab"
+                                    "ab01\"} 0.15 1700000001.500\n"),
+                       "%s", page);
+    cr_assert_not_null(strstr(page, "akosha_request_duration_seconds_bucket{route=\"embeddings\","
+                                    "le=\"5.0\"} 3\n"),
+                       "whole bounds are canonical, and no exemplar without a trace: %s", page);
+    cr_assert_not_null(strstr(page, "akosha_request_duration_seconds_bucket{route=\"embeddings\","
+                                    "le=\"+Inf\"} 3\n"));
+    cr_assert_not_null(
+        strstr(page, "akosha_request_duration_seconds_count{route=\"embeddings\"} 3\n"));
+    cr_assert_null(strstr(page, "11111111"), "the older exemplar was replaced");
+    free(page);
+    /* The 0.0.4 text has no exemplars, and keeps its bounds as they were. */
+    page = render();
+    cr_assert_null(strstr(page, "trace_id"));
+    cr_assert_not_null(strstr(page, "le=\"5\"} 3\n"));
+    cr_assert_eq(metrics_histogram_count(s), 3);
+    free(page);
+}
+
+Test(metrics, accept_header_chooses_openmetrics_only_when_preferred)
+{
+    static const char prometheus[] =
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+        "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    static const char text_first[] = "text/plain;version=0.0.4, application/openmetrics-text;q=0.5";
+    static const char refused[] = "application/openmetrics-text; q=0, text/plain";
+
+    cr_assert_eq(metrics_negotiate(prometheus, strlen(prometheus)), METRICS_FORMAT_OPENMETRICS);
+    cr_assert_eq(metrics_negotiate("application/openmetrics-text", 28), METRICS_FORMAT_OPENMETRICS);
+    cr_assert_eq(metrics_negotiate(text_first, strlen(text_first)), METRICS_FORMAT_PROMETHEUS);
+    cr_assert_eq(metrics_negotiate(refused, strlen(refused)), METRICS_FORMAT_PROMETHEUS);
+    cr_assert_eq(metrics_negotiate("*/*", 3), METRICS_FORMAT_PROMETHEUS);
+    cr_assert_eq(metrics_negotiate("", 0), METRICS_FORMAT_PROMETHEUS);
+    cr_assert_str_eq(metrics_content_type(METRICS_FORMAT_OPENMETRICS),
+                     "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    cr_assert_str_eq(metrics_content_type(METRICS_FORMAT_PROMETHEUS),
+                     "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/*
+ * promtool 2.42's "check metrics" reads only the 0.0.4 text; its OpenMetrics
+ * parser is reached through "tsdb create-blocks-from openmetrics", which
+ * wants a timestamp on every sample. Add one (before any exemplar) and let it
+ * parse the page: names, types, exemplars and # EOF.
+ */
+static void
+write_timestamped(FILE *f, const char *page)
+{
+    const char *line = page, *nl, *hash;
+
+    for (; *line != '\0'; line = nl + 1) {
+        nl = strchr(line, '\n');
+        cr_assert_not_null(nl);
+        if (line[0] == '#') {
+            fwrite(line, 1, (size_t)(nl - line + 1), f);
+            continue;
+        }
+        hash = memchr(line, '#', (size_t)(nl - line));
+        if (hash == NULL) {
+            fprintf(f, "%.*s 1700000000\n", (int)(nl - line), line);
+        } else {
+            fprintf(f, "%.*s1700000000 %.*s\n", (int)(hash - line), line, (int)(nl - hash), hash);
+        }
+    }
+}
+
+Test(metrics, promtool_parses_the_openmetrics_page_with_exemplars)
+{
+    char dir[] = "/tmp/akosha-om-XXXXXX";
+    char path[300], cmd[700], out[4096];
+    const char *lv[] = {"embeddings"};
+    uint8_t id[METRICS_TRACE_ID_SIZE];
+    size_t n;
+    FILE *f, *p;
+    char *page;
+    int status;
+
+    cr_assert(have_promtool(), "promtool not installed (Debian: apt-get install prometheus)");
+    populate_every_direct_family();
+    metrics_add_collector(fill_collected, NULL);
+    memset(id, 0x5a, sizeof(id));
+    metrics_observe_exemplar(metrics_series(METRIC_REQUEST_DURATION, lv), 0.03, id, 1700000000.125);
+    page = render_openmetrics();
+    cr_assert_not_null(strstr(page, "# {trace_id=\""));
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/page.om", dir);
+    f = fopen(path, "w");
+    cr_assert_not_null(f);
+    write_timestamped(f, page);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd),
+             "promtool tsdb create-blocks-from openmetrics %s %s/blocks >/dev/null 2>%s/err; "
+             "rc=$?; cat %s/err; rm -rf %s; exit $rc",
+             path, dir, dir, dir, dir);
+    p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    status = pclose(p);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "promtool: %s", out);
+    free(page);
+}
+
 /* Drift between the table and conf/ */
 
 static const char *
@@ -732,6 +896,36 @@ is_promql_word(const char *w)
     return false;
 }
 
+/* Whether conf/alerts.yml records name with a recording rule. */
+static bool
+recorded_in_alerts(const char *name)
+{
+    char path[512], line[2048];
+    bool found = false;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/conf/alerts.yml", srcdir());
+    f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot open %s", path);
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        char *p = line, *end;
+
+        while (*p == ' ' || *p == '-') {
+            p++;
+        }
+        if (strncmp(p, "record:", 7) != 0) {
+            continue;
+        }
+        for (p += 7; *p == ' '; p++) {
+        }
+        for (end = p; is_ident(*end); end++) {
+        }
+        found = (size_t)(end - p) == strlen(name) && strncmp(p, name, (size_t)(end - p)) == 0;
+    }
+    fclose(f);
+    return found;
+}
+
 static bool
 metric_declared(const char *name)
 {
@@ -741,6 +935,10 @@ metric_declared(const char *name)
     /* up comes from Prometheus itself. */
     if (strcmp(name, "up") == 0) {
         return true;
+    }
+    /* Recording rules (the SLO ratios) are built from declared metrics themselves. */
+    if (strchr(name, ':') != NULL) {
+        return recorded_in_alerts(name);
     }
     for (i = 0; i < METRIC_COUNT; i++) {
         const char *f = metrics_families[i].name;
