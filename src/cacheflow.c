@@ -375,6 +375,12 @@ cacheflow_store(struct cacheflow *cf, char *answer, size_t len, bool whole, cach
     cf->err[0] = '\0';
     cf->job.run = store_run;
     cf->job.shed = false;
+    /*
+     * A merge answers a caller who waits and whose upstream already answered:
+     * ahead of the queue, never shed (one per request at most, so bounded by
+     * the connections). A background store of a relayed answer may wait.
+     */
+    cf->job.urgent = !whole;
     if (worker_pool_submit(cf->pool, &cf->job) < 0) {
         free(cf->answer);
         cf->answer = NULL;

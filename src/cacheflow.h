@@ -133,7 +133,8 @@ int cacheflow_plan(struct cacheflow *cf, cacheflow_cb done);
 
 /*
  * Store the upstream's 2xx answer (taken: malloc'd, len bytes): to the
- * caller's whole body when whole, else to miss_body. done follows; then
+ * caller's whole body when whole (a background store, queued like any job),
+ * else to miss_body (a merge the caller waits for: an urgent job). done follows; then
  * stored_ok says whether every miss got its vector (else err says why).
  * -1 when the pool refused (the answer is freed).
  */
