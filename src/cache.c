@@ -511,6 +511,25 @@ cache_get_copy(struct cache *c, const struct cache_key *key, uint64_t now_ms, ui
     return r;
 }
 
+/* Under the lock: key's entry, or NULL. */
+static struct entry *
+find_entry(struct cache *c, const struct cache_key *key)
+{
+    size_t i;
+
+    if (c->count == 0 || (i = find_slot(c, key)) == (size_t)-1) {
+        return NULL;
+    }
+    return c->slots[i];
+}
+
+/* A clock that went backwards counts as age 0. */
+static uint64_t
+entry_age(const struct entry *e, uint64_t now_ms)
+{
+    return now_ms >= e->created_ms ? now_ms - e->created_ms : 0;
+}
+
 void
 cache_note_hits(struct cache *c, uint64_t n)
 {
@@ -525,17 +544,12 @@ cache_get_text(struct cache *c, const struct cache_key *key, uint64_t now_ms, ui
                struct buf *out, uint32_t *dim)
 {
     struct entry *e;
-    size_t i, at = out->len;
-    uint64_t age;
+    size_t at = out->len;
 
     pthread_mutex_lock(&c->lock);
-    if (c->count == 0 || (i = find_slot(c, key)) == (size_t)-1) {
-        pthread_mutex_unlock(&c->lock);
-        return CACHE_MISS; /* not counted: the caller's full lookup follows */
-    }
-    e = c->slots[i];
-    age = now_ms >= e->created_ms ? now_ms - e->created_ms : 0;
-    if (age > ttl_ms) {
+    /* Not counted: the caller counts hits once all have hit, or its full lookup follows. */
+    e = find_entry(c, key);
+    if (e == NULL || entry_age(e, now_ms) > ttl_ms) {
         pthread_mutex_unlock(&c->lock);
         return CACHE_MISS;
     }
@@ -572,16 +586,14 @@ static enum cache_result
 get_locked(struct cache *c, const struct cache_key *key, uint64_t now_ms, uint64_t ttl_ms,
            uint64_t stale_ms, const float **vec, uint32_t *dim)
 {
-    size_t i;
-    struct entry *e;
+    struct entry *e = find_entry(c, key);
     uint64_t age;
 
-    if (c->count == 0 || (i = find_slot(c, key)) == (size_t)-1) {
+    if (e == NULL) {
         c->st.misses++;
         return CACHE_MISS;
     }
-    e = c->slots[i];
-    age = now_ms >= e->created_ms ? now_ms - e->created_ms : 0;
+    age = entry_age(e, now_ms);
     if (age <= ttl_ms || age <= stale_ms) {
         e->visited = 1;
         *vec = e->vec;
@@ -645,7 +657,6 @@ put_locked(struct cache *c, const struct cache_key *key, uint32_t model_tag, con
 {
     struct entry *e;
     size_t need;
-    size_t i;
 
     if (c->budget == 0) {
         return 0;
@@ -658,8 +669,8 @@ put_locked(struct cache *c, const struct cache_key *key, uint32_t model_tag, con
         *cause = "entry larger than the cache budget";
         return -1;
     }
-    if (c->count > 0 && (i = find_slot(c, key)) != (size_t)-1) {
-        remove_entry(c, c->slots[i]);
+    if ((e = find_entry(c, key)) != NULL) {
+        remove_entry(c, e);
     }
     e = malloc(sizeof(struct entry) + (size_t)dim * sizeof(float));
     if (e == NULL) {

@@ -199,15 +199,10 @@ lookup_run(struct worker_job *wj)
         if (got != CACHE_MISS) {
             cf->dim = dim;
         }
-        if (got == CACHE_HIT) {
-            cf->fresh++;
-        } else {
-            cf->stale[i] = got == CACHE_STALE;
-            cf->nstale += got == CACHE_STALE;
-            cf->miss[cf->nmiss++] = i;
-        }
+        cf->stale[i] = got == CACHE_STALE;
     }
     embed_request_free(&er);
+    recount(cf);
     cf->usable = true;
     if (cf->p.redis != NULL && cf->p.lookup && cf->nmiss > 0) {
         return; /* Redis may hold more: the plan waits for its answer */
