@@ -43,10 +43,12 @@
 /* What every answer of the fallback says of itself; model: canonical, or NULL. */
 /* mode: LOCAL (the model's own, run here) or FALLBACK (the hash, another space). */
 const char *
-fallback_answer_headers(enum embed_mode mode, const char *model, bool retry_after, char out[256])
+fallback_answer_headers(enum embed_mode mode, const char *upstream, const char *model,
+                        bool retry_after, char out[FALLBACK_HEADERS_MAX])
 {
-    snprintf(out, 256, "%sX-Akosha-Mode: %s\r\nX-Akosha-Upstream: local\r\n%s%s%s",
-             retry_after ? "Retry-After: 1\r\n" : "", embed_mode_name(mode), model ? "X-Akosha-Model: " : "",
+    snprintf(out, FALLBACK_HEADERS_MAX, "%sX-Akosha-Mode: %s\r\nX-Akosha-Upstream: %s\r\n%s%s%s",
+             retry_after ? "Retry-After: 1\r\n" : "", embed_mode_name(mode),
+             upstream != NULL ? upstream : "local", model ? "X-Akosha-Model: " : "",
              model ? model : "", model ? "\r\n" : "");
     return out;
 }
@@ -134,19 +136,15 @@ static void free_known(struct fallback_job *j);
 static const char *
 job_headers(struct fallback_job *j, bool retry_after)
 {
-    char hb[256];
+    char hb[FALLBACK_HEADERS_MAX];
+    bool real = j->all_known && !retry_after;
 
     j->hbuf.len = 0;
-    if (j->all_known && !retry_after) {
-        buf_printf(&j->hbuf, "X-Akosha-Mode: real\r\nX-Akosha-Upstream: %s\r\n",
-                   j->upstream_name);
-        if (j->model != NULL) {
-            buf_printf(&j->hbuf, "X-Akosha-Model: %s\r\n", j->model);
-        }
-    } else {
-        buf_puts(&j->hbuf, fallback_answer_headers(retry_after ? EMBED_MODE_FALLBACK : j->mode,
-                                                   j->model, retry_after, hb));
-    }
+    buf_puts(&j->hbuf,
+             fallback_answer_headers(real ? EMBED_MODE_REAL
+                                     : retry_after ? EMBED_MODE_FALLBACK
+                                                   : j->mode,
+                                     real ? j->upstream_name : NULL, j->model, retry_after, hb));
     buf_append(&j->hbuf, j->extra.data != NULL ? j->extra.data : "", j->extra.len);
     if (!retry_after) {
         buf_append(&j->hbuf, j->items.data != NULL ? j->items.data : "", j->items.len);

@@ -93,12 +93,15 @@ int fallback_stream_drained(struct fallback_job *job);
  * input.
  */
 void fallback_detach(struct fallback_job *job);
+/* Room for fallback_answer_headers: a 63-byte upstream name and a 127-byte model fit. */
+#define FALLBACK_HEADERS_MAX 320
 /*
- * The headers the fallback's answers carry, into out: X-Akosha-Mode (mode),
- * X-Akosha-Upstream: local, X-Akosha-Model when model is not NULL, and
- * Retry-After: 1 when asked. For the caller's own 503s too.
+ * The headers the answers akosha renders itself carry, into out:
+ * X-Akosha-Mode (mode), X-Akosha-Upstream (upstream, NULL: local),
+ * X-Akosha-Model when model is not NULL, and Retry-After: 1 when asked.
+ * For the fallback's answers, the cache's, and the caller's own 503s.
  */
-const char *fallback_answer_headers(enum embed_mode mode, const char *model, bool retry_after,
-                                    char out[256]);
+const char *fallback_answer_headers(enum embed_mode mode, const char *upstream, const char *model,
+                                    bool retry_after, char out[FALLBACK_HEADERS_MAX]);
 
 #endif

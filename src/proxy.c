@@ -1203,11 +1203,14 @@ submit_answer_job(struct client *c, const char *reason, const char *from_upstrea
     fr.extra_headers = cache_headers(r, hits, extra, sizeof(extra));
     r->reason = reason;
     r->job = fallback_submit(c->srv->workers, &fr, &fallback_to_client, c);
-    if (r->job == NULL && reason == NULL) {
+    if (r->job == NULL) {
+        /* Refused: the vectors are still ours. */
         for (size_t i = 0; known != NULL && i < fr.nknown; i++) {
             free(known[i]);
         }
         free(known);
+    }
+    if (r->job == NULL && reason == NULL) {
         r->reason = "queue_full";
         log_warn("request %s: worker queue full; answering 503", r->id);
         proxy_respond_error(c, 503, "overloaded", "the worker queue is full; retry shortly",
@@ -1216,11 +1219,7 @@ submit_answer_job(struct client *c, const char *reason, const char *from_upstrea
         return;
     }
     if (r->job == NULL) {
-        for (size_t i = 0; known != NULL && i < fr.nknown; i++) {
-            free(known[i]);
-        }
-        free(known);
-        char hb[256];
+        char hb[FALLBACK_HEADERS_MAX];
         size_t len;
         char *body = embed_render_error(r->api, "fallback queue is full; retry shortly",
                                         "overloaded", NULL, "queue_full", &len);
@@ -1229,7 +1228,7 @@ submit_answer_job(struct client *c, const char *reason, const char *from_upstrea
                  (long long)r->cfg->fallback.queue_size);
         observe_fallback(&r->obs, "queue_full", r->model);
         proxy_respond(c, 503, "application/json", body, len,
-                      fallback_answer_headers(EMBED_MODE_FALLBACK, r->model, true, hb));
+                      fallback_answer_headers(EMBED_MODE_FALLBACK, NULL, r->model, true, hb));
         free(body);
         return;
     }
@@ -1521,7 +1520,8 @@ answer_inline(struct client *c, const struct cacheflow_params *p)
 {
     struct request *r = c->req;
     struct embed_request er;
-    struct buf out, hdr;
+    struct buf out;
+    char hdr[FALLBACK_HEADERS_MAX + 32];
 
     buf_init(&out);
     if (cacheflow_answer_inline(p, (const char *)evbuffer_pullup(r->body, -1),
@@ -1532,17 +1532,12 @@ answer_inline(struct client *c, const struct cacheflow_params *p)
     r->cache = CACHEFLOW_HIT;
     r->mode = EMBED_MODE_REAL;
     r->cache_hits = (uint32_t)er.ninputs;
-    buf_init(&hdr);
-    buf_puts(&hdr, "X-Akosha-Mode: real\r\nX-Akosha-Upstream: cache\r\n");
-    if (r->model != NULL) {
-        buf_printf(&hdr, "X-Akosha-Model: %s\r\n", r->model);
-    }
-    buf_puts(&hdr, "X-Akosha-Cache: hit\r\n");
+    fallback_answer_headers(EMBED_MODE_REAL, "cache", r->model, false, hdr);
+    strcat(hdr, "X-Akosha-Cache: hit\r\n");
     observe_embeddings(EMBED_MODE_REAL, &er, NULL);
     embed_request_free(&er);
-    proxy_respond(c, 200, "application/json", out.data, out.len, hdr.data);
+    proxy_respond(c, 200, "application/json", out.data, out.len, hdr);
     buf_free(&out);
-    buf_free(&hdr);
     client_drive(c);
     return true;
 }
@@ -1554,19 +1549,10 @@ cache_lookup_start(struct client *c)
     struct request *r = c->req;
     const struct config *cfg = cfg_of(c);
     const struct http_header *cc;
-    const struct model_config *m = r->model != NULL ? model_section(cfg, r->model) : NULL;
+    const struct model_config *m;
     unsigned char caller[CACHE_KEY_LEN];
     size_t n = evbuffer_get_length(r->body);
-    struct cacheflow_params p = {
-        .cache = c->srv->cache,
-        .api = r->api,
-        .model = request_model_key(r),
-        .revision = m != NULL && m->revision != NULL ? m->revision : "",
-        .ttl_ms = cfg->cache.ttl_ms,
-        .stale_ms = cfg->cache.stale_if_error_ms,
-        .lookup = true,
-        .redis = c->srv->redis,
-    };
+    struct cacheflow_params p;
 
     if (c->srv->cache == NULL) {
         r->cache = CACHEFLOW_OFF;
@@ -1580,6 +1566,17 @@ cache_lookup_start(struct client *c)
     if (!r->scanned || r->ups->n == 0 || cfg->fallback.mode == FALLBACK_ALWAYS) {
         return false; /* nothing real to store or serve */
     }
+    m = r->model != NULL ? model_section(cfg, r->model) : NULL;
+    p = (struct cacheflow_params){
+        .cache = c->srv->cache,
+        .api = r->api,
+        .model = request_model_key(r),
+        .revision = m != NULL && m->revision != NULL ? m->revision : "",
+        .ttl_ms = cfg->cache.ttl_ms,
+        .stale_ms = cfg->cache.stale_if_error_ms,
+        .lookup = true,
+        .redis = c->srv->redis,
+    };
     if (cc != NULL && header_token_has(cc, "no-cache")) {
         p.lookup = false;
     }
