@@ -1414,7 +1414,7 @@ embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen,
     for (size_t i = tlen; n == 0 && i >= sizeof(key) - 1; i--) {
         const char *k = tail + i - (sizeof(key) - 1);
         const char *c;
-        if (memcmp(k, key, sizeof(key) - 1) != 0) {
+        if (k[0] != '"' || memcmp(k, key, sizeof(key) - 1) != 0) {
             continue;
         }
         c = skip_ws(k + sizeof(key) - 1, tail + tlen);

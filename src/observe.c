@@ -472,13 +472,8 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
         return;
     }
     if (a->status > 0) {
-        trace_span_attr_int(s, "http.response.status_code", a->status);
+        /* the status code, and a 5xx's error.type and ERROR status */
         trace_span_set_http_status(s, a->status);
-        if (a->status >= 500) {
-            char t[16];
-            snprintf(t, sizeof(t), "%d", a->status);
-            trace_span_attr_str(s, "error.type", t);
-        }
     } else {
         trace_span_attr_str(s, "error.type", "client_disconnected");
         trace_span_set_status(s, TRACE_STATUS_ERROR, "client went away");
@@ -496,7 +491,7 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
     if (a->model != NULL) {
         trace_span_attr_str(s, "akosha.model", a->model);
     }
-    if (a->cache != NULL) {
+    if (a->cache != NULL && strcmp(a->cache, "off") != 0) {
         trace_span_attr_str(s, "akosha.cache", a->cache);
         trace_span_attr_int(s, "akosha.cache.hits", a->cache_hits);
         trace_span_attr_int(s, "akosha.cache.misses", a->cache_misses);
@@ -645,7 +640,6 @@ void
 observe_attempt_status(struct observe_req *o, int status)
 {
     if (o->attempt != NULL) {
-        trace_span_attr_int(o->attempt, "http.response.status_code", status);
         trace_span_set_http_status(o->attempt, status);
     }
 }

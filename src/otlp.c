@@ -4,8 +4,8 @@
  *
  * Threads: any thread calls otlp_submit; one exporter thread owns the curl
  * handle, the PRNG and the export loop. The queue lock is held to append a
- * span's encoding (under a microsecond) and to take a batch's bytes, never
- * across network I/O. The breaker has its own lock because /stats reads it from the
+ * span's encoding (under a microsecond) and to swap the queue out for
+ * export (a few pointers), never for a copy or across network I/O. The breaker has its own lock because /stats reads it from the
  * event loop thread.
  *
  * Why spans are encoded on submit: queued as structures, the thousands of
@@ -213,12 +213,21 @@ struct otlp_exporter {
     char curl_error[CURL_ERROR_SIZE];
     /*
      * The batch being exported: the request body (the OTLP envelope around
-     * the spans), and for the console the spans' JSON, line_ends[i] the end
-     * of span i. Kept between batches unless grown past BODY_KEEP_MAX.
+     * a slice of the taken spans). Kept between batches unless grown past
+     * BODY_KEEP_MAX, as the taken queues are.
      */
     struct buf body;
-    struct buf line_buf;
-    size_t *line_ends; /* max_batch entries, with console export */
+    /*
+     * Spans taken from the queue and not all exported yet. Taking swaps the
+     * queues (wire, lines) with these emptied ones under the lock: a
+     * pointer swap, never a copy, so a submit never waits behind one. As
+     * in OTel's BatchSpanProcessor, max_queue bounds the spans waiting, not
+     * those being exported: at most two queues' worth are held. taken_n and
+     * taken_pos are read by the exporter thread and written with the lock.
+     */
+    struct spanq taken_wire, taken_lines;
+    size_t taken_n;   /* spans in them */
+    size_t taken_pos; /* spans of them exported (or given up on) */
 };
 
 /* A body buffer larger than this is released after its export rather than kept. */
@@ -730,19 +739,21 @@ gzip_body(const struct buf *in, struct buf *out)
 
 /* ---- export ---- */
 
-/* One JSON line per span of the batch, each in one write so lines stay whole next to logs. */
+/* One JSON line per span of the batch (taken spans from..from+n), each in one write. */
 static void
-console_print(struct otlp_exporter *e, size_t n)
+console_print(struct otlp_exporter *e, size_t from, size_t n)
 {
+    const struct spanq *q = &e->taken_lines;
     struct buf line;
-    size_t start = 0;
+    size_t start = from > 0 ? q->ends[from - 1] + 1 : 0; /* past the comma */
 
     buf_init(&line);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < from + n; i++) {
         line.len = 0;
-        buf_append(&line, e->line_buf.data + start, e->line_ends[i] - start);
+        buf_append(&line, q->data.data + start, q->ends[i] - start);
         buf_putc(&line, '\n');
-        start = e->line_ends[i] + 1; /* past the comma */
+        start = q->ends[i] + 1;
+        /* one write per line, so lines stay whole next to logs */
         if (write(STDERR_FILENO, line.data, line.len) < 0) {
             break;
         }
@@ -814,9 +825,29 @@ grpc_frame(const struct buf *msg, bool compressed, struct buf *out)
     buf_append(out, msg->data, msg->len);
 }
 
-/* Export the n spans of the batch in e->body. Returns true when accepted. */
+/* The request body for taken spans from..from+n: the OTLP envelope around their encodings. */
+static void
+batch_body(struct otlp_exporter *e, size_t from, size_t n)
+{
+    const struct spanq *q = &e->taken_wire;
+    size_t start = from > 0 ? q->ends[from - 1] + (q->json ? 1 : 0) : 0; /* JSON: past the comma */
+    size_t end = q->ends[from + n - 1];
+
+    e->body.len = 0;
+    if (q->json) {
+        trace_otlp_json_open(&e->body, e->resource_json, e->scope_version);
+    } else {
+        trace_otlp_proto_open(&e->body, &e->resource_pb, e->scope_version, end - start);
+    }
+    buf_append(&e->body, q->data.data + start, end - start);
+    if (q->json) {
+        trace_otlp_json_close(&e->body);
+    }
+}
+
+/* Export taken spans from..from+n. Returns true when accepted. */
 static bool
-export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
+export_batch(struct otlp_exporter *e, size_t from, size_t n, uint64_t deadline_ms)
 {
     struct buf *plain = &e->body, gz, framed;
     const struct buf *body;
@@ -825,11 +856,12 @@ export_batch(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
     char what[CURL_ERROR_SIZE + OTLP_GRPC_MESSAGE_MAX + 64], why[sizeof(what) + 64];
 
     if (e->console) {
-        console_print(e, n);
+        console_print(e, from, n);
     }
     if (e->url == NULL) {
         return true;
     }
+    batch_body(e, from, n);
     buf_init(&gz);
     buf_init(&framed);
     body = plain;
@@ -900,9 +932,6 @@ out:
     if (plain->cap > BODY_KEEP_MAX) {
         buf_free(plain);
     }
-    if (e->line_buf.cap > BODY_KEEP_MAX) {
-        buf_free(&e->line_buf);
-    }
     buf_free(&gz);
     return ok;
 }
@@ -922,70 +951,68 @@ spanq_push(struct spanq *q, size_t count, const struct trace_span *span)
     q->ends[count] = q->data.len;
 }
 
-/* Drop q's first n of count spans; the rest move to the front. */
 static void
-spanq_drop(struct spanq *q, size_t n, size_t count)
+spanq_swap(struct spanq *a, struct spanq *b)
 {
-    if (n < count) {
-        size_t skip = q->ends[n - 1] + (q->json ? 1 : 0); /* and the comma after */
-        memmove(q->data.data, q->data.data + skip, q->data.len - skip);
-        q->data.len -= skip;
-        for (size_t i = n; i < count; i++) {
-            q->ends[i - n] = q->ends[i] - skip;
-        }
-    } else {
-        q->data.len = 0;
-    }
+    struct spanq t = *a;
+
+    *a = *b;
+    *b = t;
 }
 
 /*
- * Move up to max queued spans into the request body, inside the OTLP
- * envelope, and with console export their JSON into line_buf; the rest of
- * the queues move to their front. Call with the lock held. Returns how many
- * spans were taken.
+ * Take up to max spans to export: the next slice of those taken before, or,
+ * when those are done, everything queued now (the queues are swapped with
+ * the exporter's emptied ones). Call with the lock held; returns how many
+ * spans the slice has, 0 when there are none. The slice starts at
+ * e->taken_pos.
  */
 static size_t
 take_batch(struct otlp_exporter *e, size_t max)
 {
-    size_t n = MIN(e->count, max), cut;
-
-    e->body.len = 0;
-    e->line_buf.len = 0;
-    if (n == 0) {
-        return 0;
-    }
-    if (e->url != NULL) {
-        cut = e->wire.ends[n - 1];
-        if (e->wire.json) {
-            trace_otlp_json_open(&e->body, e->resource_json, e->scope_version);
-        } else {
-            trace_otlp_proto_open(&e->body, &e->resource_pb, e->scope_version, cut);
+    if (e->taken_pos == e->taken_n) {
+        if (e->count == 0) {
+            return 0;
         }
-        buf_append(&e->body, e->wire.data.data, cut);
-        if (e->wire.json) {
-            trace_otlp_json_close(&e->body);
-        }
-        spanq_drop(&e->wire, n, e->count);
+        e->taken_wire.data.len = 0;
+        e->taken_lines.data.len = 0;
+        spanq_swap(&e->wire, &e->taken_wire);
+        spanq_swap(&e->lines, &e->taken_lines);
+        e->taken_n = e->count;
+        e->taken_pos = 0;
+        e->count = 0;
     }
-    if (e->console) {
-        buf_append(&e->line_buf, e->lines.data.data, e->lines.ends[n - 1]);
-        memcpy(e->line_ends, e->lines.ends, n * sizeof(*e->line_ends));
-        spanq_drop(&e->lines, n, e->count);
-    }
-    e->count -= n;
-    return n;
+    return MIN(e->taken_n - e->taken_pos, max);
 }
 
-/* Export the batch just taken with the lock released; returns with it held again. */
+/* Export the slice of n just taken with the lock released; returns with it held again. */
 static bool
 export_unlocked(struct otlp_exporter *e, size_t n, uint64_t deadline_ms)
 {
+    size_t from = e->taken_pos;
     bool ok;
 
     pthread_mutex_unlock(&e->lock);
-    ok = export_batch(e, n, deadline_ms);
+    ok = export_batch(e, from, n, deadline_ms);
     pthread_mutex_lock(&e->lock);
+    e->taken_pos = from + n;
+    if (e->taken_pos == e->taken_n) {
+        /* a burst's buffers are not kept: the queue is bounded, its memory should be too */
+        if (e->taken_wire.data.cap > BODY_KEEP_MAX) {
+            buf_free(&e->taken_wire.data);
+        }
+        if (e->taken_lines.data.cap > BODY_KEEP_MAX) {
+            buf_free(&e->taken_lines.data);
+        }
+    }
     return ok;
+}
+
+/* Spans taken and not yet exported. */
+static size_t
+taken_left(const struct otlp_exporter *e)
+{
+    return e->taken_n - e->taken_pos;
 }
 
 static void *
@@ -1000,8 +1027,8 @@ exporter_main(void *arg)
         bool flushing, timer_fired;
         size_t owed;
 
-        while (!e->stopping && e->count < e->max_batch && e->flush_requested == e->flush_done &&
-               util_mono_ms() < next_ms) {
+        while (!e->stopping && e->count < e->max_batch && taken_left(e) == 0 &&
+               e->flush_requested == e->flush_done && util_mono_ms() < next_ms) {
             cond_wait_until(&e->wake, &e->lock, next_ms);
         }
         if (e->stopping) {
@@ -1015,8 +1042,9 @@ exporter_main(void *arg)
          * owes what was queued when it was asked (not what keeps arriving,
          * or a busy proxy would never see its flush end).
          */
-        owed = flushing ? e->count : 0;
-        while (!e->stopping && (owed > 0 || timer_fired || e->count >= e->max_batch)) {
+        owed = flushing ? e->count + taken_left(e) : 0;
+        while (!e->stopping &&
+               (owed > 0 || timer_fired || e->count >= e->max_batch || taken_left(e) > 0)) {
             size_t n = take_batch(e, e->max_batch);
             if (n == 0) {
                 break;
@@ -1033,19 +1061,20 @@ exporter_main(void *arg)
     }
 
     /* Shutdown: drain within the deadline, then give up on the rest. */
-    while (e->count > 0 && util_mono_ms() < e->stop_deadline_ms) {
+    while (e->count + taken_left(e) > 0 && util_mono_ms() < e->stop_deadline_ms) {
         size_t n = take_batch(e, e->max_batch);
         uint64_t deadline = MIN(util_mono_ms() + e->export_timeout_ms, e->stop_deadline_ms);
         if (!export_unlocked(e, n, deadline)) {
             e->all_exported = false;
         }
     }
-    if (e->count > 0) {
-        size_t lost = e->count;
+    if (e->count + taken_left(e) > 0) {
+        size_t lost = e->count + taken_left(e);
         log_warn("otlp: shutdown deadline reached, %zu spans not exported", lost);
         e->count = 0;
         e->wire.data.len = 0;
         e->lines.data.len = 0;
+        e->taken_pos = e->taken_n;
         atomic_fetch_add(&e->dropped, lost);
         e->all_exported = false;
     }
@@ -1072,9 +1101,11 @@ exporter_free(struct otlp_exporter *e)
     free(e->wire.ends);
     buf_free(&e->lines.data);
     free(e->lines.ends);
-    free(e->line_ends);
+    buf_free(&e->taken_wire.data);
+    free(e->taken_wire.ends);
+    buf_free(&e->taken_lines.data);
+    free(e->taken_lines.ends);
     buf_free(&e->body);
-    buf_free(&e->line_buf);
     free(e->url);
     free(e->resource_json);
     buf_free(&e->resource_pb);
@@ -1128,11 +1159,14 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
     if (e->url != NULL) {
         e->wire.ends = xcalloc(e->max_queue, sizeof(*e->wire.ends));
         e->wire.json = t->protocol == TELEMETRY_HTTP_JSON;
+        e->taken_wire.ends = xcalloc(e->max_queue, sizeof(*e->taken_wire.ends));
+        e->taken_wire.json = e->wire.json;
     }
     if (e->console) {
         e->lines.ends = xcalloc(e->max_queue, sizeof(*e->lines.ends));
         e->lines.json = true;
-        e->line_ends = xcalloc(e->max_batch, sizeof(*e->line_ends));
+        e->taken_lines.ends = xcalloc(e->max_queue, sizeof(*e->taken_lines.ends));
+        e->taken_lines.json = true;
     }
     e->all_exported = true;
     atomic_init(&e->abort_at_ms, UINT64_MAX);

@@ -2507,7 +2507,9 @@ on_response_head(struct client *c)
         embed_dim_scan_init(a->dim_scan, r->api);
     }
     if (observe_sampled(&r->obs) && r->api != EMBED_API_NONE && rh.status >= 200 && rh.status < 300) {
-        a->edges = xcalloc(1, sizeof(*a->edges));
+        a->edges = xmalloc(sizeof(*a->edges)); /* the lengths say what is filled */
+        a->edges->hlen = 0;
+        a->edges->tlen = 0;
     }
     if (r->cf != NULL && rh.status >= 200 && rh.status < 300 && !r->is_head) {
         /* Real vectors for the cache: kept as they pass (or, for a partial request, kept whole). */

@@ -121,25 +121,41 @@ utf8_seq_len(const unsigned char *s, size_t len)
     return need;
 }
 
+/* True when s[0..len) is all ASCII: eight bytes at a time, then the rest. */
+static inline bool
+all_ascii(const char *s, size_t len)
+{
+    uint64_t acc = 0, w;
+    size_t i = 0;
+
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        acc |= w;
+    }
+    for (; i < len; i++) {
+        acc |= (unsigned char)s[i];
+    }
+    return (acc & 0x8080808080808080ull) == 0;
+}
+
 /*
  * Copy into a fixed buffer keeping valid UTF-8: a collector rejects the whole
  * batch over one bad string, and names carry client-supplied paths. Invalid
  * bytes become '?', and a cut never splits a character. Returns the length
- * written (a NUL follows); *plain tells whether the copy needs JSON escaping.
+ * written (a NUL follows). Whether the copy needs JSON escaping is decided
+ * when JSON is written: protobuf, the default, never asks.
  */
 static size_t
-copy_utf8(char *dst, size_t dstsize, const char *src, size_t len, bool *plain)
+copy_utf8(char *dst, size_t dstsize, const char *src, size_t len)
 {
     const unsigned char *s = (const unsigned char *)src;
     size_t in = 0, out = 0;
 
-    if (len < dstsize && util_json_plain_run(src, len) == len) {
+    if (len < dstsize && all_ascii(src, len)) {
         memcpy(dst, src, len);
         dst[len] = '\0';
-        *plain = true;
         return len;
     }
-    *plain = false;
     while (in < len) {
         size_t n;
         if (s[in] < 0x80) {
@@ -469,6 +485,97 @@ trace_child_context(const struct trace_context *parent, struct trace_context *ch
     trace_new_span_id(child->span_id);
 }
 
+/* ---- protobuf primitives ---- */
+
+/*
+ * opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto, by
+ * field number and wire type (0 varint, 1 fixed64, 2 length-delimited). A
+ * nested message is written after its length, so each is sized first.
+ */
+#define PB_TAG(field, wire) ((char)((field) << 3 | (wire)))
+
+static inline __attribute__((always_inline)) size_t
+pb_varint_size(uint64_t v)
+{
+    size_t n = 1;
+
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static inline __attribute__((always_inline)) char *
+pb_varint(char *o, uint64_t v)
+{
+    while (v >= 0x80) {
+        *o++ = (char)(v | 0x80);
+        v >>= 7;
+    }
+    *o++ = (char)v;
+    return o;
+}
+
+static inline __attribute__((always_inline)) char *
+pb_fixed64(char *o, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        *o++ = (char)(v >> (8 * i));
+    }
+    return o;
+}
+
+/* A length-delimited field: tag, length, bytes. */
+static inline __attribute__((always_inline)) char *
+pb_bytes(char *o, char tag, const void *p, size_t len)
+{
+    *o++ = tag;
+    o = pb_varint(o, len);
+    memcpy(o, p, len);
+    return o + len;
+}
+
+/* Size of a length-delimited field holding len bytes (one-byte tag). */
+static size_t
+pb_field_size(size_t len)
+{
+    return 1 + pb_varint_size(len) + len;
+}
+
+/*
+ * A length-delimited field whose length is known only once its content is
+ * written: pb_open leaves width bytes for the length, pb_close writes it
+ * there and moves the content when the varint needs fewer or more bytes.
+ * The callers pick the width that fits the usual case (1 for attributes,
+ * 2 for a span), so the move is rare.
+ */
+static inline __attribute__((always_inline)) char *
+pb_open(char *o, char tag, size_t width)
+{
+    *o++ = tag;
+    return o + width;
+}
+
+static inline __attribute__((always_inline)) char *
+pb_close(char *content, char *o, size_t width)
+{
+    size_t len = (size_t)(o - content), need = pb_varint_size(len);
+    char *at = content - width;
+
+    if (need != width) {
+        memmove(at + need, content, len);
+        o += (ptrdiff_t)need - (ptrdiff_t)width;
+    }
+    if (need == 2 && width == 2) {
+        at[0] = (char)(len | 0x80);
+        at[1] = (char)(len >> 7);
+    } else {
+        pb_varint(at, len);
+    }
+    return o;
+}
+
 /* ---- spans ---- */
 
 /* Freed spans kept for reuse: a LIFO of at most TRACE_SPAN_POOL_MAX. */
@@ -507,12 +614,12 @@ trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
     span->status_message_len = 0;
     span->nattrs = 0;
     span->dropped_attrs = 0;
-    span->key_lens = 0;
-    span->text_used = 0;
+    span->key_bits = 0;
+    span->attrs_len = 0;
     span->pool_next = NULL;
     span->events = NULL;
     span->name_len =
-        (uint8_t)copy_utf8(span->name, sizeof(span->name), name, strlen(name), &span->name_plain);
+        (uint8_t)copy_utf8(span->name, sizeof(span->name), name, strlen(name));
     span->start_unix_ns = start_unix_ns;
     span->end_unix_ns = 0;
     return span;
@@ -548,100 +655,264 @@ trace_span_pool_count(void)
     return n;
 }
 
-static struct trace_attr *
-attr_lookup(const struct trace_span *span, const char *key, size_t key_len)
+/*
+ * The span's attributes are Span.attributes fields (9): KeyValue {key 1,
+ * value 2: AnyValue {string 1 | bool 2 | int 3 | double 4}}. Only this file
+ * writes them, so reading them back trusts their shape.
+ */
+#define ATTR_FIELD PB_TAG(9, 2)
+
+struct attr_field {
+    const char *key;
+    size_t key_len;
+    const char *any; /* the AnyValue's content */
+    size_t any_len;
+    const char *end; /* just past the field */
+};
+
+static const char *
+pb_read_varint(const char *p, size_t *v)
 {
-    for (unsigned i = 0; i < span->nattrs; i++) {
-        const struct trace_attr *a = &span->attrs[i];
-        if (a->key == key || (a->key_len == key_len && memcmp(a->key, key, key_len) == 0)) {
-            return (struct trace_attr *)a;
+    size_t x = 0;
+
+    for (int shift = 0;; shift += 7) {
+        unsigned char c = (unsigned char)*p++;
+        x |= (size_t)(c & 0x7f) << shift;
+        if (c < 0x80) {
+            break;
+        }
+    }
+    *v = x;
+    return p;
+}
+
+/* The field at p (one of span->attrs). */
+static const char *
+attr_field_read(const char *p, struct attr_field *f)
+{
+    size_t kv;
+
+    p = pb_read_varint(p + 1, &kv); /* past ATTR_FIELD */
+    f->end = p + kv;
+    p = pb_read_varint(p + 1, &f->key_len); /* past key's tag */
+    f->key = p;
+    p = pb_read_varint(p + f->key_len + 1, &f->any_len); /* past value's tag */
+    f->any = p;
+    return f->end;
+}
+
+/*
+ * key's bit in span->key_bits: a key whose bit is clear is not held, so
+ * setting a new key skips the walk. Length and last two bytes tell apart
+ * the keys one request's spans carry.
+ */
+static inline uint64_t
+key_bit(const char *key, size_t key_len)
+{
+    size_t h = key_len;
+
+    if (key_len >= 2) {
+        h += 7 * (unsigned char)key[key_len - 1] + (unsigned char)key[key_len - 2];
+    }
+    return (uint64_t)1 << (h % 64);
+}
+
+/* Where key's field starts in span->attrs (its end in *end), or NULL. */
+static char *
+attr_field_find(struct trace_span *span, const char *key, size_t key_len, const char **end)
+{
+    const char *p = span->attrs, *stop = span->attrs + span->attrs_len;
+    struct attr_field f;
+
+    if (!(span->key_bits & key_bit(key, key_len))) {
+        return NULL; /* not held: the usual case, no walk */
+    }
+    while (p < stop) {
+        const char *at = p;
+        p = attr_field_read(p, &f);
+        if (f.key_len == key_len && memcmp(f.key, key, key_len) == 0) {
+            *end = p;
+            return span->attrs + (at - span->attrs);
         }
     }
     return NULL;
 }
 
-const struct trace_attr *
-trace_span_attr_find(const struct trace_span *span, const char *key)
+/*
+ * Start key's field with an AnyValue of any_len bytes: the old value of the
+ * key goes first, then the field's head is written and the room where the
+ * value goes is returned; NULL (counted as dropped) when the span has no
+ * room or no slot left. The caller writes exactly any_len bytes there.
+ */
+static char *
+attr_begin(struct trace_span *span, const char *key, size_t key_len, size_t any_len)
 {
-    return attr_lookup(span, key, strlen(key));
+    size_t kv = key_len < 128 && any_len < 128 ? 2 + key_len + 2 + any_len
+                                               : pb_field_size(key_len) + pb_field_size(any_len);
+    size_t need = (kv < 128 ? 2 : 1 + pb_varint_size(kv)) + kv;
+    const char *old_end;
+    char *o = attr_field_find(span, key, key_len, &old_end);
+
+    if (o != NULL) {
+        size_t cut = (size_t)(old_end - o);
+        memmove(o, old_end, (size_t)(span->attrs + span->attrs_len - old_end));
+        span->attrs_len = (uint16_t)(span->attrs_len - cut);
+        span->nattrs--;
+    }
+    if (span->nattrs >= TRACE_MAX_ATTRS || need > sizeof(span->attrs) - span->attrs_len) {
+        span->dropped_attrs++;
+        return NULL;
+    }
+    o = span->attrs + span->attrs_len;
+    if (kv < 128) { /* so are both lengths inside: the usual attribute */
+        *o++ = ATTR_FIELD;
+        *o++ = (char)kv;
+        *o++ = PB_TAG(1, 2);
+        *o++ = (char)key_len;
+        memcpy(o, key, key_len);
+        o += key_len;
+        *o++ = PB_TAG(2, 2);
+        *o++ = (char)any_len;
+    } else {
+        *o++ = ATTR_FIELD;
+        o = pb_varint(o, kv);
+        o = pb_bytes(o, PB_TAG(1, 2), key, key_len);
+        *o++ = PB_TAG(2, 2);
+        o = pb_varint(o, any_len);
+    }
+    span->attrs_len = (uint16_t)(span->attrs_len + need);
+    span->nattrs++;
+    span->key_bits |= key_bit(key, key_len);
+    return o;
 }
 
-/* The slot for key: existing, new, or NULL (counted as dropped) when full. */
-static struct trace_attr *
-attr_slot(struct trace_span *span, const char *key, enum trace_attr_type type)
+/* Bytes of the longest value that fits the span's room beside key's field, at most want. */
+static size_t
+attr_str_room(const struct trace_span *span, size_t key_len, size_t want)
 {
-    size_t key_len = strlen(key);
-    uint64_t bit = (uint64_t)1 << (key_len % 64);
-    struct trace_attr *a = (span->key_lens & bit) ? attr_lookup(span, key, key_len) : NULL;
+    size_t left = sizeof(span->attrs) - span->attrs_len;
+    /* tags and lengths: field, key, AnyValue, string; each length at most 2 bytes here */
+    size_t fixed = 1 + 2 + pb_field_size(key_len) + 1 + 2 + 1 + 2;
 
-    if (a == NULL) {
-        if (span->nattrs >= TRACE_MAX_ATTRS) {
-            span->dropped_attrs++;
-            return NULL;
+    return left > fixed ? MIN(want, left - fixed) : 0;
+}
+
+void
+trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, const char *value,
+                   size_t len)
+{
+    char clean[TRACE_ATTR_STR_MAX];
+    size_t n, room;
+    char *o;
+
+    if (len < TRACE_ATTR_STR_MAX && all_ascii(value, len)) {
+        n = len; /* as it is: the usual case */
+    } else {
+        n = copy_utf8(clean, sizeof(clean), value, len);
+        value = clean;
+    }
+    /* room for the value: all of it unless the span is nearly full */
+    room = span->attrs_len + key_len + n + 16 <= sizeof(span->attrs) ? n
+                                                                    : attr_str_room(span, key_len, n);
+    if (room < n) {
+        /* the span is nearly full: cut at a character boundary */
+        while (room > 0 && ((unsigned char)value[room] & 0xc0) == 0x80) {
+            room--;
         }
-        a = &span->attrs[span->nattrs++];
-        a->key = key;
-        a->key_len = (uint32_t)key_len;
-        span->key_lens |= bit;
+        n = room;
     }
-    a->type = (uint8_t)type;
-    return a;
-}
-
-void
-trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len)
-{
-    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_STRING);
-    size_t room = sizeof(span->text) - span->text_used;
-
-    if (a != NULL && room == 0) {
-        /* the text is full: an empty value, pointing at the last value's NUL */
-        a->v.off = sizeof(span->text) - 1;
-        a->len = 0;
-        a->plain = true;
-    } else if (a != NULL) {
-        /* a replaced value's bytes stay behind: replacing is rare, the text is per span */
-        a->v.off = span->text_used;
-        a->len = (uint8_t)copy_utf8(span->text + span->text_used, MIN(room, TRACE_ATTR_STR_MAX),
-                                    value, len, &a->plain);
-        span->text_used = (uint16_t)(span->text_used + a->len + 1);
+    o = attr_begin(span, key, key_len, pb_field_size(n));
+    if (o != NULL) {
+        pb_bytes(o, PB_TAG(1, 2), value, n);
     }
 }
 
 void
-trace_span_attr_str(struct trace_span *span, const char *key, const char *value)
+trace_span_put_int(struct trace_span *span, const char *key, size_t key_len, int64_t value)
 {
-    trace_span_attr_strn(span, key, value ? value : "", value ? strlen(value) : 0);
-}
+    char *o = attr_begin(span, key, key_len, 1 + pb_varint_size((uint64_t)value));
 
-void
-trace_span_attr_int(struct trace_span *span, const char *key, int64_t value)
-{
-    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_INT);
-
-    if (a != NULL) {
-        a->v.i = value;
+    if (o != NULL) {
+        *o++ = PB_TAG(3, 0);
+        pb_varint(o, (uint64_t)value);
     }
 }
 
 void
-trace_span_attr_double(struct trace_span *span, const char *key, double value)
+trace_span_put_double(struct trace_span *span, const char *key, size_t key_len, double value)
 {
-    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_DOUBLE);
+    char *o = attr_begin(span, key, key_len, 9);
+    uint64_t bits;
 
-    if (a != NULL) {
-        a->v.d = value;
+    if (o != NULL) {
+        memcpy(&bits, &value, sizeof(bits));
+        *o++ = PB_TAG(4, 1);
+        pb_fixed64(o, bits);
     }
 }
 
 void
-trace_span_attr_bool(struct trace_span *span, const char *key, bool value)
+trace_span_put_bool(struct trace_span *span, const char *key, size_t key_len, bool value)
 {
-    struct trace_attr *a = attr_slot(span, key, TRACE_ATTR_BOOL);
+    char *o = attr_begin(span, key, key_len, 2);
 
-    if (a != NULL) {
-        a->v.b = value;
+    if (o != NULL) {
+        *o++ = PB_TAG(2, 0);
+        *o = value ? 1 : 0;
     }
+}
+
+/* An encoded AnyValue's content (one field) as a value. */
+static void
+any_decode(const char *any, struct trace_value *out)
+{
+    memset(out, 0, sizeof(*out));
+    switch (any[0]) {
+    case PB_TAG(1, 2):
+        out->type = TRACE_ATTR_STRING;
+        out->str = pb_read_varint(any + 1, &out->len);
+        break;
+    case PB_TAG(2, 0):
+        out->type = TRACE_ATTR_BOOL;
+        out->b = any[1] != 0;
+        break;
+    case PB_TAG(3, 0): {
+        size_t v;
+        pb_read_varint(any + 1, &v);
+        out->type = TRACE_ATTR_INT;
+        out->i = (int64_t)(uint64_t)v;
+        break;
+    }
+    default: { /* PB_TAG(4, 1): fixed64, little-endian */
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; i++) {
+            bits |= (uint64_t)(unsigned char)any[1 + i] << (8 * i);
+        }
+        out->type = TRACE_ATTR_DOUBLE;
+        memcpy(&out->d, &bits, sizeof(out->d));
+        break;
+    }
+    }
+}
+
+bool
+trace_span_find(const struct trace_span *span, const char *key, size_t key_len,
+                struct trace_value *out)
+{
+    const char *p = span->attrs, *end = span->attrs + span->attrs_len;
+    struct attr_field f;
+
+    if (!(span->key_bits & key_bit(key, key_len))) {
+        return false;
+    }
+    while (p < end) {
+        p = attr_field_read(p, &f);
+        if (f.key_len == key_len && memcmp(f.key, key, key_len) == 0) {
+            any_decode(f.any, out);
+            return true;
+        }
+    }
+    return false;
 }
 
 struct trace_event *
@@ -703,12 +974,11 @@ trace_event_attr_str(struct trace_event *ev, const char *key, const char *value)
     if (room == 0) {
         a->v.off = sizeof(ev->text) - 1; /* the last value's NUL: an empty string */
         a->len = 0;
-        a->plain = true;
         return;
     }
     a->v.off = ev->text_used;
     a->len = (uint8_t)copy_utf8(ev->text + ev->text_used, MIN(room, TRACE_ATTR_STR_MAX), value,
-                                strlen(value), &a->plain);
+                                strlen(value));
     ev->text_used = (uint16_t)(ev->text_used + a->len + 1);
 }
 
@@ -725,13 +995,11 @@ trace_event_attr_int(struct trace_event *ev, const char *key, int64_t value)
 void
 trace_span_set_status(struct trace_span *span, enum trace_status_code code, const char *message)
 {
-    bool plain;
-
     span->status = (uint8_t)code;
     span->status_message_len = 0;
     if (code == TRACE_STATUS_ERROR && message != NULL) {
         span->status_message_len = (uint8_t)copy_utf8(
-            span->status_message, sizeof(span->status_message), message, strlen(message), &plain);
+            span->status_message, sizeof(span->status_message), message, strlen(message));
     }
 }
 
@@ -748,7 +1016,7 @@ trace_span_set_http_status(struct trace_span *span, int status)
         return;
     }
     trace_span_set_status(span, TRACE_STATUS_ERROR, NULL);
-    if (trace_span_attr_find(span, "error.type") == NULL) {
+    if (!trace_span_attr_get(span, "error.type", &(struct trace_value){0})) {
         char code[16];
         snprintf(code, sizeof(code), "%d", status);
         trace_span_attr_str(span, "error.type", code);
@@ -801,6 +1069,14 @@ put_json_string(struct buf *out, char *o, const char *s, size_t len)
     return out->data + out->len;
 }
 
+/* A string as it is when it needs no escaping (the usual case), else escaped. */
+static char *
+put_string(struct buf *out, char *o, const char *s, size_t len)
+{
+    return util_json_plain_run(s, len) == len ? put_quoted(o, s, len)
+                                               : put_json_string(out, o, s, len);
+}
+
 /* text: where a string value's offset points (a span's or an event's text). */
 static char *
 put_attr_value(struct buf *out, char *o, const char *text, const struct trace_attr *a)
@@ -808,8 +1084,7 @@ put_attr_value(struct buf *out, char *o, const char *text, const struct trace_at
     switch (a->type) {
     case TRACE_ATTR_STRING:
         o = PUT_LIT(o, "{\"stringValue\":");
-        o = a->plain ? put_quoted(o, text + a->v.off, a->len)
-                     : put_json_string(out, o, text + a->v.off, a->len);
+        o = put_string(out, o, text + a->v.off, a->len);
         break;
     case TRACE_ATTR_INT:
         /* Protobuf JSON writes 64-bit integers as strings. */
@@ -856,6 +1131,45 @@ put_attrs(struct buf *out, char *o, const char *text, const struct trace_attr *a
         o = put_quoted(o, a->key, a->key_len);
         o = PUT_LIT(o, ",\"value\":");
         o = put_attr_value(out, o, text, a);
+        *o++ = '}';
+    }
+    return o;
+}
+
+/* A span's encoded attributes as OTLP JSON array members, at o (room reserved by the caller). */
+static char *
+put_span_attrs(struct buf *out, char *o, const struct trace_span *span)
+{
+    const char *p = span->attrs, *end = span->attrs + span->attrs_len;
+
+    while (p < end) {
+        struct attr_field f;
+        struct trace_value v;
+        struct trace_attr a = {.key = NULL};
+
+        if (p > span->attrs) {
+            *o++ = ',';
+        }
+        p = attr_field_read(p, &f);
+        any_decode(f.any, &v);
+        o = PUT_LIT(o, "{\"key\":");
+        o = put_string(out, o, f.key, f.key_len);
+        o = PUT_LIT(o, ",\"value\":");
+        a.type = (uint8_t)v.type;
+        if (v.type == TRACE_ATTR_STRING) {
+            /* put_attr_value reads a string at text + off: here text is the value itself */
+            a.len = (uint8_t)MIN(v.len, (size_t)UINT8_MAX);
+            a.v.off = 0;
+            o = put_attr_value(out, o, v.str, &a);
+        } else {
+            a.v.i = v.i;
+            if (v.type == TRACE_ATTR_DOUBLE) {
+                a.v.d = v.d;
+            } else if (v.type == TRACE_ATTR_BOOL) {
+                a.v.b = v.b;
+            }
+            o = put_attr_value(out, o, NULL, &a);
+        }
         *o++ = '}';
     }
     return o;
@@ -912,7 +1226,8 @@ trace_span_json(struct buf *out, const struct trace_span *span)
     size_t room = SPAN_JSON_FIXED + 6 * (size_t)(span->name_len + span->status_message_len);
     char *o;
 
-    room += attrs_json_room(span->attrs, span->nattrs);
+    /* every byte of the encoded attributes escaped, and each one's JSON frame */
+    room += 6 * (size_t)span->attrs_len + ATTR_JSON_FIXED * (size_t)span->nattrs;
     if (span->events != NULL) {
         for (uint32_t i = 0; i < span->events->n; i++) {
             const struct trace_event *ev = &span->events->ev[i];
@@ -930,8 +1245,7 @@ trace_span_json(struct buf *out, const struct trace_span *span)
         o = put_hex(o, span->parent_span_id, TRACE_SPAN_ID_SIZE);
     }
     o = PUT_LIT(o, ",\"name\":");
-    o = span->name_plain ? put_quoted(o, span->name, span->name_len)
-                         : put_json_string(out, o, span->name, span->name_len);
+    o = put_string(out, o, span->name, span->name_len);
     o = PUT_LIT(o, ",\"kind\":");
     o = util_put_i64(o, (int)span->kind);
     o = PUT_LIT(o, ",\"startTimeUnixNano\":\"");
@@ -939,7 +1253,7 @@ trace_span_json(struct buf *out, const struct trace_span *span)
     o = PUT_LIT(o, "\",\"endTimeUnixNano\":\"");
     o = util_put_i64(o, (int64_t)(span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns));
     o = PUT_LIT(o, "\",\"attributes\":[");
-    o = put_attrs(out, o, span->text, span->attrs, span->nattrs);
+    o = put_span_attrs(out, o, span);
     *o++ = ']';
     if (span->dropped_attrs > 0) {
         o = PUT_LIT(o, ",\"droppedAttributesCount\":");
@@ -991,62 +1305,6 @@ trace_encode_otlp_json(struct buf *out, const char *resource_json, const char *s
 
 /* ---- OTLP protobuf ---- */
 
-/*
- * opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto, by
- * field number and wire type (0 varint, 1 fixed64, 2 length-delimited). A
- * nested message is written after its length, so each is sized first.
- */
-#define PB_TAG(field, wire) ((char)((field) << 3 | (wire)))
-
-static inline __attribute__((always_inline)) size_t
-pb_varint_size(uint64_t v)
-{
-    size_t n = 1;
-
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static inline __attribute__((always_inline)) char *
-pb_varint(char *o, uint64_t v)
-{
-    while (v >= 0x80) {
-        *o++ = (char)(v | 0x80);
-        v >>= 7;
-    }
-    *o++ = (char)v;
-    return o;
-}
-
-static inline __attribute__((always_inline)) char *
-pb_fixed64(char *o, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        *o++ = (char)(v >> (8 * i));
-    }
-    return o;
-}
-
-/* A length-delimited field: tag, length, bytes. */
-static inline __attribute__((always_inline)) char *
-pb_bytes(char *o, char tag, const void *p, size_t len)
-{
-    *o++ = tag;
-    o = pb_varint(o, len);
-    memcpy(o, p, len);
-    return o + len;
-}
-
-/* Size of a length-delimited field holding len bytes (one-byte tag). */
-static size_t
-pb_field_size(size_t len)
-{
-    return 1 + pb_varint_size(len) + len;
-}
-
 /* AnyValue: string_value 1, bool_value 2, int_value 3, double_value 4. */
 static inline __attribute__((always_inline)) char *
 pb_any(char *o, const char *text, const struct trace_attr *a)
@@ -1071,39 +1329,6 @@ pb_any(char *o, const char *text, const struct trace_attr *a)
     return o;
 }
 
-/*
- * A length-delimited field whose length is known only once its content is
- * written: pb_open leaves width bytes for the length, pb_close writes it
- * there and moves the content when the varint needs fewer or more bytes.
- * The callers pick the width that fits the usual case (1 for attributes,
- * 2 for a span), so the move is rare.
- */
-static inline __attribute__((always_inline)) char *
-pb_open(char *o, char tag, size_t width)
-{
-    *o++ = tag;
-    return o + width;
-}
-
-static inline __attribute__((always_inline)) char *
-pb_close(char *content, char *o, size_t width)
-{
-    size_t len = (size_t)(o - content), need = pb_varint_size(len);
-    char *at = content - width;
-
-    if (need != width) {
-        memmove(at + need, content, len);
-        o += (ptrdiff_t)need - (ptrdiff_t)width;
-    }
-    if (need == 2 && width == 2) {
-        at[0] = (char)(len | 0x80);
-        at[1] = (char)(len >> 7);
-    } else {
-        pb_varint(at, len);
-    }
-    return o;
-}
-
 /* Room a span's encoding may take at most: fixed fields, then each string. */
 static size_t
 pb_span_room(const struct trace_span *span)
@@ -1111,10 +1336,7 @@ pb_span_room(const struct trace_span *span)
     /* tags, ids, times, kind, status code, dropped count, length bytes */
     size_t n = 96 + span->name_len + span->status_message_len;
 
-    for (unsigned i = 0; i < span->nattrs; i++) {
-        /* field, KeyValue, key, AnyValue tags and lengths; a varint, double or the string */
-        n += 24 + span->attrs[i].key_len + span->attrs[i].len;
-    }
+    n += span->attrs_len; /* encoded already */
     if (span->events != NULL) {
         n += 8; /* dropped_events_count */
         for (uint32_t e = 0; e < span->events->n; e++) {
@@ -1129,20 +1351,56 @@ pb_span_room(const struct trace_span *span)
     return n;
 }
 
-/* KeyValue fields (tag field) for the attributes, at o (room reserved by the caller). */
+/* AnyValue's size for a: its one field, tag and value. */
+static inline __attribute__((always_inline)) size_t
+pb_any_size(const struct trace_attr *a)
+{
+    switch (a->type) {
+    case TRACE_ATTR_STRING:
+        return pb_field_size(a->len);
+    case TRACE_ATTR_INT:
+        return 1 + pb_varint_size((uint64_t)a->v.i);
+    case TRACE_ATTR_DOUBLE:
+        return 9;
+    case TRACE_ATTR_BOOL:
+        return 2;
+    }
+    return 0;
+}
+
+/*
+ * An event's attributes as KeyValue fields (tag field), at o (room reserved
+ * by the caller). Keys and values are short: both lengths are known first,
+ * so the usual attribute is written in one pass with one-byte lengths.
+ */
 static char *
 pb_attrs(char *o, char field_tag, const char *text, const struct trace_attr *attrs, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
         const struct trace_attr *a = &attrs[i];
-        char *kv, *any;
-        /* KeyValue {key 1, value 2: AnyValue} */
-        kv = o = pb_open(o, field_tag, 1);
-        o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
-        any = o = pb_open(o, PB_TAG(2, 2), 1);
-        o = pb_any(o, text, a);
-        o = pb_close(any, o, 1);
-        o = pb_close(kv, o, 1);
+        size_t any = pb_any_size(a);
+        size_t kv = 2 + a->key_len + 2 + any;
+
+        if (kv < 128) { /* so are the key's and the value's lengths */
+            *o++ = field_tag;
+            *o++ = (char)kv;
+            *o++ = PB_TAG(1, 2);
+            *o++ = (char)a->key_len;
+            memcpy(o, a->key, a->key_len);
+            o += a->key_len;
+            *o++ = PB_TAG(2, 2);
+            *o++ = (char)any;
+            o = pb_any(o, text, a);
+        } else {
+            /* KeyValue {key 1, value 2: AnyValue} */
+            char *kvo = o = pb_open(o, field_tag, 1);
+            char *anyo;
+            o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
+            anyo = o = pb_open(o, PB_TAG(2, 2), 1);
+            o = pb_any(o, text, a);
+            o = pb_close(anyo, o, 1);
+            o = pb_close(kvo, o, 1);
+        }
     }
     return o;
 }
@@ -1169,7 +1427,8 @@ trace_span_proto(struct buf *out, const struct trace_span *span)
     *o++ = PB_TAG(8, 1);
     o = pb_fixed64(o, span->end_unix_ns ? span->end_unix_ns : span->start_unix_ns);
     /* Span.attributes = 9 */
-    o = pb_attrs(o, PB_TAG(9, 2), span->text, span->attrs, span->nattrs);
+    memcpy(o, span->attrs, span->attrs_len);
+    o += span->attrs_len;
     if (span->dropped_attrs > 0) {
         *o++ = PB_TAG(10, 0);
         o = pb_varint(o, span->dropped_attrs);
@@ -1793,16 +2052,15 @@ resource_collect(struct resource_list *rl, const struct telemetry_settings *t,
     /* Both encodings carry valid UTF-8 only: keys and values are cleaned here once. */
     for (size_t k = 0; k < rl->n; k++) {
         struct resource_attr *a = &rl->attrs[k];
-        bool plain;
         size_t len = strlen(a->key);
         char *clean = xmalloc(len + 1);
-        clean[copy_utf8(clean, len + 1, a->key, len, &plain)] = '\0';
+        clean[copy_utf8(clean, len + 1, a->key, len)] = '\0';
         free(a->key);
         a->key = clean;
         if (!a->is_int) {
             len = strlen(a->value);
             clean = xmalloc(len + 1);
-            clean[copy_utf8(clean, len + 1, a->value, len, &plain)] = '\0';
+            clean[copy_utf8(clean, len + 1, a->value, len)] = '\0';
             free(a->value);
             a->value = clean;
         }

@@ -30,6 +30,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -148,7 +149,7 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_NAME_MAX 64
 #define TRACE_ATTR_STR_MAX 96
 #define TRACE_MAX_ATTRS 16
-#define TRACE_SPAN_TEXT_MAX 384
+#define TRACE_SPAN_ATTRS_MAX 768
 #define TRACE_STATUS_MSG_MAX 96
 #define TRACE_SPAN_POOL_MAX 512
 /*
@@ -161,19 +162,17 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_EVENT_TEXT_MAX 192
 
 /*
- * An attribute. The key is not copied: it must have static storage (the
- * callers pass string literals of plain ASCII, no '"' or '\\'), which keeps
- * setting an attribute to a pointer store and finding one to a length
- * compare. A string value lives in its span's text (trace_attr_string).
+ * An event's attribute. The key is not copied: it must have static storage
+ * (the callers pass string literals of plain ASCII, no '"' or '\\'). A
+ * string value lives in its event's text.
  */
 struct trace_attr {
     const char *key;
     uint32_t key_len;
     uint8_t type; /* enum trace_attr_type */
     uint8_t len;  /* string value: bytes, without the NUL */
-    bool plain;   /* string value needs no JSON escaping: written as it is */
     union {
-        uint16_t off; /* string value: offset in the span's text */
+        uint16_t off; /* string value: offset in the event's text */
         int64_t i;
         double d;
         bool b;
@@ -189,7 +188,7 @@ struct trace_event {
     uint8_t dropped_attrs;
     uint16_t text_used;
     struct trace_attr attrs[TRACE_EVENT_ATTRS];
-    char text[TRACE_EVENT_TEXT_MAX]; /* string values, as a span's text */
+    char text[TRACE_EVENT_TEXT_MAX]; /* string values, NUL-terminated */
 };
 
 /* A span's events, allocated with its first event: most spans have none. */
@@ -202,11 +201,16 @@ struct trace_events {
 /*
  * One span, about 1 KB and laid out so that a typical request's span
  * touches a dozen cache lines: the exporter's queue holds thousands, and
- * spans that sprawl evict the proxy's own working set. String values share
- * the span's text (TRACE_SPAN_TEXT_MAX bytes); each is cut at
- * TRACE_ATTR_STR_MAX - 1 bytes or where the text runs out, at a UTF-8
- * character boundary, and invalid bytes become '?'. Beyond TRACE_MAX_ATTRS
- * attributes, new keys are dropped and counted (droppedAttributesCount).
+ * spans that sprawl evict the proxy's own working set.
+ *
+ * Attributes are kept as they go on the wire: attrs holds their encoded
+ * Span.attributes fields (protobuf KeyValue messages) back to back, written
+ * once when set, so sending a span copies them and the JSON encoder decodes
+ * them. A string value is cut at TRACE_ATTR_STR_MAX - 1 bytes, at a UTF-8
+ * character boundary, with invalid bytes as '?'; where the span's room
+ * (TRACE_SPAN_ATTRS_MAX bytes) runs out it is cut further, and an attribute
+ * with no room at all, or beyond TRACE_MAX_ATTRS, is dropped and counted
+ * (droppedAttributesCount).
  */
 struct trace_span {
     uint8_t trace_id[TRACE_ID_SIZE];
@@ -215,30 +219,31 @@ struct trace_span {
     bool has_parent;
     uint8_t flags;
     uint8_t name_len;
-    bool name_plain; /* name needs no JSON escaping */
     uint8_t status_message_len;
     uint8_t kind;   /* enum trace_span_kind */
     uint8_t status; /* enum trace_status_code */
     uint8_t nattrs;
-    uint16_t text_used;
+    uint16_t attrs_len; /* bytes of attrs in use */
     uint16_t dropped_attrs;
-    uint64_t key_lens; /* bit (length % 64) set for each key held: most new keys skip the lookup */
+    uint64_t key_bits; /* a bit per key held (trace.c key_bit): most new keys skip the lookup */
     uint64_t start_unix_ns;
     uint64_t end_unix_ns;         /* 0 until trace_span_end */
     struct trace_span *pool_next; /* only while the span sits in the pool */
     struct trace_events *events;  /* NULL until the first event */
     char name[TRACE_NAME_MAX];
-    struct trace_attr attrs[TRACE_MAX_ATTRS];
-    char text[TRACE_SPAN_TEXT_MAX];
+    char attrs[TRACE_SPAN_ATTRS_MAX];          /* encoded Span.attributes fields */
     char status_message[TRACE_STATUS_MSG_MAX]; /* last: written only on errors */
 };
 
-/* The value of a string attribute of span, NUL-terminated. */
-static inline const char *
-trace_attr_string(const struct trace_span *span, const struct trace_attr *a)
-{
-    return span->text + a->v.off;
-}
+/* An attribute's value as trace_span_find reads it back; a string points into the span. */
+struct trace_value {
+    enum trace_attr_type type;
+    const char *str; /* string: len bytes, not NUL-terminated */
+    size_t len;
+    int64_t i;
+    double d;
+    bool b;
+};
 
 /*
  * A span whose own ids are ctx's (trace id, span id, flags), child of
@@ -260,14 +265,58 @@ void trace_span_free(struct trace_span *span);
  */
 size_t trace_span_pool_count(void);
 
-/* Setting a key again replaces its value, as OTel does. key: see struct trace_attr. */
-void trace_span_attr_str(struct trace_span *span, const char *key, const char *value);
-void trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len);
-void trace_span_attr_int(struct trace_span *span, const char *key, int64_t value);
-void trace_span_attr_double(struct trace_span *span, const char *key, double value);
-void trace_span_attr_bool(struct trace_span *span, const char *key, bool value);
-/* NULL when the key is not set; the pointer lives as long as the span. */
-const struct trace_attr *trace_span_attr_find(const struct trace_span *span, const char *key);
+/*
+ * Setting a key again replaces its value, as OTel does. The trace_span_put_*
+ * functions take the key's length; the trace_span_attr_* wrappers measure
+ * it, which the compiler does at compile time for the literal keys of the
+ * request path. Keys and string values are copied (see struct trace_span).
+ */
+void trace_span_put_str(struct trace_span *span, const char *key, size_t key_len,
+                        const char *value, size_t len);
+void trace_span_put_int(struct trace_span *span, const char *key, size_t key_len, int64_t value);
+void trace_span_put_double(struct trace_span *span, const char *key, size_t key_len,
+                           double value);
+void trace_span_put_bool(struct trace_span *span, const char *key, size_t key_len, bool value);
+/* Read an attribute back into out; false when the key is not set. */
+bool trace_span_find(const struct trace_span *span, const char *key, size_t key_len,
+                     struct trace_value *out);
+
+static inline void
+trace_span_attr_strn(struct trace_span *span, const char *key, const char *value, size_t len)
+{
+    trace_span_put_str(span, key, strlen(key), value, len);
+}
+
+/* value NULL is the empty string. */
+static inline void
+trace_span_attr_str(struct trace_span *span, const char *key, const char *value)
+{
+    trace_span_put_str(span, key, strlen(key), value ? value : "", value ? strlen(value) : 0);
+}
+
+static inline void
+trace_span_attr_int(struct trace_span *span, const char *key, int64_t value)
+{
+    trace_span_put_int(span, key, strlen(key), value);
+}
+
+static inline void
+trace_span_attr_double(struct trace_span *span, const char *key, double value)
+{
+    trace_span_put_double(span, key, strlen(key), value);
+}
+
+static inline void
+trace_span_attr_bool(struct trace_span *span, const char *key, bool value)
+{
+    trace_span_put_bool(span, key, strlen(key), value);
+}
+
+static inline bool
+trace_span_attr_get(const struct trace_span *span, const char *key, struct trace_value *out)
+{
+    return trace_span_find(span, key, strlen(key), out);
+}
 
 /* message may be NULL; OTel keeps a description only with ERROR. */
 void trace_span_set_status(struct trace_span *span, enum trace_status_code code,

@@ -430,18 +430,48 @@ new_span(enum trace_span_kind kind)
     return trace_span_new(&ctx, NULL, kind, "POST /v1/embeddings", 1000);
 }
 
+/* A string attribute's value as a NUL-terminated copy (in out), or NULL when unset. */
+static const char *
+attr_text(const struct trace_span *span, const char *key, char out[TRACE_ATTR_STR_MAX + 1])
+{
+    struct trace_value v;
+
+    if (!trace_span_attr_get(span, key, &v) || v.type != TRACE_ATTR_STRING) {
+        return NULL;
+    }
+    cr_assert_leq(v.len, TRACE_ATTR_STR_MAX);
+    memcpy(out, v.str, v.len);
+    out[v.len] = '\0';
+    return out;
+}
+
 Test(span, setting_a_key_again_replaces_its_value)
 {
     struct trace_span *span = new_span(TRACE_KIND_SERVER);
-    const struct trace_attr *a;
+    struct trace_value v;
+    char text[TRACE_ATTR_STR_MAX + 1];
 
     trace_span_attr_str(span, "akosha.upstream", "tei-a");
+    trace_span_attr_str(span, "akosha.model", "minilm");
     trace_span_attr_int(span, "akosha.upstream", 7);
-    cr_assert_eq(span->nattrs, 1);
-    a = trace_span_attr_find(span, "akosha.upstream");
-    cr_assert_not_null(a);
-    cr_assert_eq(a->type, TRACE_ATTR_INT);
-    cr_assert_eq(a->v.i, 7);
+    cr_assert_eq(span->nattrs, 2);
+    cr_assert(trace_span_attr_get(span, "akosha.upstream", &v));
+    cr_assert_eq(v.type, TRACE_ATTR_INT);
+    cr_assert_eq(v.i, 7);
+    cr_assert_str_eq(attr_text(span, "akosha.model", text), "minilm", "the other key is intact");
+    trace_span_attr_int(span, "akosha.upstream", -9);
+    cr_assert(trace_span_attr_get(span, "akosha.upstream", &v));
+    cr_assert_eq(v.i, -9);
+    trace_span_attr_double(span, "akosha.upstream", 0.25);
+    cr_assert(trace_span_attr_get(span, "akosha.upstream", &v));
+    cr_assert_eq(v.type, TRACE_ATTR_DOUBLE);
+    cr_assert_float_eq(v.d, 0.25, 1e-12);
+    trace_span_attr_bool(span, "akosha.upstream", true);
+    cr_assert(trace_span_attr_get(span, "akosha.upstream", &v));
+    cr_assert_eq(v.type, TRACE_ATTR_BOOL);
+    cr_assert(v.b);
+    cr_assert_eq(span->nattrs, 2);
+    cr_assert_eq(span->dropped_attrs, 0);
     trace_span_free(span);
 }
 
@@ -472,17 +502,17 @@ Test(span, long_strings_are_cut_on_a_utf8_boundary)
     }
     value[len] = '\0';
     trace_span_attr_str(span, "url.path", value);
-    len = strlen(trace_attr_string(span, trace_span_attr_find(span, "url.path")));
+    len = strlen(attr_text(span, "url.path", (char[TRACE_ATTR_STR_MAX + 1]){0}));
     cr_assert_lt(len, TRACE_ATTR_STR_MAX);
     cr_assert_eq(len % 2, 0, "no half character at the cut");
     trace_span_free(span);
 }
 
-Test(span, string_values_share_the_span_text_and_are_cut_when_it_runs_out)
+Test(span, string_values_are_cut_when_the_span_runs_out_of_room_then_dropped)
 {
     struct trace_span *span = new_span(TRACE_KIND_SERVER);
-    char value[80];
-    size_t total = 0;
+    char value[80], text[TRACE_ATTR_STR_MAX + 1];
+    size_t whole = 0, cut = 0, empty = 0;
     struct buf out;
     json_t *root;
 
@@ -491,26 +521,60 @@ Test(span, string_values_share_the_span_text_and_are_cut_when_it_runs_out)
     for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
         trace_span_attr_str(span, many_keys[i], value);
     }
-    cr_assert_eq(span->nattrs, TRACE_MAX_ATTRS);
+    cr_assert_leq(span->attrs_len, TRACE_SPAN_ATTRS_MAX);
+    cr_assert_eq(span->nattrs + span->dropped_attrs, TRACE_MAX_ATTRS);
     for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
-        const char *v = trace_attr_string(span, &span->attrs[i]);
-        size_t len = strlen(v);
-        cr_assert_eq(len, span->attrs[i].len);
+        const char *v = attr_text(span, many_keys[i], text);
+        size_t len;
+        if (v == NULL) {
+            continue;
+        }
+        len = strlen(v);
         cr_assert(strncmp(v, value, len) == 0, "a value is a prefix of what was set");
-        cr_assert(v >= span->text && v + len < span->text + TRACE_SPAN_TEXT_MAX, "inside the text");
-        total += len;
+        whole += len == sizeof(value) - 1;
+        cut += len > 0 && len < sizeof(value) - 1;
+        empty += len == 0;
     }
-    cr_assert_leq(span->text_used, TRACE_SPAN_TEXT_MAX);
-    cr_assert_gt(total, TRACE_SPAN_TEXT_MAX - 2 * TRACE_MAX_ATTRS, "the text is used up: %zu",
-                 total);
-    cr_assert_eq(span->attrs[0].len, sizeof(value) - 1, "the first values are whole");
-    cr_assert_eq(span->attrs[TRACE_MAX_ATTRS - 1].len, 0, "the last ones found no room");
+    cr_assert_gt(whole, 0, "the first values are whole");
+    cr_assert_lt(whole, TRACE_MAX_ATTRS, "the room runs out: %zu whole", whole);
+    cr_assert_gt(span->attrs_len, TRACE_SPAN_ATTRS_MAX - 32, "the room is used up: %u",
+                 span->attrs_len);
+    cr_assert_leq(cut, 1, "at most one value is cut short");
+    cr_assert_gt(span->dropped_attrs + empty, 0, "the last ones found no room");
     buf_init(&out);
     trace_span_json(&out, span);
     root = json_loadb(out.data, out.len, 0, NULL);
     cr_assert_not_null(root, "invalid JSON: %s", out.data);
+    cr_assert_eq(json_array_size(json_object_get(root, "attributes")), span->nattrs);
+    if (span->dropped_attrs > 0) {
+        cr_assert_eq(json_integer_value(json_object_get(root, "droppedAttributesCount")),
+                     span->dropped_attrs);
+    }
     json_decref(root);
     buf_free(&out);
+    trace_span_free(span);
+}
+
+Test(span, a_cut_at_the_room_never_splits_a_character)
+{
+    struct trace_span *span = new_span(TRACE_KIND_SERVER);
+    char value[90], text[TRACE_ATTR_STR_MAX + 1];
+    size_t len = 0;
+
+    while (len + 2 < sizeof(value)) {
+        value[len++] = (char)0xc3; /* "é" */
+        value[len++] = (char)0xa9;
+    }
+    value[len] = '\0';
+    for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
+        trace_span_attr_str(span, many_keys[i], value);
+    }
+    for (int i = 0; i < TRACE_MAX_ATTRS; i++) {
+        const char *v = attr_text(span, many_keys[i], text);
+        if (v != NULL) {
+            cr_assert_eq(strlen(v) % 2, 0, "no half character at the cut (key %d)", i);
+        }
+    }
     trace_span_free(span);
 }
 
@@ -533,8 +597,11 @@ Test(span, http_5xx_is_an_error_on_server_spans)
 
     trace_span_set_http_status(span, 503);
     cr_assert_eq(span->status, TRACE_STATUS_ERROR);
-    cr_assert_str_eq(trace_attr_string(span, trace_span_attr_find(span, "error.type")), "503");
-    cr_assert_eq(trace_span_attr_find(span, "http.response.status_code")->v.i, 503);
+    struct trace_value v;
+
+    cr_assert_str_eq(attr_text(span, "error.type", (char[TRACE_ATTR_STR_MAX + 1]){0}), "503");
+    cr_assert(trace_span_attr_get(span, "http.response.status_code", &v));
+    cr_assert_eq(v.i, 503);
     trace_span_free(span);
 }
 
@@ -546,7 +613,7 @@ Test(span, http_4xx_is_unset_on_server_spans_and_error_on_client_spans)
     trace_span_set_http_status(server, 404);
     trace_span_set_http_status(client, 404);
     cr_assert_eq(server->status, TRACE_STATUS_UNSET);
-    cr_assert_null(trace_span_attr_find(server, "error.type"));
+    cr_assert_null(attr_text(server, "error.type", (char[TRACE_ATTR_STR_MAX + 1]){0}));
     cr_assert_eq(client->status, TRACE_STATUS_ERROR);
     trace_span_free(server);
     trace_span_free(client);
@@ -563,7 +630,7 @@ Test(span, http_2xx_leaves_status_unset_and_never_clears_an_error)
     trace_span_set_http_status(span, 204);
     cr_assert_eq(span->status, TRACE_STATUS_ERROR);
     trace_span_set_http_status(span, 502);
-    cr_assert_str_eq(trace_attr_string(span, trace_span_attr_find(span, "error.type")), "timeout",
+    cr_assert_str_eq(attr_text(span, "error.type", (char[TRACE_ATTR_STR_MAX + 1]){0}), "timeout",
                      "an error.type already set is kept");
     trace_span_free(span);
 }
@@ -777,7 +844,8 @@ Test(span, a_freed_span_is_reused_and_comes_back_clean)
     cr_assert_eq(b->status, TRACE_STATUS_UNSET);
     cr_assert_eq(b->status_message_len, 0);
     cr_assert_eq(b->kind, TRACE_KIND_CLIENT);
-    cr_assert_null(trace_span_attr_find(b, "akosha.upstream"));
+    cr_assert_null(attr_text(b, "akosha.upstream", (char[TRACE_ATTR_STR_MAX + 1]){0}));
+    cr_assert_eq(b->attrs_len, 0);
     trace_span_free(b);
 }
 
@@ -1331,15 +1399,25 @@ Test(otlp_proto, long_fields_and_dropped_counts_frame_correctly)
     }
     trace_span_free(span);
 
-    /* A KeyValue past 127 bytes, and a span past 16383: lengths that outgrow their room. */
+    /*
+     * A KeyValue past 127 bytes, and a span past 16383: lengths that outgrow
+     * their room. A span attribute's key is copied into the span, so a huge
+     * one finds no room and is dropped; an event's is a static key, so the
+     * huge one goes there.
+     */
     {
         static char long_key[120], huge_key[20000];
         struct pb_field kv, v;
+        struct trace_event *ev;
         memset(long_key, 'k', sizeof(long_key) - 1);
         memset(huge_key, 'h', sizeof(huge_key) - 1);
         span = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "grow", 1);
         trace_span_attr_strn(span, long_key, big, sizeof(big));
         trace_span_attr_bool(span, huge_key, true);
+        cr_assert_eq(span->dropped_attrs, 1, "no room for a 20 KB key");
+        cr_assert_not(trace_span_attr_get(span, huge_key, &(struct trace_value){0}));
+        ev = trace_span_add_event(span, "huge", 1);
+        trace_event_attr_int(ev, huge_key, 1);
         trace_span_attr_int(span, "after", 7);
         trace_span_end(span, 2);
         out.len = 0;
@@ -1351,8 +1429,7 @@ Test(otlp_proto, long_fields_and_dropped_counts_frame_correctly)
         cr_assert(pb_span_ok(f.p, f.len));
         v = pb_attr(f.p, f.len, long_key);
         cr_assert_eq(pb_get(v.p, v.len, 1, 2).len, TRACE_ATTR_STR_MAX - 1);
-        v = pb_attr(f.p, f.len, huge_key);
-        cr_assert_eq(pb_get(v.p, v.len, 2, 0).v, 1);
+        cr_assert_eq(pb_get(f.p, f.len, 10, 0).v, 1, "the dropped key is counted");
         v = pb_attr(f.p, f.len, "after");
         cr_assert_eq(pb_get(v.p, v.len, 3, 0).v, 7, "fields after the moved ones intact");
         {
