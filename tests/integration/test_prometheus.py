@@ -2,6 +2,8 @@
 
 The test checks an exact counter through Prometheus' HTTP API and that every
 query of the shipped dashboard and alert rules evaluates without error.
+Issue 20: a Prometheus with exemplar storage scrapes OpenMetrics and returns,
+through /api/v1/query_exemplars, the trace id of a span akosha exported.
 """
 import http.client
 import json
@@ -45,15 +47,27 @@ def alert_queries():
     return [r["expr"] for g in rules["groups"] for r in g["rules"]]
 
 
+class Prometheus:
+    def __init__(self, port, log_path):
+        self.port = port
+        self.log_path = log_path
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+
 @pytest.fixture
 def prometheus():
+    """start(target_port, flags=()) runs a Prometheus scraping akosha's admin
+    port every second, with extra command-line flags; it returns a Prometheus."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed (apt-get install prometheus)")
     procs = []
     dirs = []
 
-    def start(target_port):
+    def start(target_port, flags=()):
         d = tempfile.TemporaryDirectory()
         dirs.append(d)
         port = free_port()
@@ -62,13 +76,14 @@ def prometheus():
             f.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                     "scrape_configs:\n  - job_name: akosha\n    metrics_path: /metrics\n"
                     "    static_configs:\n      - targets: ['127.0.0.1:%d']\n" % target_port)
-        log = open(os.path.join(d.name, "log"), "w")
+        log_path = os.path.join(d.name, "log")
+        log = open(log_path, "w")
         p = subprocess.Popen([binary, "--config.file=" + conf,
                               "--storage.tsdb.path=" + os.path.join(d.name, "data"),
-                              "--web.listen-address=127.0.0.1:%d" % port],
+                              "--web.listen-address=127.0.0.1:%d" % port] + list(flags),
                              stdout=log, stderr=subprocess.STDOUT)
         procs.append((p, log))
-        return port
+        return Prometheus(port, log_path)
 
     yield start
     for p, log in procs:
@@ -82,13 +97,17 @@ def prometheus():
         d.cleanup()
 
 
-def query(port, expr):
-    url = "http://127.0.0.1:%d/api/v1/query?%s" % (port, urllib.parse.urlencode({"query": expr}))
+def api(port, path, **params):
+    url = "http://127.0.0.1:%d%s?%s" % (port, path, urllib.parse.urlencode(params))
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read())
+
+
+def query(port, expr):
+    return api(port, "/api/v1/query", query=expr)
 
 
 def test_prometheus_scrapes_and_every_query_evaluates(start_akosha, prometheus, backend):
@@ -97,7 +116,7 @@ def test_prometheus_scrapes_and_every_query_evaluates(start_akosha, prometheus, 
         a.post_json("/v1/embeddings", {"input": ["x", "y"]})
     a.admin("POST", "/upstreams/b/open")
     a.post_json("/v1/embeddings", {"input": "fallback"})
-    port = prometheus(a.admin_port)
+    port = prometheus(a.admin_port).port
     deadline = time.time() + 40
     real = fallback = None
     while time.time() < deadline:
@@ -208,3 +227,75 @@ def test_openmetrics_scrape_has_exemplars_of_traced_requests(start_akosha, backe
         ctype, page = metrics_page(a, accept)
         assert ctype == "text/plain; version=0.0.4; charset=utf-8"
         assert b"# EOF" not in page and b"trace_id" not in page
+
+
+DURATION_BUCKETS = 'akosha_request_duration_seconds_bucket{route="embeddings"}'
+
+
+def test_prometheus_with_exemplar_storage_returns_the_trace_id_of_an_exported_span(
+        start_akosha, prometheus, backend, receiver):
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     % backend.port, env=FAST_EXPORT)
+    since = time.time()
+    for i in range(3):
+        status, _, _ = a.post_json("/v1/embeddings", {"input": "x%d" % i})
+        assert status == 200
+    spans = receiver.wait_spans(6)
+    server = sorted((s for s in spans if s["kind"] == 2), key=lambda s: int(s["startTimeUnixNano"]))
+    assert len(server) == 3, spans
+    span_seconds = {s["traceId"]: (int(s["endTimeUnixNano"]) - int(s["startTimeUnixNano"])) / 1e9
+                    for s in server}
+    assert len(span_seconds) == 3
+
+    prom = prometheus(a.admin_port, ["--enable-feature=exemplar-storage"])
+    deadline = time.time() + 40
+    found = []
+    while time.time() < deadline:
+        try:
+            res = api(prom.port, "/api/v1/query_exemplars", query=DURATION_BUCKETS,
+                      start="%.3f" % (since - 60), end="%.3f" % (time.time() + 60))
+        except OSError:
+            time.sleep(0.5)
+            continue
+        if res.get("status") == "success" and res["data"]:
+            found = res["data"]
+            break
+        time.sleep(0.5)
+    assert found, ("Prometheus kept no exemplar", prom.log())
+
+    # Bucket bounds as Prometheus stored them: "1.0" is OpenMetrics', "1" the 0.0.4 text's.
+    buckets = query(prom.port, DURATION_BUCKETS)["data"]["result"]
+    les = {b["metric"]["le"] for b in buckets}
+    assert "1.0" in les and "1" not in les, les
+    bounds = sorted(float(le) for le in les)
+
+    ids = set()
+    for series in found:
+        labels = series["seriesLabels"]
+        assert labels["__name__"] == "akosha_request_duration_seconds_bucket", labels
+        assert labels["route"] == "embeddings" and labels["job"] == "akosha", labels
+        upper = float(labels["le"])
+        lower = max((b for b in bounds if b < upper), default=0.0)
+        assert series["exemplars"], series
+        for ex in series["exemplars"]:
+            assert set(ex["labels"]) == {"trace_id"}, ex
+            trace_id = ex["labels"]["trace_id"]
+            assert trace_id in span_seconds, (trace_id, sorted(span_seconds))
+            ids.add(trace_id)
+            value = float(ex["value"])
+            # In its bucket's range, and in seconds: about as long as the request's
+            # SERVER span (in milliseconds it would be a thousand times that).
+            assert 0 < value and lower < value <= upper, (value, lower, upper)
+            assert abs(value - span_seconds[trace_id]) < 0.02 + span_seconds[trace_id] / 4, \
+                (value, span_seconds[trace_id])
+            assert since - 1 <= float(ex["timestamp"]) <= time.time() + 1, (ex, since)
+    # The last request's bucket holds it: akosha keeps the latest sampled one.
+    assert server[-1]["traceId"] in ids, (server[-1]["traceId"], ids)
+
+    targets = api(prom.port, "/api/v1/targets")["data"]["activeTargets"]
+    assert len(targets) == 1, targets
+    assert targets[0]["health"] == "up" and targets[0]["lastError"] == "", targets
+    # Exemplars Prometheus could not ingest (out of order, bad labels) are logged, not failed.
+    complaints = [line for line in prom.log().splitlines()
+                  if "exemplar" in line.lower() and "level=info" not in line]
+    assert not complaints, complaints
