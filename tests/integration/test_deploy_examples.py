@@ -503,6 +503,8 @@ def test_compose_prometheus_scrapes_the_admin_listener_with_the_shipped_rules(co
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in prom["volumes"])
     config_in = "--config.file=/etc/prometheus/prometheus.yml"
     assert config_in in prom["command"]
+    # without it Prometheus drops the exemplars the latency panel links through
+    assert "--enable-feature=exemplar-storage" in prom["command"]
     assert mounts["./prometheus.yml"] == "/etc/prometheus/prometheus.yml"
     for host in mounts:
         assert os.path.isfile(os.path.join(CONF, host)), host
