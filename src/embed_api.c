@@ -1409,15 +1409,27 @@ embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen,
     static const char key[] = "\"model\"";
     const char *v = find_key(head, head + hlen, "model");
     size_t n = v != NULL ? string_value(v, head + hlen, out, cap) : 0;
+    size_t i = tlen;
 
-    /* The tail starts anywhere, strings included: look for the last key from the end. */
-    for (size_t i = tlen; n == 0 && i >= sizeof(key) - 1; i--) {
-        const char *k = tail + i - (sizeof(key) - 1);
+    /*
+     * The tail starts anywhere, strings included: look for the last key from
+     * the end, quote by quote (an OpenAI answer's "model" is a few keys from
+     * its end, after the vectors).
+     */
+    while (n == 0 && i >= sizeof(key) - 1) {
+        const char *q = tail + i - (sizeof(key) - 1); /* the last place key can start */
         const char *c;
-        if (k[0] != '"' || memcmp(k, key, sizeof(key) - 1) != 0) {
+        while (q > tail && *q != '"') {
+            q--;
+        }
+        if (*q != '"') {
+            break;
+        }
+        i = (size_t)(q - tail) + sizeof(key) - 2; /* next time, quotes before this one */
+        if (memcmp(q, key, sizeof(key) - 1) != 0) {
             continue;
         }
-        c = skip_ws(k + sizeof(key) - 1, tail + tlen);
+        c = skip_ws(q + sizeof(key) - 1, tail + tlen);
         if (c < tail + tlen && *c == ':') {
             n = string_value(c + 1, tail + tlen, out, cap);
             break;

@@ -1280,3 +1280,53 @@ Test(cache_view, answers_that_cannot_be_merged_are_refused_with_a_cause)
         cr_assert_neq(err[0], '\0', "no cause for %s", bad[i]);
     }
 }
+
+/* ---- the answer's model, from its first and last bytes ---- */
+
+/* body's model as the proxy finds it: from its first 512 and last 256 bytes */
+static size_t
+edges_model(const char *body, char *out, size_t cap)
+{
+    size_t len = strlen(body), hlen = len < 512 ? len : 512, tlen = len < 256 ? len : 256;
+
+    return embed_answer_model(body, hlen, body + len - tlen, tlen, out, cap);
+}
+
+Test(answer_model, found_at_either_edge_and_only_as_a_key)
+{
+    char model[64], body[8192];
+    size_t n = 0;
+
+    /* OpenAI: after the vectors, beyond the head */
+    n += (size_t)snprintf(body + n, sizeof(body) - n,
+                          "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,"
+                          "\"embedding\":[");
+    for (int i = 0; i < 384; i++) {
+        n += (size_t)snprintf(body + n, sizeof(body) - n, "%s0.0123456", i ? "," : "");
+    }
+    snprintf(body + n, sizeof(body) - n,
+             "]}],\"model\":\"text-embedding-3-small\",\"usage\":{\"prompt_tokens\":3,"
+             "\"total_tokens\":3}}");
+    cr_assert_eq(edges_model(body, model, sizeof(model)), strlen("text-embedding-3-small"));
+    cr_assert_str_eq(model, "text-embedding-3-small");
+
+    /* Ollama: first */
+    cr_assert_gt(edges_model("{\"model\":\"all-minilm\",\"embeddings\":[[0.1,0.2]]}", model,
+                             sizeof(model)),
+                 0);
+    cr_assert_str_eq(model, "all-minilm");
+
+    /* escaped, blanks, and a value that merely says "model" */
+    edges_model("{\"id\":\"\\\"model\\\":\\\"fake\\\"\", \"model\" : \"m\\u00e9\"}", model,
+                sizeof(model));
+    cr_assert_str_eq(model, "m\xc3\xa9");
+    cr_assert_eq(edges_model("{\"object\":\"model\",\"data\":[]}", model, sizeof(model)), 0);
+    cr_assert_str_eq(model, "");
+
+    /* TEI: none; nor in a body too short for the key */
+    cr_assert_eq(edges_model("[[0.1,0.2,0.3]]", model, sizeof(model)), 0);
+    cr_assert_eq(edges_model("\"mod", model, sizeof(model)), 0);
+    cr_assert_eq(edges_model("\"model\"", model, sizeof(model)), 0);
+    cr_assert_eq(edges_model("\"model\":\"x\"", model, sizeof(model)), 1, "the key at offset 0");
+    cr_assert_str_eq(model, "x");
+}
