@@ -289,6 +289,26 @@ drive(kernel_fn kernel, size_t max_rows, size_t m, const float *a, size_t lda,
 {
     size_t n = b->n, k = b->k, panels = (n + GEMM_PANEL - 1) / GEMM_PANEL;
 
+    /*
+     * One block of rows (a short text): panel after panel, each front to back,
+     * so the weights stream through memory in the order they are stored and
+     * the kernel's prefetch runs on into the next panel (the chunked order
+     * below starts each panel's k-block cold). a (at most 14 x k floats) stays
+     * in L1/L2 anyway. 12 tokens, one thread: 2.14-2.18 ms a text at best
+     * against 2.21-2.26 in chunks (alternating runs, this shared VM).
+     */
+    if (m <= max_rows) {
+        for (size_t p = 0; p < panels; p++) {
+            size_t col = p * GEMM_PANEL;
+            size_t cols = n - col < GEMM_PANEL ? n - col : GEMM_PANEL;
+            for (size_t k0 = 0; k0 < k; k0 += KC) {
+                size_t kc = k - k0 < KC ? k - k0 : KC;
+                kernel(m, kc, a + k0, lda, b->panels + (p * k + k0) * GEMM_PANEL, c + col, ldc,
+                       cols);
+            }
+        }
+        return;
+    }
     for (size_t p0 = 0; p0 < panels; p0 += CHUNK_PANELS) {
         size_t p1 = p0 + CHUNK_PANELS < panels ? p0 + CHUNK_PANELS : panels;
         for (size_t i = 0, rows; i < m; i += rows) {
