@@ -51,6 +51,7 @@ struct bert {
     float *word, *position, *token_type;
     float *emb_ln_w, *emb_ln_b;
     struct bert_layer *layer;
+    struct gemm_arena arena; /* every layer's packed weights, on huge pages where possible */
 };
 
 struct bert_scratch {
@@ -368,6 +369,7 @@ bert_free(struct bert *m)
         }
     }
     free(m->layer);
+    gemm_arena_free(&m->arena);
     free(m);
 }
 
@@ -410,11 +412,11 @@ load_layer(struct bert *m, struct safetensors *st, size_t i, char **cause)
     memcpy(qkv, q, h * h * sizeof(float));
     memcpy(qkv + h * h, k, h * h * sizeof(float));
     memcpy(qkv + 2 * h * h, v, h * h * sizeof(float));
-    gemm_pack(&l->qkv_w, qkv, 3 * h, h);
+    gemm_pack(&l->qkv_w, qkv, 3 * h, h, &m->arena);
     free(qkv);
-    gemm_pack(&l->attn_out_w, attn_out, h, h);
-    gemm_pack(&l->inter_w, inter, in, h);
-    gemm_pack(&l->out_w, out, h, in);
+    gemm_pack(&l->attn_out_w, attn_out, h, h, &m->arena);
+    gemm_pack(&l->inter_w, inter, in, h, &m->arena);
+    gemm_pack(&l->out_w, out, h, in, &m->arena);
     l->qkv_b = xmalloc(3 * h * sizeof(float));
     memcpy(l->qkv_b, qb, h * sizeof(float));
     memcpy(l->qkv_b + h, kb, h * sizeof(float));
@@ -473,6 +475,10 @@ bert_load(const char *dir, struct bert **out, char **cause)
     W(m->emb_ln_w, "embeddings.LayerNorm.weight", h, 0);
     W(m->emb_ln_b, "embeddings.LayerNorm.bias", h, 0);
     m->layer = xcalloc(m->info.layers, sizeof(*m->layer));
+    gemm_arena_init(&m->arena,
+                    m->info.layers * (gemm_packed_bytes(3 * h, h) + gemm_packed_bytes(h, h) +
+                                      gemm_packed_bytes(m->info.intermediate, h) +
+                                      gemm_packed_bytes(h, m->info.intermediate)));
     for (size_t i = 0; i < m->info.layers; i++) {
         if (load_layer(m, st, i, cause) != 0) {
             goto fail;

@@ -13,7 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
+#include "log.h"
 #include "util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -66,12 +68,51 @@ typedef void (*kernel_fn)(size_t rows, size_t kc, const float *a, size_t lda, co
 
 /* ---- packing -------------------------------------------------------------- */
 
+#define HUGE_PAGE ((size_t)2 << 20)
+
+size_t
+gemm_packed_bytes(size_t n, size_t k)
+{
+    /* a multiple of GEMM_PANEL floats (128 bytes): every matrix in an arena stays 64-byte aligned */
+    return (n + GEMM_PANEL - 1) / GEMM_PANEL * GEMM_PANEL * k * sizeof(float);
+}
+
 void
-gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k)
+gemm_arena_init(struct gemm_arena *a, size_t bytes)
+{
+    a->size = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    a->used = 0;
+    a->base = xaligned_alloc(HUGE_PAGE, a->size ? a->size : HUGE_PAGE);
+#ifdef MADV_HUGEPAGE
+    /* Only advice: without THP (or with none free) the pages are small and all still works. */
+    (void)madvise(a->base, a->size, MADV_HUGEPAGE);
+#endif
+}
+
+void
+gemm_arena_free(struct gemm_arena *a)
+{
+    free(a->base);
+    a->base = NULL;
+    a->size = a->used = 0;
+}
+
+void
+gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k, struct gemm_arena *arena)
 {
     size_t panels = (n + GEMM_PANEL - 1) / GEMM_PANEL;
-    size_t bytes = panels * GEMM_PANEL * k * sizeof(float);
-    float *p = xaligned_alloc(64, bytes);
+    size_t bytes = gemm_packed_bytes(n, k);
+    float *p;
+
+    if (arena != NULL) {
+        if (arena->size - arena->used < bytes) {
+            fatal("gemm: arena of %zu bytes too small for %zu more", arena->size, bytes);
+        }
+        p = (float *)(arena->base + arena->used);
+        arena->used += bytes;
+    } else {
+        p = xaligned_alloc(64, bytes ? bytes : 64);
+    }
 
     for (size_t pn = 0; pn < panels; pn++) {
         float *panel = p + pn * GEMM_PANEL * k;
@@ -85,12 +126,15 @@ gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k)
     out->n = n;
     out->k = k;
     out->panels = p;
+    out->in_arena = arena != NULL;
 }
 
 void
 gemm_packed_free(struct gemm_packed *p)
 {
-    free(p->panels);
+    if (!p->in_arena) {
+        free(p->panels);
+    }
     p->panels = NULL;
 }
 

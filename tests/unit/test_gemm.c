@@ -41,7 +41,7 @@ check_shape(enum gemm_path path, size_t m, size_t n, size_t k)
     for (size_t i = 0; i < m * ldc; i++) {
         c0[i] = c[i] = rnd();
     }
-    gemm_pack(&p, w, n, k);
+    gemm_pack(&p, w, n, k, NULL);
     cr_assert(gemm_use(path));
     gemm_acc(m, a, lda, &p, c, ldc);
     for (size_t i = 0; i < m; i++) {
