@@ -329,9 +329,9 @@ block_rows(size_t m, size_t done, size_t max_rows)
 
 static void
 drive(kernel_fn kernel, size_t max_rows, size_t m, const float *a, size_t lda,
-      const struct gemm_packed *b, float *c, size_t ldc)
+      const struct gemm_packed *b, size_t first, size_t panels, float *c, size_t ldc)
 {
-    size_t n = b->n, k = b->k, panels = (n + GEMM_PANEL - 1) / GEMM_PANEL;
+    size_t n = b->n, k = b->k;
 
     /*
      * One block of rows (a short text): panel after panel, each front to back,
@@ -342,7 +342,7 @@ drive(kernel_fn kernel, size_t max_rows, size_t m, const float *a, size_t lda,
      * against 2.21-2.26 in chunks (alternating runs, this shared VM).
      */
     if (m <= max_rows) {
-        for (size_t p = 0; p < panels; p++) {
+        for (size_t p = first; p < panels; p++) {
             size_t col = p * GEMM_PANEL;
             size_t cols = n - col < GEMM_PANEL ? n - col : GEMM_PANEL;
             for (size_t k0 = 0; k0 < k; k0 += KC) {
@@ -353,7 +353,7 @@ drive(kernel_fn kernel, size_t max_rows, size_t m, const float *a, size_t lda,
         }
         return;
     }
-    for (size_t p0 = 0; p0 < panels; p0 += CHUNK_PANELS) {
+    for (size_t p0 = first; p0 < panels; p0 += CHUNK_PANELS) {
         size_t p1 = p0 + CHUNK_PANELS < panels ? p0 + CHUNK_PANELS : panels;
         for (size_t i = 0, rows; i < m; i += rows) {
             rows = block_rows(m, i, max_rows);
@@ -440,23 +440,37 @@ gemm_use(enum gemm_path path)
     return true;
 }
 
-void
-gemm_acc(size_t m, const float *a, size_t lda, const struct gemm_packed *b, float *c, size_t ldc)
+size_t
+gemm_panels(const struct gemm_packed *b)
 {
-    if (m == 0 || b->n == 0) {
+    return (b->n + GEMM_PANEL - 1) / GEMM_PANEL;
+}
+
+void
+gemm_acc_panels(size_t m, const float *a, size_t lda, const struct gemm_packed *b, size_t first,
+                size_t end, float *c, size_t ldc)
+{
+    end = MIN(end, gemm_panels(b));
+    if (m == 0 || first >= end) {
         return;
     }
     switch (gemm_path()) {
 #ifdef GEMM_X86
     case GEMM_AVX512:
-        drive(kernel_avx512, AVX512_ROWS, m, a, lda, b, c, ldc);
+        drive(kernel_avx512, AVX512_ROWS, m, a, lda, b, first, end, c, ldc);
         break;
     case GEMM_AVX2:
-        drive(kernel_avx2, AVX2_ROWS, m, a, lda, b, c, ldc);
+        drive(kernel_avx2, AVX2_ROWS, m, a, lda, b, first, end, c, ldc);
         break;
 #endif
     default:
-        drive(kernel_portable, PORTABLE_ROWS, m, a, lda, b, c, ldc);
+        drive(kernel_portable, PORTABLE_ROWS, m, a, lda, b, first, end, c, ldc);
         break;
     }
+}
+
+void
+gemm_acc(size_t m, const float *a, size_t lda, const struct gemm_packed *b, float *c, size_t ldc)
+{
+    gemm_acc_panels(m, a, lda, b, 0, gemm_panels(b), c, ldc);
 }

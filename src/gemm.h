@@ -81,6 +81,17 @@ void gemm_packed_free(struct gemm_packed *p);
 void gemm_acc(size_t m, const float *a, size_t lda, const struct gemm_packed *b, float *c,
               size_t ldc);
 
+/* Panels of b: ceil(n / GEMM_PANEL). */
+size_t gemm_panels(const struct gemm_packed *b);
+
+/*
+ * gemm_acc for output columns [first * GEMM_PANEL, min(end * GEMM_PANEL, n))
+ * alone, panels first to end of b; c still points at column 0. Two threads
+ * may run disjoint ranges of one product at once.
+ */
+void gemm_acc_panels(size_t m, const float *a, size_t lda, const struct gemm_packed *b,
+                     size_t first, size_t end, float *c, size_t ldc);
+
 /* The kernel set gemm_acc runs now. */
 enum gemm_path gemm_path(void);
 
