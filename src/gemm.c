@@ -73,7 +73,7 @@ typedef void (*kernel_fn)(size_t rows, size_t kc, const float *a, size_t lda, co
 size_t
 gemm_packed_bytes(size_t n, size_t k)
 {
-    /* a multiple of GEMM_PANEL floats (128 bytes): every matrix in an arena stays 64-byte aligned */
+    /* a multiple of 128 bytes (GEMM_PANEL floats): each matrix in an arena stays 64-byte aligned */
     return (n + GEMM_PANEL - 1) / GEMM_PANEL * GEMM_PANEL * k * sizeof(float);
 }
 

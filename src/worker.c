@@ -251,8 +251,7 @@ assist_serve(struct worker_pool *p, struct worker_assist *as)
         int posted = ASSIST_POSTED;
         if (atomic_load_explicit(&as->task, memory_order_relaxed) == ASSIST_POSTED &&
             atomic_compare_exchange_strong_explicit(&as->task, &posted, ASSIST_TAKEN,
-                                                    memory_order_acquire,
-                                                    memory_order_relaxed)) {
+                                                    memory_order_acquire, memory_order_relaxed)) {
             as->fn(as->arg);
             atomic_store_explicit(&as->task, ASSIST_DONE, memory_order_release);
             idle_since = now_ns();
@@ -341,8 +340,13 @@ worker_assist_end(struct worker_assist *as)
     }
     joined = as->joined;
     pthread_mutex_unlock(&p->queue_lock);
-    while (joined && !atomic_load_explicit(&as->gone, memory_order_acquire)) {
+    /* The helper is between tasks: it sees closed at its next look, unless preempted. */
+    for (unsigned spins = 1; joined && !atomic_load_explicit(&as->gone, memory_order_acquire);
+         spins++) {
         cpu_relax();
+        if (spins % 4096 == 0) {
+            sched_yield();
+        }
     }
 }
 

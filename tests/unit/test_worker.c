@@ -525,9 +525,8 @@ run_assisted(struct worker_job *job)
         if (worker_assist_post(&as, assist_task_run, &t)) {
             a->posted++;
             /* The first task: give the helper (waking up) time to take it. */
-            for (int ms = 0; a->sleep_before_wait && i == 0 && ms < 2000 &&
-                             atomic_load(&a->ran_elsewhere) == 0;
-                 ms++) {
+            bool first = a->sleep_before_wait && i == 0;
+            for (int ms = 0; first && ms < 2000 && atomic_load(&a->ran_elsewhere) == 0; ms++) {
                 sleep_ms(1);
             }
             worker_assist_wait(&as);
