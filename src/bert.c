@@ -51,6 +51,7 @@ struct bert {
     float *word, *position, *token_type;
     float *emb_ln_w, *emb_ln_b;
     struct bert_layer *layer;
+    struct gemm_arena arena; /* every layer's packed weights, on huge pages where possible */
 };
 
 struct bert_scratch {
@@ -60,6 +61,7 @@ struct bert_scratch {
     int32_t *ids;
     size_t *lens;
     size_t ids_cap, lens_cap;
+    const struct bert_helper *helper; /* the caller's, or NULL */
 };
 
 /* ---- loading -------------------------------------------------------------- */
@@ -368,6 +370,7 @@ bert_free(struct bert *m)
         }
     }
     free(m->layer);
+    gemm_arena_free(&m->arena);
     free(m);
 }
 
@@ -410,11 +413,11 @@ load_layer(struct bert *m, struct safetensors *st, size_t i, char **cause)
     memcpy(qkv, q, h * h * sizeof(float));
     memcpy(qkv + h * h, k, h * h * sizeof(float));
     memcpy(qkv + 2 * h * h, v, h * h * sizeof(float));
-    gemm_pack(&l->qkv_w, qkv, 3 * h, h);
+    gemm_pack(&l->qkv_w, qkv, 3 * h, h, &m->arena);
     free(qkv);
-    gemm_pack(&l->attn_out_w, attn_out, h, h);
-    gemm_pack(&l->inter_w, inter, in, h);
-    gemm_pack(&l->out_w, out, h, in);
+    gemm_pack(&l->attn_out_w, attn_out, h, h, &m->arena);
+    gemm_pack(&l->inter_w, inter, in, h, &m->arena);
+    gemm_pack(&l->out_w, out, h, in, &m->arena);
     l->qkv_b = xmalloc(3 * h * sizeof(float));
     memcpy(l->qkv_b, qb, h * sizeof(float));
     memcpy(l->qkv_b + h, kb, h * sizeof(float));
@@ -473,6 +476,10 @@ bert_load(const char *dir, struct bert **out, char **cause)
     W(m->emb_ln_w, "embeddings.LayerNorm.weight", h, 0);
     W(m->emb_ln_b, "embeddings.LayerNorm.bias", h, 0);
     m->layer = xcalloc(m->info.layers, sizeof(*m->layer));
+    gemm_arena_init(&m->arena,
+                    m->info.layers * (gemm_packed_bytes(3 * h, h) + gemm_packed_bytes(h, h) +
+                                      gemm_packed_bytes(m->info.intermediate, h) +
+                                      gemm_packed_bytes(h, m->info.intermediate)));
     for (size_t i = 0; i < m->info.layers; i++) {
         if (load_layer(m, st, i, cause) != 0) {
             goto fail;
@@ -524,6 +531,12 @@ bert_scratch_free(struct bert_scratch *s)
     free(s);
 }
 
+void
+bert_scratch_set_helper(struct bert_scratch *s, const struct bert_helper *helper)
+{
+    s->helper = helper;
+}
+
 static void
 scratch_reserve(const struct bert *m, struct bert_scratch *s, size_t tokens, size_t longest)
 {
@@ -545,6 +558,36 @@ scratch_reserve(const struct bert *m, struct bert_scratch *s, size_t tokens, siz
 
 /* ---- forward pass --------------------------------------------------------- */
 
+/* One range of panels of one dense layer, for either thread. */
+struct dense_part {
+    const float *in;
+    size_t rows;
+    const struct gemm_packed *w;
+    const float *bias, *residual;
+    float *out;
+    size_t first, end; /* panels of w */
+};
+
+static void
+dense_part_run(void *arg)
+{
+    const struct dense_part *d = arg;
+    size_t n = d->w->n, c0 = d->first * GEMM_PANEL, c1 = MIN(d->end * GEMM_PANEL, n);
+
+    for (size_t r = 0; r < d->rows; r++) {
+        float *o = d->out + r * n;
+        if (d->residual != NULL) {
+            const float *res = d->residual + r * n;
+            for (size_t i = c0; i < c1; i++) {
+                o[i] = d->bias[i] + res[i];
+            }
+        } else {
+            memcpy(o + c0, d->bias + c0, (c1 - c0) * sizeof(float));
+        }
+    }
+    gemm_acc_panels(d->rows, d->in, d->w->k, d->w, d->first, d->end, d->out, n);
+}
+
 /*
  * out[rows x n] = in[rows x k] . w^T + bias (each row) + residual (when given).
  *
@@ -556,25 +599,31 @@ scratch_reserve(const struct bert *m, struct bert_scratch *s, size_t tokens, siz
  * OpenBLAS for many rows would mean keeping the original layout as well
  * (another 36 MiB at this size), and OpenBLAS on the packed panels, one call
  * per panel, is slower than the kernels at every row count.
+ *
+ * With a helper, the helper takes the first half of the panels (output
+ * columns) and this thread the second: each reads half the weights.
  */
 static void
 dense(const float *in, size_t rows, const struct gemm_packed *w, const float *bias, float *out,
-      const float *residual)
+      const float *residual, const struct bert_helper *helper)
 {
-    size_t n = w->n;
+    size_t panels = gemm_panels(w);
+    struct dense_part all = {in, rows, w, bias, residual, out, 0, panels}, theirs, mine;
 
-    for (size_t r = 0; r < rows; r++) {
-        float *o = out + r * n;
-        if (residual != NULL) {
-            const float *res = residual + r * n;
-            for (size_t i = 0; i < n; i++) {
-                o[i] = bias[i] + res[i];
-            }
-        } else {
-            memcpy(o, bias, n * sizeof(float));
-        }
+    if (helper == NULL || panels < 2) {
+        dense_part_run(&all);
+        return;
     }
-    gemm_acc(rows, in, w->k, w, out, n);
+    theirs = all;
+    theirs.end = panels / 2;
+    mine = all;
+    mine.first = panels / 2;
+    if (!helper->post(helper->ctx, dense_part_run, &theirs)) {
+        dense_part_run(&all);
+        return;
+    }
+    dense_part_run(&mine);
+    helper->wait(helper->ctx);
 }
 
 /*
@@ -781,16 +830,16 @@ forward(const struct bert *m, const int32_t *ids, const size_t *lens, size_t nse
     for (size_t l = 0; l < layers; l++) {
         const struct bert_layer *ly = &m->layer[l];
         size_t off = 0;
-        dense(s->x, total, &ly->qkv_w, ly->qkv_b, s->qkv, NULL);
+        dense(s->x, total, &ly->qkv_w, ly->qkv_b, s->qkv, NULL, s->helper);
         for (size_t i = 0; i < nseq; i++) {
             attention(m, s->qkv + off * 3 * h, s->ctx + off * h, lens[i], s->scores);
             off += lens[i];
         }
-        dense(s->ctx, total, &ly->attn_out_w, ly->attn_out_b, s->tmp, s->x);
+        dense(s->ctx, total, &ly->attn_out_w, ly->attn_out_b, s->tmp, s->x, s->helper);
         layer_norm(s->tmp, s->x, total, h, ly->ln1_w, ly->ln1_b, m->eps);
-        dense(s->x, total, &ly->inter_w, ly->inter_b, s->inter, NULL);
+        dense(s->x, total, &ly->inter_w, ly->inter_b, s->inter, NULL, s->helper);
         gelu(s->inter, total * in);
-        dense(s->inter, total, &ly->out_w, ly->out_b, s->tmp, s->x);
+        dense(s->inter, total, &ly->out_w, ly->out_b, s->tmp, s->x, s->helper);
         layer_norm(s->tmp, s->x, total, h, ly->ln2_w, ly->ln2_b, m->eps);
     }
 }

@@ -63,6 +63,22 @@ struct bert_scratch *bert_scratch_new(void);
 void bert_scratch_free(struct bert_scratch *s);
 
 /*
+ * A second thread for half of each dense layer (half the weights each): for
+ * a short text, whose time goes to reading the weights, two threads reading
+ * half each finish sooner than one. post starts fn(arg) on the other thread
+ * and returns true, or returns false (there is none: the caller runs fn);
+ * after true, wait returns once fn(arg) has returned.
+ */
+struct bert_helper {
+    bool (*post)(void *ctx, void (*fn)(void *arg), void *arg);
+    void (*wait)(void *ctx);
+    void *ctx;
+};
+
+/* bert_embed on s uses helper (borrowed until the next call; NULL: one thread) from now on. */
+void bert_scratch_set_helper(struct bert_scratch *s, const struct bert_helper *helper);
+
+/*
  * Embed n texts (texts[i] of lens[i] bytes of UTF-8) into out[i * dim ..
  * i * dim + dim). dim is the model's hidden size, or smaller to truncate and
  * L2-renormalise (Matryoshka, see bert_matryoshka). Each text is truncated to

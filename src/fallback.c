@@ -322,19 +322,25 @@ job_prepare(struct fallback_job *j)
     return true;
 }
 
-/* Worker thread: the next piece of the answer. Touches nothing but the job. */
-static void
-job_run(struct worker_job *wj)
+/* The local model's helper: another thread of the pool, while one is idle (see worker.h). */
+static bool
+helper_post(void *ctx, void (*fn)(void *arg), void *arg)
 {
-    struct fallback_job *j = (struct fallback_job *)wj;
+    return worker_assist_post(ctx, fn, arg);
+}
 
-    if (atomic_load_explicit(&j->cancelled, memory_order_acquire)) {
-        return;
-    }
-    if (j->runs++ == 0 && !job_prepare(j)) {
-        j->end_ns = otlp_now_unix_ns();
-        return;
-    }
+static void
+helper_wait(void *ctx)
+{
+    worker_assist_wait(ctx);
+}
+
+/* The inputs of the next piece, from next_input on. */
+static void
+job_run_inputs(struct fallback_job *j, struct bert_scratch *scratch)
+{
+    struct worker_job *wj = &j->job;
+
     while (j->next_input < j->er.ninputs) {
         const struct embed_input *in = &j->er.inputs[j->next_input];
         int rc;
@@ -357,7 +363,7 @@ job_run(struct worker_job *wj)
             uint64_t tokens = 0;
             char *cause = NULL;
             rc = bert_embed(j->bert, &in->text, &in->len, 1, j->vector, j->dim, &tokens,
-                            thread_scratch(), &cause);
+                            scratch, &cause);
             free(cause); /* dimensions were checked in choose_embedder */
             j->er.usage_tokens += (size_t)tokens;
             j->text_chars += util_utf8_chars(in->text, in->len);
@@ -384,6 +390,35 @@ job_run(struct worker_job *wj)
     j->status = 200;
     j->complete = true;
     j->end_ns = otlp_now_unix_ns();
+}
+
+/* Worker thread: the next piece of the answer. Touches nothing but the job. */
+static void
+job_run(struct worker_job *wj)
+{
+    struct fallback_job *j = (struct fallback_job *)wj;
+    struct worker_assist assist;
+    struct bert_helper helper = {helper_post, helper_wait, &assist};
+    struct bert_scratch *scratch = NULL;
+
+    if (atomic_load_explicit(&j->cancelled, memory_order_acquire)) {
+        return;
+    }
+    if (j->runs++ == 0 && !job_prepare(j)) {
+        j->end_ns = otlp_now_unix_ns();
+        return;
+    }
+    if (j->bert == NULL) {
+        job_run_inputs(j, NULL);
+        return;
+    }
+    /* An idle thread of the pool, if there is one, takes half of each dense layer. */
+    scratch = thread_scratch();
+    worker_assist_begin(j->pool, &assist);
+    bert_scratch_set_helper(scratch, &helper);
+    job_run_inputs(j, scratch);
+    bert_scratch_set_helper(scratch, NULL);
+    worker_assist_end(&assist);
 }
 
 static void

@@ -38,14 +38,39 @@ enum gemm_path {
 struct gemm_packed {
     size_t n, k;
     float *panels; /* ceil(n / GEMM_PANEL) * GEMM_PANEL * k floats, 64-byte aligned */
+    bool in_arena; /* panels belong to a gemm_arena, not to this matrix */
 };
 
 /*
- * Pack w[n x k] (row-major: n outputs of k inputs each, as a Linear layer
- * stores its weight) into *out. out->panels is owned by *out: free it with
- * gemm_packed_free.
+ * One block of memory for many packed matrices (a model's), on transparent
+ * huge pages where the kernel gives them: 2 MiB aligned, its size rounded up
+ * to 2 MiB, madvise(MADV_HUGEPAGE). Streaming tens of MiB of weights a text
+ * through 4 KiB pages costs a TLB miss every 4 KiB; one huge page covers
+ * 512 of them. One block for all, not one per matrix: rounding each matrix
+ * up to 2 MiB would waste up to 2 MiB a matrix.
  */
-void gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k);
+struct gemm_arena {
+    char *base; /* owned: free with gemm_arena_free */
+    size_t size, used;
+};
+
+/* Bytes gemm_pack takes from an arena for an [n x k] matrix. */
+size_t gemm_packed_bytes(size_t n, size_t k);
+
+/* An arena of at least bytes (aborts when out of memory, like xmalloc). */
+void gemm_arena_init(struct gemm_arena *a, size_t bytes);
+
+void gemm_arena_free(struct gemm_arena *a);
+
+/*
+ * Pack w[n x k] (row-major: n outputs of k inputs each, as a Linear layer
+ * stores its weight) into *out, in arena (which must have
+ * gemm_packed_bytes(n, k) left) or, with arena NULL, in memory owned by
+ * *out. Free with gemm_packed_free either way (it leaves an arena's memory
+ * to gemm_arena_free).
+ */
+void gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k,
+               struct gemm_arena *arena);
 
 void gemm_packed_free(struct gemm_packed *p);
 
@@ -55,6 +80,17 @@ void gemm_packed_free(struct gemm_packed *p);
  */
 void gemm_acc(size_t m, const float *a, size_t lda, const struct gemm_packed *b, float *c,
               size_t ldc);
+
+/* Panels of b: ceil(n / GEMM_PANEL). */
+size_t gemm_panels(const struct gemm_packed *b);
+
+/*
+ * gemm_acc for output columns [first * GEMM_PANEL, min(end * GEMM_PANEL, n))
+ * alone, panels first to end of b; c still points at column 0. Two threads
+ * may run disjoint ranges of one product at once.
+ */
+void gemm_acc_panels(size_t m, const float *a, size_t lda, const struct gemm_packed *b,
+                     size_t first, size_t end, float *c, size_t ldc);
 
 /* The kernel set gemm_acc runs now. */
 enum gemm_path gemm_path(void);

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -60,8 +61,20 @@ struct worker_pool {
     struct worker_job *done_head, *done_tail;
     double ns_per_unit; /* moving average of finished runs; 0 before the first */
 
+    struct worker_assist *assist; /* a borrower waiting for an idle thread (queue_lock) */
+
     size_t outstanding; /* submitted, done() not yet called; loop thread only */
 };
+
+enum { ASSIST_NONE, ASSIST_POSTED, ASSIST_TAKEN, ASSIST_DONE };
+
+/*
+ * How long a helper spins without a task before it goes back to sleep: the
+ * gaps between a 12-token text's dense layers (attention, layer norms) are
+ * 10-30 us; a longer gap means work that does not split, and the thread is
+ * better asleep.
+ */
+#define ASSIST_IDLE_NS 200000u
 
 static void
 append(struct worker_job **head, struct worker_job **tail, struct worker_job *job)
@@ -216,6 +229,127 @@ wakeup_cb(evutil_socket_t fd, short what, void *arg)
     deliver_completions(arg);
 }
 
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/*
+ * A helper thread, without queue_lock: run the borrower's tasks until it
+ * closes, a job is queued, or ASSIST_IDLE_NS pass without a task.
+ */
+static void
+assist_serve(struct worker_pool *p, struct worker_assist *as)
+{
+    uint64_t idle_since = now_ns();
+    unsigned spins = 0;
+
+    while (!atomic_load_explicit(&as->closed, memory_order_acquire)) {
+        int posted = ASSIST_POSTED;
+        if (atomic_load_explicit(&as->task, memory_order_relaxed) == ASSIST_POSTED &&
+            atomic_compare_exchange_strong_explicit(&as->task, &posted, ASSIST_TAKEN,
+                                                    memory_order_acquire, memory_order_relaxed)) {
+            as->fn(as->arg);
+            atomic_store_explicit(&as->task, ASSIST_DONE, memory_order_release);
+            idle_since = now_ns();
+            continue;
+        }
+        cpu_relax();
+        if (++spins % 64 != 0) {
+            continue;
+        }
+        if (atomic_load_explicit(&p->depth, memory_order_relaxed) > 0 ||
+            now_ns() - idle_since > ASSIST_IDLE_NS) {
+            break;
+        }
+    }
+    atomic_store_explicit(&as->gone, true, memory_order_release);
+}
+
+void
+worker_assist_begin(struct worker_pool *p, struct worker_assist *as)
+{
+    as->pool = p;
+    atomic_init(&as->task, ASSIST_NONE);
+    atomic_init(&as->closed, false);
+    atomic_init(&as->gone, false);
+    as->asked = as->joined = false;
+    pthread_mutex_lock(&p->queue_lock);
+    /* Only a thread no queued job is about to take, and one borrower at a time. */
+    if (p->assist == NULL && p->idle > p->waiting && !p->stopping) {
+        p->assist = as;
+        as->asked = true;
+        pthread_cond_signal(&p->queue_cond);
+    }
+    pthread_mutex_unlock(&p->queue_lock);
+    if (!as->asked) {
+        atomic_store_explicit(&as->gone, true, memory_order_relaxed);
+    }
+}
+
+bool
+worker_assist_post(struct worker_assist *as, void (*fn)(void *arg), void *arg)
+{
+    if (atomic_load_explicit(&as->gone, memory_order_acquire)) {
+        return false;
+    }
+    as->fn = fn;
+    as->arg = arg;
+    atomic_store_explicit(&as->task, ASSIST_POSTED, memory_order_release);
+    return true;
+}
+
+void
+worker_assist_wait(struct worker_assist *as)
+{
+    int posted = ASSIST_POSTED;
+    unsigned spins = 0;
+
+    /* Not started yet (the helper is still waking up, or has left): run it here. */
+    if (atomic_compare_exchange_strong_explicit(&as->task, &posted, ASSIST_NONE,
+                                                memory_order_acquire, memory_order_relaxed)) {
+        as->fn(as->arg);
+        return;
+    }
+    /* The helper runs it: as long as the caller's own half, give or take. */
+    while (atomic_load_explicit(&as->task, memory_order_acquire) != ASSIST_DONE) {
+        cpu_relax();
+        if (++spins % 4096 == 0) {
+            sched_yield(); /* the helper was preempted: let it run */
+        }
+    }
+    atomic_store_explicit(&as->task, ASSIST_NONE, memory_order_relaxed);
+}
+
+void
+worker_assist_end(struct worker_assist *as)
+{
+    struct worker_pool *p = as->pool;
+    bool joined;
+
+    if (!as->asked) {
+        return;
+    }
+    atomic_store_explicit(&as->closed, true, memory_order_release);
+    pthread_mutex_lock(&p->queue_lock);
+    if (p->assist == as) {
+        p->assist = NULL; /* no thread came for it */
+    }
+    joined = as->joined;
+    pthread_mutex_unlock(&p->queue_lock);
+    /* The helper is between tasks: it sees closed at its next look, unless preempted. */
+    for (unsigned spins = 1; joined && !atomic_load_explicit(&as->gone, memory_order_acquire);
+         spins++) {
+        cpu_relax();
+        if (spins % 4096 == 0) {
+            sched_yield();
+        }
+    }
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -226,10 +360,19 @@ worker_main(void *arg)
         struct worker_job *job, *shed = NULL;
         uint64_t start;
 
-        while (p->waiting == 0 && !p->stopping) {
+        while (p->waiting == 0 && p->assist == NULL && !p->stopping) {
             p->idle++;
             pthread_cond_wait(&p->queue_cond, &p->queue_lock);
             p->idle--;
+        }
+        if (p->waiting == 0 && p->assist != NULL) {
+            struct worker_assist *as = p->assist;
+            p->assist = NULL;
+            as->joined = true;
+            pthread_mutex_unlock(&p->queue_lock);
+            assist_serve(p, as);
+            pthread_mutex_lock(&p->queue_lock);
+            continue;
         }
         if (p->waiting == 0) {
             break; /* stopping, and the queue is drained */

@@ -9,6 +9,7 @@
 #ifndef AKOSHA_WORKER_H
 #define AKOSHA_WORKER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,6 +34,49 @@ struct worker_job {
 };
 
 struct worker_pool;
+
+/*
+ * Help for one running job from one idle thread of its pool: the job's run()
+ * splits its own work in two (the local model's dense layers, half the
+ * weights each) while nothing else wants the thread. The helper spins
+ * between tasks rather than sleeping, so a task starts within a
+ * microsecond or so, not a futex wake-up later; it goes back to the pool as
+ * soon as a job is queued, after ASSIST_IDLE_NS without a task, or at
+ * worker_assist_end. A task it has not taken yet the borrower takes back
+ * and runs itself, so no task ever waits for a helper that is late.
+ *
+ * The borrower's, usually on its stack; every field is the pool's.
+ */
+struct worker_assist {
+    struct worker_pool *pool;
+    void (*fn)(void *arg);
+    void *arg;
+    atomic_int task;    /* ASSIST_NONE, POSTED, TAKEN, DONE (worker.c) */
+    atomic_bool closed; /* the borrower is done: the helper leaves */
+    atomic_bool gone;   /* the helper has left and touches the struct no more */
+    bool asked;         /* queued for a helper (queue_lock) */
+    bool joined;        /* a helper took it (queue_lock) */
+};
+
+/*
+ * From a job's run(): ask for an idle thread of p (one that no queued job
+ * will take). Never blocks on one; with none idle, every post returns
+ * false. Pair with worker_assist_end before run() returns.
+ */
+void worker_assist_begin(struct worker_pool *p, struct worker_assist *as);
+
+/*
+ * Give fn(arg) to the helper. true: then call worker_assist_wait before
+ * reusing what fn reads or writes. false: there is no helper (none idle, or
+ * it has left), and the caller runs fn itself.
+ */
+bool worker_assist_post(struct worker_assist *as, void (*fn)(void *arg), void *arg);
+
+/* Until the posted fn(arg) has returned: run by the helper, or here if it had not started. */
+void worker_assist_wait(struct worker_assist *as);
+
+/* The borrower has no more tasks: returns once no helper holds as. */
+void worker_assist_end(struct worker_assist *as);
 
 /*
  * Starts nthreads (>= 1) threads. At most queue_size jobs may wait for a

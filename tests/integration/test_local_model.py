@@ -4,6 +4,7 @@ The models are tiny random-weight BERTs written by tests/bert_model.py, with a
 float64 numpy reference of what they compute.
 """
 import base64
+import concurrent.futures
 import json
 import math
 import os
@@ -83,6 +84,27 @@ def test_with_no_upstream_the_local_model_answers_in_each_api_shape(model, start
     close(json.loads(body)["embeddings"][0], expected(ref, inputs[1]))
     status, _, body = a.post_json("/api/embeddings", {"model": "mini", "prompt": inputs[2]})
     close(json.loads(body)["embedding"], expected(ref, inputs[2]))
+
+
+def test_two_workers_split_one_request_or_run_two_and_answer_the_same(model, start_akosha):
+    """An idle second worker takes half of each dense layer; busy, each runs its own request."""
+    path, ref = model
+    a = start_akosha("[fallback]\nworkers = 2\n[model mini]\nlocal = %s\n" % path)
+    inputs = texts(ref)
+    for text in inputs:  # one at a time: the other worker is idle and helps
+        status, _, body = a.post_json("/v1/embeddings", {"model": "mini", "input": text})
+        assert status == 200, body
+        close(json.loads(body)["data"][0]["embedding"], expected(ref, text))
+
+    def one(text):
+        status, _, body = a.post_json("/v1/embeddings", {"model": "mini", "input": [text] * 3})
+        assert status == 200, body
+        return text, json.loads(body)["data"]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for text, data in pool.map(one, inputs * 4):
+            for item in data:
+                close(item["embedding"], expected(ref, text))
 
 
 def test_other_models_keep_the_hash_fallback(model, start_akosha):

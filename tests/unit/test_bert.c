@@ -322,6 +322,80 @@ Test(bert, threads_share_one_model_with_their_own_scratch)
     remove_model(dir);
 }
 
+/* A helper that runs each posted half on a thread of its own (or refuses, when refuse is set). */
+struct thread_helper {
+    pthread_t tid;
+    void (*fn)(void *arg);
+    void *arg;
+    bool refuse;
+    int posts;
+};
+
+static void *
+helper_thread(void *p)
+{
+    struct thread_helper *h = p;
+
+    h->fn(h->arg);
+    return NULL;
+}
+
+static bool
+helper_post(void *ctx, void (*fn)(void *arg), void *arg)
+{
+    struct thread_helper *h = ctx;
+
+    if (h->refuse) {
+        return false;
+    }
+    h->fn = fn;
+    h->arg = arg;
+    h->posts++;
+    cr_assert_eq(pthread_create(&h->tid, NULL, helper_thread, h), 0);
+    return true;
+}
+
+static void
+helper_wait(void *ctx)
+{
+    struct thread_helper *h = ctx;
+
+    cr_assert_eq(pthread_join(h->tid, NULL), 0);
+}
+
+Test(bert, a_helper_splitting_the_dense_layers_gives_the_same_vectors)
+{
+    char *dir = make_model("--no-reference"), *cause = NULL;
+    static const char *texts[] = {"one short text", "another, somewhat longer text to embed here",
+                                  "x"};
+    size_t lens[3];
+    struct bert *m = NULL;
+    struct bert_scratch *s = bert_scratch_new();
+    float want[3 * 32], got[3 * 32], refused[3 * 32];
+    struct thread_helper th = {0};
+    struct bert_helper helper = {helper_post, helper_wait, &th};
+    uint64_t usage;
+
+    for (size_t i = 0; i < 3; i++) {
+        lens[i] = strlen(texts[i]);
+    }
+    cr_assert_eq(bert_load(dir, &m, &cause), 0, "%s", cause);
+    cr_assert_eq(bert_embed(m, texts, lens, 3, want, 32, &usage, s, &cause), 0);
+    bert_scratch_set_helper(s, &helper);
+    cr_assert_eq(bert_embed(m, texts, lens, 3, got, 32, &usage, s, &cause), 0);
+    /* Every product of more than one panel (query-key-value, intermediate) is split. */
+    cr_assert_gt(th.posts, 0);
+    th.refuse = true;
+    cr_assert_eq(bert_embed(m, texts, lens, 3, refused, 32, &usage, s, &cause), 0);
+    bert_scratch_set_helper(s, NULL);
+    /* The same kernel on the same panels: the same floats, bit for bit. */
+    cr_assert_arr_eq(got, want, sizeof(want));
+    cr_assert_arr_eq(refused, want, sizeof(want));
+    bert_scratch_free(s);
+    bert_free(m);
+    remove_model(dir);
+}
+
 /* Change one key of a JSON file in dir (value NULL: remove it). */
 static void
 set_key(const char *dir, const char *file, const char *key, json_t *value)

@@ -41,7 +41,7 @@ check_shape(enum gemm_path path, size_t m, size_t n, size_t k)
     for (size_t i = 0; i < m * ldc; i++) {
         c0[i] = c[i] = rnd();
     }
-    gemm_pack(&p, w, n, k);
+    gemm_pack(&p, w, n, k, NULL);
     cr_assert(gemm_use(path));
     gemm_acc(m, a, lda, &p, c, ldc);
     for (size_t i = 0; i < m; i++) {
@@ -116,4 +116,47 @@ Test(gemm, portable_is_always_supported_and_can_be_forced)
     cr_assert(gemm_supported(GEMM_PORTABLE));
     cr_assert(gemm_use(GEMM_PORTABLE));
     cr_assert_eq(gemm_path(), GEMM_PORTABLE);
+}
+
+Test(gemm, panel_ranges_and_arena_packing_give_the_whole_product)
+{
+    /* 5 panels of 32 (the last one part), k across a KC block: two ranges make the product. */
+    size_t m = 12, n = 150, k = 300;
+    float *a = malloc(m * k * sizeof(float)), *w = malloc(n * k * sizeof(float));
+    float *whole = calloc(m * n, sizeof(float)), *parts = calloc(m * n, sizeof(float));
+    struct gemm_packed own, in_arena;
+    struct gemm_arena arena;
+
+    for (size_t i = 0; i < m * k; i++) {
+        a[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+    }
+    for (size_t i = 0; i < n * k; i++) {
+        w[i] = (float)((i * 104729) % 1000) / 1000.0f - 0.5f;
+    }
+    gemm_arena_init(&arena, gemm_packed_bytes(n, k) + gemm_packed_bytes(1, 1));
+    cr_assert_eq((uintptr_t)arena.base % (2u << 20), 0, "the arena is 2 MiB aligned");
+    cr_assert_eq(arena.size % (2u << 20), 0);
+    gemm_pack(&own, w, n, k, NULL);
+    gemm_pack(&in_arena, w, n, k, &arena);
+    cr_assert_eq(arena.used, gemm_packed_bytes(n, k));
+    cr_assert_eq(gemm_panels(&own), 5);
+    for (enum gemm_path path = GEMM_PORTABLE; path <= GEMM_AVX512; path++) {
+        if (!gemm_supported(path)) {
+            continue;
+        }
+        cr_assert(gemm_use(path));
+        memset(whole, 0, m * n * sizeof(float));
+        memset(parts, 0, m * n * sizeof(float));
+        gemm_acc(m, a, k, &own, whole, n);
+        gemm_acc_panels(m, a, k, &in_arena, 0, 2, parts, n);
+        gemm_acc_panels(m, a, k, &in_arena, 2, 99, parts, n);
+        cr_assert_arr_eq(parts, whole, m * n * sizeof(float), "%s", gemm_path_name(path));
+    }
+    gemm_packed_free(&own);
+    gemm_packed_free(&in_arena); /* leaves the arena's memory alone */
+    gemm_arena_free(&arena);
+    free(a);
+    free(w);
+    free(whole);
+    free(parts);
 }

@@ -480,3 +480,133 @@ Test(worker, estimate_follows_the_measured_cost_per_unit)
     cr_expect_eq(worker_pool_estimate_ns(p, 1000), 0);
     worker_pool_free(p);
 }
+
+/* ---- assist: one idle thread helps a running job --------------------------- */
+
+struct assist_job {
+    struct test_job t; /* first */
+    struct worker_pool *pool;
+    int tasks, posted;
+    atomic_int ran_elsewhere, ran_here;
+    pthread_t runner;
+    bool sleep_before_wait; /* the first task waits until the helper has taken it */
+};
+
+struct assist_task {
+    struct assist_job *a;
+    int value;
+    int *out;
+};
+
+static void
+assist_task_run(void *arg)
+{
+    struct assist_task *t = arg;
+
+    *t->out = t->value * 2;
+    if (pthread_equal(pthread_self(), t->a->runner)) {
+        atomic_fetch_add(&t->a->ran_here, 1);
+    } else {
+        atomic_fetch_add(&t->a->ran_elsewhere, 1);
+    }
+}
+
+static void
+run_assisted(struct worker_job *job)
+{
+    struct assist_job *a = (struct assist_job *)job;
+    struct worker_assist as;
+
+    a->runner = pthread_self();
+    worker_assist_begin(a->pool, &as);
+    for (int i = 0; i < a->tasks; i++) {
+        int out = -1;
+        struct assist_task t = {a, i, &out};
+        if (worker_assist_post(&as, assist_task_run, &t)) {
+            a->posted++;
+            /* The first task: give the helper (waking up) time to take it. */
+            bool first = a->sleep_before_wait && i == 0;
+            for (int ms = 0; first && ms < 2000 && atomic_load(&a->ran_elsewhere) == 0; ms++) {
+                sleep_ms(1);
+            }
+            worker_assist_wait(&as);
+        } else {
+            assist_task_run(&t);
+        }
+        cr_assert_eq(out, 2 * i, "task %d: %d", i, out);
+    }
+    worker_assist_end(&as);
+    run_count(job);
+}
+
+static void
+init_assist(struct assist_job *a, struct worker_pool *pool, int tasks, bool sleep_before_wait)
+{
+    memset(a, 0, sizeof(*a));
+    init_job(&a->t, 0, run_assisted);
+    a->pool = pool;
+    a->tasks = tasks;
+    a->sleep_before_wait = sleep_before_wait;
+}
+
+Test(worker, assist_borrows_an_idle_thread_for_the_running_jobs_tasks)
+{
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 2, 4, &cause);
+    struct assist_job a;
+
+    cr_assert_not_null(p, "%s", cause);
+    sleep_ms(50); /* both threads asleep: one runs the job, the other is idle */
+    init_assist(&a, p, 50, true);
+    H.expected = 1;
+    cr_assert_eq(worker_pool_submit(p, &a.t.job), 0);
+    run_loop_until_done();
+    /* Not necessarily all 50: a helper that waits ASSIST_IDLE_NS for a task goes back. */
+    cr_assert_geq(a.posted, 1);
+    cr_assert_eq(atomic_load(&a.ran_here) + atomic_load(&a.ran_elsewhere), 50);
+    cr_assert_gt(atomic_load(&a.ran_elsewhere), 0, "no task ran on the helper");
+    worker_pool_free(p);
+}
+
+Test(worker, assist_with_no_idle_thread_leaves_every_task_to_the_job)
+{
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 1, 4, &cause);
+    struct assist_job a;
+
+    cr_assert_not_null(p, "%s", cause);
+    init_assist(&a, p, 20, false);
+    H.expected = 1;
+    cr_assert_eq(worker_pool_submit(p, &a.t.job), 0);
+    run_loop_until_done();
+    cr_assert_eq(a.posted, 0);
+    cr_assert_eq(atomic_load(&a.ran_here), 20);
+    worker_pool_free(p);
+}
+
+Test(worker, assist_helper_leaves_for_a_queued_job_and_tasks_still_all_run)
+{
+    char *cause = NULL;
+    struct worker_pool *p = worker_pool_new(H.base, 2, 4, &cause);
+    struct assist_job a, b;
+
+    cr_assert_not_null(p, "%s", cause);
+    sleep_ms(50);
+    /* Many quick tasks, and meanwhile two more jobs: the helper goes to them. */
+    init_assist(&a, p, 20000, false);
+    init_assist(&b, p, 2000, false);
+    a.t.index = 0;
+    b.t.index = 1;
+    H.expected = 3;
+    struct test_job c;
+    init_job(&c, 2, run_count);
+    cr_assert_eq(worker_pool_submit(p, &a.t.job), 0);
+    sleep_ms(1);
+    cr_assert_eq(worker_pool_submit(p, &b.t.job), 0);
+    cr_assert_eq(worker_pool_submit(p, &c.job), 0);
+    run_loop_until_done();
+    cr_assert_eq(atomic_load(&a.ran_here) + atomic_load(&a.ran_elsewhere), 20000);
+    cr_assert_eq(atomic_load(&b.ran_here) + atomic_load(&b.ran_elsewhere), 2000);
+    cr_assert_eq(atomic_load(&c.runs), 1);
+    worker_pool_free(p);
+}
