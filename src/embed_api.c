@@ -7,6 +7,7 @@
  * formatter: fallback answers can carry 2048 x 4096 floats, and a printf per
  * float would cost more than computing the embeddings.
  */
+#define _GNU_SOURCE /* memrchr */
 #include "embed_api.h"
 
 #include <ctype.h>
@@ -1407,9 +1408,8 @@ embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen,
                    size_t cap)
 {
     static const char key[] = "\"model\"";
-    const char *v = find_key(head, head + hlen, "model");
-    size_t n = v != NULL ? string_value(v, head + hlen, out, cap) : 0;
-    size_t i = tlen;
+    const char *v;
+    size_t n = 0, i = tlen;
 
     /*
      * The tail starts anywhere, strings included: look for the last key from
@@ -1417,12 +1417,10 @@ embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen,
      * its end, after the vectors).
      */
     while (n == 0 && i >= sizeof(key) - 1) {
-        const char *q = tail + i - (sizeof(key) - 1); /* the last place key can start */
+        /* the last quote where key can start */
+        const char *q = memrchr(tail, '"', i - (sizeof(key) - 2));
         const char *c;
-        while (q > tail && *q != '"') {
-            q--;
-        }
-        if (*q != '"') {
+        if (q == NULL) {
             break;
         }
         i = (size_t)(q - tail) + sizeof(key) - 2; /* next time, quotes before this one */
@@ -1434,6 +1432,10 @@ embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen,
             n = string_value(c + 1, tail + tlen, out, cap);
             break;
         }
+    }
+    /* Not in the tail: the head's first "model" key, with every string walked (Ollama's place). */
+    if (n == 0 && (v = find_key(head, head + hlen, "model")) != NULL) {
+        n = string_value(v, head + hlen, out, cap);
     }
     if (n == 0 && cap > 0) {
         out[0] = '\0';

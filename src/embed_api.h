@@ -160,8 +160,10 @@ void embed_dim_scan_init(struct embed_dim_scan *s, enum embed_api api);
 /*
  * The "model" an answer names, from its first and last bytes (the field
  * comes before the vectors in Ollama's and vLLM's answers, after them in
- * OpenAI's). Decoded into out (cap bytes, NUL-terminated); 0 when neither
- * piece holds it whole.
+ * OpenAI's). The tail's last "model" key is looked for first, from the end
+ * (cheap: an OpenAI answer's is a few keys from it), then the head's first,
+ * walking every string. Decoded into out (cap bytes, NUL-terminated); 0 when
+ * neither piece holds it whole.
  */
 size_t embed_answer_model(const char *head, size_t hlen, const char *tail, size_t tlen, char *out,
                           size_t cap);

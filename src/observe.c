@@ -373,6 +373,27 @@ observe_totals(void)
     return totals;
 }
 
+/*
+ * The wall-clock time of a monotonic reading, in ns. Spans are timed on the
+ * monotonic readings the request path takes anyway (its start, the answer,
+ * each attempt's start and outcome): no clock read of their own, and no
+ * clock step inside a span. The wall clock's offset is read again once a
+ * second, per thread.
+ */
+static __thread uint64_t wall_offset_ns, wall_offset_at_us;
+
+static uint64_t
+wall_ns(uint64_t mono_us)
+{
+    if (wall_offset_at_us == 0 || mono_us - wall_offset_at_us > 1000000 ||
+        mono_us < wall_offset_at_us) {
+        uint64_t now_us = util_mono_us();
+        wall_offset_ns = otlp_now_unix_ns() - now_us * 1000;
+        wall_offset_at_us = now_us;
+    }
+    return wall_offset_ns + mono_us * 1000;
+}
+
 /* A finished span goes to the exporter, or is freed when there is none. */
 static void
 span_submit(struct trace_span *s)
@@ -404,7 +425,7 @@ span_name(const struct http_request_head *hd, bool with_path, char out[TRACE_NAM
 
 void
 observe_request_start(struct observe_req *o, const struct http_request_head *hd,
-                      const char *request_id)
+                      const char *request_id, uint64_t start_us)
 {
     const struct http_header *h;
     char name[TRACE_NAME_MAX];
@@ -426,7 +447,7 @@ observe_request_start(struct observe_req *o, const struct http_request_head *hd,
     }
     span_name(hd, true, name);
     o->span = trace_span_new(&o->ctx, o->has_parent ? o->parent.span_id : NULL,
-                             TRACE_KIND_SERVER, name, otlp_now_unix_ns());
+                             TRACE_KIND_SERVER, name, wall_ns(start_us));
     trace_span_attr_strn(o->span, "http.request.method", hd->method_str, hd->method_len);
     trace_span_attr_strn(o->span, "url.path", hd->path, hd->path_len);
     trace_span_attr_str(o->span, "http.request.id", request_id);
@@ -496,7 +517,7 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
         trace_span_attr_int(s, "akosha.cache.hits", a->cache_hits);
         trace_span_attr_int(s, "akosha.cache.misses", a->cache_misses);
     }
-    trace_span_end(s, otlp_now_unix_ns());
+    trace_span_end(s, wall_ns(a->end_us));
     span_submit(s);
 }
 
@@ -507,7 +528,7 @@ observe_request_done(const struct observe_answer *a, const char *model_key)
 {
     int ri = route_index(a->route);
     int code = a->status >= 100 && a->status < 600 ? a->status : 0;
-    double secs = (double)(util_mono_us() - a->start_us) / 1e6;
+    double secs = (double)(a->end_us - a->start_us) / 1e6;
 
     totals.requests++;
     if (code != 0) {
@@ -540,7 +561,7 @@ observe_request_done(const struct observe_answer *a, const char *model_key)
     if (a->sampled) {
         /* A sampled request's trace explains its bucket: keep it as the exemplar. */
         metrics_observe_exemplar(m_duration[ri], secs, a->trace_id,
-                                 (double)otlp_now_unix_ns() / 1e9);
+                                 (double)wall_ns(a->end_us) / 1e9);
     } else {
         metrics_observe(m_duration[ri], secs);
     }
@@ -594,6 +615,7 @@ observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
 
     o->attempt = NULL;
     o->attempt_start_us = util_mono_us();
+    o->attempt_end_us = 0;
     o->attempt_up = up;
     o->attempt_breaker = (int)up->breaker.state;
     if (o->span == NULL) {
@@ -601,7 +623,8 @@ observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
     }
     trace_child_context(&o->ctx, &child);
     span_name(hd, false, name);
-    s = trace_span_new(&child, o->ctx.span_id, TRACE_KIND_CLIENT, name, otlp_now_unix_ns());
+    s = trace_span_new(&child, o->ctx.span_id, TRACE_KIND_CLIENT, name,
+                       wall_ns(o->attempt_start_us));
     trace_span_attr_strn(s, "http.request.method", hd->method_str, hd->method_len);
     trace_span_attr_str(s, "server.address", up->cfg->url.host);
     trace_span_attr_int(s, "server.port", up->cfg->url.port);
@@ -650,12 +673,14 @@ observe_attempt_failed(struct observe_req *o, const struct upstream *up, const c
 {
     struct upstream_series *s = series_for(up->name);
 
+    o->attempt_end_us = util_mono_us();
     if (s != NULL) {
         metrics_inc(s->outcome[reason_class(reason)]);
-        metrics_observe(s->duration, (double)(util_mono_us() - o->attempt_start_us) / 1e6);
+        metrics_observe(s->duration, (double)(o->attempt_end_us - o->attempt_start_us) / 1e6);
     }
     if (o->attempt != NULL) {
-        struct trace_event *ev = trace_span_add_event(o->attempt, "exception", otlp_now_unix_ns());
+        struct trace_event *ev =
+            trace_span_add_event(o->attempt, "exception", wall_ns(o->attempt_end_us));
         trace_event_attr_str(ev, "exception.type", reason);
         trace_event_attr_str(ev, "exception.message", cause);
         trace_span_attr_str(o->attempt, "error.type", reason);
@@ -668,9 +693,10 @@ observe_attempt_success(struct observe_req *o, const struct upstream *up, int st
 {
     struct upstream_series *s = series_for(up->name);
 
+    o->attempt_end_us = util_mono_us();
     if (s != NULL) {
         metrics_inc(s->outcome[status >= 400 ? OUT_CLIENT_ERROR : OUT_SUCCESS]);
-        metrics_observe(s->duration, (double)(util_mono_us() - o->attempt_start_us) / 1e6);
+        metrics_observe(s->duration, (double)(o->attempt_end_us - o->attempt_start_us) / 1e6);
     }
 }
 
@@ -684,7 +710,7 @@ observe_attempt_end(struct observe_req *o)
     o->attempt_up = NULL;
     if (o->span != NULL && up != NULL && (int)up->breaker.state != o->attempt_breaker) {
         struct trace_event *ev =
-            trace_span_add_event(o->span, "akosha.breaker", otlp_now_unix_ns());
+            trace_span_add_event(o->span, "akosha.breaker", wall_ns(util_mono_us()));
         trace_event_attr_str(ev, "akosha.upstream", up->name);
         trace_event_attr_str(ev, "akosha.breaker.old_state",
                              breaker_state_name((enum breaker_state)o->attempt_breaker));
@@ -693,7 +719,7 @@ observe_attempt_end(struct observe_req *o)
     if (s == NULL) {
         return;
     }
-    trace_span_end(s, otlp_now_unix_ns());
+    trace_span_end(s, wall_ns(o->attempt_end_us != 0 ? o->attempt_end_us : util_mono_us()));
     span_submit(s);
 }
 
@@ -729,7 +755,8 @@ observe_retry(struct observe_req *o, const struct upstream *up, const char *reas
         metrics_inc(s->retries[cls == OUT_TIMEOUT ? 1 : cls == OUT_CONNECT ? 2 : 0]);
     }
     if (o->span != NULL) {
-        struct trace_event *ev = trace_span_add_event(o->span, "akosha.retry", otlp_now_unix_ns());
+        struct trace_event *ev =
+            trace_span_add_event(o->span, "akosha.retry", wall_ns(util_mono_us()));
         trace_event_attr_int(ev, "akosha.retry.attempt", next_attempt);
         trace_event_attr_int(ev, "akosha.retry.backoff_ms", (int64_t)backoff_ms);
         trace_event_attr_str(ev, "akosha.retry.reason", reason);
@@ -798,7 +825,7 @@ observe_fallback(struct observe_req *o, const char *reason, const char *model)
     metrics_inc(metrics_series(METRIC_FALLBACK, lv));
     if (o->span != NULL) {
         struct trace_event *ev =
-            trace_span_add_event(o->span, "akosha.fallback", otlp_now_unix_ns());
+            trace_span_add_event(o->span, "akosha.fallback", wall_ns(util_mono_us()));
         trace_event_attr_str(ev, "akosha.fallback.reason", reason);
     }
 }

@@ -45,6 +45,7 @@ struct observe_req {
     struct trace_span *span;        /* SERVER span, NULL when unsampled */
     struct trace_span *attempt;     /* CLIENT span of the current attempt, or NULL */
     uint64_t attempt_start_us;
+    uint64_t attempt_end_us; /* read once by the attempt's outcome, for its metric and span */
     const struct upstream *attempt_up; /* the current attempt's upstream, NULL between them */
     int attempt_breaker;               /* its breaker's state when the attempt began */
     bool scanned; /* the body was a well-formed request of its API */
@@ -62,6 +63,7 @@ struct observe_answer {
     const char *model_sent;     /* what the caller named, "" when nothing */
     const char *response_model; /* what the answer named, "" when unknown */
     uint64_t start_us;          /* monotonic */
+    uint64_t end_us;            /* monotonic: answered, or the client went */
     unsigned sniffed_dim;       /* vector size counted in a real answer, 0 if none */
     const char *cache;          /* X-Akosha-Cache ("hit", ...), NULL off embedding routes */
     uint32_t cache_hits;        /* inputs the cache held (looked up) */
@@ -100,7 +102,7 @@ struct observe_totals observe_totals(void);
 void observe_in_flight(int delta);
 /* A request's head was read: its trace context, and its SERVER span when sampled. */
 void observe_request_start(struct observe_req *o, const struct http_request_head *hd,
-                           const char *request_id);
+                           const char *request_id, uint64_t start_us);
 /* The body was scanned: keep its input sizes until the answer's mode is known. */
 void observe_request_scan(struct observe_req *o, const struct embed_scan *scan);
 /* The tracestate to pass upstream, "" when none. */

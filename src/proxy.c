@@ -362,6 +362,7 @@ answer_of(const struct request *r, struct observe_answer *a)
         .model_sent = r->model_sent,
         .response_model = r->response_model,
         .start_us = r->start_us,
+        .end_us = r->end_us != 0 ? r->end_us : util_mono_us(),
         .sniffed_dim = r->sniffed_dim,
         .cache = cacheflow_use_name(r->cache),
         .cache_hits = r->cache_hits,
@@ -499,6 +500,7 @@ request_done(struct client *c)
     bool keep = r->keep_alive && !c->srv->draining && c->state != CLIENT_CLOSING;
     struct observe_answer ans;
 
+    r->end_us = util_mono_us(); /* one reading for the metrics and the span */
     observe_request_done(answer_of(r, &ans), request_model_key(r));
     access_line(c);
     log_debug("request %s: %.*s %.*s -> %d (%s) in %" PRIu64 "us", r->id, (int)r->hd.method_len,
@@ -651,7 +653,7 @@ start_request(struct client *c, size_t head_len)
         r->api = embed_api_route(r->hd.path, r->hd.path_len);
     }
     r->route = embed_api_route_label(r->api, r->hd.path, r->hd.path_len);
-    observe_request_start(&r->obs, &r->hd, r->id);
+    observe_request_start(&r->obs, &r->hd, r->id, r->start_us);
 
     if (r->hd.content_length > 0 && (uint64_t)r->hd.content_length > cfg->proxy.max_body_size) {
         respond_early_error(c, 413, "request body larger than max_body_size");
@@ -963,6 +965,7 @@ client_free(struct client *c)
     if (c->req != NULL && c->req->status != 0) {
         struct observe_answer ans;
         /* answered, then closed: still counted once */
+        c->req->end_us = util_mono_us();
         observe_request_done(answer_of(c->req, &ans), request_model_key(c->req));
     }
     if (c->req != NULL) {

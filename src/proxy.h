@@ -86,6 +86,7 @@ struct request {
     struct upstream_want want; /* the upstreams its model allows */
     struct upstream_set *ups;  /* the upstreams it started with; reference held */
     uint64_t start_us;
+    uint64_t end_us;           /* monotonic: answered (or the client went), 0 until then */
     uint64_t deadline_ms;      /* monotonic: request_timeout from the head, the caller's */
     uint64_t upstream_deadline_ms; /* attempts end here: the deadline less the fallback reserve */
     unsigned attempts;     /* attempts started */
