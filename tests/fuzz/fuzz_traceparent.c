@@ -7,7 +7,13 @@
  * the ids unchanged, a refused one must leave the context untouched, and a
  * kept tracestate must fit its buffer and hold only printable ASCII, because
  * it is forwarded upstream as a header.
+ *
+ * The same bytes, cut into pieces, are also a span's attribute values (paths
+ * and model names come from callers): the span's encoded attributes must
+ * stay in their room, read back as set (cut and cleaned), and encode to a
+ * well-formed protobuf span and to JSON that parses, with valid UTF-8.
  */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,6 +128,129 @@ check_tracestate(const char *s, size_t len)
     free(ctx);
 }
 
+/* A varint at *p (below end); false when it runs off. */
+static bool
+read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t c = *(*p)++;
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if (c < 0x80) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Walk one message's fields; each length-delimited one must fit. Counts field 9s. */
+static size_t
+check_message(const uint8_t *p, const uint8_t *end)
+{
+    size_t attrs = 0;
+
+    while (p < end) {
+        uint64_t tag, v;
+        FUZZ_CHECK(read_varint(&p, end, &tag), "a tag runs off the message");
+        switch (tag & 7) {
+        case 0:
+            FUZZ_CHECK(read_varint(&p, end, &v), "a varint runs off the message");
+            break;
+        case 1:
+            FUZZ_CHECK(end - p >= 8, "a fixed64 runs off the message");
+            p += 8;
+            break;
+        case 2:
+            FUZZ_CHECK(read_varint(&p, end, &v) && v <= (uint64_t)(end - p),
+                       "a length runs off the message");
+            if (tag >> 3 == 9) {
+                /* KeyValue: key, then value's AnyValue */
+                check_message(p, p + v);
+                attrs++;
+            }
+            p += v;
+            break;
+        default:
+            FUZZ_CHECK(false, "wire type %u", (unsigned)(tag & 7));
+        }
+    }
+    return attrs;
+}
+
+static void
+check_span_attrs(const char *s, size_t len)
+{
+    static const char *const keys[] = {"url.path", "gen_ai.request.model", "http.request.id",
+                                       "akosha.model", "k", "a.much.longer.attribute.key.name"};
+    struct trace_context ctx = {.flags = TRACE_FLAG_SAMPLED};
+    struct trace_span *span;
+    struct buf out;
+    const uint8_t *p, *end;
+    uint64_t tag, n;
+    json_t *root;
+    size_t at = 0, piece = 0;
+
+    memset(ctx.trace_id, 1, TRACE_ID_SIZE);
+    memset(ctx.span_id, 2, TRACE_SPAN_ID_SIZE);
+    span = trace_span_new(&ctx, NULL, TRACE_KIND_SERVER, "fuzz", 1);
+    /* pieces of 0-127 bytes, the length in each piece's first byte */
+    while (at < len && piece < 40) {
+        size_t plen = MIN((size_t)((unsigned char)s[at] & 0x7f), len - at - 1);
+        const char *key = keys[piece % (sizeof(keys) / sizeof(keys[0]))];
+        struct trace_value v;
+        if (at + 1 > len) {
+            break;
+        }
+        if (piece % 7 == 6) {
+            trace_span_attr_int(span, key, (int64_t)plen - 64);
+        } else {
+            trace_span_attr_strn(span, key, s + at + 1, plen);
+            if (trace_span_attr_get(span, key, &v)) {
+                json_t *utf8 = json_stringn(v.str, v.len); /* NULL when not valid UTF-8 */
+                FUZZ_CHECK(v.type == TRACE_ATTR_STRING && v.len < TRACE_ATTR_STR_MAX &&
+                               v.len <= plen * 3 && utf8 != NULL,
+                           "value read back: %zu bytes of %zu", v.len, plen);
+                json_decref(utf8);
+                if (v.len == plen) {
+                    /* kept whole: as sent, unless cleaned (then not plain ASCII) */
+                    bool ascii = true;
+                    for (size_t i = 0; i < plen; i++) {
+                        ascii = ascii && (unsigned char)s[at + 1 + i] < 0x80;
+                    }
+                    FUZZ_CHECK(!ascii || memcmp(v.str, s + at + 1, plen) == 0,
+                               "an ASCII value changed");
+                }
+            } else {
+                FUZZ_CHECK(span->dropped_attrs > 0, "a value neither kept nor counted");
+            }
+        }
+        FUZZ_CHECK(span->attrs_len <= TRACE_SPAN_ATTRS_MAX && span->nattrs <= TRACE_MAX_ATTRS,
+                   "attributes overflow their room");
+        at += 1 + plen;
+        piece++;
+    }
+    trace_span_end(span, 2);
+
+    buf_init(&out);
+    trace_span_proto(&out, span);
+    p = (const uint8_t *)out.data;
+    end = p + out.len;
+    FUZZ_CHECK(read_varint(&p, end, &tag) && tag == (2 << 3 | 2), "not a ScopeSpans.spans field");
+    FUZZ_CHECK(read_varint(&p, end, &n) && n == (uint64_t)(end - p),
+               "the span's length is not what follows");
+    FUZZ_CHECK(check_message(p, end) == span->nattrs, "attribute count");
+
+    out.len = 0;
+    trace_span_json(&out, span);
+    root = json_loadb(out.data, out.len, JSON_ALLOW_NUL, NULL); /* "\u0000" is JSON */
+    FUZZ_CHECK(root != NULL, "span JSON does not parse: %s", out.data);
+    FUZZ_CHECK(json_array_size(json_object_get(root, "attributes")) == span->nattrs,
+               "JSON attribute count");
+    json_decref(root);
+    buf_free(&out);
+    trace_span_free(span);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -129,6 +258,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     check_traceparent(s, size);
     check_tracestate(s, size);
+    check_span_attrs(s, size);
     free(s);
     return 0;
 }
