@@ -220,7 +220,8 @@ struct otlp_exporter {
     /*
      * Spans taken from the queue and not all exported yet. Taking swaps the
      * queues (wire, lines) with these emptied ones under the lock: a
-     * pointer swap, never a copy, so a submit never waits behind one. As
+     * pointer swap, and at most the spans past the last whole batch copied
+     * back (take_batch), so a submit never waits behind a batch's copy. As
      * in OTel's BatchSpanProcessor, max_queue bounds the spans waiting, not
      * those being exported: at most two queues' worth are held. taken_n and
      * taken_pos are read by the exporter thread and written with the lock.
@@ -961,26 +962,52 @@ spanq_swap(struct spanq *a, struct spanq *b)
 }
 
 /*
- * Take up to max spans to export: the next slice of those taken before, or,
- * when those are done, everything queued now (the queues are swapped with
- * the exporter's emptied ones). Call with the lock held; returns how many
- * spans the slice has, 0 when there are none. The slice starts at
- * e->taken_pos.
+ * Move spans cut..count of from (whose spans 0..cut stay) to the empty to,
+ * so they are its first spans.
+ */
+static void
+spanq_move_tail(struct spanq *from, struct spanq *to, size_t cut, size_t count)
+{
+    size_t start = from->ends[cut - 1] + (from->json ? 1 : 0); /* JSON: past the comma */
+
+    buf_append(&to->data, from->data.data + start, from->data.len - start);
+    for (size_t i = cut; i < count; i++) {
+        to->ends[i - cut] = from->ends[i] - start;
+    }
+    from->data.len = from->ends[cut - 1];
+}
+
+/*
+ * Take spans to export, up to max at a time: the next slice of those taken
+ * before, or, when those are done, what is queued now. Taking swaps the
+ * queues with the exporter's emptied ones; when the queue holds a full batch
+ * or more, only whole batches are taken and the few spans past them (those
+ * that came while the exporter woke) are moved back to wait for the next
+ * batch, so the exporter does not send a small batch each time. Call with
+ * the lock held; returns the slice's size (it starts at e->taken_pos), 0
+ * when there is nothing to take.
  */
 static size_t
 take_batch(struct otlp_exporter *e, size_t max)
 {
     if (e->taken_pos == e->taken_n) {
-        if (e->count == 0) {
+        size_t n = e->count, keep = n >= max ? n % max : 0;
+        if (n == 0) {
             return 0;
         }
         e->taken_wire.data.len = 0;
         e->taken_lines.data.len = 0;
         spanq_swap(&e->wire, &e->taken_wire);
         spanq_swap(&e->lines, &e->taken_lines);
-        e->taken_n = e->count;
+        if (keep > 0 && e->url != NULL) {
+            spanq_move_tail(&e->taken_wire, &e->wire, n - keep, n);
+        }
+        if (keep > 0 && e->console) {
+            spanq_move_tail(&e->taken_lines, &e->lines, n - keep, n);
+        }
+        e->taken_n = n - keep;
         e->taken_pos = 0;
-        e->count = 0;
+        e->count = keep;
     }
     return MIN(e->taken_n - e->taken_pos, max);
 }

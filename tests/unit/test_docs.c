@@ -525,15 +525,19 @@ Test(docs, man_page_check_catches_a_wrong_type_and_a_missing_restart_note)
 {
     char *text = read_doc("man/akosha.conf.5");
     char *bad = replace(text,
-                        ".It Cm workers Ar integer\nEmbedding worker threads, from 1 to 256.\n"
-                        "A change needs a restart.",
-                        ".It Cm workers Ar number\nEmbedding worker threads, from 1 to 256.");
+                        ".It Cm queue_size Ar integer\n"
+                        "Jobs that may wait for a worker; beyond it the answer is 503 with\n"
+                        ".Ql Retry-After .\nA change needs a restart.",
+                        ".It Cm queue_size Ar number\n"
+                        "Jobs that may wait for a worker; beyond it the answer is 503 with\n"
+                        ".Ql Retry-After .");
     struct buf out;
 
     out_reset(&out, true);
     cr_expect_eq(check_man_text(bad, &out), 2);
-    cr_expect_not_null(strstr(out.data, "[fallback] workers: type 'number'"), "%s", out.data);
-    cr_expect_not_null(strstr(out.data, "[fallback] workers: needs a restart"), "%s", out.data);
+    cr_expect_not_null(strstr(out.data, "[fallback] queue_size: type 'number'"), "%s", out.data);
+    cr_expect_not_null(strstr(out.data, "[fallback] queue_size: needs a restart"), "%s",
+                       out.data);
     buf_free(&out);
     free(bad);
     free(text);
