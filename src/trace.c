@@ -75,7 +75,7 @@ all_zero(const uint8_t *b, size_t n)
     return true;
 }
 
-/* "000102...ff": a byte's two hex digits at twice its value (ids go out on every traced request). */
+/* "000102...ff": a byte's two hex digits at twice its value (ids go out per traced request). */
 #define HEX16(h)                                                                                   \
     h "0" h "1" h "2" h "3" h "4" h "5" h "6" h "7" h "8" h "9" h "a" h "b" h "c" h "d" h "e" h "f"
 static const char hex_pairs[] = HEX16("0") HEX16("1") HEX16("2") HEX16("3") HEX16("4") HEX16("5")
@@ -1194,20 +1194,23 @@ put_span_attrs(struct buf *out, char *o, const struct trace_span *span)
         o = put_string(out, o, f.key, f.key_len);
         o = PUT_LIT(o, ",\"value\":");
         a.type = (uint8_t)v.type;
-        if (v.type == TRACE_ATTR_STRING) {
+        switch (v.type) {
+        case TRACE_ATTR_STRING:
             /* put_attr_value reads a string at text + off: here text is the value itself */
             a.len = (uint8_t)MIN(v.len, (size_t)UINT8_MAX);
             a.v.off = 0;
-            o = put_attr_value(out, o, v.str, &a);
-        } else {
+            break;
+        case TRACE_ATTR_INT:
             a.v.i = v.i;
-            if (v.type == TRACE_ATTR_DOUBLE) {
-                a.v.d = v.d;
-            } else if (v.type == TRACE_ATTR_BOOL) {
-                a.v.b = v.b;
-            }
-            o = put_attr_value(out, o, NULL, &a);
+            break;
+        case TRACE_ATTR_DOUBLE:
+            a.v.d = v.d;
+            break;
+        case TRACE_ATTR_BOOL:
+            a.v.b = v.b;
+            break;
         }
+        o = put_attr_value(out, o, v.str, &a);
         *o++ = '}';
     }
     return o;
