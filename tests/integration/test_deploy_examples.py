@@ -404,6 +404,58 @@ def image_command(runtime):
     return json.loads(ins["ENTRYPOINT"]) + json.loads(ins["CMD"])
 
 
+def apt_installed(instructions):
+    """Packages the stage's RUN apt-get install lines name."""
+    out = set()
+    for word, rest in instructions:
+        if word == "RUN":
+            for m in re.finditer(r"apt-get install ([^&;]*)", rest):
+                out |= {w for w in m.group(1).split() if not w.startswith("-")}
+    return out
+
+
+def library_package(soname):
+    """The Debian package that ships the library the dynamic linker finds for soname."""
+    r = subprocess.run([shutil.which("ldconfig") or "/sbin/ldconfig", "-p"], capture_output=True,
+                       text=True)
+    paths = [line.rsplit("=> ", 1)[1].strip() for line in r.stdout.splitlines()
+             if line.strip().startswith(soname + " ") and "=> " in line]
+    assert paths, "%s is not installed here" % soname
+    for path in (paths[0], os.path.realpath(paths[0])):
+        r = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True)
+        if r.returncode == 0:
+            return r.stdout.split(":")[0].strip()
+    raise AssertionError("no package ships %s" % paths[0])
+
+
+# What debian:12-slim has without an install: libc6 (libc, libm).
+SLIM_BASE = {"libc6"}
+# Loaded with dlopen(), so absent from the binary's NEEDED entries.
+DLOPENED = ["libcurl.so.4", "libopenblas.so.0"]
+
+
+def test_dockerfile_installs_what_the_build_and_the_binary_need(image):
+    """The image build runs here on a machine that has every package, so this
+    checks the Dockerfile's own lists: the build stage installs what tools/dev
+    builds with, the runtime stage every library the binary links or loads."""
+    root, runtime = image
+    (_, build), _ = stages()
+    with open(os.path.join(SRCDIR, "tools", "dev")) as f:
+        m = re.search(r'^PACKAGES="([^"]*)"', f.read(), re.M)
+    assert m, "tools/dev has no PACKAGES list"
+    missing = set(m.group(1).replace("\\\n", " ").split()) - apt_installed(build)
+    assert not missing, "the build stage does not install %s" % sorted(missing)
+    r = subprocess.run(["readelf", "-d", root + "/usr/sbin/akosha"], capture_output=True,
+                       text=True)
+    needed = re.findall(r"\(NEEDED\).*\[(.+)\]", r.stdout)
+    assert "libc.so.6" in needed, r.stdout
+    runtime_packages = apt_installed(runtime)
+    for soname in needed + DLOPENED:
+        package = library_package(soname)
+        assert package in SLIM_BASE or package in runtime_packages, \
+            "the runtime stage lacks %s (for %s)" % (package, soname)
+
+
 def test_dockerfile_image_runs_as_its_user_and_passes_its_healthcheck(image):
     root, runtime = image
     ins = dict(runtime)
