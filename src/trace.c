@@ -492,6 +492,36 @@ trace_child_context(const struct trace_context *parent, struct trace_context *ch
 /* ---- protobuf primitives ---- */
 
 /*
+ * Copy n bytes, n small: two overlapping moves of a word size cover any
+ * length up to twice it, without a call or reading past either end. Keys
+ * and most values on the request path are 4 to 32 bytes.
+ */
+static inline void
+copy_small(char *dst, const char *src, size_t n)
+{
+    uint64_t a, b;
+
+    if (n >= 8 && n <= 16) {
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &b, 8);
+    } else if (n > 16 && n <= 32) {
+        uint64_t c, d;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + 8, 8);
+        memcpy(&c, src + n - 16, 8);
+        memcpy(&d, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + 8, &b, 8);
+        memcpy(dst + n - 16, &c, 8);
+        memcpy(dst + n - 8, &d, 8);
+    } else {
+        memcpy(dst, src, n);
+    }
+}
+
+/*
  * opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto, by
  * field number and wire type (0 varint, 1 fixed64, 2 length-delimited). A
  * nested message is written after its length, so each is sized first.
@@ -578,6 +608,42 @@ pb_close(char *content, char *o, size_t width)
         pb_varint(at, len);
     }
     return o;
+}
+
+/*
+ * A KeyValue field whose AnyValue is any_len bytes, for span and event
+ * attributes alike. pb_kv_size: the whole field's size, and in *kv its
+ * content's (the KeyValue message's) length. pb_kv_head: its head at o (tag
+ * field_tag, length kv, the key, the value's tag and length); the AnyValue
+ * goes next. Keys and values are short, so the usual field has one-byte
+ * lengths and is written without a call.
+ */
+static inline __attribute__((always_inline)) size_t
+pb_kv_size(size_t key_len, size_t any_len, size_t *kv)
+{
+    *kv = key_len < 128 && any_len < 128 ? 2 + key_len + 2 + any_len
+                                         : pb_field_size(key_len) + pb_field_size(any_len);
+    return (*kv < 128 ? 2 : 1 + pb_varint_size(*kv)) + *kv;
+}
+
+static inline __attribute__((always_inline)) char *
+pb_kv_head(char *o, char field_tag, const char *key, size_t key_len, size_t kv, size_t any_len)
+{
+    *o++ = field_tag;
+    if (kv < 128) { /* so are both lengths inside */
+        *o++ = (char)kv;
+        *o++ = PB_TAG(1, 2);
+        *o++ = (char)key_len;
+        copy_small(o, key, key_len);
+        o += key_len;
+        *o++ = PB_TAG(2, 2);
+        *o++ = (char)any_len;
+        return o;
+    }
+    o = pb_varint(o, kv);
+    o = pb_bytes(o, PB_TAG(1, 2), key, key_len);
+    *o++ = PB_TAG(2, 2);
+    return pb_varint(o, any_len);
 }
 
 /* ---- spans ---- */
@@ -667,10 +733,10 @@ trace_span_pool_count(void)
 #define ATTR_FIELD PB_TAG(9, 2)
 
 struct attr_field {
+    const char *start; /* the field's tag */
     const char *key;
     size_t key_len;
     const char *any; /* the AnyValue's content */
-    size_t any_len;
     const char *end; /* just past the field */
 };
 
@@ -694,14 +760,14 @@ pb_read_varint(const char *p, size_t *v)
 static const char *
 attr_field_read(const char *p, struct attr_field *f)
 {
-    size_t kv;
+    size_t kv, any_len;
 
+    f->start = p;
     p = pb_read_varint(p + 1, &kv); /* past ATTR_FIELD */
     f->end = p + kv;
     p = pb_read_varint(p + 1, &f->key_len); /* past key's tag */
     f->key = p;
-    p = pb_read_varint(p + f->key_len + 1, &f->any_len); /* past value's tag */
-    f->any = p;
+    f->any = pb_read_varint(p + f->key_len + 1, &any_len); /* past value's tag */
     return f->end;
 }
 
@@ -721,55 +787,23 @@ key_bit(const char *key, size_t key_len)
     return (uint64_t)1 << (h % 64);
 }
 
-/*
- * Copy n bytes, n small: two overlapping moves of a word size cover any
- * length up to twice it, without a call or reading past either end. Keys
- * and most values on the request path are 4 to 32 bytes.
- */
-static inline void
-copy_small(char *dst, const char *src, size_t n)
-{
-    uint64_t a, b;
-
-    if (n >= 8 && n <= 16) {
-        memcpy(&a, src, 8);
-        memcpy(&b, src + n - 8, 8);
-        memcpy(dst, &a, 8);
-        memcpy(dst + n - 8, &b, 8);
-    } else if (n > 16 && n <= 32) {
-        uint64_t c, d;
-        memcpy(&a, src, 8);
-        memcpy(&b, src + 8, 8);
-        memcpy(&c, src + n - 16, 8);
-        memcpy(&d, src + n - 8, 8);
-        memcpy(dst, &a, 8);
-        memcpy(dst + 8, &b, 8);
-        memcpy(dst + n - 16, &c, 8);
-        memcpy(dst + n - 8, &d, 8);
-    } else {
-        memcpy(dst, src, n);
-    }
-}
-
-/* Where key's field starts in span->attrs (its end in *end), or NULL. */
-static char *
-attr_field_find(struct trace_span *span, const char *key, size_t key_len, const char **end)
+/* key's field into *f; false when span holds no such key. */
+static bool
+attr_field_find(const struct trace_span *span, const char *key, size_t key_len,
+                struct attr_field *f)
 {
     const char *p = span->attrs, *stop = span->attrs + span->attrs_len;
-    struct attr_field f;
 
     if (!(span->key_bits & key_bit(key, key_len))) {
-        return NULL; /* not held: the usual case, no walk */
+        return false; /* not held: the usual case, no walk */
     }
     while (p < stop) {
-        const char *at = p;
-        p = attr_field_read(p, &f);
-        if (f.key_len == key_len && memcmp(f.key, key, key_len) == 0) {
-            *end = p;
-            return span->attrs + (at - span->attrs);
+        p = attr_field_read(p, f);
+        if (f->key_len == key_len && memcmp(f->key, key, key_len) == 0) {
+            return true;
         }
     }
-    return NULL;
+    return false;
 }
 
 /*
@@ -781,15 +815,13 @@ attr_field_find(struct trace_span *span, const char *key, size_t key_len, const 
 static char *
 attr_begin(struct trace_span *span, const char *key, size_t key_len, size_t any_len)
 {
-    size_t kv = key_len < 128 && any_len < 128 ? 2 + key_len + 2 + any_len
-                                               : pb_field_size(key_len) + pb_field_size(any_len);
-    size_t need = (kv < 128 ? 2 : 1 + pb_varint_size(kv)) + kv;
-    const char *old_end;
-    char *o = attr_field_find(span, key, key_len, &old_end);
+    size_t kv, need = pb_kv_size(key_len, any_len, &kv);
+    struct attr_field old;
+    char *o;
 
-    if (o != NULL) {
-        size_t cut = (size_t)(old_end - o);
-        memmove(o, old_end, (size_t)(span->attrs + span->attrs_len - old_end));
+    if (attr_field_find(span, key, key_len, &old)) {
+        size_t at = (size_t)(old.start - span->attrs), cut = (size_t)(old.end - old.start);
+        memmove(span->attrs + at, old.end, span->attrs_len - at - cut);
         span->attrs_len = (uint16_t)(span->attrs_len - cut);
         span->nattrs--;
     }
@@ -797,23 +829,7 @@ attr_begin(struct trace_span *span, const char *key, size_t key_len, size_t any_
         span->dropped_attrs++;
         return NULL;
     }
-    o = span->attrs + span->attrs_len;
-    if (kv < 128) { /* so are both lengths inside: the usual attribute */
-        *o++ = ATTR_FIELD;
-        *o++ = (char)kv;
-        *o++ = PB_TAG(1, 2);
-        *o++ = (char)key_len;
-        copy_small(o, key, key_len);
-        o += key_len;
-        *o++ = PB_TAG(2, 2);
-        *o++ = (char)any_len;
-    } else {
-        *o++ = ATTR_FIELD;
-        o = pb_varint(o, kv);
-        o = pb_bytes(o, PB_TAG(1, 2), key, key_len);
-        *o++ = PB_TAG(2, 2);
-        o = pb_varint(o, any_len);
-    }
+    o = pb_kv_head(span->attrs + span->attrs_len, ATTR_FIELD, key, key_len, kv, any_len);
     span->attrs_len = (uint16_t)(span->attrs_len + need);
     span->nattrs++;
     span->key_bits |= key_bit(key, key_len);
@@ -845,9 +861,7 @@ trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, con
         n = copy_utf8(clean, sizeof(clean), value, len);
         value = clean;
     }
-    /* room for the value: all of it unless the span is nearly full */
-    room = span->attrs_len + key_len + n + 16 <= sizeof(span->attrs) ? n
-                                                                    : attr_str_room(span, key_len, n);
+    room = attr_str_room(span, key_len, n);
     if (room < n) {
         /* the span is nearly full: cut at a character boundary */
         while (room > 0 && ((unsigned char)value[room] & 0xc0) == 0x80) {
@@ -937,20 +951,13 @@ bool
 trace_span_find(const struct trace_span *span, const char *key, size_t key_len,
                 struct trace_value *out)
 {
-    const char *p = span->attrs, *end = span->attrs + span->attrs_len;
     struct attr_field f;
 
-    if (!(span->key_bits & key_bit(key, key_len))) {
+    if (!attr_field_find(span, key, key_len, &f)) {
         return false;
     }
-    while (p < end) {
-        p = attr_field_read(p, &f);
-        if (f.key_len == key_len && memcmp(f.key, key, key_len) == 0) {
-            any_decode(f.any, out);
-            return true;
-        }
-    }
-    return false;
+    any_decode(f.any, out);
+    return true;
 }
 
 struct trace_event *
@@ -1409,39 +1416,17 @@ pb_any_size(const struct trace_attr *a)
     return 0;
 }
 
-/*
- * An event's attributes as KeyValue fields (tag field), at o (room reserved
- * by the caller). Keys and values are short: both lengths are known first,
- * so the usual attribute is written in one pass with one-byte lengths.
- */
+/* An event's attributes as KeyValue fields (tag field), at o (room reserved by the caller). */
 static char *
 pb_attrs(char *o, char field_tag, const char *text, const struct trace_attr *attrs, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
         const struct trace_attr *a = &attrs[i];
-        size_t any = pb_any_size(a);
-        size_t kv = 2 + a->key_len + 2 + any;
+        size_t any = pb_any_size(a), kv;
 
-        if (kv < 128) { /* so are the key's and the value's lengths */
-            *o++ = field_tag;
-            *o++ = (char)kv;
-            *o++ = PB_TAG(1, 2);
-            *o++ = (char)a->key_len;
-            memcpy(o, a->key, a->key_len);
-            o += a->key_len;
-            *o++ = PB_TAG(2, 2);
-            *o++ = (char)any;
-            o = pb_any(o, text, a);
-        } else {
-            /* KeyValue {key 1, value 2: AnyValue} */
-            char *kvo = o = pb_open(o, field_tag, 1);
-            char *anyo;
-            o = pb_bytes(o, PB_TAG(1, 2), a->key, a->key_len);
-            anyo = o = pb_open(o, PB_TAG(2, 2), 1);
-            o = pb_any(o, text, a);
-            o = pb_close(anyo, o, 1);
-            o = pb_close(kvo, o, 1);
-        }
+        pb_kv_size(a->key_len, any, &kv);
+        o = pb_kv_head(o, field_tag, a->key, a->key_len, kv, any);
+        o = pb_any(o, text, a);
     }
     return o;
 }
