@@ -4,9 +4,10 @@
  *
  * Threads: any thread calls otlp_submit; one exporter thread owns the curl
  * handle, the PRNG and the export loop. The queue lock is held to append a
- * span's encoding (under a microsecond) and to swap the queue out for
- * export (a few pointers), never for a copy or across network I/O. The breaker has its own lock because /stats reads it from the
- * event loop thread.
+ * span's encoding (under a microsecond) and to swap the queue out for export
+ * (see take_batch), never for a batch's copy or across network I/O. The
+ * breaker has its own lock because /stats reads it from the event loop
+ * thread.
  *
  * Why spans are encoded on submit: queued as structures, the thousands of
  * spans in flight cycled through the cache and cost the loop thread a fifth
@@ -152,6 +153,13 @@ struct spanq {
     size_t *ends; /* max_queue entries; NULL when the queue is not in use */
     bool json;
 };
+
+/* Where span i of q starts (past the comma that joins JSON spans). */
+static size_t
+spanq_start(const struct spanq *q, size_t i)
+{
+    return i > 0 ? q->ends[i - 1] + (q->json ? 1 : 0) : 0;
+}
 
 struct otlp_exporter {
     /* Set by otlp_start, read-only afterwards. */
@@ -746,14 +754,13 @@ console_print(struct otlp_exporter *e, size_t from, size_t n)
 {
     const struct spanq *q = &e->taken_lines;
     struct buf line;
-    size_t start = from > 0 ? q->ends[from - 1] + 1 : 0; /* past the comma */
 
     buf_init(&line);
     for (size_t i = from; i < from + n; i++) {
+        size_t start = spanq_start(q, i);
         line.len = 0;
         buf_append(&line, q->data.data + start, q->ends[i] - start);
         buf_putc(&line, '\n');
-        start = q->ends[i] + 1;
         /* one write per line, so lines stay whole next to logs */
         if (write(STDERR_FILENO, line.data, line.len) < 0) {
             break;
@@ -831,8 +838,7 @@ static void
 batch_body(struct otlp_exporter *e, size_t from, size_t n)
 {
     const struct spanq *q = &e->taken_wire;
-    size_t start = from > 0 ? q->ends[from - 1] + (q->json ? 1 : 0) : 0; /* JSON: past the comma */
-    size_t end = q->ends[from + n - 1];
+    size_t start = spanq_start(q, from), end = q->ends[from + n - 1];
 
     e->body.len = 0;
     if (q->json) {
@@ -968,7 +974,7 @@ spanq_swap(struct spanq *a, struct spanq *b)
 static void
 spanq_move_tail(struct spanq *from, struct spanq *to, size_t cut, size_t count)
 {
-    size_t start = from->ends[cut - 1] + (from->json ? 1 : 0); /* JSON: past the comma */
+    size_t start = spanq_start(from, cut);
 
     buf_append(&to->data, from->data.data + start, from->data.len - start);
     for (size_t i = cut; i < count; i++) {
