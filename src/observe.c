@@ -385,8 +385,9 @@ static __thread uint64_t wall_offset_ns, wall_offset_at_us;
 static uint64_t
 wall_ns(uint64_t mono_us)
 {
-    if (wall_offset_at_us == 0 || mono_us - wall_offset_at_us > 1000000 ||
-        mono_us < wall_offset_at_us) {
+    /* A reading older than the offset (a request's start) is placed with it as well. */
+    if (wall_offset_at_us == 0 ||
+        (mono_us > wall_offset_at_us && mono_us - wall_offset_at_us > 1000000)) {
         uint64_t now_us = util_mono_us();
         wall_offset_ns = otlp_now_unix_ns() - now_us * 1000;
         wall_offset_at_us = now_us;
