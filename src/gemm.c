@@ -70,11 +70,18 @@ typedef void (*kernel_fn)(size_t rows, size_t kc, const float *a, size_t lda, co
 
 #define HUGE_PAGE ((size_t)2 << 20)
 
+/* Panels of GEMM_PANEL output columns for n outputs, the last zero-padded. */
+static size_t
+panels_of(size_t n)
+{
+    return (n + GEMM_PANEL - 1) / GEMM_PANEL;
+}
+
 size_t
 gemm_packed_bytes(size_t n, size_t k)
 {
     /* a multiple of 128 bytes (GEMM_PANEL floats): each matrix in an arena stays 64-byte aligned */
-    return (n + GEMM_PANEL - 1) / GEMM_PANEL * GEMM_PANEL * k * sizeof(float);
+    return panels_of(n) * GEMM_PANEL * k * sizeof(float);
 }
 
 void
@@ -100,7 +107,7 @@ gemm_arena_free(struct gemm_arena *a)
 void
 gemm_pack(struct gemm_packed *out, const float *w, size_t n, size_t k, struct gemm_arena *arena)
 {
-    size_t panels = (n + GEMM_PANEL - 1) / GEMM_PANEL;
+    size_t panels = panels_of(n);
     size_t bytes = gemm_packed_bytes(n, k);
     float *p;
 
@@ -443,7 +450,7 @@ gemm_use(enum gemm_path path)
 size_t
 gemm_panels(const struct gemm_packed *b)
 {
-    return (b->n + GEMM_PANEL - 1) / GEMM_PANEL;
+    return panels_of(b->n);
 }
 
 void

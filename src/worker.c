@@ -238,6 +238,19 @@ cpu_relax(void)
 }
 
 /*
+ * One turn of a borrower's wait for its helper (*spins counts them): a pause,
+ * and now and then the CPU given up, in case the helper was preempted.
+ */
+static inline void
+borrower_spin(unsigned *spins)
+{
+    cpu_relax();
+    if (++*spins % 4096 == 0) {
+        sched_yield();
+    }
+}
+
+/*
  * A helper thread, without queue_lock: run the borrower's tasks until it
  * closes, a job is queued, or ASSIST_IDLE_NS pass without a task.
  */
@@ -316,10 +329,7 @@ worker_assist_wait(struct worker_assist *as)
     }
     /* The helper runs it: as long as the caller's own half, give or take. */
     while (atomic_load_explicit(&as->task, memory_order_acquire) != ASSIST_DONE) {
-        cpu_relax();
-        if (++spins % 4096 == 0) {
-            sched_yield(); /* the helper was preempted: let it run */
-        }
+        borrower_spin(&spins);
     }
     atomic_store_explicit(&as->task, ASSIST_NONE, memory_order_relaxed);
 }
@@ -328,6 +338,7 @@ void
 worker_assist_end(struct worker_assist *as)
 {
     struct worker_pool *p = as->pool;
+    unsigned spins = 0;
     bool joined;
 
     if (!as->asked) {
@@ -341,12 +352,8 @@ worker_assist_end(struct worker_assist *as)
     joined = as->joined;
     pthread_mutex_unlock(&p->queue_lock);
     /* The helper is between tasks: it sees closed at its next look, unless preempted. */
-    for (unsigned spins = 1; joined && !atomic_load_explicit(&as->gone, memory_order_acquire);
-         spins++) {
-        cpu_relax();
-        if (spins % 4096 == 0) {
-            sched_yield();
-        }
+    while (joined && !atomic_load_explicit(&as->gone, memory_order_acquire)) {
+        borrower_spin(&spins);
     }
 }
 
