@@ -556,11 +556,25 @@ Test(worker, assist_borrows_an_idle_thread_for_the_running_jobs_tasks)
     struct assist_job a;
 
     cr_assert_not_null(p, "%s", cause);
-    sleep_ms(50); /* both threads asleep: one runs the job, the other is idle */
-    init_assist(&a, p, 50, true);
-    H.expected = 1;
-    cr_assert_eq(worker_pool_submit(p, &a.t.job), 0);
-    run_loop_until_done();
+    /*
+     * A helper that waits ASSIST_IDLE_NS (200 us) for a task goes back, and a
+     * job preempted that long between borrowing and its first post (make
+     * check -j runs other tests beside this one) posts nothing: then every
+     * task runs here, as designed. Up to five tries for one where the helper
+     * was there; each try's tasks must all run.
+     */
+    for (int tries = 0; tries < 5; tries++) {
+        sleep_ms(50); /* both threads asleep: one runs the job, the other is idle */
+        init_assist(&a, p, 50, true);
+        H.expected = 1;
+        H.completed = 0;
+        cr_assert_eq(worker_pool_submit(p, &a.t.job), 0);
+        run_loop_until_done();
+        cr_assert_eq(atomic_load(&a.ran_here) + atomic_load(&a.ran_elsewhere), 50);
+        if (a.posted >= 1) {
+            break;
+        }
+    }
     /* Not necessarily all 50: a helper that waits ASSIST_IDLE_NS for a task goes back. */
     cr_assert_geq(a.posted, 1);
     cr_assert_eq(atomic_load(&a.ran_here) + atomic_load(&a.ran_elsewhere), 50);
