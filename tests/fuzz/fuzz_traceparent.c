@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../unit/pbdec.h"
 #include "fuzz_common.h"
 #include "trace.h"
 
@@ -128,53 +129,34 @@ check_tracestate(const char *s, size_t len)
     free(ctx);
 }
 
-/* A varint at *p (below end); false when it runs off. */
-static bool
-read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+/*
+ * A span message's attributes (field 9), each a KeyValue whose fields all
+ * parse; -1 when a length runs off or a wire type is unknown.
+ */
+static long
+count_attrs(const uint8_t *p, size_t len)
 {
-    *v = 0;
-    for (int shift = 0; *p < end && shift < 64; shift += 7) {
-        uint8_t c = *(*p)++;
-        *v |= (uint64_t)(c & 0x7f) << shift;
-        if (c < 0x80) {
-            return true;
-        }
-    }
-    return false;
-}
+    const uint8_t *end = p + len;
+    struct pb_field f, kv;
+    long n = 0;
+    int rc;
 
-/* Walk one message's fields; each length-delimited one must fit. Counts field 9s. */
-static size_t
-check_message(const uint8_t *p, const uint8_t *end)
-{
-    size_t attrs = 0;
-
-    while (p < end) {
-        uint64_t tag, v;
-        FUZZ_CHECK(read_varint(&p, end, &tag), "a tag runs off the message");
-        switch (tag & 7) {
-        case 0:
-            FUZZ_CHECK(read_varint(&p, end, &v), "a varint runs off the message");
-            break;
-        case 1:
-            FUZZ_CHECK(end - p >= 8, "a fixed64 runs off the message");
-            p += 8;
-            break;
-        case 2:
-            FUZZ_CHECK(read_varint(&p, end, &v) && v <= (uint64_t)(end - p),
-                       "a length runs off the message");
-            if (tag >> 3 == 9) {
-                /* KeyValue: key, then value's AnyValue */
-                check_message(p, p + v);
-                attrs++;
+    while ((rc = pb_next(&p, end, &f)) == 1) {
+        if (f.num == 9) {
+            const uint8_t *q = f.p, *qend = f.p + f.len;
+            int rc2;
+            if (f.wire != 2) {
+                return -1;
             }
-            p += v;
-            break;
-        default:
-            FUZZ_CHECK(false, "wire type %u", (unsigned)(tag & 7));
+            while ((rc2 = pb_next(&q, qend, &kv)) == 1) {
+            }
+            if (rc2 < 0) {
+                return -1;
+            }
+            n++;
         }
     }
-    return attrs;
+    return rc < 0 ? -1 : n;
 }
 
 static void
@@ -186,7 +168,7 @@ check_span_attrs(const char *s, size_t len)
     struct trace_span *span;
     struct buf out;
     const uint8_t *p, *end;
-    uint64_t tag, n;
+    struct pb_field field;
     json_t *root;
     size_t at = 0, piece = 0;
 
@@ -235,10 +217,11 @@ check_span_attrs(const char *s, size_t len)
     trace_span_proto(&out, span);
     p = (const uint8_t *)out.data;
     end = p + out.len;
-    FUZZ_CHECK(read_varint(&p, end, &tag) && tag == (2 << 3 | 2), "not a ScopeSpans.spans field");
-    FUZZ_CHECK(read_varint(&p, end, &n) && n == (uint64_t)(end - p),
-               "the span's length is not what follows");
-    FUZZ_CHECK(check_message(p, end) == span->nattrs, "attribute count");
+    FUZZ_CHECK(pb_next(&p, end, &field) == 1 && field.num == 2 && field.wire == 2,
+               "not a ScopeSpans.spans field");
+    FUZZ_CHECK(p == end, "the span's length is not what follows");
+    FUZZ_CHECK(pb_span_ok(field.p, field.len), "the span's fields do not parse");
+    FUZZ_CHECK(count_attrs(field.p, field.len) == span->nattrs, "attribute count");
 
     out.len = 0;
     trace_span_json(&out, span);

@@ -2,7 +2,8 @@
  * pbdec.h - a protobuf wire-format reader for the tests, written from the
  * encoding spec (varints, fixed64/32, length-delimited) independently of the
  * encoder in src/trace.c, so the tests check akosha's bytes against the
- * format rather than against itself.
+ * format rather than against itself. Also the fuzz harnesses' (static
+ * inline: each includer uses a part).
  */
 #ifndef AKOSHA_TEST_PBDEC_H
 #define AKOSHA_TEST_PBDEC_H
@@ -18,7 +19,7 @@ struct pb_field {
     size_t len;
 };
 
-static int
+static inline int
 pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
 {
     uint64_t v = 0;
@@ -38,7 +39,7 @@ pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
 }
 
 /* The next field at *p: 1 read, 0 at end, -1 malformed. */
-static int
+static inline int
 pb_next(const uint8_t **p, const uint8_t *end, struct pb_field *f)
 {
     uint64_t key;
@@ -83,7 +84,7 @@ pb_next(const uint8_t **p, const uint8_t *end, struct pb_field *f)
 }
 
 /* A Span message's shape: ids of the right sizes, known wire types. */
-static int
+static inline int
 pb_span_ok(const uint8_t *p, size_t len)
 {
     const uint8_t *end = p + len;
@@ -106,7 +107,7 @@ pb_span_ok(const uint8_t *p, size_t len)
 }
 
 /* Spans in an ExportTraceServiceRequest, or -1 when the bytes are not one. */
-static long
+static inline long
 pb_count_spans(const void *body, size_t len)
 {
     const uint8_t *p = body, *end = p + len;
