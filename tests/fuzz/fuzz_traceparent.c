@@ -180,9 +180,6 @@ check_span_attrs(const char *s, size_t len)
         size_t plen = MIN((size_t)((unsigned char)s[at] & 0x7f), len - at - 1);
         const char *key = keys[piece % (sizeof(keys) / sizeof(keys[0]))];
         struct trace_value v;
-        if (at + 1 > len) {
-            break;
-        }
         if (piece % 7 == 6) {
             trace_span_attr_int(span, key, (int64_t)plen - 64);
         } else {
