@@ -1394,7 +1394,17 @@ string_value(const char *p, const char *end, char *out, size_t cap)
     if (p >= end || *p != '"') {
         return 0;
     }
-    for (q = p + 1; q < end && *q != '"'; q += *q == '\\' ? 2 : 1) {
+    q = p + 1;
+    while (q < end && *q != '"' && *q != '\\') {
+        q++;
+    }
+    if (q < end && *q == '"' && (size_t)(q - p - 1) < cap) {
+        /* no escape: the usual model name, copied as it is */
+        memcpy(out, p + 1, (size_t)(q - p - 1));
+        out[q - p - 1] = '\0';
+        return (size_t)(q - p - 1);
+    }
+    for (; q < end && *q != '"'; q += *q == '\\' ? 2 : 1) {
     }
     if (q >= end) {
         return 0;

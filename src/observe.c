@@ -606,9 +606,30 @@ observe_connection_refused(void)
 
 /* ---- attempts ---------------------------------------------------------- */
 
+/* The attributes of up's own on each CLIENT span, encoded at its first. */
+static const struct trace_attr_block *
+upstream_span_attrs(struct upstream *up)
+{
+    struct trace_context ctx;
+    struct trace_span *s;
+
+    if (up->span_attrs != NULL) {
+        return up->span_attrs;
+    }
+    memset(&ctx, 0, sizeof(ctx)); /* a span only to encode on, never sent */
+    s = trace_span_new(&ctx, NULL, TRACE_KIND_CLIENT, "", 0);
+    trace_span_attr_str(s, "server.address", up->cfg->url.host);
+    trace_span_attr_int(s, "server.port", up->cfg->url.port);
+    trace_span_attr_str(s, "akosha.upstream", up->name);
+    up->span_attrs = xmalloc(sizeof(*up->span_attrs));
+    trace_attr_block_take(up->span_attrs, s);
+    trace_span_free(s);
+    return up->span_attrs;
+}
+
 void
 observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
-                      const struct upstream *up, unsigned attempt, const char *model)
+                      struct upstream *up, unsigned attempt, const char *model)
 {
     struct trace_context child;
     char name[TRACE_NAME_MAX];
@@ -627,10 +648,8 @@ observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
     s = trace_span_new(&child, o->ctx.span_id, TRACE_KIND_CLIENT, name,
                        wall_ns(o->attempt_start_us));
     trace_span_attr_strn(s, "http.request.method", hd->method_str, hd->method_len);
-    trace_span_attr_str(s, "server.address", up->cfg->url.host);
-    trace_span_attr_int(s, "server.port", up->cfg->url.port);
+    trace_span_put_block(s, upstream_span_attrs(up));
     trace_span_attr_strn(s, "url.path", hd->path, hd->path_len);
-    trace_span_attr_str(s, "akosha.upstream", up->name);
     trace_span_attr_str(s, "akosha.circuit_state", breaker_state_name(up->breaker.state));
     if (attempt > 1) {
         trace_span_attr_int(s, "http.request.resend_count", attempt - 1);

@@ -124,9 +124,12 @@ void observe_server_span_end(struct observe_req *o, const struct observe_answer 
 void observe_request_done(const struct observe_answer *a, const char *model_key);
 void observe_connection_refused(void);
 
-/* An attempt on up begins: its CLIENT span (attempt counts from 1). */
+/*
+ * An attempt on up begins: its CLIENT span (attempt counts from 1). The first
+ * traced attempt on up encodes up's own span attributes (up->span_attrs).
+ */
 void observe_attempt_start(struct observe_req *o, const struct http_request_head *hd,
-                           const struct upstream *up, unsigned attempt, const char *model);
+                           struct upstream *up, unsigned attempt, const char *model);
 /* Writes the traceparent for the current attempt; false when not tracing. */
 bool observe_attempt_traceparent(const struct observe_req *o, char *out, size_t len);
 void observe_attempt_status(struct observe_req *o, int status);

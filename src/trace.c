@@ -483,7 +483,8 @@ trace_child_context(const struct trace_context *parent, struct trace_context *ch
 {
     if (child != parent) {
         memcpy(child->trace_id, parent->trace_id, TRACE_ID_SIZE);
-        memcpy(child->tracestate, parent->tracestate, sizeof(child->tracestate));
+        /* the string only: the buffer's 513 bytes are 9 cache lines, most often empty */
+        memcpy(child->tracestate, parent->tracestate, strlen(parent->tracestate) + 1);
         child->flags = parent->flags;
     }
     trace_new_span_id(child->span_id);
@@ -501,7 +502,13 @@ copy_small(char *dst, const char *src, size_t n)
 {
     uint64_t a, b;
 
-    if (n >= 8 && n <= 16) {
+    if (n >= 4 && n < 8) {
+        uint32_t x, y;
+        memcpy(&x, src, 4);
+        memcpy(&y, src + n - 4, 4);
+        memcpy(dst, &x, 4);
+        memcpy(dst + n - 4, &y, 4);
+    } else if (n >= 8 && n <= 16) {
         memcpy(&a, src, 8);
         memcpy(&b, src + n - 8, 8);
         memcpy(dst, &a, 8);
@@ -516,7 +523,11 @@ copy_small(char *dst, const char *src, size_t n)
         memcpy(dst + 8, &b, 8);
         memcpy(dst + n - 16, &c, 8);
         memcpy(dst + n - 8, &d, 8);
-    } else {
+    } else if (n > 0 && n < 4) {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    } else if (n > 32) {
         memcpy(dst, src, n);
     }
 }
@@ -655,21 +666,78 @@ static struct {
     size_t count;
 } span_pool = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
 
+/*
+ * In front of the pool, each thread keeps up to TRACE_SPAN_CACHE_MAX freed
+ * spans of its own: the loop thread makes a request's spans and frees them
+ * when otlp_submit has encoded them, so under load it takes and gives back
+ * without a lock. A thread's cache goes to the pool when the thread ends.
+ */
+struct span_cache {
+    struct trace_span *head;
+    unsigned count;
+    bool registered; /* with span_cache_key, whose destructor empties it */
+};
+
+static __thread struct span_cache span_cache;
+static pthread_key_t span_cache_key;
+static pthread_once_t span_cache_once = PTHREAD_ONCE_INIT;
+
+static void
+span_pool_put(struct trace_span *span)
+{
+    pthread_mutex_lock(&span_pool.lock);
+    if (span_pool.count < TRACE_SPAN_POOL_MAX) {
+        span->pool_next = span_pool.head;
+        span_pool.head = span;
+        span_pool.count++;
+        span = NULL;
+    }
+    pthread_mutex_unlock(&span_pool.lock);
+    free(span);
+}
+
+/* At a thread's end: its cached spans go to the shared pool. */
+static void
+span_cache_release(void *arg)
+{
+    struct span_cache *c = arg;
+
+    while (c->head != NULL) {
+        struct trace_span *span = c->head;
+        c->head = span->pool_next;
+        span_pool_put(span);
+    }
+    c->count = 0;
+}
+
+static void
+span_cache_key_create(void)
+{
+    if (pthread_key_create(&span_cache_key, span_cache_release) != 0) {
+        abort(); /* only without memory for one key, at the first span */
+    }
+}
+
 struct trace_span *
 trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
                enum trace_span_kind kind, const char *name, uint64_t start_unix_ns)
 {
-    struct trace_span *span;
+    struct trace_span *span = span_cache.head;
 
-    pthread_mutex_lock(&span_pool.lock);
-    span = span_pool.head;
     if (span != NULL) {
-        span_pool.head = span->pool_next;
-        span_pool.count--;
-    }
-    pthread_mutex_unlock(&span_pool.lock);
-    if (span == NULL) {
-        span = xmalloc(sizeof(*span));
+        span_cache.head = span->pool_next;
+        span_cache.count--;
+    } else {
+        pthread_mutex_lock(&span_pool.lock);
+        span = span_pool.head;
+        if (span != NULL) {
+            span_pool.head = span->pool_next;
+            span_pool.count--;
+        }
+        pthread_mutex_unlock(&span_pool.lock);
+        if (span == NULL) {
+            span = xmalloc(sizeof(*span));
+        }
     }
     /* Field by field: clearing the whole header would touch cache lines a span never uses. */
     memcpy(span->trace_id, ctx->trace_id, TRACE_ID_SIZE);
@@ -703,15 +771,18 @@ trace_span_free(struct trace_span *span)
     }
     free(span->events);
     span->events = NULL;
-    pthread_mutex_lock(&span_pool.lock);
-    if (span_pool.count < TRACE_SPAN_POOL_MAX) {
-        span->pool_next = span_pool.head;
-        span_pool.head = span;
-        span_pool.count++;
-        span = NULL;
+    if (span_cache.count < TRACE_SPAN_CACHE_MAX) {
+        if (!span_cache.registered) {
+            pthread_once(&span_cache_once, span_cache_key_create);
+            pthread_setspecific(span_cache_key, &span_cache);
+            span_cache.registered = true;
+        }
+        span->pool_next = span_cache.head;
+        span_cache.head = span;
+        span_cache.count++;
+        return;
     }
-    pthread_mutex_unlock(&span_pool.lock);
-    free(span);
+    span_pool_put(span);
 }
 
 size_t
@@ -722,7 +793,7 @@ trace_span_pool_count(void)
     pthread_mutex_lock(&span_pool.lock);
     n = span_pool.count;
     pthread_mutex_unlock(&span_pool.lock);
-    return n;
+    return n + span_cache.count;
 }
 
 /*
@@ -852,9 +923,35 @@ trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, con
                    size_t len)
 {
     char clean[TRACE_ATTR_STR_MAX];
-    size_t n, room;
+    size_t n, room, kv = 2 + key_len + 2 + 2 + len; /* key, AnyValue, its string */
+    uint64_t bit = key_bit(key, key_len);
     char *o;
 
+    /*
+     * The request path's case: a key not held yet, a short ASCII value and
+     * room to spare. Every length fits one byte, so the field is written
+     * straight, without the general path's sizing and lookup.
+     */
+    if (!(span->key_bits & bit) && len < TRACE_ATTR_STR_MAX && kv < 128 &&
+        span->nattrs < TRACE_MAX_ATTRS && span->attrs_len + 2 + kv <= sizeof(span->attrs) &&
+        all_ascii(value, len)) {
+        o = span->attrs + span->attrs_len;
+        o[0] = ATTR_FIELD;
+        o[1] = (char)kv;
+        o[2] = PB_TAG(1, 2);
+        o[3] = (char)key_len;
+        copy_small(o + 4, key, key_len);
+        o += 4 + key_len;
+        o[0] = PB_TAG(2, 2);
+        o[1] = (char)(2 + len);
+        o[2] = PB_TAG(1, 2);
+        o[3] = (char)len;
+        copy_small(o + 4, value, len);
+        span->attrs_len = (uint16_t)(span->attrs_len + 2 + kv);
+        span->nattrs++;
+        span->key_bits |= bit;
+        return;
+    }
     if (len < TRACE_ATTR_STR_MAX && all_ascii(value, len)) {
         n = len; /* as it is: the usual case */
     } else {
@@ -882,7 +979,30 @@ trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, con
 void
 trace_span_put_int(struct trace_span *span, const char *key, size_t key_len, int64_t value)
 {
-    char *o = attr_begin(span, key, key_len, 1 + pb_varint_size((uint64_t)value));
+    uint64_t bit = key_bit(key, key_len);
+    char *o;
+
+    /* As for strings: a new key, a value below 2^14 (status codes, counts, ports) */
+    if (!(span->key_bits & bit) && value >= 0 && value < (1 << 14) && key_len < 100 &&
+        span->nattrs < TRACE_MAX_ATTRS && span->attrs_len + 2 + key_len + 7 <= sizeof(span->attrs)) {
+        size_t any = value < 128 ? 2 : 3;
+        o = span->attrs + span->attrs_len;
+        o[0] = ATTR_FIELD;
+        o[1] = (char)(2 + key_len + 2 + any);
+        o[2] = PB_TAG(1, 2);
+        o[3] = (char)key_len;
+        copy_small(o + 4, key, key_len);
+        o += 4 + key_len;
+        o[0] = PB_TAG(2, 2);
+        o[1] = (char)any;
+        o[2] = PB_TAG(3, 0);
+        pb_varint(o + 3, (uint64_t)value);
+        span->attrs_len = (uint16_t)(span->attrs_len + 2 + 2 + key_len + 2 + any);
+        span->nattrs++;
+        span->key_bits |= bit;
+        return;
+    }
+    o = attr_begin(span, key, key_len, 1 + pb_varint_size((uint64_t)value));
 
     if (o != NULL) {
         *o++ = PB_TAG(3, 0);
@@ -911,6 +1031,65 @@ trace_span_put_bool(struct trace_span *span, const char *key, size_t key_len, bo
     if (o != NULL) {
         *o++ = PB_TAG(2, 0);
         *o = value ? 1 : 0;
+    }
+}
+
+size_t
+trace_attr_block_take(struct trace_attr_block *b, const struct trace_span *span)
+{
+    const char *p = span->attrs, *stop = span->attrs + span->attrs_len;
+    struct attr_field f;
+
+    b->key_bits = 0;
+    b->len = 0;
+    b->nattrs = 0;
+    while (p < stop) {
+        p = attr_field_read(p, &f);
+        if ((size_t)(f.end - f.start) > sizeof(b->bytes) - b->len) {
+            break;
+        }
+        memcpy(b->bytes + b->len, f.start, (size_t)(f.end - f.start));
+        b->len = (uint16_t)(b->len + (f.end - f.start));
+        b->key_bits |= key_bit(f.key, f.key_len);
+        b->nattrs++;
+    }
+    return b->nattrs;
+}
+
+static void any_decode(const char *any, struct trace_value *out);
+
+void
+trace_span_put_block(struct trace_span *span, const struct trace_attr_block *b)
+{
+    const char *p = b->bytes, *stop = b->bytes + b->len;
+    struct attr_field f;
+
+    if (!(span->key_bits & b->key_bits) && span->nattrs + b->nattrs <= TRACE_MAX_ATTRS &&
+        span->attrs_len + b->len <= sizeof(span->attrs)) {
+        memcpy(span->attrs + span->attrs_len, b->bytes, b->len);
+        span->attrs_len = (uint16_t)(span->attrs_len + b->len);
+        span->nattrs = (uint8_t)(span->nattrs + b->nattrs);
+        span->key_bits |= b->key_bits;
+        return;
+    }
+    while (p < stop) { /* a key held already, or short of room: one by one */
+        struct trace_value v;
+        p = attr_field_read(p, &f);
+        any_decode(f.any, &v);
+        switch (v.type) {
+        case TRACE_ATTR_STRING:
+            trace_span_put_str(span, f.key, f.key_len, v.str, v.len);
+            break;
+        case TRACE_ATTR_INT:
+            trace_span_put_int(span, f.key, f.key_len, v.i);
+            break;
+        case TRACE_ATTR_DOUBLE:
+            trace_span_put_double(span, f.key, f.key_len, v.d);
+            break;
+        default:
+            trace_span_put_bool(span, f.key, f.key_len, v.b);
+            break;
+        }
     }
 }
 

@@ -152,6 +152,7 @@ enum trace_attr_type { TRACE_ATTR_STRING, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRA
 #define TRACE_SPAN_ATTRS_MAX 768
 #define TRACE_STATUS_MSG_MAX 96
 #define TRACE_SPAN_POOL_MAX 512
+#define TRACE_SPAN_CACHE_MAX 32 /* freed spans a thread keeps for itself, before the pool */
 /*
  * Span events: at most TRACE_MAX_EVENTS per span (later ones are dropped and
  * counted in droppedEventsCount), each with at most TRACE_EVENT_ATTRS
@@ -249,19 +250,22 @@ struct trace_value {
  * A span whose own ids are ctx's (trace id, span id, flags), child of
  * parent_span_id (NULL for a root span). Returns a span the caller owns:
  * trace_span_free it, or hand it to otlp_submit which takes it. Any thread
- * may create and free spans: freed spans go back to a pool (a mutex-guarded
- * LIFO) so that the loop thread that makes them and the exporter thread that
- * frees them do not churn the heap; glibc trimming and regrowing its top on
- * that churn cost brk(2) calls and page faults on the request path.
+ * may create and free spans: freed spans are kept for reuse (the thread's
+ * own few, then a mutex-guarded LIFO) so that spans made and freed at
+ * request rate do not churn the heap; glibc trimming and regrowing its top
+ * on that churn cost brk(2) calls and page faults on the request path.
  */
 struct trace_span *trace_span_new(const struct trace_context *ctx, const uint8_t *parent_span_id,
                                   enum trace_span_kind kind, const char *name,
                                   uint64_t start_unix_ns);
 void trace_span_free(struct trace_span *span);
 /*
- * Spans waiting in the pool now: at most TRACE_SPAN_POOL_MAX, the rest go
- * back to malloc. otlp_submit frees each span as soon as it is encoded, so
- * under load the pool hands the same few warm spans back to the request path.
+ * Spans waiting for reuse now: the calling thread's own (at most
+ * TRACE_SPAN_CACHE_MAX, taken and given back without a lock) and the shared
+ * pool's (at most TRACE_SPAN_POOL_MAX); the rest go back to malloc, and a
+ * thread's own go to the pool when it ends. otlp_submit frees each span as
+ * soon as it is encoded, so under load the loop thread reuses the same few
+ * warm spans.
  */
 size_t trace_span_pool_count(void);
 
@@ -317,6 +321,27 @@ trace_span_attr_get(const struct trace_span *span, const char *key, struct trace
 {
     return trace_span_find(span, key, strlen(key), out);
 }
+
+/*
+ * Attributes encoded once and put on many spans, as they go on the wire:
+ * what is the same on every span of its kind (an upstream's address, port
+ * and name on each attempt's CLIENT span). Built from a span that carries
+ * them (trace_attr_block_take); putting a block copies its bytes, unless
+ * the span already holds one of its keys or lacks the room, when each
+ * attribute is put in turn by the usual rules.
+ */
+#define TRACE_ATTR_BLOCK_MAX 256
+
+struct trace_attr_block {
+    uint64_t key_bits;
+    uint16_t len;
+    uint8_t nattrs;
+    char bytes[TRACE_ATTR_BLOCK_MAX];
+};
+
+/* span's attributes into b, as many whole ones as fit; returns how many. */
+size_t trace_attr_block_take(struct trace_attr_block *b, const struct trace_span *span);
+void trace_span_put_block(struct trace_span *span, const struct trace_attr_block *b);
 
 /* message may be NULL; OTel keeps a description only with ERROR. */
 void trace_span_set_status(struct trace_span *span, enum trace_status_code code,

@@ -70,6 +70,7 @@ upstream_destroy(struct upstream *up)
         event_free(up->idle_sweep);
     }
     config_unref(up->cfg_owner);
+    free(up->span_attrs);
     free(up->name);
     free(up);
 }

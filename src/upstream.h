@@ -89,6 +89,8 @@ struct upstream_stats {
  * upstream whose name and url are unchanged (breaker, pool and counters).
  * refs counts the sets holding it and the attempts and connections using it.
  */
+struct trace_attr_block;
+
 struct upstream {
     char *name;
     struct event_base *base;
@@ -117,6 +119,13 @@ struct upstream {
     struct waiter_list waiters;
     size_t nwaiters;
     struct upstream_stats stats;
+    /*
+     * observe.c's: the attributes every CLIENT span to this upstream carries
+     * (address, port, name), encoded at its first traced attempt; a reload
+     * keeps an upstream only with the same name and URL. Plain memory, freed
+     * with the upstream; NULL until then.
+     */
+    struct trace_attr_block *span_attrs;
 };
 
 /*

@@ -475,6 +475,103 @@ Test(span, setting_a_key_again_replaces_its_value)
     trace_span_free(span);
 }
 
+/* A block of server.address, server.port and akosha.upstream, as observe.c makes one. */
+static void
+upstream_block(struct trace_attr_block *b, const char *host)
+{
+    struct trace_span *s = new_span(TRACE_KIND_CLIENT);
+
+    trace_span_attr_str(s, "server.address", host);
+    trace_span_attr_int(s, "server.port", 8080);
+    trace_span_attr_str(s, "akosha.upstream", "tei-a");
+    cr_assert_eq(trace_attr_block_take(b, s), 3);
+    trace_span_free(s);
+}
+
+Test(span, an_attribute_block_puts_the_same_fields_as_one_by_one)
+{
+    struct trace_attr_block b;
+    struct trace_span *blocked = new_span(TRACE_KIND_CLIENT), *plain = new_span(TRACE_KIND_CLIENT);
+    struct buf x = {0};
+    char text[TRACE_ATTR_STR_MAX + 1];
+
+    upstream_block(&b, "10.0.0.7");
+    trace_span_attr_str(blocked, "http.request.method", "POST");
+    trace_span_put_block(blocked, &b);
+    trace_span_attr_str(plain, "http.request.method", "POST");
+    trace_span_attr_str(plain, "server.address", "10.0.0.7");
+    trace_span_attr_int(plain, "server.port", 8080);
+    trace_span_attr_str(plain, "akosha.upstream", "tei-a");
+    cr_assert_eq(blocked->nattrs, 4);
+    cr_assert_eq(blocked->attrs_len, plain->attrs_len);
+    cr_assert(memcmp(blocked->attrs, plain->attrs, plain->attrs_len) == 0, "the same bytes");
+    /* the keys it brought are known to the span: setting one again replaces it */
+    trace_span_attr_str(blocked, "akosha.upstream", "tei-b");
+    cr_assert_eq(blocked->nattrs, 4);
+    cr_assert_str_eq(attr_text(blocked, "akosha.upstream", text), "tei-b");
+    cr_assert_str_eq(attr_text(blocked, "server.address", text), "10.0.0.7");
+    trace_span_proto(&x, blocked);
+    cr_assert_gt(x.len, 0);
+    buf_free(&x);
+    trace_span_free(blocked);
+    trace_span_free(plain);
+}
+
+Test(span, an_attribute_block_replaces_keys_the_span_holds)
+{
+    struct trace_attr_block b;
+    struct trace_span *span = new_span(TRACE_KIND_CLIENT);
+    struct trace_value v;
+    char text[TRACE_ATTR_STR_MAX + 1];
+
+    upstream_block(&b, "10.0.0.7");
+    trace_span_attr_str(span, "akosha.upstream", "old");
+    trace_span_attr_int(span, "server.port", 1);
+    trace_span_put_block(span, &b);
+    cr_assert_eq(span->nattrs, 3, "no key twice");
+    cr_assert_str_eq(attr_text(span, "akosha.upstream", text), "tei-a");
+    cr_assert(trace_span_attr_get(span, "server.port", &v));
+    cr_assert_eq(v.i, 8080);
+    cr_assert_str_eq(attr_text(span, "server.address", text), "10.0.0.7");
+    trace_span_free(span);
+}
+
+Test(span, an_attribute_block_on_a_full_span_is_dropped_and_counted_by_the_usual_rules)
+{
+    struct trace_attr_block b;
+    struct trace_span *span = new_span(TRACE_KIND_CLIENT);
+    char key[32], text[TRACE_ATTR_STR_MAX + 1];
+
+    upstream_block(&b, "10.0.0.7");
+    for (int i = 0; i < TRACE_MAX_ATTRS - 1; i++) {
+        snprintf(key, sizeof(key), "k%02d", i);
+        trace_span_attr_int(span, key, i);
+    }
+    trace_span_put_block(span, &b);
+    cr_assert_eq(span->nattrs, TRACE_MAX_ATTRS, "the first of the block fit");
+    cr_assert_eq(span->dropped_attrs, 2, "the other two were dropped and counted");
+    cr_assert_str_eq(attr_text(span, "server.address", text), "10.0.0.7");
+    trace_span_free(span);
+}
+
+Test(span, an_attribute_block_takes_as_many_whole_attributes_as_fit)
+{
+    struct trace_attr_block b;
+    struct trace_span *s = new_span(TRACE_KIND_CLIENT);
+    char key[32], value[80];
+
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    for (int i = 0; i < 5; i++) {
+        snprintf(key, sizeof(key), "key.%d", i);
+        trace_span_attr_str(s, key, value); /* about 90 bytes each */
+    }
+    cr_assert_eq(trace_attr_block_take(&b, s), 2, "two fit in %d bytes, the third does not",
+                 TRACE_ATTR_BLOCK_MAX);
+    cr_assert_leq(b.len, TRACE_ATTR_BLOCK_MAX);
+    trace_span_free(s);
+}
+
 Test(span, attributes_beyond_the_limit_are_dropped_and_counted)
 {
     struct trace_span *span = new_span(TRACE_KIND_SERVER);
@@ -851,7 +948,7 @@ Test(span, a_freed_span_is_reused_and_comes_back_clean)
 
 Test(span, the_pool_keeps_at_most_its_bound)
 {
-    enum { N = TRACE_SPAN_POOL_MAX + 8 };
+    enum { N = TRACE_SPAN_CACHE_MAX + TRACE_SPAN_POOL_MAX + 8 };
     static struct trace_span *spans[N];
 
     for (size_t i = 0; i < N; i++) {
@@ -861,10 +958,52 @@ Test(span, the_pool_keeps_at_most_its_bound)
     for (size_t i = 0; i < N; i++) {
         trace_span_free(spans[i]);
     }
-    cr_assert_eq(trace_span_pool_count(), TRACE_SPAN_POOL_MAX, "the rest went back to malloc");
+    cr_assert_eq(trace_span_pool_count(), TRACE_SPAN_CACHE_MAX + TRACE_SPAN_POOL_MAX,
+                 "this thread's own and the pool's are full, the rest went back to malloc");
     spans[0] = new_span(TRACE_KIND_INTERNAL);
-    cr_assert_eq(trace_span_pool_count(), TRACE_SPAN_POOL_MAX - 1);
+    cr_assert_eq(trace_span_pool_count(), TRACE_SPAN_CACHE_MAX + TRACE_SPAN_POOL_MAX - 1);
     trace_span_free(spans[0]);
+}
+
+enum { THREAD_SPANS = TRACE_SPAN_CACHE_MAX / 2 };
+
+static void *
+make_and_free_spans(void *arg)
+{
+    struct trace_span *spans[THREAD_SPANS];
+    size_t *kept = arg;
+
+    for (size_t i = 0; i < THREAD_SPANS; i++) {
+        spans[i] = new_span(TRACE_KIND_INTERNAL);
+    }
+    for (size_t i = 0; i < THREAD_SPANS; i++) {
+        trace_span_free(spans[i]);
+    }
+    *kept = trace_span_pool_count();
+    return NULL;
+}
+
+Test(span, a_threads_own_spans_go_to_the_pool_when_it_ends)
+{
+    pthread_t t;
+    size_t kept = 0, before = trace_span_pool_count(), after;
+
+    cr_assert_eq(before, 0, "a fresh process starts with nothing kept");
+    cr_assert_eq(pthread_create(&t, NULL, make_and_free_spans, &kept), 0);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert_eq(kept, THREAD_SPANS, "the thread kept its freed spans for itself");
+    after = trace_span_pool_count();
+    cr_assert_eq(after, THREAD_SPANS, "its end gave them to the shared pool, not to the leak checker");
+    /* this thread takes them from the pool, and keeps them when freed */
+    struct trace_span *spans[THREAD_SPANS];
+    for (size_t i = 0; i < THREAD_SPANS; i++) {
+        spans[i] = new_span(TRACE_KIND_INTERNAL);
+    }
+    cr_assert_eq(trace_span_pool_count(), 0);
+    for (size_t i = 0; i < THREAD_SPANS; i++) {
+        trace_span_free(spans[i]);
+    }
+    cr_assert_eq(trace_span_pool_count(), THREAD_SPANS);
 }
 
 Test(otlp_json, resource_takes_percent_decoded_env_attributes)
