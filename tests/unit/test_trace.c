@@ -251,6 +251,24 @@ Test(ids, hex_is_lower_case)
     cr_assert_str_eq(out, "ab01f0");
 }
 
+Test(ids, hex_of_every_byte_at_every_offset_matches_printf)
+{
+    uint8_t bytes[259];
+    char out[2 * sizeof(bytes) + 1], want[2 * sizeof(bytes) + 1];
+
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        bytes[i] = (uint8_t)(i * 7 + 3); /* every value, in an order that mixes neighbours */
+    }
+    for (size_t n = 0; n <= sizeof(bytes); n++) { /* whole words and each remainder */
+        for (size_t i = 0; i < n; i++) {
+            snprintf(want + 2 * i, 3, "%02x", bytes[i]);
+        }
+        want[2 * n] = '\0';
+        trace_hex(bytes, n, out);
+        cr_assert_str_eq(out, want, "n = %zu", n);
+    }
+}
+
 /* ---- sampler ---- */
 
 Test(sampler, ratio_quarter_samples_about_a_quarter_of_random_traces)
