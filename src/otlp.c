@@ -119,6 +119,14 @@ curl_load(void)
 #define OTLP_RETRY_AFTER_MAX 64
 /* A grpc-message is kept this long (percent-decoded, for the log). */
 #define OTLP_GRPC_MESSAGE_MAX 128
+/*
+ * libcurl's upload buffer (its default is 64 KiB) and the socket's send
+ * buffer: a batch of 512 request spans is about 165 KB, written in one go
+ * instead of in 64 KiB pieces each waited for in poll(2). Measured under
+ * load: 4 sendto and 10 poll per export where there were 8 and 18, and
+ * 15-20 % less CPU on the exporter thread (doc/BENCHMARK.md).
+ */
+#define OTLP_UPLOAD_BUFFER (512 * 1024)
 /* The gRPC length prefix: the compressed flag, then the message length big-endian. */
 #define GRPC_PREFIX_LEN 5
 /* No grpc-status seen yet (an answer without one is a failed call). */
@@ -678,6 +686,19 @@ post_once(struct otlp_exporter *e, const struct buf *body, uint64_t timeout_ms, 
     }
 }
 
+/* CURLOPT_SOCKOPTFUNCTION: a fixed send buffer (the kernel doubles it) on each connection. */
+static int
+set_send_buffer(void *unused, curl_socket_t fd, curlsocktype purpose)
+{
+    int size = OTLP_UPLOAD_BUFFER;
+
+    (void)unused;
+    if (purpose == CURLSOCKTYPE_IPCXN) {
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    }
+    return CURL_SOCKOPT_OK;
+}
+
 static CURL *
 curl_handle_new(struct otlp_exporter *e)
 {
@@ -699,6 +720,8 @@ curl_handle_new(struct otlp_exporter *e)
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, e);
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, e->curl_error);
+    curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, OTLP_UPLOAD_BUFFER);
+    curl_easy_setopt(c, CURLOPT_SOCKOPTFUNCTION, set_send_buffer);
     if (e->grpc) {
         /*
          * gRPC is HTTP/2 only: h2c straight away on http:// (no Upgrade
