@@ -2341,7 +2341,17 @@ static void
 watch_answer_buffer(struct attempt *a, struct request *r, struct evbuffer *in, size_t n)
 {
     struct evbuffer_ptr at;
+    struct evbuffer_iovec first[8];
+    int nfirst = evbuffer_peek(in, (ssize_t)n, NULL, first, 8);
 
+    if (nfirst > 0 && nfirst <= 8) { /* the usual case: a few extents cover n */
+        for (int i = 0; i < nfirst && n > 0; i++) {
+            size_t take = MIN(first[i].iov_len, n);
+            watch_answer(a, r, first[i].iov_base, take);
+            n -= take;
+        }
+        return;
+    }
     evbuffer_ptr_set(in, &at, 0, EVBUFFER_PTR_SET);
     while (n > 0) {
         struct evbuffer_iovec v[8];
