@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import embedding_body, free_port
+from conftest import AKOSHA_BIN, embedding_body, free_port
 
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
@@ -424,6 +424,22 @@ def test_fallback_answer_has_the_internal_span(receiver, start_akosha):
     assert attr(internal[0], "batch.size") == "2"
     server = [s for s in spans if s["kind"] == 2][0]
     assert internal[0]["parentSpanId"] == server["spanId"]
+
+
+def test_the_exporter_and_worker_threads_are_named(receiver, start_akosha):
+    """akosha(8): the span exporter is akosha-otlp, the embedding workers akosha-worker."""
+    a = start_akosha(telemetry(receiver) + "[fallback]\nmode = always\nworkers = 2\n",
+                     env=FAST_EXPORT)
+    a.post_json("/v1/embeddings", {"input": "name the threads"})
+    receiver.wait_spans(2)
+    if a.proc.args[0] != AKOSHA_BIN:
+        pytest.skip("akosha runs under a wrapper here")
+    names = []
+    for tid in os.listdir("/proc/%d/task" % a.proc.pid):
+        with open("/proc/%d/task/%s/comm" % (a.proc.pid, tid)) as f:
+            names.append(f.read().strip())
+    assert names.count("akosha-otlp") == 1, names
+    assert names.count("akosha-worker") == 2, names
 
 
 def test_receiver_503_then_200_still_gets_the_spans(backend, receiver, start_akosha):
