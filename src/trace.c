@@ -918,12 +918,44 @@ attr_str_room(const struct trace_span *span, size_t key_len, size_t want)
     return left > fixed ? MIN(want, left - fixed) : 0;
 }
 
+/* Any string attribute, by the rules of struct trace_span: cut, made valid UTF-8, replacing. */
+static __attribute__((noinline)) void
+put_str_general(struct trace_span *span, const char *key, size_t key_len, const char *value,
+                size_t len)
+{
+    char clean[TRACE_ATTR_STR_MAX];
+    size_t n, room;
+    char *o;
+
+    if (len < TRACE_ATTR_STR_MAX && all_ascii(value, len)) {
+        n = len; /* as it is */
+    } else {
+        n = copy_utf8(clean, sizeof(clean), value, len);
+        value = clean;
+    }
+    room = attr_str_room(span, key_len, n);
+    if (room < n) {
+        /* the span is nearly full: cut at a character boundary */
+        while (room > 0 && ((unsigned char)value[room] & 0xc0) == 0x80) {
+            room--;
+        }
+        n = room;
+    }
+    o = attr_begin(span, key, key_len, pb_field_size(n));
+    if (o != NULL && n < 128) {
+        *o++ = PB_TAG(1, 2);
+        *o++ = (char)n;
+        copy_small(o, value, n);
+    } else if (o != NULL) {
+        pb_bytes(o, PB_TAG(1, 2), value, n);
+    }
+}
+
 void
 trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, const char *value,
                    size_t len)
 {
-    char clean[TRACE_ATTR_STR_MAX];
-    size_t n, room, kv = 2 + key_len + 2 + 2 + len; /* key, AnyValue, its string */
+    size_t kv = 2 + key_len + 2 + 2 + len; /* key, AnyValue, its string */
     uint64_t bit = key_bit(key, key_len);
     char *o;
 
@@ -952,28 +984,7 @@ trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, con
         span->key_bits |= bit;
         return;
     }
-    if (len < TRACE_ATTR_STR_MAX && all_ascii(value, len)) {
-        n = len; /* as it is: the usual case */
-    } else {
-        n = copy_utf8(clean, sizeof(clean), value, len);
-        value = clean;
-    }
-    room = attr_str_room(span, key_len, n);
-    if (room < n) {
-        /* the span is nearly full: cut at a character boundary */
-        while (room > 0 && ((unsigned char)value[room] & 0xc0) == 0x80) {
-            room--;
-        }
-        n = room;
-    }
-    o = attr_begin(span, key, key_len, pb_field_size(n));
-    if (o != NULL && n < 128) {
-        *o++ = PB_TAG(1, 2);
-        *o++ = (char)n;
-        copy_small(o, value, n);
-    } else if (o != NULL) {
-        pb_bytes(o, PB_TAG(1, 2), value, n);
-    }
+    put_str_general(span, key, key_len, value, len); /* apart: its buffer costs this path a frame */
 }
 
 void
