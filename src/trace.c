@@ -708,6 +708,7 @@ span_cache_release(void *arg)
         span_pool_put(span);
     }
     c->count = 0;
+    c->registered = false; /* a span freed later in the thread's exit registers again */
 }
 
 static void

@@ -84,13 +84,13 @@ struct upstream_stats {
     uint64_t pool_waits; /* attempts that waited for a connection slot */
 };
 
+struct trace_attr_block; /* trace.h */
+
 /*
  * One upstream, shared by every set that names it: a reload keeps an
  * upstream whose name and url are unchanged (breaker, pool and counters).
  * refs counts the sets holding it and the attempts and connections using it.
  */
-struct trace_attr_block;
-
 struct upstream {
     char *name;
     struct event_base *base;
