@@ -123,8 +123,8 @@ curl_load(void)
  * libcurl's upload buffer (its default is 64 KiB) and the socket's send
  * buffer: a batch of 512 request spans is about 165 KB, written in one go
  * instead of in 64 KiB pieces each waited for in poll(2). Measured under
- * load: 4 sendto and 10 poll per export where there were 8 and 18, and
- * 15-20 % less CPU on the exporter thread (doc/BENCHMARK.md).
+ * load: 2 sendto (head, body) and about 5 poll per export where there were
+ * 4 and 9, and 15-20 % less CPU on the exporter thread (doc/BENCHMARK.md).
  */
 #define OTLP_UPLOAD_BUFFER (512 * 1024)
 /* The gRPC length prefix: the compressed flag, then the message length big-endian. */
