@@ -968,18 +968,10 @@ trace_span_put_str(struct trace_span *span, const char *key, size_t key_len, con
     if (!(span->key_bits & bit) && len < TRACE_ATTR_STR_MAX && kv < 128 &&
         span->nattrs < TRACE_MAX_ATTRS && span->attrs_len + 2 + kv <= sizeof(span->attrs) &&
         all_ascii(value, len)) {
-        o = span->attrs + span->attrs_len;
-        o[0] = ATTR_FIELD;
-        o[1] = (char)kv;
-        o[2] = PB_TAG(1, 2);
-        o[3] = (char)key_len;
-        copy_small(o + 4, key, key_len);
-        o += 4 + key_len;
-        o[0] = PB_TAG(2, 2);
-        o[1] = (char)(2 + len);
-        o[2] = PB_TAG(1, 2);
-        o[3] = (char)len;
-        copy_small(o + 4, value, len);
+        o = pb_kv_head(span->attrs + span->attrs_len, ATTR_FIELD, key, key_len, kv, 2 + len);
+        o[0] = PB_TAG(1, 2);
+        o[1] = (char)len;
+        copy_small(o + 2, value, len);
         span->attrs_len = (uint16_t)(span->attrs_len + 2 + kv);
         span->nattrs++;
         span->key_bits |= bit;
@@ -997,19 +989,11 @@ trace_span_put_int(struct trace_span *span, const char *key, size_t key_len, int
     /* As for strings: a new key, a value below 2^14 (status codes, counts, ports) */
     if (!(span->key_bits & bit) && value >= 0 && value < (1 << 14) && key_len < 100 &&
         span->nattrs < TRACE_MAX_ATTRS && span->attrs_len + 2 + key_len + 7 <= sizeof(span->attrs)) {
-        size_t any = value < 128 ? 2 : 3;
-        o = span->attrs + span->attrs_len;
-        o[0] = ATTR_FIELD;
-        o[1] = (char)(2 + key_len + 2 + any);
-        o[2] = PB_TAG(1, 2);
-        o[3] = (char)key_len;
-        copy_small(o + 4, key, key_len);
-        o += 4 + key_len;
-        o[0] = PB_TAG(2, 2);
-        o[1] = (char)any;
-        o[2] = PB_TAG(3, 0);
-        pb_varint(o + 3, (uint64_t)value);
-        span->attrs_len = (uint16_t)(span->attrs_len + 2 + 2 + key_len + 2 + any);
+        size_t any = value < 128 ? 2 : 3, kv = 2 + key_len + 2 + any;
+        o = pb_kv_head(span->attrs + span->attrs_len, ATTR_FIELD, key, key_len, kv, any);
+        *o++ = PB_TAG(3, 0);
+        pb_varint(o, (uint64_t)value);
+        span->attrs_len = (uint16_t)(span->attrs_len + 2 + kv);
         span->nattrs++;
         span->key_bits |= bit;
         return;
