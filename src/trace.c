@@ -14,6 +14,9 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <unistd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "log.h"
 
@@ -82,10 +85,41 @@ static const char hex_pairs[] = HEX16("0") HEX16("1") HEX16("2") HEX16("3") HEX1
     HEX16("6") HEX16("7") HEX16("8") HEX16("9") HEX16("a") HEX16("b") HEX16("c") HEX16("d")
         HEX16("e") HEX16("f");
 
+#ifdef __SSE2__
+/*
+ * Sixteen bytes' 32 digits at once (SSE2 is in every x86-64): each byte's
+ * high and low nibbles side by side, then '0' added, and 'a' - '0' - 10
+ * more where a nibble is over 9.
+ */
+static inline void
+hex16(const uint8_t *bytes, char *out)
+{
+    const __m128i low4 = _mm_set1_epi8(0x0f), nine = _mm_set1_epi8(9);
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)bytes);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4), lo = _mm_and_si128(x, low4);
+    __m128i a = _mm_unpacklo_epi8(hi, lo), b = _mm_unpackhi_epi8(hi, lo);
+
+    a = _mm_add_epi8(_mm_add_epi8(a, _mm_set1_epi8('0')),
+                     _mm_and_si128(_mm_cmpgt_epi8(a, nine), _mm_set1_epi8('a' - '0' - 10)));
+    b = _mm_add_epi8(_mm_add_epi8(b, _mm_set1_epi8('0')),
+                     _mm_and_si128(_mm_cmpgt_epi8(b, nine), _mm_set1_epi8('a' - '0' - 10)));
+    _mm_storeu_si128((__m128i *)(void *)out, a);
+    _mm_storeu_si128((__m128i *)(void *)(out + 16), b);
+}
+#endif
+
 void
 trace_hex(const uint8_t *bytes, size_t n, char *out)
 {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+
+#ifdef __SSE2__
+    /* a trace id is one step; traceparent writes one per traced request */
+    for (; i + 16 <= n; i += 16) {
+        hex16(bytes + i, out + 2 * i);
+    }
+#endif
+    for (; i < n; i++) {
         memcpy(out + 2 * i, hex_pairs + 2 * bytes[i], 2);
     }
     out[2 * n] = '\0';
@@ -125,19 +159,73 @@ utf8_seq_len(const unsigned char *s, size_t len)
     return need;
 }
 
-/* True when s[0..len) is all ASCII: eight bytes at a time, then the rest. */
+/*
+ * Copy n bytes, n small: two overlapping moves of a word size cover any
+ * length up to twice it, without a call or reading past either end. Keys
+ * and most values on the request path are 4 to 32 bytes.
+ */
+static inline void
+copy_small(char *dst, const char *src, size_t n)
+{
+    uint64_t a, b;
+
+    if (n >= 4 && n < 8) {
+        uint32_t x, y;
+        memcpy(&x, src, 4);
+        memcpy(&y, src + n - 4, 4);
+        memcpy(dst, &x, 4);
+        memcpy(dst + n - 4, &y, 4);
+    } else if (n >= 8 && n <= 16) {
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &b, 8);
+    } else if (n > 16 && n <= 32) {
+        uint64_t c, d;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + 8, 8);
+        memcpy(&c, src + n - 16, 8);
+        memcpy(&d, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + 8, &b, 8);
+        memcpy(dst + n - 16, &c, 8);
+        memcpy(dst + n - 8, &d, 8);
+    } else if (n > 0 && n < 4) {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    } else if (n > 32) {
+        memcpy(dst, src, n);
+    }
+}
+
+/*
+ * True when s[0..len) is all ASCII: eight bytes at a time, the last word
+ * overlapping the one before it (no byte loop for the tail); under eight
+ * bytes, two overlapping four-byte words.
+ */
 static inline bool
 all_ascii(const char *s, size_t len)
 {
     uint64_t acc = 0, w;
-    size_t i = 0;
 
-    for (; i + 8 <= len; i += 8) {
-        memcpy(&w, s + i, 8);
+    if (len >= 8) {
+        size_t i = 0;
+        for (; i + 8 <= len; i += 8) {
+            memcpy(&w, s + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, s + len - 8, 8);
         acc |= w;
-    }
-    for (; i < len; i++) {
-        acc |= (unsigned char)s[i];
+    } else if (len >= 4) {
+        uint32_t x, y;
+        memcpy(&x, s, 4);
+        memcpy(&y, s + len - 4, 4);
+        acc = x | y;
+    } else {
+        for (size_t i = 0; i < len; i++) {
+            acc |= (unsigned char)s[i];
+        }
     }
     return (acc & 0x8080808080808080ull) == 0;
 }
@@ -156,7 +244,7 @@ copy_utf8(char *dst, size_t dstsize, const char *src, size_t len)
     size_t in = 0, out = 0;
 
     if (len < dstsize && all_ascii(src, len)) {
-        memcpy(dst, src, len);
+        copy_small(dst, src, len);
         dst[len] = '\0';
         return len;
     }
@@ -356,15 +444,22 @@ rng_next(void)
     return result;
 }
 
+_Static_assert(TRACE_ID_SIZE % 8 == 0 && TRACE_SPAN_ID_SIZE % 8 == 0, "ids are whole words");
+
+/* n random bytes, n a multiple of 8, not all zero (an invalid id). */
 static void
 random_id(uint8_t *out, size_t n)
 {
+    uint64_t any;
+
     do {
+        any = 0;
         for (size_t i = 0; i < n; i += 8) {
             uint64_t r = rng_next();
-            memcpy(out + i, &r, MIN(8, n - i));
+            memcpy(out + i, &r, 8);
+            any |= r;
         }
-    } while (all_zero(out, n));
+    } while (any == 0);
 }
 
 void
@@ -432,12 +527,14 @@ trace_sampler_init(struct trace_sampler *s, enum trace_sampler_kind kind, double
 bool
 trace_ratio_sampled(const struct trace_sampler *s, const uint8_t trace_id[TRACE_ID_SIZE])
 {
-    uint64_t r = 0;
+    uint64_t r;
 
-    for (int i = TRACE_ID_SIZE - 7; i < TRACE_ID_SIZE; i++) {
-        r = r << 8 | trace_id[i];
-    }
-    return r >= s->threshold;
+    /* the id's last 7 bytes, big-endian: its last 8 read as one word, the first dropped */
+    memcpy(&r, trace_id + TRACE_ID_SIZE - 8, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    r = __builtin_bswap64(r);
+#endif
+    return (r & 0x00ffffffffffffffull) >= s->threshold;
 }
 
 bool
@@ -493,46 +590,6 @@ trace_child_context(const struct trace_context *parent, struct trace_context *ch
 /* ---- protobuf primitives ---- */
 
 /*
- * Copy n bytes, n small: two overlapping moves of a word size cover any
- * length up to twice it, without a call or reading past either end. Keys
- * and most values on the request path are 4 to 32 bytes.
- */
-static inline void
-copy_small(char *dst, const char *src, size_t n)
-{
-    uint64_t a, b;
-
-    if (n >= 4 && n < 8) {
-        uint32_t x, y;
-        memcpy(&x, src, 4);
-        memcpy(&y, src + n - 4, 4);
-        memcpy(dst, &x, 4);
-        memcpy(dst + n - 4, &y, 4);
-    } else if (n >= 8 && n <= 16) {
-        memcpy(&a, src, 8);
-        memcpy(&b, src + n - 8, 8);
-        memcpy(dst, &a, 8);
-        memcpy(dst + n - 8, &b, 8);
-    } else if (n > 16 && n <= 32) {
-        uint64_t c, d;
-        memcpy(&a, src, 8);
-        memcpy(&b, src + 8, 8);
-        memcpy(&c, src + n - 16, 8);
-        memcpy(&d, src + n - 8, 8);
-        memcpy(dst, &a, 8);
-        memcpy(dst + 8, &b, 8);
-        memcpy(dst + n - 16, &c, 8);
-        memcpy(dst + n - 8, &d, 8);
-    } else if (n > 0 && n < 4) {
-        dst[0] = src[0];
-        dst[n / 2] = src[n / 2];
-        dst[n - 1] = src[n - 1];
-    } else if (n > 32) {
-        memcpy(dst, src, n);
-    }
-}
-
-/*
  * opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto, by
  * field number and wire type (0 varint, 1 fixed64, 2 length-delimited). A
  * nested message is written after its length, so each is sized first.
@@ -562,13 +619,15 @@ pb_varint(char *o, uint64_t v)
     return o;
 }
 
+/* Little-endian, as protobuf's fixed64 is: one store on the usual host. */
 static inline __attribute__((always_inline)) char *
 pb_fixed64(char *o, uint64_t v)
 {
-    for (int i = 0; i < 8; i++) {
-        *o++ = (char)(v >> (8 * i));
-    }
-    return o;
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(o, &v, 8);
+    return o + 8;
 }
 
 /* A length-delimited field: tag, length, bytes. */

@@ -706,6 +706,41 @@ Test(span, invalid_utf8_becomes_question_marks)
     trace_span_free(span);
 }
 
+/*
+ * One byte that is not ASCII, at every place of every short length: the
+ * ASCII test reads words (the last one overlapping), so each length and
+ * place is a different case. The byte must come back as '?' in names and
+ * values alike, and an all-ASCII string as it went in.
+ */
+Test(span, one_non_ascii_byte_is_found_at_every_place_of_every_length)
+{
+    char in[48], want[48], name[48], got[TRACE_ATTR_STR_MAX + 1];
+
+    for (size_t len = 0; len <= 40; len++) {
+        for (size_t at = 0; at <= len; at++) { /* at == len: none */
+            struct trace_span *span = new_span(TRACE_KIND_SERVER);
+            for (size_t i = 0; i < len; i++) {
+                in[i] = want[i] = (char)('a' + i % 26);
+            }
+            if (at < len) {
+                in[at] = (char)0xff;
+                want[at] = '?';
+            }
+            want[len] = '\0';
+            trace_span_attr_strn(span, "k", in, len);
+            cr_assert_str_eq(attr_text(span, "k", got), want, "length %zu, byte at %zu", len, at);
+            trace_span_free(span);
+
+            memcpy(name, in, len);
+            name[len] = '\0';
+            span = trace_span_new(&(struct trace_context){.trace_id = {1}, .span_id = {1}}, NULL,
+                                  TRACE_KIND_SERVER, name, 1);
+            cr_assert_str_eq(span->name, want, "name of length %zu, byte at %zu", len, at);
+            trace_span_free(span);
+        }
+    }
+}
+
 Test(span, http_5xx_is_an_error_on_server_spans)
 {
     struct trace_span *span = new_span(TRACE_KIND_SERVER);
