@@ -156,10 +156,14 @@ enum grpc_code {
 /*
  * Encoded spans back to back (JSON ones joined by commas, protobuf ones are
  * whole ScopeSpans.spans fields); ends[i] is the offset just past span i.
+ * A protobuf queue keeps head bytes free before its first span: a batch's
+ * envelope is written just before its spans, and the request body is the
+ * queue's own bytes (batch_body), not a copy.
  */
 struct spanq {
     struct buf data;
     size_t *ends; /* max_queue entries; NULL when the queue is not in use */
+    size_t head;  /* bytes before the first span */
     bool json;
 };
 
@@ -167,7 +171,18 @@ struct spanq {
 static size_t
 spanq_start(const struct spanq *q, size_t i)
 {
-    return i > 0 ? q->ends[i - 1] + (q->json ? 1 : 0) : 0;
+    return i > 0 ? q->ends[i - 1] + (q->json ? 1 : 0) : q->head;
+}
+
+/* Empty q: its room before the first span kept. */
+static void
+spanq_clear(struct spanq *q)
+{
+    q->data.len = 0;
+    if (q->head > 0) {
+        buf_reserve(&q->data, q->head);
+        q->data.len = q->head;
+    }
 }
 
 struct otlp_exporter {
@@ -230,8 +245,9 @@ struct otlp_exporter {
     char curl_error[CURL_ERROR_SIZE];
     /*
      * The batch being exported: the request body (the OTLP envelope around
-     * a slice of the taken spans). Kept between batches unless grown past
-     * BODY_KEEP_MAX, as the taken queues are.
+     * a slice of the taken spans), or for protobuf only the envelope, the
+     * body being the taken queue's bytes. Kept between batches unless grown
+     * past BODY_KEEP_MAX, as the taken queues are.
      */
     struct buf body;
     /*
@@ -857,11 +873,18 @@ grpc_frame(const struct buf *msg, bool compressed, struct buf *out)
     buf_append(out, msg->data, msg->len);
 }
 
-/* The request body for taken spans from..from+n: the OTLP envelope around their encodings. */
-static void
-batch_body(struct otlp_exporter *e, size_t from, size_t n)
+/*
+ * The request body for taken spans from..from+n: the OTLP envelope around
+ * their encodings. A protobuf envelope goes into the queue just before the
+ * spans (over the queue's head room, or over spans of a slice already
+ * exported) and the body is *view, those bytes in place: a batch is copied
+ * once on its way out (into libcurl's upload buffer), not twice. JSON
+ * closes after the spans, where the next slice starts, so it is copied.
+ */
+static const struct buf *
+batch_body(struct otlp_exporter *e, size_t from, size_t n, struct buf *view)
 {
-    const struct spanq *q = &e->taken_wire;
+    struct spanq *q = &e->taken_wire;
     size_t start = spanq_start(q, from), end = q->ends[from + n - 1];
 
     e->body.len = 0;
@@ -869,19 +892,26 @@ batch_body(struct otlp_exporter *e, size_t from, size_t n)
         trace_otlp_json_open(&e->body, e->resource_json, e->scope_version);
     } else {
         trace_otlp_proto_open(&e->body, &e->resource_pb, e->scope_version, end - start);
+        if (e->body.len <= start) { /* always, with head room for the largest envelope */
+            char *at = q->data.data + start - e->body.len;
+            memcpy(at, e->body.data, e->body.len);
+            *view = (struct buf){.data = at, .len = e->body.len + end - start, .cap = 0};
+            return view;
+        }
     }
     buf_append(&e->body, q->data.data + start, end - start);
     if (q->json) {
         trace_otlp_json_close(&e->body);
     }
+    return &e->body;
 }
 
 /* Export taken spans from..from+n. Returns true when accepted. */
 static bool
 export_batch(struct otlp_exporter *e, size_t from, size_t n, uint64_t deadline_ms)
 {
-    struct buf *plain = &e->body, gz, framed;
-    const struct buf *body;
+    struct buf gz, framed, view;
+    const struct buf *plain, *body;
     bool ok = false;
     unsigned attempt = 0;
     char what[CURL_ERROR_SIZE + OTLP_GRPC_MESSAGE_MAX + 64], why[sizeof(what) + 64];
@@ -892,7 +922,7 @@ export_batch(struct otlp_exporter *e, size_t from, size_t n, uint64_t deadline_m
     if (e->url == NULL) {
         return true;
     }
-    batch_body(e, from, n);
+    plain = batch_body(e, from, n, &view);
     buf_init(&gz);
     buf_init(&framed);
     body = plain;
@@ -960,8 +990,8 @@ export_batch(struct otlp_exporter *e, size_t from, size_t n, uint64_t deadline_m
     }
 out:
     buf_free(&framed);
-    if (plain->cap > BODY_KEEP_MAX) {
-        buf_free(plain);
+    if (e->body.cap > BODY_KEEP_MAX) {
+        buf_free(&e->body);
     }
     buf_free(&gz);
     return ok;
@@ -1000,9 +1030,11 @@ spanq_move_tail(struct spanq *from, struct spanq *to, size_t cut, size_t count)
 {
     size_t start = spanq_start(from, cut);
 
+    size_t at = to->data.len; /* past to's head room */
+
     buf_append(&to->data, from->data.data + start, from->data.len - start);
     for (size_t i = cut; i < count; i++) {
-        to->ends[i - cut] = from->ends[i] - start;
+        to->ends[i - cut] = at + from->ends[i] - start;
     }
     from->data.len = from->ends[cut - 1];
 }
@@ -1025,8 +1057,8 @@ take_batch(struct otlp_exporter *e, size_t max)
         if (n == 0) {
             return 0;
         }
-        e->taken_wire.data.len = 0;
-        e->taken_lines.data.len = 0;
+        spanq_clear(&e->taken_wire);
+        spanq_clear(&e->taken_lines);
         spanq_swap(&e->wire, &e->taken_wire);
         spanq_swap(&e->lines, &e->taken_lines);
         if (keep > 0 && e->url != NULL) {
@@ -1129,8 +1161,8 @@ exporter_main(void *arg)
         size_t lost = e->count + taken_left(e);
         log_warn("otlp: shutdown deadline reached, %zu spans not exported", lost);
         e->count = 0;
-        e->wire.data.len = 0;
-        e->lines.data.len = 0;
+        spanq_clear(&e->wire);
+        spanq_clear(&e->lines);
         e->taken_pos = e->taken_n;
         atomic_fetch_add(&e->dropped, lost);
         e->all_exported = false;
@@ -1251,6 +1283,11 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
         e->resource_json = res.data;
     } else if (e->url != NULL) {
         trace_resource_proto(&e->resource_pb, t, service_version, host, (int64_t)getpid());
+        /* the largest envelope: the resource, the scope, three lengths and tags */
+        e->wire.head = e->resource_pb.len + strlen(service_version) + 48;
+        e->taken_wire.head = e->wire.head;
+        spanq_clear(&e->wire);
+        spanq_clear(&e->taken_wire);
     }
 
     if (e->url != NULL) {

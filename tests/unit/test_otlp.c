@@ -463,6 +463,35 @@ Test(otlp, a_backlog_leaves_in_batches_of_at_most_the_batch_size)
     finish(&r, &t);
 }
 
+/*
+ * Protobuf bodies are the queue's own bytes, each batch's envelope written
+ * just before its spans: over the queue's head room for the first batch of
+ * a take, over the batch before it for the others. Twelve spans queue up
+ * behind a stalled first batch and are taken together, three batches of
+ * four: each must arrive as a whole, valid request.
+ */
+Test(otlp, protobuf_batches_taken_together_each_arrive_whole)
+{
+    struct receiver r = {.stall_first_ms = 500};
+    struct telemetry_settings t;
+    struct otlp_exporter *e;
+
+    begin(&r, &t);
+    t.schedule_delay_ms = 60000;
+    t.max_export_batch = 4;
+    e = start(&t);
+    submit_n(e, 4);
+    cr_assert_eq(wait_for(&r, &r.requests, 1, 5000), 1, "the first batch is at the collector");
+    submit_n(e, 12);
+    cr_assert(otlp_flush(e, 5000));
+    cr_assert_str_eq(r.content_type, "application/x-protobuf");
+    cr_assert_not(r.bad_body, "each body parses as an ExportTraceServiceRequest");
+    cr_assert_eq(receiver_get(&r, &r.spans_accepted), 16, "every span arrives once");
+    cr_assert_eq(receiver_get(&r, &r.requests), 4, "4, then 12 taken together and sent as 4 + 4 + 4");
+    cr_assert(otlp_shutdown(e, 2000));
+    finish(&r, &t);
+}
+
 Test(otlp, a_503_is_retried_and_the_spans_still_arrive)
 {
     struct receiver r = {.statuses = {503}, .nstatuses = 1};
