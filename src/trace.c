@@ -91,20 +91,34 @@ static const char hex_pairs[] = HEX16("0") HEX16("1") HEX16("2") HEX16("3") HEX1
  * high and low nibbles side by side, then '0' added, and 'a' - '0' - 10
  * more where a nibble is over 9.
  */
+static inline __m128i
+hex_digits(__m128i nibbles)
+{
+    return _mm_add_epi8(_mm_add_epi8(nibbles, _mm_set1_epi8('0')),
+                        _mm_and_si128(_mm_cmpgt_epi8(nibbles, _mm_set1_epi8(9)),
+                                      _mm_set1_epi8('a' - '0' - 10)));
+}
+
 static inline void
 hex16(const uint8_t *bytes, char *out)
 {
-    const __m128i low4 = _mm_set1_epi8(0x0f), nine = _mm_set1_epi8(9);
+    const __m128i low4 = _mm_set1_epi8(0x0f);
     __m128i x = _mm_loadu_si128((const __m128i *)(const void *)bytes);
     __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4), lo = _mm_and_si128(x, low4);
-    __m128i a = _mm_unpacklo_epi8(hi, lo), b = _mm_unpackhi_epi8(hi, lo);
 
-    a = _mm_add_epi8(_mm_add_epi8(a, _mm_set1_epi8('0')),
-                     _mm_and_si128(_mm_cmpgt_epi8(a, nine), _mm_set1_epi8('a' - '0' - 10)));
-    b = _mm_add_epi8(_mm_add_epi8(b, _mm_set1_epi8('0')),
-                     _mm_and_si128(_mm_cmpgt_epi8(b, nine), _mm_set1_epi8('a' - '0' - 10)));
-    _mm_storeu_si128((__m128i *)(void *)out, a);
-    _mm_storeu_si128((__m128i *)(void *)(out + 16), b);
+    _mm_storeu_si128((__m128i *)(void *)out, hex_digits(_mm_unpacklo_epi8(hi, lo)));
+    _mm_storeu_si128((__m128i *)(void *)(out + 16), hex_digits(_mm_unpackhi_epi8(hi, lo)));
+}
+
+/* Eight bytes' 16 digits (a span id). */
+static inline void
+hex8(const uint8_t *bytes, char *out)
+{
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    __m128i x = _mm_loadl_epi64((const __m128i *)(const void *)bytes);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4), lo = _mm_and_si128(x, low4);
+
+    _mm_storeu_si128((__m128i *)(void *)out, hex_digits(_mm_unpacklo_epi8(hi, lo)));
 }
 #endif
 
@@ -114,9 +128,13 @@ trace_hex(const uint8_t *bytes, size_t n, char *out)
     size_t i = 0;
 
 #ifdef __SSE2__
-    /* a trace id is one step; traceparent writes one per traced request */
+    /* a trace id is one step, a span id one more; traceparent writes both per traced request */
     for (; i + 16 <= n; i += 16) {
         hex16(bytes + i, out + 2 * i);
+    }
+    if (i + 8 <= n) {
+        hex8(bytes + i, out + 2 * i);
+        i += 8;
     }
 #endif
     for (; i < n; i++) {
@@ -328,7 +346,8 @@ trace_format_traceparent(const struct trace_context *ctx, char out[56])
     out[35] = '-';
     trace_hex(ctx->span_id, TRACE_SPAN_ID_SIZE, out + 36);
     out[52] = '-';
-    trace_hex(&ctx->flags, 1, out + 53);
+    memcpy(out + 53, hex_pairs + 2 * ctx->flags, 2);
+    out[55] = '\0';
 }
 
 /* W3C: members longer than this go first when the list must shrink. */
