@@ -484,6 +484,21 @@ observe_in_flight(int delta)
     metrics_gauge_add(m_in_flight, delta);
 }
 
+/* The request's held CLIENT spans, and s after them when not NULL, to the exporter at once. */
+static void
+submit_request_spans(struct observe_req *o, struct trace_span *s)
+{
+    struct trace_span *all[OBSERVE_ENDED_MAX + 1];
+    size_t n = o->nended;
+
+    memcpy(all, o->ended, n * sizeof(all[0]));
+    o->nended = 0;
+    if (s != NULL) {
+        all[n++] = s;
+    }
+    otlp_submit_spans(exporter, all, n); /* frees them when there is no exporter */
+}
+
 void
 observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
 {
@@ -491,6 +506,7 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
 
     o->span = NULL;
     if (s == NULL) {
+        submit_request_spans(o, NULL);
         return;
     }
     if (a->status > 0) {
@@ -519,7 +535,7 @@ observe_server_span_end(struct observe_req *o, const struct observe_answer *a)
         trace_span_attr_int(s, "akosha.cache.misses", a->cache_misses);
     }
     trace_span_end(s, wall_ns(a->end_us));
-    span_submit(s);
+    submit_request_spans(o, s);
 }
 
 _Static_assert(TRACE_ID_SIZE == METRICS_TRACE_ID_SIZE, "exemplars hold a whole trace id");
@@ -740,7 +756,11 @@ observe_attempt_end(struct observe_req *o)
         return;
     }
     trace_span_end(s, wall_ns(o->attempt_end_us != 0 ? o->attempt_end_us : util_mono_us()));
-    span_submit(s);
+    if (o->span != NULL && o->nended < OBSERVE_ENDED_MAX) {
+        o->ended[o->nended++] = s; /* goes with the SERVER span */
+    } else {
+        span_submit(s);
+    }
 }
 
 void

@@ -32,6 +32,8 @@ struct fallback_outcome;
 
 /* Buckets of the embedding_text_length histogram, its +Inf included. */
 #define OBSERVE_TEXTLEN_SLOTS 11
+/* A request's ended attempt spans held for its SERVER span's submit. */
+#define OBSERVE_ENDED_MAX 4
 
 /*
  * What observe keeps of one request: its trace context and spans, and the
@@ -47,6 +49,13 @@ struct observe_req {
     uint64_t attempt_start_us;
     uint64_t attempt_end_us; /* read once by the attempt's outcome, for its metric and span */
     const struct upstream *attempt_up; /* the current attempt's upstream, NULL between them */
+    /*
+     * Ended CLIENT spans, owned here until the SERVER span ends and all go
+     * to the exporter under one lock; past OBSERVE_ENDED_MAX, each goes as
+     * it ends.
+     */
+    struct trace_span *ended[OBSERVE_ENDED_MAX];
+    unsigned nended;
     int attempt_breaker;               /* its breaker's state when the attempt began */
     bool scanned; /* the body was a well-formed request of its API */
     uint32_t ninputs;

@@ -1310,34 +1310,47 @@ otlp_start(const struct telemetry_settings *t, const char *service_version, cons
 }
 
 void
-otlp_submit(struct otlp_exporter *e, struct trace_span *span)
+otlp_submit_spans(struct otlp_exporter *e, struct trace_span *const *spans, size_t n)
 {
-    bool queued = false;
+    size_t queued = 0;
 
     if (e == NULL) {
-        trace_span_free(span);
+        for (size_t i = 0; i < n; i++) {
+            trace_span_free(spans[i]);
+        }
         return;
     }
     pthread_mutex_lock(&e->lock);
-    if (!e->stopping && e->count < e->max_queue) {
-        if (e->url != NULL) {
-            spanq_push(&e->wire, e->count, span);
+    if (!e->stopping) {
+        size_t before = e->count;
+        queued = MIN(n, e->max_queue - e->count);
+        for (size_t i = 0; i < queued; i++) {
+            if (e->url != NULL) {
+                spanq_push(&e->wire, e->count, spans[i]);
+            }
+            if (e->console) {
+                spanq_push(&e->lines, e->count, spans[i]);
+            }
+            e->count++;
         }
-        if (e->console) {
-            spanq_push(&e->lines, e->count, span);
-        }
-        e->count++;
-        queued = true;
         /* Wake the exporter once per full batch; it rechecks the count before sleeping. */
-        if (e->count == e->max_batch) {
+        if (before < e->max_batch && e->count >= e->max_batch) {
             pthread_cond_signal(&e->wake);
         }
     }
     pthread_mutex_unlock(&e->lock);
-    if (!queued) {
-        atomic_fetch_add(&e->dropped, 1);
+    if (queued < n) {
+        atomic_fetch_add(&e->dropped, n - queued);
     }
-    trace_span_free(span);
+    for (size_t i = 0; i < n; i++) {
+        trace_span_free(spans[i]);
+    }
+}
+
+void
+otlp_submit(struct otlp_exporter *e, struct trace_span *span)
+{
+    otlp_submit_spans(e, &span, 1);
 }
 
 bool

@@ -61,6 +61,8 @@ struct otlp_exporter *otlp_start(const struct telemetry_settings *t, const char 
  * from any thread; never waits for the exporter.
  */
 void otlp_submit(struct otlp_exporter *e, struct trace_span *span);
+/* The same for n spans under one lock (a request's spans, as it ends), in order. */
+void otlp_submit_spans(struct otlp_exporter *e, struct trace_span *const *spans, size_t n);
 
 /*
  * Export everything queued now and wait up to timeout_ms for it to finish.

@@ -347,6 +347,30 @@ def test_retried_request_has_one_client_span_per_attempt(backend, receiver, star
     assert attr(client[1], "http.request.resend_count") == "1"
 
 
+def test_every_attempt_span_arrives_past_those_held_for_the_server_span(
+        backend, receiver, start_akosha):
+    """A request's CLIENT spans wait for its SERVER span and go to the exporter
+    with it (OBSERVE_ENDED_MAX, 4, at most); the attempts past those go as they
+    end. Six attempts: six CLIENT spans, each once, in one trace."""
+    backend.script(*([{"status": 500}] * 5), {"status": 200, "body": b"ok"})
+    a = start_akosha(telemetry(receiver) + "[upstream b]\nurl = http://127.0.0.1:%d\n"
+                     "retries = 5\nbackoff_base = 1ms\nbackoff_max = 5ms\n"
+                     "failure_threshold = 100\n" % backend.port, env=FAST_EXPORT)
+    assert a.request("GET", "/x")[0] == 200
+    spans = receiver.wait_spans(7)
+    time.sleep(0.3)  # and no more than those
+    spans = receiver.spans()
+    server = [s for s in spans if s["kind"] == 2]
+    client = sorted([s for s in spans if s["kind"] == 3], key=lambda s: int(s["startTimeUnixNano"]))
+    assert len(server) == 1 and len(client) == 6, spans
+    assert len({s["spanId"] for s in client}) == 6
+    assert all(s["traceId"] == server[0]["traceId"] for s in client)
+    assert all(s["parentSpanId"] == server[0]["spanId"] for s in client)
+    assert [attr(s, "http.request.resend_count") for s in client] == \
+        [None, "1", "2", "3", "4", "5"]
+    assert [s["status"].get("code", 0) for s in client] == [2] * 5 + [0]  # ERROR, then UNSET
+
+
 def events(span, name):
     """The span's events called name, each as {"time": ns, attribute: value...}."""
     out = []

@@ -613,6 +613,54 @@ Test(otlp, a_full_queue_drops_and_counts_spans)
     finish(&r, &t);
 }
 
+/*
+ * A request's spans go in under one lock (otlp_submit_spans): as many as
+ * the queue has room for are queued, in order, the rest dropped and
+ * counted, and every span is freed (LeakSanitizer checks the last).
+ */
+Test(otlp, spans_submitted_together_fill_the_queue_and_the_rest_are_dropped)
+{
+    struct receiver r = {.stall_first_ms = 800};
+    struct telemetry_settings t;
+    struct otlp_exporter *e;
+    struct trace_span *spans[3];
+    uint64_t dropped;
+
+    begin(&r, &t);
+    t.max_queue_size = 4;
+    t.max_export_batch = 4;
+    t.schedule_delay_ms = 60000;
+    e = start(&t);
+    submit_n(e, 4); /* a full batch: the exporter takes it and waits on the stalled receiver */
+    cr_assert_eq(wait_for(&r, &r.requests, 1, 2000), 1);
+    for (int i = 0; i < 3; i++) {
+        spans[i] = make_span("POST /v1/embeddings");
+    }
+    otlp_submit_spans(e, spans, 3); /* room for 4: all three */
+    for (int i = 0; i < 3; i++) {
+        spans[i] = make_span("POST /v1/embeddings");
+    }
+    otlp_submit_spans(e, spans, 3); /* room for 1: one queued, two dropped */
+    otlp_counters(e, NULL, &dropped, NULL);
+    cr_assert_eq(dropped, 2);
+    cr_assert(otlp_shutdown(e, 5000), "the 4 queued spans are exported at shutdown");
+    cr_assert_eq(receiver_get(&r, &r.spans_accepted), 8);
+    cr_assert_not(r.bad_body);
+    finish(&r, &t);
+}
+
+/* A batch submitted to no exporter is freed span by span: back to the span pool. */
+Test(otlp, spans_submitted_to_no_exporter_are_freed)
+{
+    struct trace_span *spans[2] = {make_span("a"), make_span("b")};
+    size_t pooled = trace_span_pool_count();
+
+    otlp_submit_spans(NULL, spans, 2);
+    cr_assert_eq(trace_span_pool_count(), pooled + 2);
+    otlp_submit_spans(NULL, spans, 0);
+    cr_assert_eq(trace_span_pool_count(), pooled + 2, "none: nothing freed");
+}
+
 Test(otlp, shutdown_flushes_pending_spans)
 {
     struct receiver r = {0};
