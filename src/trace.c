@@ -86,11 +86,7 @@ static const char hex_pairs[] = HEX16("0") HEX16("1") HEX16("2") HEX16("3") HEX1
         HEX16("e") HEX16("f");
 
 #ifdef __SSE2__
-/*
- * Sixteen bytes' 32 digits at once (SSE2 is in every x86-64): each byte's
- * high and low nibbles side by side, then '0' added, and 'a' - '0' - 10
- * more where a nibble is over 9.
- */
+/* Sixteen nibbles' hex digits at once (SSE2 is in every x86-64). */
 static inline __m128i
 hex_digits(__m128i nibbles)
 {
@@ -99,26 +95,21 @@ hex_digits(__m128i nibbles)
                                       _mm_set1_epi8('a' - '0' - 10)));
 }
 
+/*
+ * The digits of x's low 8 bytes at out, and with wide those of its high 8
+ * after them: each byte's high and low nibbles side by side, then '0'
+ * added, and 'a' - '0' - 10 more where a nibble is over 9.
+ */
 static inline void
-hex16(const uint8_t *bytes, char *out)
+hex_sse2(__m128i x, char *out, bool wide)
 {
     const __m128i low4 = _mm_set1_epi8(0x0f);
-    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)bytes);
     __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4), lo = _mm_and_si128(x, low4);
 
     _mm_storeu_si128((__m128i *)(void *)out, hex_digits(_mm_unpacklo_epi8(hi, lo)));
-    _mm_storeu_si128((__m128i *)(void *)(out + 16), hex_digits(_mm_unpackhi_epi8(hi, lo)));
-}
-
-/* Eight bytes' 16 digits (a span id). */
-static inline void
-hex8(const uint8_t *bytes, char *out)
-{
-    const __m128i low4 = _mm_set1_epi8(0x0f);
-    __m128i x = _mm_loadl_epi64((const __m128i *)(const void *)bytes);
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4), lo = _mm_and_si128(x, low4);
-
-    _mm_storeu_si128((__m128i *)(void *)out, hex_digits(_mm_unpacklo_epi8(hi, lo)));
+    if (wide) {
+        _mm_storeu_si128((__m128i *)(void *)(out + 16), hex_digits(_mm_unpackhi_epi8(hi, lo)));
+    }
 }
 #endif
 
@@ -130,10 +121,10 @@ trace_hex(const uint8_t *bytes, size_t n, char *out)
 #ifdef __SSE2__
     /* a trace id is one step, a span id one more; traceparent writes both per traced request */
     for (; i + 16 <= n; i += 16) {
-        hex16(bytes + i, out + 2 * i);
+        hex_sse2(_mm_loadu_si128((const __m128i *)(const void *)(bytes + i)), out + 2 * i, true);
     }
     if (i + 8 <= n) {
-        hex8(bytes + i, out + 2 * i);
+        hex_sse2(_mm_loadl_epi64((const __m128i *)(const void *)(bytes + i)), out + 2 * i, false);
         i += 8;
     }
 #endif

@@ -591,20 +591,33 @@ Test(otlp, collector_down_counts_failures_and_submit_never_blocks)
     telemetry_settings_free(&t);
 }
 
+/*
+ * An exporter with a queue of 4 behind a first batch of 4 that the receiver
+ * (its first answer stalled) holds: the queue is empty and the exporter busy.
+ */
+static struct otlp_exporter *
+start_behind_a_stalled_batch(struct receiver *r, struct telemetry_settings *t)
+{
+    struct otlp_exporter *e;
+
+    r->stall_first_ms = 800;
+    begin(r, t);
+    t->max_queue_size = 4;
+    t->max_export_batch = 4;
+    t->schedule_delay_ms = 60000;
+    e = start(t);
+    submit_n(e, 4); /* a full batch: the exporter takes it and waits on the stalled receiver */
+    cr_assert_eq(wait_for(r, &r->requests, 1, 2000), 1);
+    return e;
+}
+
 Test(otlp, a_full_queue_drops_and_counts_spans)
 {
-    struct receiver r = {.stall_first_ms = 800};
+    struct receiver r = {0};
     struct telemetry_settings t;
-    struct otlp_exporter *e;
+    struct otlp_exporter *e = start_behind_a_stalled_batch(&r, &t);
     uint64_t dropped;
 
-    begin(&r, &t);
-    t.max_queue_size = 4;
-    t.max_export_batch = 4;
-    t.schedule_delay_ms = 60000;
-    e = start(&t);
-    submit_n(e, 4); /* a full batch: the exporter takes it and waits on the stalled receiver */
-    cr_assert_eq(wait_for(&r, &r.requests, 1, 2000), 1);
     submit_n(e, 10); /* 4 fit in the queue, 6 do not */
     otlp_counters(e, NULL, &dropped, NULL);
     cr_assert_eq(dropped, 6);
@@ -620,19 +633,12 @@ Test(otlp, a_full_queue_drops_and_counts_spans)
  */
 Test(otlp, spans_submitted_together_fill_the_queue_and_the_rest_are_dropped)
 {
-    struct receiver r = {.stall_first_ms = 800};
+    struct receiver r = {0};
     struct telemetry_settings t;
-    struct otlp_exporter *e;
+    struct otlp_exporter *e = start_behind_a_stalled_batch(&r, &t);
     struct trace_span *spans[3];
     uint64_t dropped;
 
-    begin(&r, &t);
-    t.max_queue_size = 4;
-    t.max_export_batch = 4;
-    t.schedule_delay_ms = 60000;
-    e = start(&t);
-    submit_n(e, 4); /* a full batch: the exporter takes it and waits on the stalled receiver */
-    cr_assert_eq(wait_for(&r, &r.requests, 1, 2000), 1);
     for (int i = 0; i < 3; i++) {
         spans[i] = make_span("POST /v1/embeddings");
     }
