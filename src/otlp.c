@@ -1028,9 +1028,7 @@ spanq_swap(struct spanq *a, struct spanq *b)
 static void
 spanq_move_tail(struct spanq *from, struct spanq *to, size_t cut, size_t count)
 {
-    size_t start = spanq_start(from, cut);
-
-    size_t at = to->data.len; /* past to's head room */
+    size_t start = spanq_start(from, cut), at = to->data.len; /* at: past to's head room */
 
     buf_append(&to->data, from->data.data + start, from->data.len - start);
     for (size_t i = cut; i < count; i++) {
