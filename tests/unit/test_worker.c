@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util.h"
 #include "worker.h"
 
 struct test_job {
@@ -559,11 +560,13 @@ Test(worker, assist_borrows_an_idle_thread_for_the_running_jobs_tasks)
     /*
      * A helper that waits ASSIST_IDLE_NS (200 us) for a task goes back, and a
      * job preempted that long between borrowing and its first post (make
-     * check -j runs other tests beside this one) posts nothing: then every
-     * task runs here, as designed. Up to five tries for one where the helper
+     * check -j runs other tests beside this one, and under ASan on two CPUs
+     * five tries in a row have) posts nothing: then every task runs here, as
+     * designed. Tries for up to 10 s (at most 200) for one where the helper
      * was there; each try's tasks must all run.
      */
-    for (int tries = 0; tries < 5; tries++) {
+    uint64_t until_ms = util_mono_ms() + 10000;
+    for (int tries = 0; tries < 200 && util_mono_ms() < until_ms; tries++) {
         sleep_ms(50); /* both threads asleep: one runs the job, the other is idle */
         init_assist(&a, p, 50, true);
         H.expected = 1;
