@@ -2344,26 +2344,24 @@ watch_answer(struct attempt *a, struct request *r, const char *data, size_t len)
     }
 }
 
-/* The same over the first n bytes of an evbuffer, extent by extent. */
+/*
+ * The same over the first n bytes of an evbuffer, extent by extent, eight
+ * extents a peek; the usual answer takes one peek from the start.
+ */
 static void
 watch_answer_buffer(struct attempt *a, struct request *r, struct evbuffer *in, size_t n)
 {
-    struct evbuffer_ptr at;
-    struct evbuffer_iovec first[8];
-    int nfirst = evbuffer_peek(in, (ssize_t)n, NULL, first, 8);
+    size_t done = 0;
 
-    if (nfirst > 0 && nfirst <= 8) { /* the usual case: a few extents cover n */
-        for (int i = 0; i < nfirst && n > 0; i++) {
-            size_t take = MIN(first[i].iov_len, n);
-            watch_answer(a, r, first[i].iov_base, take);
-            n -= take;
-        }
-        return;
-    }
-    evbuffer_ptr_set(in, &at, 0, EVBUFFER_PTR_SET);
     while (n > 0) {
+        struct evbuffer_ptr at;
         struct evbuffer_iovec v[8];
-        int nv = evbuffer_peek(in, (ssize_t)n, &at, v, 8);
+        int nv;
+
+        if (done > 0) {
+            evbuffer_ptr_set(in, &at, done, EVBUFFER_PTR_SET);
+        }
+        nv = evbuffer_peek(in, (ssize_t)n, done > 0 ? &at : NULL, v, 8);
         if (nv <= 0) {
             return;
         }
@@ -2371,7 +2369,7 @@ watch_answer_buffer(struct attempt *a, struct request *r, struct evbuffer *in, s
             size_t take = MIN(v[i].iov_len, n);
             watch_answer(a, r, v[i].iov_base, take);
             n -= take;
-            evbuffer_ptr_set(in, &at, take, EVBUFFER_PTR_ADD);
+            done += take;
         }
     }
 }
